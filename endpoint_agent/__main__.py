@@ -1,0 +1,3 @@
+from endpoint_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The core contract: what a machine looks like, and what the policy says about it.
+
+Everything in the pipeline speaks these records (collect -> evaluate -> decide ->
+enforce -> record -> upload). They are frozen so a snapshot can be shared between
+stages without anyone mutating it behind another's back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    LISTEN = "listen"
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class RuleAction(StrEnum):
+    """What a policy rule asks for."""
+
+    ALLOW = "allow"
+    REPORT = "report"
+    BLOCK = "block"
+
+
+class Outcome(StrEnum):
+    """What the agent actually did about a finding (the `action` key of a violation)."""
+
+    REPORTED = "reported"
+    WOULD_BLOCK = "would_block"
+    KILLED = "killed"
+    SUSPENDED = "suspended"
+    KILL_FAILED = "kill_failed"
+    PROTECTED = "protected"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One socket of one process (pid None when the owner could not be resolved)."""
+
+    pid: int | None
+    family: str  # "ipv4" | "ipv6"
+    proto: str  # "tcp" | "udp"
+    laddr: Endpoint | None
+    raddr: Endpoint | None
+    status: str  # psutil status, e.g. "LISTEN", "ESTABLISHED", "NONE"
+    direction: Direction
+    netns: str | None = None  # network namespace id when it is not the agent's own
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "laddr": str(self.laddr) if self.laddr else None,
+            "raddr": str(self.raddr) if self.raddr else None,
+            "proto": self.proto,
+            "status": self.status,
+            "direction": self.direction.value,
+        }
+        if self.netns is not None:
+            out["netns"] = self.netns
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process instance. `(pid, create_time)` identifies it; a PID alone does not."""
+
+    pid: int
+    ppid: int
+    name: str
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    username: str | None = None
+    uid: int | None = None
+    create_time: float = 0.0
+    sha256: str | None = None
+    parent_name: str | None = None
+    kernel_thread: bool = False
+    # True when psutil could not read some attribute (vanished or denied mid-scan).
+    partial: bool = False
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return (self.pid, self.create_time)
+
+    @property
+    def cmdline_str(self) -> str:
+        return " ".join(self.cmdline)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    taken_at: datetime
+    processes: dict[int, ProcessInfo]
+    connections: tuple[Connection, ...] = ()
+
+    def connections_of(self, pid: int) -> tuple[Connection, ...]:
+        return tuple(c for c in self.connections if c.pid == pid)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One condition that matched: which attribute, against which pattern, with which value."""
+
+    attribute: str
+    pattern: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.attribute} {self.value!r} matched {self.pattern!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the (pure) engine says about one process, or one process and one connection."""
+
+    rule_id: str
+    category: str
+    action: RuleAction  # REPORT or BLOCK; ALLOW rules never produce findings
+    process: ProcessInfo
+    reason: str
+    evidence: tuple[Evidence, ...] = ()
+    connection: Connection | None = None
+    message: str = ""
+    help_url: str | None = None
+
+    @property
+    def dedup_key(self) -> tuple[object, ...]:
+        """One violation per process instance and rule (network findings: per rule too)."""
+        return (self.rule_id, self.process.pid, self.process.create_time)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A finding after the agent decided and acted: the record that is stored and uploaded."""
+
+    event_id: str
+    rule_id: str
+    category: str
+    action: Outcome
+    pid: int
+    process_name: str
+    exe: str | None
+    username: str | None
+    reason: str
+    detected_at: datetime
+    policy_version: int
+    connection: Connection | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "event_id": self.event_id,
+            "rule_id": self.rule_id,
+            "category": self.category,
+            "action": self.action.value,
+            "pid": self.pid,
+            "process_name": self.process_name,
+            "exe": self.exe,
+            "username": self.username,
+            "reason": self.reason,
+            "detected_at": self.detected_at.isoformat().replace("+00:00", "Z"),
+            "policy_version": self.policy_version,
+        }
+        if self.connection is not None:
+            out["connection"] = self.connection.to_json()
+        out.update(self.extra)
+        return out
