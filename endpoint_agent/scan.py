@@ -1,0 +1,116 @@
+"""The one-shot `scan` and `check-policy` commands: load a policy, snapshot, evaluate, print."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from endpoint_agent.errors import PolicyLoadError
+from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def _envelope_decoder(public_keys: Sequence[str] | None):  # type: ignore[no-untyped-def]
+    """A signed envelope is verified against the given keys before its payload is read."""
+    if not public_keys:
+        return None
+    from endpoint_agent.sync.envelope import load_public_key, verify_envelope
+
+    keys = [load_public_key(Path(p)) for p in public_keys]
+
+    def decode(raw: bytes) -> bytes:
+        return verify_envelope(raw, keys).policy_yaml_bytes()
+
+    return decode
+
+
+def load_policy(path: str, public_keys: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
+    from endpoint_agent.policy import load_policy_file
+
+    return load_policy_file(Path(path), decode_envelope=_envelope_decoder(public_keys))
+
+
+def check_policy_command(path: str, *, public_keys: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    policy = load_policy(path, public_keys)
+    print(f"{path}: valid policy {policy.name!r} version {policy.version}, mode {policy.mode}, "
+          f"{len(policy.rules)} rules", file=out)
+    return EXIT_OK
+
+
+def findings_to_violations(
+    findings: Iterable[Finding], policy_version: int, *, now: datetime | None = None
+) -> list[Violation]:
+    """Report-only outcome of findings: block rules become `would_block`."""
+    detected_at = now or datetime.now(UTC)
+    return [
+        Violation(
+            event_id=str(uuid.uuid4()),
+            rule_id=f.rule_id,
+            category=f.category,
+            action=Outcome.WOULD_BLOCK if f.action is RuleAction.BLOCK else Outcome.REPORTED,
+            pid=f.process.pid,
+            process_name=f.process.name,
+            exe=f.process.exe,
+            username=f.process.username,
+            reason=f.reason,
+            detected_at=detected_at,
+            policy_version=policy_version,
+            connection=f.connection,
+        )
+        for f in findings
+    ]
+
+
+def run_scan_command(
+    policy_path: str,
+    *,
+    as_json: bool = False,
+    enforce: bool = False,
+    public_keys: Sequence[str] | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    from endpoint_agent.collect import collect_snapshot
+    from endpoint_agent.policy import compile_policy, evaluate
+
+    policy = load_policy(policy_path, public_keys)
+    compiled = compile_policy(policy)
+    snapshot = collect_snapshot()
+    findings = evaluate(snapshot, compiled)
+    if enforce:
+        from endpoint_agent.agent import enforce_once
+
+        violations = enforce_once(findings, policy)
+    else:
+        violations = findings_to_violations(findings, policy.version)
+    if as_json:
+        for v in violations:
+            out.write(json.dumps(v.to_json(), sort_keys=True) + "\n")
+    else:
+        print_table(violations, out)
+    return EXIT_FINDINGS if violations else EXIT_OK
+
+
+def print_table(violations: Sequence[Violation], out: TextIO) -> None:
+    if not violations:
+        print("No findings.", file=out)
+        return
+    width = shutil.get_terminal_size((120, 20)).columns
+    header = f"{'ACTION':<12} {'RULE':<28} {'PID':>7} {'PROCESS':<20} {'USER':<10} REASON"
+    print(header, file=out)
+    for v in violations:
+        line = (
+            f"{v.action.value:<12} {v.rule_id[:28]:<28} {v.pid:>7} {v.process_name[:20]:<20} "
+            f"{(v.username or '?')[:10]:<10} {v.reason}"
+        )
+        print(line if out is not sys.stdout or not out.isatty() else line[:width], file=out)
+    print(f"{len(violations)} finding(s).", file=out)
+
+
+__all__ = ["PolicyLoadError", "check_policy_command", "findings_to_violations", "run_scan_command"]
