@@ -1,0 +1,119 @@
+"""The admin side of the server API (httpx), with every failure turned into an AdminError."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from endpoint_admin.errors import AdminInputError, AdminServerError
+
+API_PREFIX = "/api/v1"
+PAGE_LIMIT = 500
+RATE_LIMIT_RETRIES = 5
+MAX_RETRY_AFTER = 30.0
+
+
+class AdminClient:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._sleep = sleep
+        base = server.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise AdminInputError(f"--server: expected an http:// or https:// URL, got {server!r}")
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=base + API_PREFIX, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    # --- policy -----------------------------------------------------------------------------
+
+    def publish(self, envelope: dict[str, Any], rollout_percent: int) -> dict[str, Any]:
+        return self._json("PUT", "/policy", json={"envelope": envelope, "rollout_percent": rollout_percent})
+
+    def rollout(self, percent: int) -> dict[str, Any]:
+        return self._json("POST", "/policy/rollout", json={"percent": percent})
+
+    def rollback(self) -> dict[str, Any]:
+        return self._json("POST", "/policy/rollback", json={})
+
+    # --- reports ----------------------------------------------------------------------------
+
+    def iter_pages(self, path: str, params: dict[str, str | None]) -> Iterator[dict[str, Any]]:
+        """Every item of a cursor-paginated listing, page by page as the server sends them."""
+        query: dict[str, str] = {k: v for k, v in params.items() if v is not None}
+        query.setdefault("limit", str(PAGE_LIMIT))
+        while True:
+            page = self._json("GET", path, params=query)
+            items = page.get("items")
+            if not isinstance(items, list):
+                raise AdminServerError(f"server answered {path} without an item list")
+            yield from items
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+            query["cursor"] = str(cursor)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        items = self._json("GET", "/hosts").get("items")
+        if not isinstance(items, list):
+            raise AdminServerError("server answered /hosts without an item list")
+        return items
+
+    def summary(self, since: str | None) -> dict[str, Any]:
+        return self._json("GET", "/summary", params={"since": since} if since else None)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_error:
+            message = body.get("error") if isinstance(body, dict) else None
+            detail = message or response.reason_phrase or "error"
+            raise AdminServerError(
+                f"server refused {method} {path}: {response.status_code} {detail}",
+                status_code=response.status_code,
+            )
+        if not isinstance(body, dict):
+            raise AdminServerError(f"server answered {method} {path} with something other than a JSON object")
+        return body
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a rate-limited one (429) is retried after the delay the server asks for."""
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise AdminServerError(f"cannot reach server {self._http.base_url}: {exc}") from exc
+            if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                return response
+            self._sleep(_retry_after(response))
+        raise AssertionError("unreachable")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), MAX_RETRY_AFTER)
+    except ValueError:
+        return 1.0

@@ -1,0 +1,122 @@
+"""The FastAPI application: `create_app(config)` wires store, auth, middleware and routes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from endpoint_agent import __version__
+from endpoint_agent.errors import SettingsError, StoreError
+from server_stub.auth import Authenticator
+from server_stub.config import ServerConfig
+from server_stub.context import ServerContext
+from server_stub.errors import ApiError
+from server_stub.middleware import BodyLimitMiddleware, RateLimitMiddleware, error_response
+from server_stub.models import Ok
+from server_stub.ratelimit import RateLimiter
+from server_stub.routes import admin, agent, reports
+from server_stub.store import Store, sqlite_url
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+# Union members of an event, which pydantic puts in error locations: not useful to a reader.
+_UNION_TAGS = frozenset({"violation", "agent"})
+
+
+def open_store(config: ServerConfig) -> Store:
+    if config.db_url:
+        return Store.open(config.db_url)
+    try:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"--data-dir: cannot create {config.data_dir}: {exc.strerror or exc}") from exc
+    if not os.access(config.data_dir, os.W_OK):
+        raise SettingsError(f"--data-dir: {config.data_dir} is not writable")
+    return Store.open(sqlite_url(config.data_dir))
+
+
+def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
+    """The application; opens (and migrates) the store now, so a bad database fails at start."""
+    store = store if store is not None else open_store(config)
+    ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(
+        title="endpoint-server",
+        version=__version__,
+        description="Signed policy distribution and violation reports for endpoint agents.",
+        docs_url=None,  # the docs pages load scripts from a CDN; /openapi.json is what tools need
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(config.rate_limit, config.rate_burst))
+
+    @app.get(f"{API_PREFIX}/healthz", response_model=Ok, tags=["health"])
+    def healthz() -> Ok:
+        return Ok()
+
+    for router in (agent.router, admin.router, reports.router):
+        app.include_router(router, prefix=API_PREFIX)
+    return app
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:
+    """('events[3].detected_at: Field required', [{"loc": ..., "msg": ...}, ...])."""
+    details = []
+    for err in errors:
+        parts: list[str] = []
+        loc = list(err.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "header", "path"):
+            loc = loc[1:]
+        previous: object = None
+        for part in loc:
+            if isinstance(part, int):
+                parts.append(f"[{part}]")
+            elif not (isinstance(previous, int) and part in _UNION_TAGS):
+                parts.append(("." if parts else "") + str(part))
+            previous = part
+        details.append({"loc": "".join(parts) or "body", "msg": str(err.get("msg", "invalid"))})
+    first = f"{details[0]['loc']}: {details[0]['msg']}" if details else "invalid request"
+    return first, details[:50]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first, details = describe_validation_errors(exc.errors())
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        return JSONResponse({"error": f"invalid request: {first}{more}", "details": details}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        log.error("store failure: %s", exc, exc_info=exc)
+        return error_response(503, "database unavailable; retry later", {"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal server error")

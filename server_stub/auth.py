@@ -1,0 +1,106 @@
+"""Who is calling: admin, reader, enroller (shared enroll secret) or one host (its node key).
+
+Static secrets are compared in constant time, every one of them on every request. Node keys
+are stored as sha256 digests and looked up by digest, so the database never holds a usable
+key and the lookup leaks nothing about the key. Missing or unknown credentials: 401; a valid
+credential of the wrong role: 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server_stub.config import ServerConfig
+from server_stub.errors import Forbidden, Unauthorized
+from server_stub.store import HostRecord, Store
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    READER = "reader"
+    ENROLL = "enroll"
+    NODE = "node"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: Role
+    host: HostRecord | None = None  # set for Role.NODE
+
+    @property
+    def host_id(self) -> str:
+        if self.host is None:
+            raise Forbidden("this endpoint needs a node key")
+        return self.host.host_id
+
+
+def new_node_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_node_key(node_key: str) -> str:
+    return hashlib.sha256(node_key.encode("utf-8")).hexdigest()
+
+
+class Authenticator:
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self._store = store
+        self._clock = config.clock
+        self._secrets: list[tuple[Role, bytes]] = [
+            (role, value.encode("utf-8"))
+            for role, value in (
+                (Role.ADMIN, config.admin_token),
+                (Role.READER, config.reader_token),
+                (Role.ENROLL, config.enroll_secret),
+            )
+            if value
+        ]
+
+    def identify(self, token: str) -> Principal | None:
+        presented = token.encode("utf-8", "replace")
+        # Compare against every secret (no early exit) so timing does not tell which one came close.
+        matches = [role for role, secret in self._secrets if hmac.compare_digest(presented, secret)]
+        if matches:
+            return Principal(matches[0])
+        host = self._store.hosts.authenticate(hash_node_key(token), self._clock())
+        return Principal(Role.NODE, host) if host is not None else None
+
+
+_bearer = HTTPBearer(auto_error=False, description="admin token, reader token, enroll secret or node key")
+
+
+def requires(*roles: Role) -> Callable[..., Principal]:
+    """A FastAPI dependency admitting only these roles."""
+    allowed = frozenset(roles)
+    names = " or ".join(sorted(r.value for r in allowed))
+
+    def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
+        if credentials is None or not credentials.credentials:
+            raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+        authenticator: Authenticator = request.app.state.ctx.auth
+        principal = authenticator.identify(credentials.credentials)
+        if principal is None:
+            raise Unauthorized("invalid credentials")
+        if principal.role not in allowed:
+            raise Forbidden(f"{principal.role.value} credentials may not use this endpoint (needs {names})")
+        return principal
+
+    return dependency
+
+
+# Route parameters: `principal: AdminOnly` admits the admin token only, and so on.
+AdminOnly = Annotated[Principal, Depends(requires(Role.ADMIN))]
+Reader = Annotated[Principal, Depends(requires(Role.READER, Role.ADMIN))]
+Enroller = Annotated[Principal, Depends(requires(Role.ENROLL))]
+Node = Annotated[Principal, Depends(requires(Role.NODE))]

@@ -1,0 +1,60 @@
+"""Server configuration, validated once at start (flags > env > defaults)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from endpoint_agent.errors import SettingsError
+
+ADMIN_TOKEN_ENV = "ENDPOINT_SERVER_ADMIN_TOKEN"
+READER_TOKEN_ENV = "ENDPOINT_SERVER_READER_TOKEN"
+ENROLL_SECRET_ENV = "ENDPOINT_SERVER_ENROLL_SECRET"
+
+MIN_SECRET_LENGTH = 16
+MAX_BODY_BYTES = 1024 * 1024
+MAX_EVENTS_PER_BATCH = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    public_keys: tuple[Ed25519PublicKey, ...]
+    admin_token: str
+    enroll_secret: str
+    reader_token: str | None = None
+    db_url: str | None = None  # None: SQLite under data_dir
+    stale_after: float = 300.0
+    rate_limit: float = 20.0  # requests per second per credential (or per client address)
+    rate_burst: int = 100
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_events: int = MAX_EVENTS_PER_BATCH
+    clock: Callable[[], datetime] = field(default=utcnow, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.public_keys:
+            raise SettingsError("--public-key: at least one trusted policy-signing public key is required")
+        secrets = {
+            "--admin-token": self.admin_token,
+            "--enroll-secret": self.enroll_secret,
+            "--reader-token": self.reader_token,
+        }
+        for flag, value in secrets.items():
+            if value is not None and len(value) < MIN_SECRET_LENGTH:
+                raise SettingsError(f"{flag}: must be at least {MIN_SECRET_LENGTH} characters")
+        given = [v for v in secrets.values() if v is not None]
+        if len(set(given)) != len(given):
+            # One secret in two roles would make the role of a request ambiguous.
+            raise SettingsError("--admin-token, --reader-token and --enroll-secret must all differ")
+        if self.stale_after < 0:
+            raise SettingsError("--stale-after: must be >= 0 seconds")
+        if self.rate_limit <= 0 or self.rate_burst < 1:
+            raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")

@@ -1,0 +1,117 @@
+"""What agents call: enroll, fetch the policy, upload events, heartbeat.
+
+After enrolment a host is known only by its node key; no request body can claim another host.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
+from server_stub.context import Ctx
+from server_stub.errors import NotFound, PayloadTooLarge
+from server_stub.models import (
+    AgentEvent,
+    EnrollRequest,
+    EnrollResponse,
+    EventBatch,
+    EventsAck,
+    HeartbeatRequest,
+    Ok,
+    ViolationEvent,
+)
+from server_stub.store import Heartbeat, NewEvent
+
+router = APIRouter(tags=["agent"])
+
+
+@router.post("/enroll", response_model=EnrollResponse)
+def enroll(
+    body: EnrollRequest,
+    _: Enroller,
+    ctx: Ctx,
+) -> EnrollResponse:
+    """Exchange the fleet's enroll secret for this host's own node key (re-enrolling rotates it)."""
+    node_key = new_node_key()
+    host_id = ctx.store.hosts.enroll(
+        machine_id=body.machine_id,
+        hostname=body.hostname,
+        node_key_hash=hash_node_key(node_key),
+        now=ctx.now(),
+    )
+    return EnrollResponse(host_id=host_id, node_key=node_key)
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    candidates = [c.strip() for c in if_none_match.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
+
+@router.get(
+    "/policy",
+    responses={
+        200: {"description": "the signed envelope (JSON)", "content": {"application/json": {}}},
+        304: {"description": "If-None-Match matched the current ETag"},
+        404: {"description": "no policy is published for this host"},
+    },
+)
+def get_policy(
+    request: Request,
+    principal: Node,
+    ctx: Ctx,
+) -> Response:
+    """The envelope this host should run (rollout-aware), with a strong ETag."""
+    served = ctx.store.policies.for_host(principal.host_id)
+    if served is None:
+        raise NotFound("no policy is published for this host yet")
+    headers = {"ETag": served.etag, "Cache-Control": "no-cache", "X-Policy-Version": str(served.version)}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and _etag_matches(if_none_match, served.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(served.envelope, media_type="application/json", headers=headers)
+
+
+def _new_event(ev: ViolationEvent | AgentEvent) -> NewEvent:
+    data = ev.model_dump(mode="json")
+    if isinstance(ev, ViolationEvent):
+        return NewEvent(
+            event_id=ev.event_id,
+            kind="violation",
+            detected_at=ev.detected_at,
+            data=data,
+            rule_id=ev.rule_id,
+            category=ev.category,
+            action=ev.action.value,
+        )
+    return NewEvent(event_id=ev.event_id, kind="agent", detected_at=ev.detected_at, data=data, type=ev.type)
+
+
+@router.post("/events", response_model=EventsAck)
+def post_events(
+    batch: EventBatch,
+    principal: Node,
+    ctx: Ctx,
+) -> EventsAck:
+    """Store a batch (all or nothing); ids stored before are acknowledged again, not duplicated."""
+    if len(batch.events) > ctx.config.max_events:
+        raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(batch.events)}")
+    ctx.store.events.insert_batch(principal.host_id, [_new_event(ev) for ev in batch.events], ctx.now())
+    return EventsAck(acked=list(dict.fromkeys(ev.event_id for ev in batch.events)))
+
+
+@router.post("/heartbeat", response_model=Ok)
+def heartbeat(
+    body: HeartbeatRequest,
+    principal: Node,
+    ctx: Ctx,
+) -> Ok:
+    beat = Heartbeat(
+        agent_version=body.agent_version,
+        policy_version=body.policy_version,
+        mode=body.mode,
+        last_scan_at=body.last_scan_at,
+        counters=dict(body.counters),
+        circuit_state=body.circuit_state,
+    )
+    ctx.store.hosts.heartbeat(principal.host_id, beat, ctx.now())
+    return Ok()

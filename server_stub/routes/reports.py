@@ -1,0 +1,129 @@
+"""What the security team reads: violations, agent events, hosts, summary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from server_stub.auth import Reader
+from server_stub.context import Ctx, ServerContext
+from server_stub.models import CountOut, EventPage, HostList, HostOut, SummaryOut
+from server_stub.pagination import decode_cursor, encode_cursor
+from server_stub.store import EventFilter, StoredEvent
+from server_stub.store.events import AGENT, VIOLATION
+from server_stub.timeparse import parse_time
+
+router = APIRouter(tags=["reports"])
+
+SINCE_DOC = "ISO 8601 time (naive means UTC) or relative to now: 30m, 24h, 7d"
+MAX_LIMIT = 1000
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _item(ev: StoredEvent) -> dict[str, Any]:
+    # Server-side facts last: a key in the uploaded event can never pose as another host.
+    return {**ev.data, "host": ev.host_id, "hostname": ev.hostname, "received_at": _iso(ev.received_at)}
+
+
+def _page(ctx: ServerContext, kind: str, flt: EventFilter, cursor: str | None, limit: int) -> EventPage:
+    items, more = ctx.store.events.page(kind, flt, after_id=decode_cursor(cursor), limit=limit)
+    next_cursor = encode_cursor(items[-1].id) if more and items else None
+    return EventPage(items=[_item(ev) for ev in items], next_cursor=next_cursor)
+
+
+@router.get("/violations", response_model=EventPage)
+def violations(
+    _: Reader,
+    ctx: Ctx,
+    since: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    until: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    host: Annotated[str | None, Query(description="host id or hostname")] = None,
+    rule_id: str | None = None,
+    category: str | None = None,
+    action: str | None = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+) -> EventPage:
+    """Violations in the order the server received them (stable cursor pagination)."""
+    now = ctx.now()
+    flt = EventFilter(
+        since=parse_time("since", since, now),
+        until=parse_time("until", until, now),
+        host=host,
+        rule_id=rule_id,
+        category=category,
+        action=action,
+    )
+    return _page(ctx, VIOLATION, flt, cursor, limit)
+
+
+@router.get("/agent-events", response_model=EventPage)
+def agent_events(
+    _: Reader,
+    ctx: Ctx,
+    since: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    until: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    host: Annotated[str | None, Query(description="host id or hostname")] = None,
+    type: Annotated[str | None, Query(description="e.g. circuit_open, policy_unsafe, events_dropped")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+) -> EventPage:
+    """What agents reported about themselves (dropped events, open circuit, rejected policies)."""
+    now = ctx.now()
+    flt = EventFilter(
+        since=parse_time("since", since, now), until=parse_time("until", until, now), host=host, type=type
+    )
+    return _page(ctx, AGENT, flt, cursor, limit)
+
+
+@router.get("/hosts", response_model=HostList)
+def hosts(_: Reader, ctx: Ctx) -> HostList:
+    """Enrolled hosts; `stale` when a host has been silent longer than --stale-after."""
+    now = ctx.now()
+    stale_after = ctx.config.stale_after
+    items = [
+        HostOut(
+            host_id=h.host_id,
+            hostname=h.hostname,
+            machine_id=h.machine_id,
+            enrolled_at=h.enrolled_at,
+            last_seen=h.last_seen,
+            stale=h.last_seen is None or (now - h.last_seen).total_seconds() > stale_after,
+            agent_version=h.agent_version,
+            policy_version=h.policy_version,
+            mode=h.mode,
+            last_scan_at=h.last_scan_at,
+            heartbeat_at=h.heartbeat_at,
+            counters=h.counters,
+            circuit_state=h.circuit_state,
+        )
+        for h in ctx.store.hosts.list_hosts()
+    ]
+    return HostList(items=items)
+
+
+@router.get("/summary", response_model=SummaryOut, response_model_exclude_none=True)
+def summary(
+    _: Reader,
+    ctx: Ctx,
+    since: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    until: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+) -> SummaryOut:
+    """Violation counts by rule, category, action and host."""
+    now = ctx.now()
+    flt = EventFilter(since=parse_time("since", since, now), until=parse_time("until", until, now))
+    s = ctx.store.events.summary(flt)
+    return SummaryOut(
+        since=flt.since,
+        until=flt.until,
+        total=s.total,
+        by_rule=[CountOut(rule_id=c.key, count=c.count) for c in s.by_rule],
+        by_category=[CountOut(category=c.key, count=c.count) for c in s.by_category],
+        by_action=[CountOut(action=c.key, count=c.count) for c in s.by_action],
+        by_host=[CountOut(host=c.key, hostname=c.label, count=c.count) for c in s.by_host],
+    )

@@ -1,0 +1,53 @@
+"""The server's database (SQLAlchemy Core): SQLite WAL by default, PostgreSQL at scale.
+
+Everything the server remembers lives here, so any number of server processes can share one
+PostgreSQL database. Failures surface as endpoint_agent.errors.StoreError.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+
+from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
+from server_stub.store.events import EventFilter, EventRepo, NewEvent, StoredEvent, Summary
+from server_stub.store.hosts import Heartbeat, HostRecord, HostRepo
+from server_stub.store.migrations import migrate
+from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.hosts = HostRepo(engine)
+        self.policies = PolicyRepo(engine)
+        self.events = EventRepo(engine)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect and migrate to the newest schema (safe to run from several processes at once)."""
+        engine = create_db_engine(url)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = [
+    "EventFilter",
+    "Heartbeat",
+    "HostRecord",
+    "NewEvent",
+    "NewPolicy",
+    "PolicyVersion",
+    "ServedPolicy",
+    "Store",
+    "StoredEvent",
+    "Summary",
+    "normalize_url",
+    "sqlite_url",
+]

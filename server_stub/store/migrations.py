@@ -1,0 +1,123 @@
+"""Versioned schema: an ordered list of migrations, applied at start, once, under a lock.
+
+Each migration builds what it needs from its own frozen definitions, never from tables.py
+(which follows the latest schema), so replaying history always produces the same database.
+Several server processes may start at once against one PostgreSQL: an advisory lock makes
+them take turns, and each re-reads the version inside the lock. On SQLite the migrating
+transaction begins IMMEDIATE, which does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from endpoint_agent.errors import StoreError
+from server_stub.store.coltypes import BigId, UTCDateTime
+from server_stub.store.engine import db_errors, serialize_writers, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "hosts",
+        md,
+        sa.Column("host_id", sa.String(36), primary_key=True),
+        sa.Column("machine_id", sa.String(256), nullable=False, unique=True),
+        sa.Column("hostname", sa.String(256), nullable=False),
+        sa.Column("node_key_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("enrolled_at", UTCDateTime, nullable=False),
+        sa.Column("last_seen", UTCDateTime, nullable=True),
+        sa.Column("agent_version", sa.String(64), nullable=True),
+        sa.Column("policy_version", sa.Integer, nullable=True),
+        sa.Column("mode", sa.String(32), nullable=True),
+        sa.Column("last_scan_at", UTCDateTime, nullable=True),
+        sa.Column("counters", sa.JSON, nullable=True),
+        sa.Column("circuit_state", sa.String(32), nullable=True),
+        sa.Column("heartbeat_at", UTCDateTime, nullable=True),
+    )
+    sa.Table(
+        "policy_versions",
+        md,
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("envelope", sa.Text, nullable=False),
+        sa.Column("etag", sa.String(80), nullable=False),
+        sa.Column("key_id", sa.String(16), nullable=False),
+        sa.Column("policy_name", sa.String(200), nullable=False),
+        sa.Column("fleet_id", sa.String(200), nullable=False),
+        sa.Column("published_at", UTCDateTime, nullable=False),
+        sa.Column("rollout_percent", sa.Integer, nullable=False),
+        sa.Column("rolled_back_at", UTCDateTime, nullable=True),
+    )
+    sa.Table(
+        "events",
+        md,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("host_id", sa.String(36), sa.ForeignKey("hosts.host_id"), nullable=False),
+        sa.Column("event_id", sa.String(36), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("received_at", UTCDateTime, nullable=False),
+        sa.Column("detected_at", UTCDateTime, nullable=False),
+        sa.Column("rule_id", sa.String(200), nullable=True),
+        sa.Column("category", sa.String(200), nullable=True),
+        sa.Column("action", sa.String(32), nullable=True),
+        sa.Column("type", sa.String(64), nullable=True),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.UniqueConstraint("host_id", "event_id", name="uq_events_host_event"),
+        sa.Index("ix_events_kind_id", "kind", "id"),
+        sa.Index("ix_events_kind_detected", "kind", "detected_at"),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "hosts, policy versions, events", _v1_initial),)
+
+_version_md = sa.MetaData()
+_schema_version = sa.Table(
+    "schema_version",
+    _version_md,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+
+def current_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    return int(
+        conn.execute(sa.select(sa.func.coalesce(sa.func.max(_schema_version.c.version), 0))).scalar_one()
+    )
+
+
+def migrate(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Bring the database to the newest schema; returns the version it is at."""
+    latest = migrations[-1].version if migrations else 0
+    with db_errors("migrating the schema"), engine.begin() as conn:
+        serialize_writers(conn, "endpoint-server:migrate")
+        _schema_version.create(conn, checkfirst=True)
+        version = current_version(conn)
+        if version > latest:
+            # A newer server migrated this database; running old code on it could corrupt it.
+            raise StoreError(f"database schema is version {version}, newer than this server knows ({latest})")
+        for migration in migrations:
+            if migration.version <= version:
+                continue
+            log.info("applying schema migration %d: %s", migration.version, migration.description)
+            migration.apply(conn)
+            conn.execute(sa.insert(_schema_version).values(version=migration.version, applied_at=utcnow()))
+            version = migration.version
+    return version

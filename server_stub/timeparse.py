@@ -1,0 +1,24 @@
+"""Query times: ISO 8601 (naive means UTC) or relative to now, like `24h` or `7d`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from endpoint_admin.durations import parse_duration
+from server_stub.errors import BadRequest
+
+
+def parse_time(name: str, text: str | None, now: datetime) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(
+            f"{name}: {text!r} is neither an ISO 8601 time nor a relative time like 24h or 7d"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

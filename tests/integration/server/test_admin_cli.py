@@ -1,0 +1,172 @@
+"""endpoint-admin as a user runs it (subprocess) against the real server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.server.policies import policy_yaml
+from tests.integration.server.test_events import agent_event, post, violation
+from tests.support.server import REPO_ROOT, LiveServer, run_server, subprocess_env
+
+
+def admin(
+    *args: str, token: str | None = None, check_code: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    env = {"ENDPOINT_ADMIN_TOKEN": token or ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "endpoint_admin", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=subprocess_env(env),
+    )
+    if check_code is not None:
+        assert result.returncode == check_code, (args, result.stdout, result.stderr)
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_yaml(1))
+    return path
+
+
+def test_keygen_sign_verify(tmp_path: Path, policy_file: Path) -> None:
+    keys = tmp_path / "keys"
+    out = admin("keygen", "--out", str(keys)).stdout
+    key, pub = keys / "policy-signing.key", keys / "policy-signing.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and pub.exists()
+    assert "key id:" in out
+    one_line_error(admin("keygen", "--out", str(keys), check_code=2), "already exists")
+
+    envelope = admin(
+        "sign", str(policy_file), "--key", str(key), "--fleet-id", "fleet-a", "--expires-in", "30d"
+    )
+    signed = tmp_path / "policy.envelope.json"
+    signed.write_text(envelope.stdout)
+    ok = admin("verify", str(signed), "--public-key", str(pub)).stdout
+    assert ok.startswith("OK: policy 'corporate-baseline' version 1, fleet 'fleet-a'")
+
+    out_file = tmp_path / "out.json"
+    admin("sign", str(policy_file), "--key", str(key), "--out", str(out_file))
+    assert admin("verify", str(out_file), "--public-key", str(pub)).returncode == 0
+
+    other = tmp_path / "other"
+    admin("keygen", "--out", str(other))
+    failed = admin("verify", str(signed), "--public-key", str(other / "policy-signing.pub"), check_code=1)
+    one_line_error(failed, "verification FAILED: envelope is not signed by any trusted key")
+
+    tampered = tmp_path / "tampered.json"
+    doc = json.loads(signed.read_text())
+    doc["payload"] = doc["payload"][:-8] + ("A" * 8 if not doc["payload"].endswith("A" * 8) else "B" * 8)
+    tampered.write_text(json.dumps(doc))
+    one_line_error(admin("verify", str(tampered), "--public-key", str(pub), check_code=1), "FAILED")
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, policy_file: Path) -> None:
+    admin("keygen", "--out", str(tmp_path / "k"))
+    key = str(tmp_path / "k" / "policy-signing.key")
+    bad_policy = tmp_path / "bad.yaml"
+    bad_policy.write_text(
+        "name: x\nversion: 1\nrules:\n  - id: r1\n    action: explode\n    process: {name: a}\n"
+    )
+    cases = [
+        (("sign", str(bad_policy), "--key", key), "r1"),
+        (("sign", str(tmp_path / "missing.yaml"), "--key", key), "missing.yaml"),
+        (("sign", str(policy_file), "--key", str(tmp_path / "nokey")), "nokey"),
+        (("sign", str(policy_file), "--key", key, "--expires-in", "soon"), "invalid duration"),
+        (("rollout", "--server", "http://127.0.0.1:9", "--percent", "150"), "0-100"),
+        (("hosts", "--server", "http://127.0.0.1:9"), "ENDPOINT_ADMIN_TOKEN"),
+        (("hosts", "--server", "ftp://x", "--token", "t"), "--server"),
+        (("frobnicate",), "invalid choice"),
+    ]
+    for args, fragment in cases:
+        one_line_error(admin(*args, check_code=2), fragment)
+
+
+def test_unreachable_server_exits_1(tmp_path: Path) -> None:
+    from tests.support.ports import free_port
+
+    result = admin("hosts", "--server", f"http://127.0.0.1:{free_port()}", token="t", check_code=1)
+    one_line_error(result, "cannot reach server")
+
+
+def test_publish_rollout_rollback(live_server: LiveServer, tmp_path: Path, policy_file: Path) -> None:
+    server, key, token = live_server.base_url, str(live_server.private_key), live_server.admin_token
+    out = admin("publish", str(policy_file), "--server", server, "--key", key, token=token).stdout
+    assert "published version 1 to 100% of hosts" in out
+    conflict = admin("publish", str(policy_file), "--server", server, "--key", key, token=token, check_code=2)
+    one_line_error(conflict, "409 policy version 1 is not higher than the newest published version 1")
+    denied = admin("publish", str(policy_file), "--server", server, "--key", key, token="wrong", check_code=2)
+    one_line_error(denied, "401 invalid credentials")
+    publish = ("publish", str(policy_file), "--server", server, "--key", key)
+    reader = admin(*publish, token=live_server.reader_token, check_code=2)
+    one_line_error(reader, "403")
+
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(policy_yaml(2))
+    out = admin("publish", str(v2), "--server", server, "--key", key, "--rollout", "10", token=token).stdout
+    assert "published version 2 to 10% of hosts (previous version: 1)" in out
+    assert "rolled out to 50%" in admin("rollout", "--server", server, "--percent", "50", token=token).stdout
+    out = admin("rollback", "--server", server, token=token).stdout
+    assert "rolled back version 2; version 1 is current for every host" in out
+    with live_server.admin() as c:
+        versions = c.get("/policy/versions").json()["items"]
+    assert [(v["version"], v["rolled_back_at"] is not None) for v in versions] == [(2, True), (1, False)]
+
+
+def test_violations_in_three_formats_streams_every_page(live_server: LiveServer) -> None:
+    hosts = [live_server.enroll("ws-1"), live_server.enroll("ws-2")]
+    sent = [violation(rule_id=f"r{i}", process_name=f"proc-{i}") for i in range(7)]
+    post(live_server, hosts[0], sent[:4])
+    post(live_server, hosts[1], sent[4:])
+    post(live_server, hosts[1], [agent_event()])
+    common = ("--server", live_server.base_url, "--page-size", "2")
+    token = live_server.reader_token
+
+    ndjson = admin("violations", *common, "--format", "ndjson", token=token).stdout.splitlines()
+    assert [json.loads(line)["event_id"] for line in ndjson] == [e["event_id"] for e in sent]
+
+    rows = list(
+        csv.DictReader(io.StringIO(admin("violations", *common, "--format", "csv", token=token).stdout))
+    )
+    assert [r["rule_id"] for r in rows] == [f"r{i}" for i in range(7)]
+    assert {r["hostname"] for r in rows} == {"ws-1", "ws-2"} and rows[0]["pid"] == "4242"
+
+    table = admin("violations", *common, "--since", "24h", token=token).stdout.splitlines()
+    assert table[0].startswith("DETECTED") and len(table) == 8
+    assert all(f"proc-{i}" in table[i + 1] for i in range(7))
+
+    filtered = admin("violations", *common, "--host", "ws-2", "--format", "ndjson", token=token).stdout
+    assert len(filtered.splitlines()) == 3
+    events = admin("agent-events", "--server", live_server.base_url, token=token).stdout.splitlines()
+    assert [json.loads(e)["type"] for e in events] == ["events_dropped"]
+
+    summary = admin("summary", "--server", live_server.base_url, "--since", "7d", token=token).stdout
+    assert "violations since" in summary and ": 7" in summary.splitlines()[0] and "ws-2" in summary
+
+
+def test_hosts_marks_stale_ones(tmp_path: Path) -> None:
+    with run_server(tmp_path / "s", extra_args=["--stale-after", "0"]) as server:
+        server.enroll("ws-stale")
+        out = admin("hosts", "--server", server.base_url, token=server.reader_token).stdout.splitlines()
+        assert out[0].split()[:4] == ["HOSTNAME", "HOST_ID", "LAST_SEEN", "STATE"]
+        assert "ws-stale" in out[1] and "STALE" in out[1]
+        as_json = admin("hosts", "--server", server.base_url, "--format", "ndjson", token=server.reader_token)
+        assert json.loads(as_json.stdout)["stale"] is True
