@@ -51,7 +51,9 @@ def main() -> int:
             _step("the same findings as NDJSON (--json), this stand-in's only")
             out = subprocess.run(
                 [*agent, "scan", "--policy", str(DEFAULT_POLICY), "--json"],
-                check=False, capture_output=True, text=True,
+                check=False,
+                capture_output=True,
+                text=True,
             )
             mine = [line for line in out.stdout.splitlines() if f'"pid": {standin.pid},' in line]
             for line in mine:

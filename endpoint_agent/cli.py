@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    """Options shared by `run`, `status` and `violations` (each also ENDPOINT_AGENT_<NAME> and config file)."""
+    """Options of `run`, `status` and `violations` (each also ENDPOINT_AGENT_<NAME> and config file)."""
     p.add_argument("--config", help="config file (YAML or TOML)")
     p.add_argument("--state-dir", help="where the agent keeps its state (store, status, last good policy)")
     p.add_argument("--server", help="policy/report server URL")
@@ -34,7 +34,7 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet-id", help="fleet this agent belongs to")
     p.add_argument("--scan-interval", type=float, help="seconds between full scans")
     p.add_argument("--sync-interval", type=float, help="seconds between policy polls (default 60)")
-    p.add_argument("--upload-interval", type=float, help="seconds between uploads and heartbeats (default 60)")
+    p.add_argument("--upload-interval", type=float, help="seconds between uploads/heartbeats (default 60)")
     p.add_argument("--policy", help="standalone mode: enforce this local policy file, no server")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
@@ -99,7 +99,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scan":
         from endpoint_agent.scan import run_scan_command
 
-        return run_scan_command(args.policy, as_json=args.json, enforce=args.enforce, public_keys=args.public_keys)
+        return run_scan_command(
+            args.policy, as_json=args.json, enforce=args.enforce, public_keys=args.public_keys
+        )
     if args.command == "check-policy":
         from endpoint_agent.scan import check_policy_command
 

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TextIO
 
 from endpoint_agent.errors import PolicyLoadError
+from endpoint_agent.policy import Policy, load_policy_file
+from endpoint_agent.policy.load import DecodeEnvelope
 from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
-def _envelope_decoder(public_keys: Sequence[str] | None):  # type: ignore[no-untyped-def]
+def _envelope_decoder(public_keys: Sequence[str] | None) -> DecodeEnvelope | None:
     """A signed envelope is verified against the given keys before its payload is read."""
     if not public_keys:
         return None
@@ -25,22 +27,27 @@ def _envelope_decoder(public_keys: Sequence[str] | None):  # type: ignore[no-unt
 
     keys = [load_public_key(Path(p)) for p in public_keys]
 
-    def decode(raw: bytes) -> bytes:
-        return verify_envelope(raw, keys).policy_yaml_bytes()
+    def decode(raw: bytes) -> Policy:
+        return verify_envelope(raw, keys).policy
 
     return decode
 
 
-def load_policy(path: str, public_keys: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
-    from endpoint_agent.policy import load_policy_file
+def load_policy(path: str, public_keys: Sequence[str] | None = None) -> Policy:
+    """A policy file (YAML) or a signed envelope verified with `public_keys`."""
 
     return load_policy_file(Path(path), decode_envelope=_envelope_decoder(public_keys))
 
 
-def check_policy_command(path: str, *, public_keys: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def check_policy_command(
+    path: str, *, public_keys: Sequence[str] | None = None, out: TextIO = sys.stdout
+) -> int:
     policy = load_policy(path, public_keys)
-    print(f"{path}: valid policy {policy.name!r} version {policy.version}, mode {policy.mode}, "
-          f"{len(policy.rules)} rules", file=out)
+    print(
+        f"{path}: valid policy {policy.name!r} version {policy.version}, mode {policy.mode}, "
+        f"{len(policy.rules)} rules",
+        file=out,
+    )
     return EXIT_OK
 
 

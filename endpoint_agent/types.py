@@ -89,6 +89,8 @@ class ProcessInfo:
     kernel_thread: bool = False
     # True when psutil could not read some attribute (vanished or denied mid-scan).
     partial: bool = False
+    # The system package that owns `exe` (dpkg/rpm/...), None when unknown or unowned.
+    package: str | None = None
 
     @property
     def key(self) -> tuple[int, float]:
@@ -100,10 +102,36 @@ class ProcessInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class P2PFeatures:
+    """Peer-to-peer behaviour of one process over a sliding window of scans (collect.behaviour).
+
+    Only facts: counts of distinct values seen in the window. The policy engine turns them into a
+    score. A "peer" port is above 1024 and not a well-known service port (behaviour.SERVICE_PORTS).
+    """
+
+    scans: int  # scans in the window that saw the process
+    peers: int  # distinct remote IPs met on a peer port, either direction
+    outbound_peers: int  # distinct remote ip:port the process connected to on a peer port
+    outbound_peer_ips: int
+    outbound_peer_ports: int
+    inbound_peers: int  # distinct remote ip:port connected to one of its listening peer ports
+    inbound_peer_ips: int
+    inbound_peer_ports: int  # distinct remote (source) ports of those
+    listening_ports: tuple[int, ...] = ()  # its listening peer ports that had inbound peers
+    tcp_udp_ports: tuple[int, ...] = ()  # local peer ports bound for both TCP and UDP
+    tcp_udp_peers: int = 0  # remote IPs it reached over both TCP and (connected) UDP on peer ports
+    bittorrent_ports: tuple[int, ...] = ()  # well-known BitTorrent ports it used, local or remote
+    lpd: bool = False  # a socket on the BitTorrent local peer discovery port/group
+    sample_peers: tuple[str, ...] = ()  # a few peers, for the evidence
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     taken_at: datetime
     processes: dict[int, ProcessInfo]
     connections: tuple[Connection, ...] = ()
+    # (pid, create_time) -> behaviour over the last scans; filled by collect.behaviour.BehaviourTracker.
+    behaviour: dict[tuple[int, float], P2PFeatures] = field(default_factory=dict)
 
     def connections_of(self, pid: int) -> tuple[Connection, ...]:
         return tuple(c for c in self.connections if c.pid == pid)

@@ -1,0 +1,249 @@
+"""The policy file format (pydantic v2 models): what an administrator writes.
+
+Models are frozen and forbid unknown fields, so a typo is an error instead of a rule that
+silently never matches. Values are validated here once (globs, regexes, CIDRs, ports); the
+compiled form lives in `compile.py`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from endpoint_agent.policy.fields import (
+    HttpUrl,
+    NameGlobs,
+    Networks,
+    PathGlobs,
+    Ports,
+    Regexes,
+    RuleId,
+    Sha256s,
+    Text,
+    Texts,
+    _as_lower_list,
+    _false_is_off,
+)
+from endpoint_agent.types import Direction, RuleAction
+
+UNAPPROVED_RULE_ID = "unapproved-app"
+DEFAULT_MESSAGE = "This application is not allowed on company machines by the acceptable-use policy."
+
+
+class Mode(StrEnum):
+    MONITOR = "monitor"  # findings are reported; nothing is stopped
+    ENFORCE = "enforce"  # findings of `block` rules stop the process
+
+
+class UnapprovedAction(StrEnum):
+    OFF = "off"
+    REPORT = "report"
+    BLOCK = "block"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Specificity(IntEnum):
+    """How precisely a rule names an executable; the most specific matching rule wins."""
+
+    GENERAL = 1  # name, cmdline, user, parent, network
+    PATH = 2
+    SHA256 = 3
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_PROCESS_KEYS = ("name", "path", "sha256", "cmdline", "user", "parent")
+_NETWORK_KEYS = ("remote_port", "remote_address", "local_port", "protocol", "direction")
+
+
+class ProcessConditions(_Model):
+    """All given keys must hold (AND); a list means any of its values (OR)."""
+
+    name: NameGlobs | None = Field(
+        default=None,
+        description="Glob, case-insensitive, on the process name or the basename of its executable.",
+    )
+    path: PathGlobs | None = Field(default=None, description="Glob on the executable path ('*' crosses '/').")
+    sha256: Sha256s | None = Field(
+        default=None, description="SHA-256 of the executable file (64 hex digits)."
+    )
+    cmdline: Regexes | None = Field(
+        default=None, description="Regex searched in the space-joined command line."
+    )
+    user: Texts | None = Field(default=None, description="Exact user name owning the process.")
+    parent: NameGlobs | None = Field(
+        default=None, description="Glob, case-insensitive, on the parent process name."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ProcessConditions:
+        if all(getattr(self, key) is None for key in _PROCESS_KEYS):
+            raise ValueError(f"is empty; give at least one of {', '.join(_PROCESS_KEYS)}")
+        return self
+
+    @property
+    def specificity(self) -> Specificity:
+        if self.sha256 is not None:
+            return Specificity.SHA256
+        if self.path is not None:
+            return Specificity.PATH
+        return Specificity.GENERAL
+
+
+def _enum_schema(values: list[str]) -> WithJsonSchema:
+    item = {"type": "string", "enum": values}
+    return WithJsonSchema({"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]})
+
+
+Protocols = Annotated[
+    tuple[Protocol, ...], BeforeValidator(_as_lower_list), _enum_schema([p.value for p in Protocol])
+]
+Directions = Annotated[
+    tuple[Direction, ...], BeforeValidator(_as_lower_list), _enum_schema([d.value for d in Direction])
+]
+
+
+class NetworkConditions(_Model):
+    """Matched per connection of a process; all given keys must hold (AND)."""
+
+    remote_port: Ports | None = Field(default=None, description="Remote port or range 'low-high'.")
+    remote_address: Networks | None = Field(default=None, description="Remote IPv4/IPv6 address or CIDR.")
+    local_port: Ports | None = Field(default=None, description="Local port or range (e.g. a listening port).")
+    protocol: Protocols | None = Field(default=None, description="tcp or udp.")
+    direction: Directions | None = Field(default=None, description="outbound, inbound or listen.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> NetworkConditions:
+        if all(getattr(self, key) is None for key in _NETWORK_KEYS):
+            raise ValueError(f"is empty; give at least one of {', '.join(_NETWORK_KEYS)}")
+        return self
+
+
+class Rule(_Model):
+    id: RuleId = Field(description="Unique id, [A-Za-z0-9_.:-]+; reported with every finding.")
+    description: str | None = None
+    category: Text | None = Field(
+        default=None, description="Free text: p2p, remote-access, ... (defaults.category)."
+    )
+    action: RuleAction = Field(description="allow | report | block.")
+    enabled: StrictBool = True
+    message: Text | None = Field(
+        default=None, description="Shown to the user; falls back to defaults.message."
+    )
+    help_url: HttpUrl | None = Field(
+        default=None, description="Shown to the user; falls back to defaults.help_url."
+    )
+    process: ProcessConditions | None = None
+    network: NetworkConditions | None = None
+    unless: ProcessConditions | None = Field(
+        default=None, description="A process matching this is never matched."
+    )
+
+    @model_validator(mode="after")
+    def _has_conditions(self) -> Rule:
+        if self.process is None and self.network is None:
+            raise ValueError("has no conditions; give `process`, `network` or both")
+        if self.action is RuleAction.ALLOW and self.network is not None:
+            raise ValueError(
+                "an allow rule approves processes and cannot have `network`; "
+                "to exempt connections use `unless` on the rule that matches them"
+            )
+        if self.id == UNAPPROVED_RULE_ID:
+            raise ValueError(f"rule id {UNAPPROVED_RULE_ID!r} is reserved for the unapproved-apps check")
+        return self
+
+    @property
+    def specificity(self) -> Specificity:
+        return self.process.specificity if self.process else Specificity.GENERAL
+
+
+class Defaults(_Model):
+    message: Text = Field(default=DEFAULT_MESSAGE, description="Message for rules without one.")
+    help_url: HttpUrl | None = Field(default=None, description="Help link for rules without one.")
+    category: Text = Field(default="uncategorized", description="Category for rules without one.")
+
+
+UnapprovedActionField = Annotated[UnapprovedAction, BeforeValidator(_false_is_off)]
+
+
+class Unapproved(_Model):
+    """Processes of interactive users that no allow rule approves."""
+
+    action: UnapprovedActionField = Field(default=UnapprovedAction.OFF, description="off | report | block.")
+    category: Text = "unapproved"
+    min_uid: StrictInt = Field(
+        default=1000, ge=0, description="Only processes with uid >= min_uid are in scope."
+    )
+    exclude_users: tuple[Text, ...] = Field(
+        default=(), description="Users whose processes are never flagged."
+    )
+    trust_package_manager: StrictBool = Field(
+        default=True, description="Executables owned by a system package count as approved."
+    )
+    message: Text | None = None
+    help_url: HttpUrl | None = None
+
+
+class Policy(_Model):
+    name: Text
+    version: StrictInt = Field(ge=1, description="Increases with every published change.")
+    mode: Mode = Mode.MONITOR
+    description: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    unapproved: Unapproved = Field(default_factory=Unapproved)
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Policy:
+        problems = duplicate_rule_ids([rule.id for rule in self.rules])
+        if problems:
+            raise PydanticCustomError("duplicate_rule_id", "; ".join(message for _, message in problems))
+        return self
+
+
+def duplicate_rule_ids(ids: list[object]) -> list[tuple[int, str]]:
+    """(index, message) for every rule whose id an earlier rule already uses."""
+    seen: dict[object, int] = {}
+    out: list[tuple[int, str]] = []
+    for index, rule_id in enumerate(ids):
+        if not isinstance(rule_id, str):
+            continue
+        if rule_id in seen:
+            out.append((index, f"duplicate rule id {rule_id!r}, first used by rules[{seen[rule_id]}]"))
+        else:
+            seen[rule_id] = index
+    return out
+
+
+__all__ = [
+    "DEFAULT_MESSAGE",
+    "UNAPPROVED_RULE_ID",
+    "Defaults",
+    "Mode",
+    "NetworkConditions",
+    "Policy",
+    "ProcessConditions",
+    "Protocol",
+    "Rule",
+    "Specificity",
+    "Unapproved",
+    "UnapprovedAction",
+]

@@ -1,0 +1,109 @@
+"""The shipped policies: valid, in sync with schema.json, quiet on a plain Linux machine, and
+loud on real P2P stand-ins."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from endpoint_agent.policy import Mode, UnapprovedAction, compile_policy, evaluate, load_policy_file
+from endpoint_agent.policy.schema import render_schema
+from endpoint_agent.types import RuleAction
+from tests.support import Listen, SpawnFn
+from tests.unit.policy.machine import machine_snapshot
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+ALL_FILES = sorted(POLICIES.rglob("*.yaml"))
+
+
+def test_schema_json_is_generated_from_the_models() -> None:
+    """Regenerate with `make schema` (python -m endpoint_agent.policy.schema > policies/schema.json)."""
+    assert (POLICIES / "schema.json").read_text() == render_schema()
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(POLICIES)))
+def test_shipped_policies_load_and_compile(path: Path) -> None:
+    policy = load_policy_file(path)
+    compiled = compile_policy(policy)
+    assert compiled.rules and compiled.stats["residual_patterns"] == 0
+    assert policy.mode is Mode.MONITOR  # shipped files never stop anything until an admin says so
+
+
+def test_default_policy_is_a_monitor_mode_p2p_baseline() -> None:
+    policy = load_policy_file(POLICIES / "default.yaml")
+    assert policy.unapproved.action is UnapprovedAction.OFF
+    p2p = [r for r in policy.rules if r.category == "p2p"]
+    assert len(p2p) == len(policy.rules) >= 25
+    assert all(r.action is RuleAction.BLOCK for r in p2p)
+    names = {n.lower() for r in p2p if r.process and r.process.name for n in r.process.name}
+    for client in (
+        "qbittorrent",
+        "transmission-gtk",
+        "transmission-qt",
+        "transmission-daemon",
+        "transmission-cli",
+        "deluge",
+        "deluged",
+        "deluge-gtk",
+        "utorrent.exe",
+        "bittorrent.exe",
+        "vuze",
+        "azureus",
+        "biglybt",
+        "tixati",
+        "aria2c",
+        "rtorrent",
+        "ctorrent",
+        "emule.exe",
+        "amule",
+        "amuled",
+        "frostwire",
+        "soulseekqt",
+        "nicotine",
+        "ktorrent",
+        "tribler",
+        "limewire",
+        "wireshare",
+        "shareaza.exe",
+        "bitcomet.exe",
+        "fragments",
+        "motrix",
+        "webtorrent",
+        "halite.exe",
+        "picotorrent",
+    ):
+        assert client in names, client
+
+
+def test_default_policy_flags_nothing_on_this_machine() -> None:
+    snapshot = machine_snapshot()
+    assert sum(not p.kernel_thread for p in snapshot.processes.values()) >= 2  # a real machine
+    findings = evaluate(snapshot, compile_policy(load_policy_file(POLICIES / "default.yaml")))
+    assert findings == [], [f.reason for f in findings]
+
+
+def _free_port_in(low: int, high: int) -> int:
+    for port in range(low, high + 1):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip(f"no free port in {low}-{high} on 127.0.0.1")
+
+
+def test_default_policy_flags_real_stand_ins(spawn: SpawnFn) -> None:
+    """Real processes and sockets, seen through psutil: a client by name, a listener by port."""
+    client = spawn("qbittorrent-nox")
+    listener = spawn("innocent-looking", Listen("tcp", "127.0.0.1", _free_port_in(6881, 6889)))
+    quiet = spawn("innocent-too", Listen("tcp", "127.0.0.1"))
+    mine = frozenset({client.pid, listener.pid, quiet.pid})
+    snapshot = machine_snapshot(keep=mine)
+    findings = evaluate(snapshot, compile_policy(load_policy_file(POLICIES / "default.yaml")))
+    got = {(f.rule_id, f.process.pid) for f in findings if f.process.pid in mine}
+    assert got == {("p2p-qbittorrent", client.pid), ("p2p-bittorrent-listen", listener.pid)}, [
+        f.reason for f in findings
+    ]
