@@ -1,0 +1,47 @@
+"""Acting on block findings, inside rails no policy can switch off.
+
+guard.py       processes never signalled (PID 1, kernel threads, the agent and its ancestors,
+               session/display managers, sshd, package managers, a local list)
+terminate.py   SIGTERM -> grace -> SIGKILL, or SIGSTOP; identity re-checked before each signal
+circuit.py     kill-rate circuit breaker (monitor mode for the policy version once tripped)
+breakglass.py  a root-owned file that forces monitor mode while it exists
+notify.py      telling the user why their app was stopped (best effort, never blocking)
+"""
+
+from endpoint_agent.enforce.breakglass import BreakGlass, BreakGlassState
+from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState
+from endpoint_agent.enforce.guard import Guard, Protection
+from endpoint_agent.enforce.notify import (
+    DesktopNotifier,
+    LogOnlyNotifier,
+    Notification,
+    Notifier,
+    RecordingNotifier,
+)
+from endpoint_agent.enforce.terminate import (
+    BlockAction,
+    Enforcer,
+    EnforceResult,
+    PsutilEnforcer,
+    RecordingEnforcer,
+)
+
+__all__ = [
+    "Admission",
+    "BlockAction",
+    "BreakGlass",
+    "BreakGlassState",
+    "CircuitBreaker",
+    "CircuitState",
+    "DesktopNotifier",
+    "EnforceResult",
+    "Enforcer",
+    "Guard",
+    "LogOnlyNotifier",
+    "Notification",
+    "Notifier",
+    "Protection",
+    "PsutilEnforcer",
+    "RecordingEnforcer",
+    "RecordingNotifier",
+]

@@ -1,0 +1,606 @@
+"""One tick of the agent: snapshot -> evaluate -> decide -> enforce -> notify -> record.
+
+Composition only: every stage is a part passed in (a `PolicyProvider`, a `SnapshotSource`, the
+pure evaluator, the `Guard`, an `Enforcer`, a `Notifier`, the `ViolationStore`, a `Clock`), so
+policy sync, an event-driven process source or an uploader plug in without touching the loop.
+
+    agent = build_agent(settings, store=store, policy=FilePolicyProvider(path))
+    result = agent.tick()      # durable: every violation is committed before tick() returns
+
+`enforce_findings()` is the same decide -> enforce -> notify path for the one-shot
+`scan --enforce` (no store, no dedup across runs), and `enforce_once()` wires it from settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from endpoint_agent import __version__
+from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.decide import (
+    Decider,
+    Decision,
+    Deduplicator,
+    Mode,
+    ModeDecision,
+    Plan,
+    ProtectionCheck,
+    resolve_mode,
+)
+from endpoint_agent.enforce.breakglass import BreakGlass, BreakGlassState
+from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState
+from endpoint_agent.enforce.guard import Guard
+from endpoint_agent.enforce.notify import DesktopNotifier, LogOnlyNotifier, Notification, Notifier
+from endpoint_agent.enforce.terminate import BlockAction, Enforcer, EnforceResult, PsutilEnforcer
+from endpoint_agent.errors import PolicyError, StoreError
+from endpoint_agent.report.store import NewEvent, SeenEntry, SeenKey, ViolationStore
+from endpoint_agent.settings import AgentSettings, load_settings
+from endpoint_agent.types import Finding, Outcome, Snapshot, Violation
+
+logger = logging.getLogger(__name__)
+
+_PLAN_OUTCOME = {
+    Plan.REPORT: Outcome.REPORTED,
+    Plan.WOULD_BLOCK: Outcome.WOULD_BLOCK,
+    Plan.PROTECTED: Outcome.PROTECTED,
+}
+_STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
+CIRCUIT_META_KEY = "circuit"
+
+
+# -- the seams -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """A validated, compiled policy the agent is running, and where it came from."""
+
+    compiled: Any  # endpoint_agent.policy.CompiledPolicy
+    name: str
+    version: int
+    mode: str
+    source: str
+
+    @classmethod
+    def from_policy(cls, policy: Any, source: str) -> ActivePolicy:
+        from endpoint_agent.policy import compile_policy
+
+        return cls(compile_policy(policy), policy.name, int(policy.version), str(policy.mode), source)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "mode": self.mode, "source": self.source}
+
+
+class PolicyProvider(Protocol):
+    """Where the active policy comes from: a local file today, the sync module tomorrow."""
+
+    def current(self) -> ActivePolicy | None:
+        """The policy to scan with now, or None when there is none yet (nothing is evaluated)."""
+        ...
+
+
+class SnapshotSource(Protocol):
+    def snapshot(self) -> Snapshot: ...
+
+
+Evaluator = Callable[[Snapshot, Any], list[Finding]]
+PolicyLoader = Callable[[Path], Any]
+
+
+class FilePolicyProvider:
+    """Standalone mode: a local policy file, reloaded when it changes; a bad edit keeps the last good one."""
+
+    def __init__(self, path: Path, *, load: PolicyLoader | None = None) -> None:
+        self._path = path
+        self._load = load or _load_policy_file
+        self._stamp = self._file_stamp()
+        self._active = ActivePolicy.from_policy(self._load(path), str(path))  # errors here stop the start
+
+    def current(self) -> ActivePolicy:
+        stamp = self._file_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                policy = ActivePolicy.from_policy(self._load(self._path), str(self._path))
+            except PolicyError as exc:
+                logger.error(
+                    "policy file changed but is not usable; keeping version %d: %s", self._active.version, exc
+                )
+            else:
+                logger.info("policy reloaded: %s version %d (%s)", policy.name, policy.version, policy.mode)
+                self._active = policy
+        return self._active
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _load_policy_file(path: Path) -> Any:
+    from endpoint_agent.policy import load_policy_file
+
+    return load_policy_file(path)
+
+
+def _evaluate(snapshot: Snapshot, compiled: Any) -> list[Finding]:
+    from endpoint_agent.policy import evaluate
+
+    return list(evaluate(snapshot, compiled))
+
+
+# -- the enforce stage (shared by the service and `scan --enforce`) ----------------------------
+
+
+@dataclass(frozen=True)
+class Acted:
+    decision: Decision
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass
+class EnforceStage:
+    enforcer: Enforcer
+    circuit: CircuitBreaker
+    block_action: BlockAction = BlockAction.TERMINATE
+    trips: list[dict[str, object]] = field(default_factory=list)  # circuit_open events to record
+
+    def act(self, decisions: Sequence[Decision], policy_version: int) -> list[Acted]:
+        return [self._act(d, policy_version) for d in decisions]
+
+    def _act(self, d: Decision, policy_version: int) -> Acted:
+        if d.plan in _PLAN_OUTCOME:
+            return Acted(d, _PLAN_OUTCOME[d.plan], f"protected: {d.protection}" if d.protection else "")
+        if d.plan is Plan.ALREADY_STOPPED:
+            assert d.previous is not None
+            return Acted(d, d.previous.outcome, "already stopped")
+        admission = self.circuit.admit(policy_version)
+        if admission is not Admission.ALLOWED:
+            if admission is Admission.TRIPPED:
+                self._tripped(policy_version)
+            return Acted(d, Outcome.WOULD_BLOCK, "circuit breaker open: monitor mode")
+        proc = d.finding.process
+        try:
+            if self.block_action is BlockAction.SUSPEND:
+                result = self.enforcer.suspend(proc)
+            else:
+                result = self.enforcer.terminate(proc)
+        except Exception as exc:  # an enforcer bug must not lose the scan's records
+            logger.exception("stopping pid %d failed unexpectedly", proc.pid)
+            result = EnforceResult(Outcome.KILL_FAILED, f"internal error: {type(exc).__name__}")
+        if result.outcome in _STOPPED:
+            self.circuit.record_stop(policy_version)
+        log = logger.warning if result.outcome in _STOPPED else logger.error
+        if result.outcome is Outcome.PROTECTED:
+            log = logger.info
+        log(
+            "%s pid %d (%s) for rule %s: %s",
+            result.outcome.value,
+            proc.pid,
+            proc.name,
+            d.finding.rule_id,
+            result.detail,
+        )
+        return Acted(d, result.outcome, result.detail)
+
+    def _tripped(self, policy_version: int) -> None:
+        state = self.circuit.state
+        reason = (
+            f"stopping more than {self.circuit.max_kills} processes within {self.circuit.window_seconds:g}s"
+            f" was refused; monitor mode for policy version {policy_version}"
+        )
+        logger.error("kill-rate circuit breaker OPEN: %s", reason)
+        self.trips.append(
+            {
+                "event": "circuit_open",
+                "policy_version": policy_version,
+                "reason": reason,
+                "max_kills": self.circuit.max_kills,
+                "window_seconds": self.circuit.window_seconds,
+                "stops_in_window": len(state.kills),
+                "opened_at": _iso(state.opened_at) if state.opened_at else None,
+            }
+        )
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def violation_for(acted: Acted, entry: SeenEntry, policy_version: int, detected_at: datetime) -> Violation:
+    f = acted.decision.finding
+    extra: dict[str, object] = {"first_seen": _iso(entry.first_seen), "create_time": f.process.create_time}
+    if acted.detail:
+        extra["detail"] = acted.detail
+    return Violation(
+        event_id=entry.event_id,
+        rule_id=f.rule_id,
+        category=f.category,
+        action=acted.outcome,
+        pid=f.process.pid,
+        process_name=f.process.name,
+        exe=f.process.exe,
+        username=f.process.username,
+        reason=f.reason,
+        detected_at=detected_at,
+        policy_version=policy_version,
+        connection=f.connection,
+        extra=extra,
+    )
+
+
+def _notify_stopped(notifier: Notifier, acted: Sequence[Acted]) -> None:
+    for a in acted:
+        if a.outcome not in _STOPPED or a.decision.plan is Plan.ALREADY_STOPPED:
+            continue
+        f = a.decision.finding
+        notifier.notify(
+            Notification(
+                username=f.process.username,
+                uid=f.process.uid,
+                pid=f.process.pid,
+                process_name=f.process.name,
+                rule_id=f.rule_id,
+                outcome=a.outcome,
+                message=f.message,
+                help_url=f.help_url,
+            )
+        )
+
+
+# -- the service's tick ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TickResult:
+    at: datetime
+    duration_seconds: float
+    policy: ActivePolicy | None
+    mode: ModeDecision | None
+    processes: int = 0
+    findings: int = 0
+    violations: tuple[Violation, ...] = ()
+    agent_events: tuple[dict[str, object], ...] = ()
+    stops: int = 0
+
+
+@dataclass
+class _Unsaved:
+    """What a failed commit could not write; retried with the next tick's commit."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    upserts: dict[SeenKey, SeenEntry] = field(default_factory=dict)
+    deletes: set[SeenKey] = field(default_factory=set)
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.upserts.clear()
+        self.deletes.clear()
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        policy: PolicyProvider,
+        source: SnapshotSource,
+        guard: ProtectionCheck,
+        enforcer: Enforcer,
+        notifier: Notifier,
+        store: ViolationStore,
+        circuit: CircuitBreaker,
+        break_glass: BreakGlass,
+        clock: Clock,
+        evaluate: Evaluator = _evaluate,
+        block_action: BlockAction = BlockAction.TERMINATE,
+        enforce_allowed: bool = True,
+    ) -> None:
+        self._policy = policy
+        self._source = source
+        self._evaluate = evaluate
+        self._notifier = notifier
+        self._store = store
+        self._circuit = circuit
+        self._break_glass = break_glass
+        self._clock = clock
+        self._enforce_allowed = enforce_allowed
+        self._dedup = Deduplicator(clock, store.load_seen())
+        self._decider = Decider(guard, self._dedup)
+        self._stage = EnforceStage(enforcer, circuit, block_action)
+        self._unsaved = _Unsaved()
+        self.started_at = clock.now()
+        self.scans = 0
+        self.scan_errors = 0
+        self.stops_total = 0
+        self.last: TickResult | None = None
+        self.last_error: str | None = None
+        self.last_break_glass: BreakGlassState | None = None
+
+    @property
+    def store(self) -> ViolationStore:
+        return self._store
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let queued user notifications go out (bounded); the store belongs to the caller."""
+        self._notifier.close(timeout)
+
+    def tick(self) -> TickResult:
+        try:
+            result = self._tick()
+        except Exception as exc:
+            self.scan_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.scans += 1
+        self.last_error = None
+        self.last = result
+        return result
+
+    def _tick(self) -> TickResult:
+        t0 = time.monotonic()
+        now = self._clock.now()
+        policy = self._policy.current()
+        if policy is None:
+            self._commit(now, [], [], live=None)
+            return TickResult(now, time.monotonic() - t0, None, None)
+        snapshot = self._source.snapshot()
+        findings = self._evaluate(snapshot, policy.compiled)
+        self.last_break_glass = self._break_glass.check()
+        mode = resolve_mode(
+            policy.mode,
+            enforce_allowed=self._enforce_allowed,
+            break_glass=self.last_break_glass.active,
+            circuit_open=self._circuit.is_open(policy.version),
+        )
+        decisions = self._decider.decide(findings, mode)
+        self._stage.trips.clear()
+        acted = self._stage.act(decisions, policy.version)
+        _notify_stopped(self._notifier, acted)
+
+        violations = []
+        for a in acted:
+            observation = self._dedup.observe(a.decision.finding, a.outcome, policy.version)
+            if observation.record:
+                violations.append(violation_for(a, observation.entry, policy.version, now))
+        agent_events = [self._agent_event(trip, now) for trip in self._stage.trips]
+        self._commit(now, violations, agent_events, live=[p.key for p in snapshot.processes.values()])
+        for v in violations:
+            logger.info(
+                "violation %s: %s pid %d (%s) rule %s",
+                v.event_id,
+                v.action.value,
+                v.pid,
+                v.process_name,
+                v.rule_id,
+            )
+        stops = sum(1 for a in acted if a.outcome in _STOPPED and a.decision.plan is Plan.STOP)
+        self.stops_total += stops
+        return TickResult(
+            at=now,
+            duration_seconds=time.monotonic() - t0,
+            policy=policy,
+            mode=mode,
+            processes=len(snapshot.processes),
+            findings=len(findings),
+            violations=tuple(violations),
+            agent_events=tuple(agent_events),
+            stops=stops,
+        )
+
+    def _agent_event(self, body: dict[str, object], now: datetime) -> dict[str, object]:
+        return {"event_id": str(uuid.uuid4()), "kind": "agent", "detected_at": _iso(now), **body}
+
+    def _commit(
+        self,
+        now: datetime,
+        violations: Sequence[Violation],
+        agent_events: Sequence[dict[str, object]],
+        *,
+        live: Sequence[tuple[int, float]] | None,
+    ) -> None:
+        pending = self._unsaved
+        pending.events.extend(NewEvent(v.event_id, "violation", now, v.to_json()) for v in violations)
+        pending.events.extend(NewEvent(str(e["event_id"]), "agent", now, e) for e in agent_events)
+        if live is not None:
+            upserts, deletes = self._dedup.changes(live)
+            pending.upserts.update((u.key, u) for u in upserts)
+            pending.deletes.update(deletes)  # applied after the upserts
+        try:
+            self._store.commit_tick(
+                pending.events,
+                seen_upserts=list(pending.upserts.values()),
+                seen_deletes=sorted(pending.deletes),
+                meta={CIRCUIT_META_KEY: self._circuit.state.to_json()},
+            )
+        except StoreError:
+            logger.error("could not record %d event(s); they stay queued in memory", len(pending.events))
+            raise
+        pending.clear()
+
+    def status(self) -> dict[str, object]:
+        """What `endpoint-agent status` shows (the daemon writes it to status.json after each tick)."""
+        last = self.last
+        circuit = self._circuit.state
+        try:
+            queue: dict[str, int] | None = self._store.counts().to_json()
+        except StoreError:
+            queue = None
+        return {
+            "agent_version": __version__,
+            "started_at": _iso(self.started_at),
+            "policy": last.policy.to_json() if last and last.policy else None,
+            "mode": last.mode.to_json() if last and last.mode else None,
+            "break_glass": self.last_break_glass.to_json() if self.last_break_glass else None,
+            "circuit": {
+                "open": circuit.is_open,
+                "policy_version": circuit.policy_version,
+                "opened_at": _iso(circuit.opened_at) if circuit.opened_at else None,
+                "stops_in_window": self._circuit.kills_in_window(),
+                "max_kills": self._circuit.max_kills,
+                "window_seconds": self._circuit.window_seconds,
+            },
+            "last_scan": None
+            if last is None
+            else {
+                "at": _iso(last.at),
+                "duration_ms": round(last.duration_seconds * 1000, 1),
+                "processes": last.processes,
+                "findings": last.findings,
+                "new_violations": len(last.violations),
+            },
+            "scans": self.scans,
+            "scan_errors": self.scan_errors,
+            "last_error": self.last_error,
+            "stops_total": self.stops_total,
+            "queue": queue,
+            "unsaved_events": len(self._unsaved.events),
+        }
+
+
+def build_agent(
+    settings: AgentSettings,
+    *,
+    store: ViolationStore,
+    policy: PolicyProvider,
+    source: SnapshotSource | None = None,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    enforcer: Enforcer | None = None,
+) -> Agent:
+    """The production wiring; tests pass doubles for the parts that cannot run here."""
+    clock = clock or SystemClock()
+    guard = Guard(extra=settings.protected_extra)
+    if source is None:
+        from endpoint_agent.collect import Collector
+
+        source = Collector()
+    state = CircuitState.from_json(store.get_meta(CIRCUIT_META_KEY))
+    return Agent(
+        policy=policy,
+        source=source,
+        guard=guard,
+        enforcer=enforcer
+        or PsutilEnforcer(guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree),
+        notifier=notifier or make_notifier(settings, clock),
+        store=store,
+        circuit=CircuitBreaker(
+            clock=clock,
+            max_kills=settings.circuit_max_kills,
+            window_seconds=settings.circuit_window_seconds,
+            state=state,
+        ),
+        break_glass=BreakGlass(settings.break_glass_file),
+        clock=clock,
+        block_action=BlockAction(settings.block_action),
+    )
+
+
+def make_notifier(settings: AgentSettings, clock: Clock) -> Notifier:
+    if not settings.notify:
+        return LogOnlyNotifier()
+    return DesktopNotifier(
+        clock=clock, timeout=settings.notify_timeout_seconds, min_interval=settings.notify_interval_seconds
+    )
+
+
+# -- one-shot enforcement for `scan --enforce` ------------------------------------------------
+
+
+def enforce_findings(
+    findings: Sequence[Finding],
+    policy_version: int,
+    *,
+    enforcer: Enforcer,
+    guard: ProtectionCheck,
+    notifier: Notifier,
+    mode: ModeDecision | None = None,
+    circuit: CircuitBreaker | None = None,
+    clock: Clock | None = None,
+    block_action: BlockAction = BlockAction.TERMINATE,
+) -> list[Violation]:
+    """Decide, enforce and notify once; one violation per finding with what was done."""
+    clock = clock or SystemClock()
+    mode = mode or ModeDecision(Mode.ENFORCE, "enforcement requested")
+    circuit = circuit or CircuitBreaker(clock=clock)
+    dedup = Deduplicator(clock)
+    decisions = Decider(guard, dedup).decide(findings, mode)
+    stage = EnforceStage(enforcer, circuit, block_action)
+    acted = stage.act(decisions, policy_version)
+    _notify_stopped(notifier, acted)
+    now = clock.now()
+    out = []
+    for a in acted:
+        entry = dedup.observe(a.decision.finding, a.outcome, policy_version).entry
+        out.append(violation_for(a, entry, policy_version, now))
+    return out
+
+
+def enforce_once(
+    findings: Sequence[Finding],
+    policy: Any,
+    *,
+    settings: AgentSettings | None = None,
+    honor_policy_mode: bool = False,
+) -> list[Violation]:
+    """`scan --enforce`: stop what block rules match, with every safety rail of the service.
+
+    The guard, the break-glass file and a circuit breaker (fresh for this run) apply; the
+    policy's own `mode` is consulted only with `honor_policy_mode` (the flag is the operator's
+    explicit request to enforce).
+    """
+    settings = settings or load_settings({})
+    clock = SystemClock()
+    guard = Guard(extra=settings.protected_extra)
+    break_glass = BreakGlass(settings.break_glass_file).check()
+    mode = resolve_mode(
+        str(policy.mode) if honor_policy_mode else Mode.ENFORCE.value, break_glass=break_glass.active
+    )
+    notifier = make_notifier(settings, clock)
+    try:
+        return enforce_findings(
+            findings,
+            int(policy.version),
+            enforcer=PsutilEnforcer(
+                guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree
+            ),
+            guard=guard,
+            notifier=notifier,
+            mode=mode,
+            circuit=CircuitBreaker(
+                clock=clock,
+                max_kills=settings.circuit_max_kills,
+                window_seconds=settings.circuit_window_seconds,
+            ),
+            clock=clock,
+            block_action=BlockAction(settings.block_action),
+        )
+    finally:
+        notifier.close(settings.notify_timeout_seconds)
+
+
+__all__ = [
+    "Acted",
+    "ActivePolicy",
+    "Agent",
+    "EnforceStage",
+    "FilePolicyProvider",
+    "PolicyProvider",
+    "SnapshotSource",
+    "TickResult",
+    "build_agent",
+    "enforce_findings",
+    "enforce_once",
+    "make_notifier",
+    "violation_for",
+]

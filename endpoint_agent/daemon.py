@@ -1,0 +1,370 @@
+"""The service (`endpoint-agent run`): scheduled jobs around one `Agent`, until SIGTERM/SIGINT.
+
+    run_service(settings) -> exit code
+
+- One instance per state dir (so per machine with the default one): an exclusive `flock` on
+  STATE_DIR/agent.lock, released by the kernel even after kill -9.
+- Jobs run on an APScheduler BackgroundScheduler: `scan` every `scan_interval` (first run at
+  once). Each job is wrapped so a failure is logged with its traceback and the next run goes
+  ahead; max_instances=1 and coalesce=True, so a slow run is never stacked or replayed.
+  Later parts (policy sync, upload, heartbeat) add a `JobSpec` in `service_jobs()`.
+- After each scan, STATE_DIR/status.json is replaced atomically; `endpoint-agent status` reads it.
+- Logs go to stderr (the journal under systemd) as text or JSON lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import psutil
+
+from endpoint_agent import __version__
+from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, build_agent
+from endpoint_agent.errors import AgentError, SettingsError
+from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
+from endpoint_agent.settings import AgentSettings
+
+logger = logging.getLogger(__name__)
+
+
+class AlreadyRunning(AgentError):
+    pass
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (+ exception with its traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(settings: AgentSettings, stream: IO[str] | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # APScheduler logs every job run at INFO; its warnings (skipped runs) and errors still show.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+
+
+# -- single instance -------------------------------------------------------------------------
+
+
+class InstanceLock:
+    """An exclusive lock on a file under the state dir, held for the life of the service."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SettingsError(f"state_dir: cannot create lock file {self._path}: {exc.strerror}") from exc
+        try:
+            _lock_exclusive(fd)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise AlreadyRunning(
+                f"another agent is already running{who} with state dir {self._path.parent}"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise SettingsError(f"state_dir: cannot lock {self._path}: {exc.strerror}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def _lock_exclusive(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from exc
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        raw = os.pread(fd, 32, 0) if hasattr(os, "pread") else b""
+        return int(raw.decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+# -- status.json -----------------------------------------------------------------------------
+
+
+def write_status(path: Path, data: dict[str, object]) -> None:
+    """Replace the file atomically: a reader sees the old or the new status, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # status is not secret; `endpoint-agent status` may run unprivileged
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _process_identity() -> dict[str, object]:
+    try:
+        create_time: float | None = psutil.Process().create_time()
+    except psutil.Error:
+        create_time = None
+    return {"pid": os.getpid(), "process_create_time": create_time}
+
+
+# -- jobs and the service --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    func: Callable[[], None]
+    interval_seconds: float
+    run_at_start: bool = True
+    # Runs once after the scheduler stopped (e.g. a final upload); failures are logged, not raised.
+    at_shutdown: Callable[[], None] | None = None
+
+
+def guarded(name: str, func: Callable[[], None]) -> Callable[[], None]:
+    """A job that never dies of one bad run (the scheduler would log it less usefully)."""
+
+    def run() -> None:
+        try:
+            func()
+        except Exception:
+            logger.exception("job %s failed; the next run goes ahead", name)
+
+    return run
+
+
+def build_policy_provider(settings: AgentSettings) -> PolicyProvider:
+    """Standalone mode reads --policy FILE; server mode plugs in the sync module's provider here."""
+    if settings.policy is not None:
+        if not settings.policy.is_file():
+            raise SettingsError(f"invalid setting policy: {settings.policy}: not found or not a regular file")
+        return FilePolicyProvider(settings.policy, load=_policy_loader(settings))
+    if settings.server is not None:
+        raise SettingsError("server mode (--server) needs policy sync, not in this build; use --policy FILE")
+    raise SettingsError("no policy source: give --policy FILE (standalone) or --server URL")
+
+
+def _policy_loader(settings: AgentSettings) -> Callable[[Path], Any]:
+    keys = [str(k) for k in settings.public_keys] or None
+
+    def load(path: Path) -> Any:
+        from endpoint_agent.scan import load_policy  # YAML, or a signed envelope when keys are set
+
+        return load_policy(str(path), keys)
+
+    return load
+
+
+class Service:
+    def __init__(self, settings: AgentSettings, agent: Agent) -> None:
+        self._settings = settings
+        self._agent = agent
+        self._identity = _process_identity()
+
+    @property
+    def agent(self) -> Agent:
+        return self._agent
+
+    @property
+    def settings(self) -> AgentSettings:
+        return self._settings
+
+    def write_status(self, state: str) -> None:
+        data: dict[str, object] = {
+            **self._agent.status(),
+            **self._identity,
+            "state": state,
+            "agent_version": __version__,
+            "state_dir": str(self._settings.state_dir),
+            "scan_interval": self._settings.scan_interval,
+            "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        try:
+            write_status(self._settings.status_path, data)
+        except OSError as exc:
+            logger.error("cannot write %s: %s", self._settings.status_path, exc.strerror or exc)
+
+    def scan(self) -> None:
+        try:
+            self._agent.tick()
+        finally:
+            self.write_status("running")
+
+    def run(self, stop: threading.Event, jobs: Sequence[JobSpec]) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        for job in jobs:
+            scheduler.add_job(
+                guarded(job.name, job.func),
+                "interval",
+                seconds=job.interval_seconds,
+                id=job.name,
+                name=job.name,
+                next_run_time=datetime.now(UTC) if job.run_at_start else None,
+            )
+        self.write_status("running")
+        scheduler.start()
+        logger.info(
+            "agent %s running (pid %d): jobs %s", __version__, os.getpid(), ", ".join(j.name for j in jobs)
+        )
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            logger.info("stopping: waiting for running jobs to finish")
+            scheduler.shutdown(wait=True)
+            for job in jobs:
+                if job.at_shutdown is not None:
+                    guarded(f"{job.name} (at shutdown)", job.at_shutdown)()
+            self.write_status("stopped")
+
+
+def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
+    """The service's jobs. Policy sync and upload/heartbeat join here (they reach the store as
+    `service.agent.store` and the status as `service.agent.status()`)."""
+    return [JobSpec("scan", service.scan, settings.scan_interval)]
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    wanted = [signal.SIGTERM, signal.SIGINT]
+    previous = {s: signal.signal(s, handler) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def run_service(settings: AgentSettings) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop. Start-up problems raise AgentError (exit 2)."""
+    configure_logging(settings)
+    _prepare_state_dir(settings.state_dir)
+    lock = InstanceLock(settings.lock_path)
+    lock.acquire()
+    store: ViolationStore | None = None
+    try:
+        policy = build_policy_provider(settings)
+        store = open_store(settings)
+        agent = build_agent(settings, store=store, policy=policy)
+        service = Service(settings, agent)
+        stop = threading.Event()
+        started = time.monotonic()
+        with _stop_on_signals(stop):
+            service.run(stop, service_jobs(settings, service))
+        agent.close(timeout=min(settings.notify_timeout_seconds, 5.0))
+        logger.info("stopped cleanly after %.0fs", time.monotonic() - started)
+        return 0
+    finally:
+        if store is not None:
+            with contextlib.suppress(AgentError):
+                store.close()
+        lock.release()
+
+
+def open_store(settings: AgentSettings) -> ViolationStore:
+    """A damaged store is kept aside for forensics and replaced: enforcement must not stop over it."""
+    limits = StoreLimits(settings.store_max_events, settings.store_max_bytes, settings.store_min_free_bytes)
+    path = settings.store_path
+    try:
+        return ViolationStore.open(path, limits)
+    except StoreCorrupt as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        logger.error("%s; moved to %s, starting a new store", exc, aside)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        return ViolationStore.open(path, limits)
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise SettingsError(f"invalid setting state_dir: cannot create {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"invalid setting state_dir: {path} is not writable")
+
+
+__all__ = [
+    "AlreadyRunning",
+    "InstanceLock",
+    "JobSpec",
+    "JsonLineFormatter",
+    "Service",
+    "build_policy_provider",
+    "configure_logging",
+    "guarded",
+    "open_store",
+    "run_service",
+    "service_jobs",
+    "write_status",
+]

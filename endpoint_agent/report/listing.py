@@ -1,0 +1,69 @@
+"""`endpoint-agent violations [--json]`: the violations recorded in the local store.
+
+JSON: one object per line (NDJSON) with the contract keys (event_id, rule_id, category, action,
+pid, process_name, exe, username, reason, detected_at, policy_version, and connection for
+network rules), plus first_seen, last_seen (while the process kept violating) and uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from endpoint_agent.report.store import StoredEvent, ViolationStore
+from endpoint_agent.settings import AgentSettings
+
+
+def violation_records(events: Sequence[StoredEvent]) -> list[dict[str, Any]]:
+    out = []
+    for e in events:
+        record = dict(e.payload)
+        record.setdefault("event_id", e.event_id)
+        record["last_seen"] = e.last_seen or record.get("first_seen") or record.get("detected_at")
+        record["uploaded"] = e.uploaded_at is not None
+        out.append(record)
+    return out
+
+
+def show_violations(settings: AgentSettings, as_json: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    store = ViolationStore.open_existing(settings.store_path)
+    if store is None:
+        if not as_json:
+            print(f"No violations recorded (no store at {settings.store_path}).", file=out)
+        return 0
+    with store:
+        records = violation_records(store.events(kind="violation"))
+    if as_json:
+        for r in records:
+            out.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+        return 0
+    _table(records, out)
+    return 0
+
+
+def _table(records: Sequence[dict[str, Any]], out: TextIO) -> None:
+    if not records:
+        print("No violations recorded.", file=out)
+        return
+    width = shutil.get_terminal_size((160, 20)).columns
+    tty = out.isatty()
+    print(
+        f"{'DETECTED':<20} {'ACTION':<12} {'RULE':<24} {'PID':>7} {'PROCESS':<18} {'USER':<10} REASON",
+        file=out,
+    )
+    for r in records:
+        detected = str(r.get("detected_at", ""))[:19].replace("T", " ")
+        line = (
+            f"{detected:<20} {r.get('action', '?'):<12} {str(r.get('rule_id', ''))[:24]:<24} "
+            f"{r.get('pid', 0):>7} {str(r.get('process_name', ''))[:18]:<18} "
+            f"{str(r.get('username') or '?')[:10]:<10} {r.get('reason', '')}"
+        )
+        print(line[:width] if tty else line, file=out)
+    print(f"{len(records)} violation(s).", file=out)
+
+
+__all__ = ["show_violations", "violation_records"]

@@ -1,0 +1,286 @@
+"""Agent settings: command-line flags > env `ENDPOINT_AGENT_<NAME>` > config file > defaults.
+
+Validated once, here, when the agent starts; everything below reads a frozen `AgentSettings`.
+An invalid value is a `SettingsError` naming the key and where it came from, e.g.
+`invalid setting scan_interval (env ENDPOINT_AGENT_SCAN_INTERVAL): Input should be greater than 0`.
+
+Defaults: a system-wide agent (root, or Windows) keeps its state in the platform's site state
+directory (/var/lib/endpoint-agent on Linux) and reads /etc/endpoint-agent/config.{yaml,toml}
+(platformdirs' site config dir elsewhere); a non-root agent uses the per-user platformdirs
+directories. The config file is YAML or TOML (by extension), a flat mapping of the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from endpoint_agent.errors import SettingsError
+
+APP_NAME = "endpoint-agent"
+ENV_PREFIX = "ENDPOINT_AGENT_"
+_CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
+_MAX_CONFIG_BYTES = 1 << 20
+
+# Other spellings of a key (the flag is repeatable `--public-key`, argparse stores it as `public_keys`).
+_ALIASES = {"public_key": "public_keys"}
+
+
+@dataclass(frozen=True)
+class DefaultDirs:
+    state_dir: Path
+    config_dir: Path
+
+
+def _system_wide() -> bool:
+    return sys.platform == "win32" or os.geteuid() == 0
+
+
+def default_dirs() -> DefaultDirs:
+    dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
+    if not _system_wide():
+        return DefaultDirs(Path(dirs.user_state_dir), Path(dirs.user_config_dir))
+    # platformdirs' Linux site config dir is the XDG desktop one (/etc/xdg/...); a daemon lives in /etc.
+    config = Path("/etc") / APP_NAME if sys.platform.startswith("linux") else Path(dirs.site_config_dir)
+    return DefaultDirs(Path(dirs.site_state_dir), config)
+
+
+class AgentSettings(BaseModel):
+    """Every option of `endpoint-agent run` (and `status`/`violations`, which read the same state)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path | None = None
+    server: str | None = None
+    enroll_secret: SecretStr | None = None
+    public_keys: tuple[Path, ...] = ()
+    fleet_id: str | None = None
+    state_dir: Path = Field(default_factory=lambda: default_dirs().state_dir)
+    scan_interval: float = Field(5.0, gt=0, le=86400)
+    sync_interval: float = Field(60.0, gt=0, le=86400)
+    upload_interval: float = Field(60.0, gt=0, le=86400)
+    policy: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Safety rails (DESIGN.md invariants 1 and 2).
+    break_glass_file: Path = Field(default_factory=lambda: default_dirs().config_dir / "break-glass")
+    protected_extra: tuple[str, ...] = ()
+    kill_grace_seconds: float = Field(3.0, ge=0, le=60)
+    kill_tree: bool = False
+    block_action: Literal["terminate", "suspend"] = "terminate"
+    circuit_max_kills: int = Field(5, ge=1, le=10_000)
+    circuit_window_seconds: float = Field(600.0, gt=0, le=7 * 86400)
+
+    # User notification.
+    notify: bool = True
+    notify_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    notify_interval_seconds: float = Field(60.0, ge=0, le=86400)
+
+    # Local violation store (outbox).
+    store_max_events: int = Field(100_000, ge=100)
+    store_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    store_min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+    @field_validator("server")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("public_keys", "protected_extra", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("protected_extra")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not item.strip() for item in value):
+            raise ValueError("entries must not be empty")
+        return tuple(item.strip() for item in value)
+
+    @field_validator("state_dir", "policy", "break_glass_file", "config")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @field_validator("public_keys")
+    @classmethod
+    def _absolute_all(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(p.expanduser().absolute() for p in value)
+
+    # Derived locations, all under the state dir.
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "violations.sqlite3"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "agent.lock"
+
+
+_FIELDS = frozenset(AgentSettings.model_fields)
+_LIST_FIELDS = frozenset({"public_keys", "protected_extra"})
+_PATH_FIELDS = frozenset({"state_dir", "policy", "break_glass_file", "public_keys"})
+
+
+def _canonical(key: str) -> str:
+    key = key.strip().lower().replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def _parse_env_list(raw: str) -> list[str]:
+    """A JSON array (`["a", "b,c"]`) or a comma-separated list."""
+    if raw.lstrip().startswith("["):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list: {exc.msg}") from exc
+        if not isinstance(value, list):
+            raise ValueError("not a JSON list")
+        return [str(v) for v in value]
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
+    out: dict[str, tuple[object, str]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or raw == "":
+            continue
+        key = _canonical(name[len(ENV_PREFIX) :])
+        if key not in _FIELDS:
+            continue  # other tools' variables share the prefix; not ours to reject
+        source = f"env {name}"
+        if key in _LIST_FIELDS:
+            try:
+                out[key] = (_parse_env_list(raw), source)
+            except ValueError as exc:
+                raise SettingsError(f"invalid setting {key} ({source}): {exc}") from exc
+        else:
+            out[key] = (raw, source)
+    return out
+
+
+def _read_config_file(path: Path) -> dict[str, tuple[object, str]]:
+    source = f"config file {path}"
+    try:
+        if not path.is_file():
+            raise SettingsError(f"config file {path}: not found or not a regular file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise SettingsError(f"config file {path}: larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        if path.suffix.lower() == ".toml":
+            parsed: Any = tomllib.loads(data.decode("utf-8"))
+        else:
+            parsed = yaml.safe_load(data)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
+        raise SettingsError(f"config file {path}: not valid {kind}: {first_line}") from exc
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of settings at the top level")
+    out: dict[str, tuple[object, str]] = {}
+    for raw_key, value in parsed.items():
+        key = _canonical(str(raw_key))
+        if key == "config":
+            raise SettingsError(f"config file {path}: key 'config' is not allowed in a config file")
+        if key not in _FIELDS:
+            raise SettingsError(f"config file {path}: unknown key {raw_key!r}")
+        out[key] = (_relative_to(path.parent, key, value), f"{source}, key {raw_key}")
+    return out
+
+
+def _relative_to(base: Path, key: str, value: object) -> object:
+    """Relative paths in a config file are relative to that file, not to the working directory."""
+    if key not in _PATH_FIELDS:
+        return value
+    if isinstance(value, str):
+        return str(base / Path(value).expanduser())
+    if isinstance(value, list):
+        return [str(base / Path(v).expanduser()) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _default_config_file() -> Path | None:
+    config_dir = default_dirs().config_dir
+    for name in _CONFIG_NAMES:
+        candidate = config_dir / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    overrides: Mapping[str, object] | None = None, *, environ: Mapping[str, str] | None = None
+) -> AgentSettings:
+    """Merge flags (`overrides`, keys are setting names; None means not given), env, config file, defaults."""
+    environ = os.environ if environ is None else environ
+    flags: dict[str, tuple[object, str]] = {}
+    for raw_key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        key = _canonical(raw_key)
+        if key not in _FIELDS:
+            raise SettingsError(f"unknown setting {raw_key!r}")
+        flags[key] = (value, f"flag --{key.replace('_', '-')}")
+    env = _from_env(environ)
+
+    config_entry = flags.get("config") or env.get("config")
+    if config_entry is not None:
+        config_path: Path | None = Path(str(config_entry[0])).expanduser()
+    else:
+        config_path = _default_config_file()
+        config_entry = (config_path, "default config file")
+    from_file = _read_config_file(config_path) if config_path is not None else {}
+
+    merged: dict[str, tuple[object, str]] = {**from_file, **env, **flags}
+    if config_path is not None:
+        merged["config"] = (config_path, config_entry[1])
+    try:
+        return AgentSettings.model_validate({key: value for key, (value, _source) in merged.items()})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, merged)) from None
+
+
+def _describe(exc: ValidationError, merged: Mapping[str, tuple[object, str]]) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        key = str(loc[0]) if loc else ""
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if key in merged:
+            parts.append(f"invalid setting {key} ({merged[key][1]}): {message}")
+        elif key:
+            parts.append(f"invalid setting {key}: {message}")
+        else:
+            parts.append(f"invalid settings: {message}")
+    return "; ".join(parts)
+
+
+__all__ = ["ENV_PREFIX", "AgentSettings", "DefaultDirs", "default_dirs", "load_settings"]

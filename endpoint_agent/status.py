@@ -1,0 +1,125 @@
+"""`endpoint-agent status`: what the local agent is doing, from STATE_DIR/status.json.
+
+The running service rewrites status.json after every scan; this command only reads it (and the
+store's queue counts, when it may), so it works while the agent runs and after it stopped.
+"Running" means the PID in the file is alive *and* is the same process (same start time).
+Exit 0 whenever a status could be determined, running or not; 2 when the state is unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from endpoint_agent.errors import AgentError, StoreError
+from endpoint_agent.report.store import ViolationStore
+from endpoint_agent.settings import AgentSettings
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AgentError(f"{path}: not valid JSON (line {exc.lineno})") from exc
+    if not isinstance(data, dict):
+        raise AgentError(f"{path}: expected a JSON object")
+    return data
+
+
+def is_running(status: dict[str, Any]) -> bool:
+    if status.get("state") != "running":
+        return False
+    pid, created = status.get("pid"), status.get("process_create_time")
+    if not isinstance(pid, int):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return created is None or abs(proc.create_time() - float(created)) < 0.01
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def collect_status(settings: AgentSettings) -> dict[str, Any]:
+    status = read_status(settings.status_path) or {}
+    out: dict[str, Any] = {**status, "running": bool(status) and is_running(status)}
+    out["state_dir"] = str(settings.state_dir)
+    if status and not out["running"]:
+        out["state"] = "stopped"
+    try:
+        store = ViolationStore.open_existing(settings.store_path)
+    except StoreError:
+        store = None  # e.g. not root: the counts from the last status.json stay
+    if store is not None:
+        with store:
+            out["queue"] = store.counts().to_json()
+    return out
+
+
+def show_status(settings: AgentSettings, as_json: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    data = collect_status(settings)
+    if as_json:
+        out.write(json.dumps(data, sort_keys=True) + "\n")
+        return 0
+    for line in _human(data):
+        print(line, file=out)
+    return 0
+
+
+def _human(d: dict[str, Any]) -> list[str]:
+    if "pid" not in d:
+        return [f"agent: never ran with state dir {d['state_dir']}"]
+    state = "running" if d["running"] else "not running"
+    lines = [f"agent: {state} (pid {d.get('pid')}, version {d.get('agent_version')})"]
+    policy = d.get("policy")
+    lines.append(
+        f"policy: {policy.get('name')} version {policy.get('version')} ({policy.get('source')})"
+        if policy
+        else "policy: none yet"
+    )
+    mode = d.get("mode")
+    if mode:
+        lines.append(f"mode: {mode.get('mode')} ({mode.get('reason')})")
+    c = d.get("circuit") or {}
+    if c.get("open"):
+        lines.append(
+            f"circuit breaker: OPEN since {c.get('opened_at')} (policy version {c.get('policy_version')})"
+        )
+    else:
+        stops = f"{c.get('stops_in_window', 0)} of {c.get('max_kills', '?')}"
+        lines.append(f"circuit breaker: closed ({stops} stops in {c.get('window_seconds', '?')}s)")
+    glass = d.get("break_glass") or {}
+    if glass.get("active"):
+        lines.append(f"break-glass: ACTIVE ({glass.get('path')})")
+    elif glass.get("note"):
+        lines.append(f"break-glass: ignored file {glass.get('path')}: {glass.get('note')}")
+    scan = d.get("last_scan")
+    if scan:
+        counts = f"{scan.get('processes')} processes, {scan.get('findings')} findings"
+        lines.append(f"last scan: {scan.get('at')} ({counts}, {scan.get('new_violations')} new violations)")
+    else:
+        lines.append("last scan: none yet")
+    lines.append(f"scans: {d.get('scans', 0)} ({d.get('scan_errors', 0)} failed)")
+    lines.append(f"processes stopped: {d.get('stops_total', 0)}")
+    if d.get("last_error"):
+        lines.append(f"last error: {d['last_error']}")
+    q = d.get("queue")
+    if q:
+        lines.append(
+            f"queue: {q.get('pending')} pending upload, {q.get('total')} stored, {q.get('dropped')} dropped"
+        )
+    lines.append(f"updated: {d.get('updated_at')}")
+    return lines
+
+
+__all__ = ["collect_status", "is_running", "read_status", "show_status"]

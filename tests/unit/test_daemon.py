@@ -1,0 +1,132 @@
+"""Service plumbing: the instance lock, status.json, job wrapping, logging, policy source."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from endpoint_agent.daemon import (
+    AlreadyRunning,
+    InstanceLock,
+    JobSpec,
+    JsonLineFormatter,
+    Service,
+    build_policy_provider,
+    guarded,
+    open_store,
+    write_status,
+)
+from endpoint_agent.errors import SettingsError
+from endpoint_agent.report.store import ViolationStore
+from endpoint_agent.settings import AgentSettings
+
+
+def test_one_instance_per_state_dir(tmp_path: Path) -> None:
+    first = InstanceLock(tmp_path / "agent.lock")
+    first.acquire()
+    second = InstanceLock(tmp_path / "agent.lock")
+    with pytest.raises(AlreadyRunning, match=r"another agent is already running \(pid \d+\)"):
+        second.acquire()
+    first.release()
+    second.acquire()  # released with its descriptor
+    second.release()
+
+
+def test_status_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    write_status(path, {"state": "running", "scans": 1})
+    write_status(path, {"state": "running", "scans": 2})
+    assert json.loads(path.read_text()) == {"state": "running", "scans": 2}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temp files left behind
+
+
+def test_a_failing_job_is_logged_with_its_traceback_and_returns(caplog: pytest.LogCaptureFixture) -> None:
+    def boom() -> None:
+        raise RuntimeError("bad scan")
+
+    with caplog.at_level(logging.ERROR):
+        guarded("scan", boom)()
+    [record] = caplog.records
+    assert record.getMessage() == "job scan failed; the next run goes ahead"
+    assert record.exc_info is not None and "bad scan" in str(record.exc_info[1])
+
+
+class CountingAgent:
+    """Stands in for Agent in the scheduler test: the first tick fails, later ones succeed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.done = threading.Event()
+
+    def tick(self) -> None:
+        self.calls += 1
+        if self.calls >= 3:
+            self.done.set()
+        if self.calls == 1:
+            raise RuntimeError("first scan fails")
+
+    def status(self) -> dict[str, object]:
+        return {"scans": self.calls}
+
+
+def test_the_scheduler_keeps_running_after_a_failed_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = AgentSettings(state_dir=tmp_path, scan_interval=0.05)
+    agent = CountingAgent()
+    service = Service(settings, agent)  # type: ignore[arg-type]
+    stop = threading.Event()
+    flushed: list[bool] = []
+    jobs = [JobSpec("scan", service.scan, 0.05, at_shutdown=lambda: flushed.append(True))]
+    runner = threading.Thread(target=service.run, args=(stop, jobs))
+    with caplog.at_level(logging.ERROR):
+        runner.start()
+        assert agent.done.wait(20)
+        stop.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert agent.calls >= 3
+    assert flushed == [True]
+    assert any("job scan failed" in r.getMessage() for r in caplog.records)
+    status = json.loads(settings.status_path.read_text())
+    assert status["state"] == "stopped" and status["scans"] >= 3
+
+
+def test_json_log_lines() -> None:
+    record = logging.LogRecord("endpoint_agent.x", logging.ERROR, __file__, 1, "scan %d failed", (3,), None)
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = json.loads(JsonLineFormatter().format(record))
+    assert (
+        line["level"] == "ERROR"
+        and line["message"] == "scan 3 failed"
+        and line["logger"] == "endpoint_agent.x"
+    )
+    assert "ValueError: bad" in line["exception"]
+    assert line["time"].endswith("Z")
+
+
+def test_policy_source_is_required_and_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="no policy source"):
+        build_policy_provider(AgentSettings(state_dir=tmp_path))
+    with pytest.raises(SettingsError, match=r"invalid setting policy: .*not found"):
+        build_policy_provider(AgentSettings(state_dir=tmp_path, policy=tmp_path / "missing.yaml"))
+
+
+def test_a_damaged_store_is_kept_aside_and_replaced(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    settings.store_path.write_bytes(b"garbage, not SQLite" * 200)
+    store = open_store(settings)
+    store.close()
+    [aside] = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside.read_bytes().startswith(b"garbage")
+    assert ViolationStore.open_existing(settings.store_path) is not None

@@ -1,0 +1,69 @@
+"""`endpoint-agent status`: read from status.json and the store, running or not."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from endpoint_agent.daemon import write_status
+from endpoint_agent.errors import AgentError
+from endpoint_agent.settings import AgentSettings
+from endpoint_agent.status import show_status
+
+
+def status_of(settings: AgentSettings, as_json: bool = True) -> dict[str, object] | str:
+    out = io.StringIO()
+    assert show_status(settings, as_json=as_json, out=out) == 0
+    return json.loads(out.getvalue()) if as_json else out.getvalue()
+
+
+def sample(pid: int, create_time: float | None) -> dict[str, object]:
+    return {
+        "state": "running", "pid": pid, "process_create_time": create_time, "agent_version": "0.1.0",
+        "policy": {"name": "corp", "version": 3, "mode": "enforce", "source": "/etc/ea/policy.yaml"},
+        "mode": {"mode": "monitor", "reason": "kill-rate circuit breaker open for this policy version"},
+        "circuit": {"open": True, "opened_at": "2024-05-01T12:00:00Z", "policy_version": 3},
+        "break_glass": {"active": False, "path": "/etc/endpoint-agent/break-glass", "note": ""},
+        "last_scan": {"at": "2024-05-01T12:00:05Z", "processes": 312, "findings": 2, "new_violations": 0},
+        "scans": 12, "scan_errors": 0, "stops_total": 6, "queue": {"pending": 4, "total": 9, "dropped": 0},
+        "updated_at": "2024-05-01T12:00:05Z",
+    }  # fmt: skip
+
+
+def test_never_ran(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    assert status_of(settings) == {"running": False, "state_dir": str(tmp_path)}
+    assert "never ran" in str(status_of(settings, as_json=False))
+
+
+def test_running_agent(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    write_status(settings.status_path, sample(os.getpid(), psutil.Process().create_time()))
+    data = status_of(settings)
+    assert isinstance(data, dict) and data["running"] is True and data["scans"] == 12
+    text = str(status_of(settings, as_json=False))
+    assert "agent: running" in text
+    assert "policy: corp version 3" in text
+    assert "mode: monitor (kill-rate circuit breaker open" in text
+    assert "circuit breaker: OPEN" in text
+    assert "queue: 4 pending upload" in text
+
+
+def test_a_stale_status_file_is_not_running(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    # our PID, but another start time: the agent that wrote this is gone and the PID was reused
+    write_status(settings.status_path, sample(os.getpid(), psutil.Process().create_time() - 100))
+    data = status_of(settings)
+    assert isinstance(data, dict) and data["running"] is False and data["state"] == "stopped"
+
+
+def test_a_damaged_status_file_is_an_error(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    settings.status_path.write_text("{not json")
+    with pytest.raises(AgentError, match="not valid JSON"):
+        show_status(settings, as_json=True, out=io.StringIO())
