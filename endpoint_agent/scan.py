@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from endpoint_agent.errors import PolicyLoadError
+from endpoint_agent.errors import PolicyLoadError, PolicyValidationError
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.policy.load import DecodeEnvelope
 from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
@@ -40,9 +40,15 @@ def load_policy(path: str, public_keys: Sequence[str] | None = None) -> Policy:
 
 
 def check_policy_command(
-    path: str, *, public_keys: Sequence[str] | None = None, out: TextIO = sys.stdout
+    path: str, *, public_keys: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
-    policy = load_policy(path, public_keys)
+    try:
+        policy = load_policy(path, public_keys)
+    except PolicyValidationError as exc:
+        # An admin fixing a policy wants every problem at once, one line each.
+        for problem in exc.errors:
+            print(f"endpoint-agent: error: {problem}", file=err)
+        return EXIT_ERROR
     print(
         f"{path}: valid policy {policy.name!r} version {policy.version}, mode {policy.mode}, "
         f"{len(policy.rules)} rules",
