@@ -68,6 +68,9 @@ class ActivePolicy:
     version: int
     mode: str
     source: str
+    # Policy sync (issue 4): why this policy may only monitor whatever its own mode says
+    # (unsafe on activation, or expired); None when it may enforce.
+    monitor_reason: str | None = None
 
     @classmethod
     def from_policy(cls, policy: Any, source: str) -> ActivePolicy:
@@ -76,7 +79,15 @@ class ActivePolicy:
         return cls(compile_policy(policy), policy.name, int(policy.version), str(policy.mode), source)
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "version": self.version, "mode": self.mode, "source": self.source}
+        out: dict[str, object] = {
+            "name": self.name,
+            "version": self.version,
+            "mode": self.mode,
+            "source": self.source,
+        }
+        if self.monitor_reason is not None:
+            out["monitor_reason"] = self.monitor_reason
+        return out
 
 
 class PolicyProvider(Protocol):
@@ -323,6 +334,7 @@ class Agent:
         self.scans = 0
         self.scan_errors = 0
         self.stops_total = 0
+        self.violations_total = 0  # report (issue 5): new violations recorded since start, for the heartbeat
         self.last: TickResult | None = None
         self.last_error: str | None = None
         self.last_break_glass: BreakGlassState | None = None
@@ -330,6 +342,16 @@ class Agent:
     @property
     def store(self) -> ViolationStore:
         return self._store
+
+    # -- policy sync (issue 4): the daemon reaches the sync's job and status through it --
+    @property
+    def policy_provider(self) -> PolicyProvider:
+        return self._policy
+
+    # -- report (issue 5): the heartbeat's circuit state --
+    @property
+    def circuit_open(self) -> bool:
+        return self._circuit.state.is_open
 
     def close(self, timeout: float = 5.0) -> None:
         """Let queued user notifications go out (bounded); the store belongs to the caller."""
@@ -363,6 +385,9 @@ class Agent:
             break_glass=self.last_break_glass.active,
             circuit_open=self._circuit.is_open(policy.version),
         )
+        # -- policy sync (issue 4): an unsafe or expired policy only monitors --
+        if policy.monitor_reason is not None and mode.mode is Mode.ENFORCE:
+            mode = ModeDecision(Mode.MONITOR, policy.monitor_reason)
         decisions = self._decider.decide(findings, mode)
         self._stage.trips.clear()
         acted = self._stage.act(decisions, policy.version)
@@ -386,6 +411,7 @@ class Agent:
             )
         stops = sum(1 for a in acted if a.outcome in _STOPPED and a.decision.plan is Plan.STOP)
         self.stops_total += stops
+        self.violations_total += len(violations)  # report (issue 5)
         return TickResult(
             at=now,
             duration_seconds=time.monotonic() - t0,
@@ -482,13 +508,17 @@ def build_agent(
     clock = clock or SystemClock()
     guard = Guard(extra=settings.protected_extra)
     if source is None:
-        from endpoint_agent.collect import Collector
+        # Every network namespace, package ownership for the unapproved check.
+        from endpoint_agent.collect.machine import machine_collector
 
-        source = Collector()
+        source = machine_collector()
     state = CircuitState.from_json(store.get_meta(CIRCUIT_META_KEY))
+    from endpoint_agent.collect.machine import BehaviourEvaluator
+
     return Agent(
         policy=policy,
         source=source,
+        evaluate=BehaviourEvaluator(),  # the policy engine plus the P2P behaviour window
         guard=guard,
         enforcer=enforcer
         or PsutilEnforcer(guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree),

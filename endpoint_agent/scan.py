@@ -89,13 +89,11 @@ def run_scan_command(
     public_keys: Sequence[str] | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    from endpoint_agent.collect import collect_snapshot
-    from endpoint_agent.policy import compile_policy, evaluate
+    from endpoint_agent.collect.machine import scan_once
+    from endpoint_agent.policy import compile_policy
 
     policy = load_policy(policy_path, public_keys)
-    compiled = compile_policy(policy)
-    snapshot = collect_snapshot()
-    findings = evaluate(snapshot, compiled)
+    findings = scan_once(compile_policy(policy))
     if enforce:
         from endpoint_agent.agent import enforce_once
 

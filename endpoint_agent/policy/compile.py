@@ -34,6 +34,7 @@ class Anchor(StrEnum):
     CMDLINE = "cmdline"
     USER = "user"
     PROTOCOL_DIRECTION = "protocol/direction"
+    P2P = "p2p"  # judged per process from its behaviour; checked for every process that has some
 
 
 _NETWORK_ANCHORS = frozenset(
@@ -160,6 +161,16 @@ class CompiledPolicy:
     network_index: NetworkIndex
     # True when some rule looks at connections (else evaluate skips grouping them).
     uses_connections: bool
+    # Rules with a `network.p2p` condition, in rule order (never in the indexes above).
+    p2p_rules: tuple[int, ...] = ()
+
+    @property
+    def p2p_window_scans(self) -> int | None:
+        """The behaviour window the agent must keep: the largest of the p2p rules (None: none)."""
+        windows = [
+            net.p2p.window_scans for i in self.p2p_rules if (net := self.rules[i].rule.network) and net.p2p
+        ]
+        return max(windows, default=None)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -202,6 +213,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         process_index=pindex,
         network_index=nindex,
         uses_connections=any(r.network is not None for r in compiled),
+        p2p_rules=tuple(r.index for r in compiled if r.anchor is Anchor.P2P),
     )
 
 
@@ -215,6 +227,8 @@ def _glob_cost(patterns: tuple[str, ...], literal_cost: int) -> int:
 
 
 def _choose_anchor(rule: Rule) -> Anchor:
+    if rule.network is not None and rule.network.p2p is not None:
+        return Anchor.P2P
     options: list[tuple[int, int, Anchor]] = []
     proc = rule.process
     if proc is not None:
@@ -248,6 +262,8 @@ def _choose_anchor(rule: Rule) -> Anchor:
 
 def _register(rule: Rule, anchor: Anchor, key: int, pindex: ProcessIndex, nindex: NetworkIndex) -> None:
     proc, net = rule.process, rule.network
+    if anchor is Anchor.P2P:
+        return  # CompiledPolicy.p2p_rules
     if anchor in _NETWORK_ANCHORS:
         assert net is not None
         if anchor is Anchor.REMOTE_ADDRESS:

@@ -10,6 +10,9 @@ connections), candidates are verified, and precedence picks what is reported:
 3. Any matching allow rule approves the process for the unapproved-apps check, which then
    flags processes in its scope that no allow rule approves (unless a finding at least as
    strong was already made for the process).
+
+Rules with `network.p2p` are not indexed: they are checked for every process the snapshot has
+behaviour for (`Snapshot.behaviour`, filled by collect.behaviour), scored by policy/p2p.py.
 """
 
 from __future__ import annotations
@@ -20,9 +23,24 @@ from dataclasses import dataclass, field
 from endpoint_agent.policy.compile import CompiledPolicy, CompiledRule
 from endpoint_agent.policy.index import ip_key
 from endpoint_agent.policy.matchers import ProcessView
-from endpoint_agent.policy.reasons import connection_reason, process_reason
+from endpoint_agent.policy.p2p import p2p_reason, score
+from endpoint_agent.policy.reasons import (
+    connection_reason,
+    describe_connection,
+    describe_evidence,
+    process_reason,
+)
 from endpoint_agent.policy.unapproved import unapproved_finding
-from endpoint_agent.types import Connection, Evidence, Finding, ProcessInfo, RuleAction, Snapshot
+from endpoint_agent.types import (
+    Connection,
+    Direction,
+    Evidence,
+    Finding,
+    P2PFeatures,
+    ProcessInfo,
+    RuleAction,
+    Snapshot,
+)
 
 _NO_CONNECTIONS: tuple[Connection, ...] = ()
 _SEVERITY = {RuleAction.ALLOW: 0, RuleAction.REPORT: 1, RuleAction.BLOCK: 2}
@@ -35,6 +53,7 @@ class _Hit:
     connection: Connection | None = None
     network_evidence: tuple[Evidence, ...] = ()
     connections: int = 0
+    reason: str | None = None  # set when the rule's own sentence says more (p2p)
 
     def add(self, conn: Connection, evidence: tuple[Evidence, ...]) -> None:
         if self.connection is None:
@@ -45,6 +64,7 @@ class _Hit:
 @dataclass(slots=True)
 class _Context:
     compiled: CompiledPolicy
+    behaviour: dict[tuple[int, float], P2PFeatures] = field(default_factory=dict)
     ip_keys: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
     def raddr_key(self, conn: Connection) -> tuple[int, int] | None:
@@ -65,7 +85,7 @@ def evaluate(snapshot: Snapshot, compiled: CompiledPolicy) -> list[Finding]:
         for conn in snapshot.connections:
             if conn.pid is not None:  # an unattributed socket has no process to report or stop
                 by_pid.setdefault(conn.pid, []).append(conn)
-    ctx = _Context(compiled)
+    ctx = _Context(compiled, snapshot.behaviour)
     findings: list[Finding] = []
     for pid in sorted(snapshot.processes):
         findings.extend(_evaluate_process(snapshot.processes[pid], by_pid.get(pid, _NO_CONNECTIONS), ctx))
@@ -77,6 +97,8 @@ def _evaluate_process(proc: ProcessInfo, conns: Sequence[Connection], ctx: _Cont
     view = ProcessView.of(proc)
     hits = _process_hits(view, conns, ctx)
     _connection_hits(view, conns, ctx, hits)
+    if compiled.p2p_rules:
+        _p2p_hits(view, conns, ctx, hits)
     findings: list[Finding] = []
     approved = False
     if hits:
@@ -136,9 +158,73 @@ def _connection_hits(
                 hits.setdefault(index, _Hit(rule, evidence)).add(conn, net_evidence)
 
 
+def _p2p_hits(view: ProcessView, conns: Sequence[Connection], ctx: _Context, hits: dict[int, _Hit]) -> None:
+    features = ctx.behaviour.get(view.proc.key)
+    if features is None:
+        return
+    result = score(features)
+    rules = ctx.compiled.rules
+    for index in ctx.compiled.p2p_rules:
+        rule = rules[index]
+        assert rule.network is not None and rule.rule.network is not None
+        cond = rule.rule.network.p2p
+        assert cond is not None
+        if not result.meets(cond.min_score, cond.min_peers):
+            continue
+        evidence = rule.match_process(view)
+        if evidence is None:
+            continue
+        # The other network keys, if any, pick the connection; else the most telling one.
+        matching = [(c, e) for c in conns if (e := rule.network.match(c, ctx.raddr_key(c))) is not None]
+        if not matching and rule.rule.network.has_connection_keys:
+            continue
+        chosen = _representative([c for c, _ in matching], features)
+        net_evidence = next(e for c, e in matching if c is chosen) if chosen is not None else ()
+        p2p = Evidence(
+            "p2p",
+            f"score>={cond.min_score}, peers>={cond.min_peers}",
+            f"score {result.score}, {result.peers} peers",
+        )
+        text = p2p_reason(result, features, min_score=cond.min_score, min_peers=cond.min_peers)
+        shown = [e for e in net_evidence if e.attribute not in ("protocol", "direction")]
+        if chosen is not None and shown:
+            text += f"; connection {describe_connection(chosen)} matched " + " and ".join(
+                f"{e.attribute} {e.pattern}" for e in shown
+            )
+        elif chosen is not None:
+            text += f"; socket {describe_connection(chosen)}"
+        if evidence:
+            text += "; " + " and ".join(describe_evidence(e) for e in evidence)
+        hits[index] = _Hit(
+            rule,
+            evidence,
+            connection=chosen,
+            network_evidence=(p2p, *net_evidence),
+            connections=len(matching),
+            reason=f"{text} (rule {rule.id})",
+        )
+
+
+def _representative(conns: Sequence[Connection], features: P2PFeatures) -> Connection | None:
+    """The socket that best shows the behaviour: the peer listener, else a connection to a peer."""
+    listening = set(features.listening_ports)
+    samples = set(features.sample_peers)
+    with_peer: Connection | None = None
+    for conn in conns:
+        if conn.proto != "tcp":
+            continue
+        if conn.direction is Direction.LISTEN and conn.laddr is not None and conn.laddr.port in listening:
+            return conn
+        if with_peer is None and conn.raddr is not None and str(conn.raddr) in samples:
+            with_peer = conn
+    return with_peer or (conns[0] if conns else None)
+
+
 def _finding(proc: ProcessInfo, hit: _Hit) -> Finding:
     rule = hit.rule
-    if hit.connection is None:
+    if hit.reason is not None:
+        reason = hit.reason
+    elif hit.connection is None:
         reason = process_reason(hit.process_evidence, rule.id)
     else:
         reason = connection_reason(

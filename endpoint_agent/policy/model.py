@@ -39,6 +39,8 @@ from endpoint_agent.policy.fields import (
 from endpoint_agent.types import Direction, RuleAction
 
 UNAPPROVED_RULE_ID = "unapproved-app"
+P2P_MAX_SCORE = 7  # all signals of policy/p2p.py at once
+P2P_MAX_WINDOW_SCANS = 20  # collect.behaviour.MAX_WINDOW_SCANS
 DEFAULT_MESSAGE = "This application is not allowed on company machines by the acceptable-use policy."
 
 
@@ -71,7 +73,7 @@ class _Model(BaseModel):
 
 
 _PROCESS_KEYS = ("name", "path", "sha256", "cmdline", "user", "parent")
-_NETWORK_KEYS = ("remote_port", "remote_address", "local_port", "protocol", "direction")
+_NETWORK_KEYS = ("remote_port", "remote_address", "local_port", "protocol", "direction", "p2p")
 
 
 class ProcessConditions(_Model):
@@ -121,6 +123,20 @@ Directions = Annotated[
 ]
 
 
+class P2PConditions(_Model):
+    """Peer-to-peer behaviour over the last scans (collect.behaviour; signals in policies/README.md)."""
+
+    min_score: StrictInt = Field(
+        default=3, ge=1, le=P2P_MAX_SCORE, description="Points of P2P evidence needed (of 7)."
+    )
+    min_peers: StrictInt = Field(
+        default=8, ge=1, description="Distinct remote peers (addresses on non-service high ports) needed."
+    )
+    window_scans: StrictInt = Field(
+        default=3, ge=1, le=P2P_MAX_WINDOW_SCANS, description="Scans the behaviour is accumulated over."
+    )
+
+
 class NetworkConditions(_Model):
     """Matched per connection of a process; all given keys must hold (AND)."""
 
@@ -129,12 +145,21 @@ class NetworkConditions(_Model):
     local_port: Ports | None = Field(default=None, description="Local port or range (e.g. a listening port).")
     protocol: Protocols | None = Field(default=None, description="tcp or udp.")
     direction: Directions | None = Field(default=None, description="outbound, inbound or listen.")
+    p2p: P2PConditions | None = Field(
+        default=None,
+        description="The process behaves like a peer-to-peer client (scored); other keys pick the socket.",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> NetworkConditions:
         if all(getattr(self, key) is None for key in _NETWORK_KEYS):
             raise ValueError(f"is empty; give at least one of {', '.join(_NETWORK_KEYS)}")
         return self
+
+    @property
+    def has_connection_keys(self) -> bool:
+        """Whether a connection must match (anything besides `p2p` given)."""
+        return any(getattr(self, key) is not None for key in _NETWORK_KEYS if key != "p2p")
 
 
 class Rule(_Model):
@@ -239,6 +264,7 @@ __all__ = [
     "Defaults",
     "Mode",
     "NetworkConditions",
+    "P2PConditions",
     "Policy",
     "ProcessConditions",
     "Protocol",

@@ -37,7 +37,12 @@ def describe_connection(conn: Connection) -> str:
         where = f"-> {conn.raddr}"
     else:
         where = f"{conn.laddr} -> {conn.raddr}"
-    return f"{where} ({conn.direction.value}, {conn.proto})"
+    return f"{where} ({conn.direction.value}, {conn.proto}){netns_suffix(conn)}"
+
+
+def netns_suffix(conn: Connection) -> str:
+    """' in network namespace net:[...]' for a socket outside the agent's namespace, else ''."""
+    return f" in network namespace {conn.netns}" if conn.netns else ""
 
 
 def process_reason(evidence: Sequence[Evidence], rule_id: str) -> str:

@@ -7,6 +7,8 @@ snapshot:
     - {pid: 100, name: qbittorrent, exe: /usr/bin/qbittorrent}   # uid 1000 / alice by default
   connections:
     - {pid: 100, proto: tcp, laddr: "0.0.0.0:6881", direction: listen}
+  earlier_scans:                                   # optional: connections of the scans before this one
+    - [{pid: 100, proto: tcp, raddr: "203.0.113.9:41000", direction: outbound}]
 expected:                                          # exactly these findings, in any order
   - {rule_id: p2p-qbittorrent, pid: 100, action: block}
   - {rule_id: x, pid: 100, action: report, reason_contains: "...", connection: "0.0.0.0:6881"}
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from endpoint_agent.collect.behaviour import BehaviourTracker
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.types import Connection, Direction, Endpoint, ProcessInfo, RuleAction, Snapshot
 
@@ -85,13 +88,20 @@ class CaseConnection(_Strict):
 class CaseSnapshot(_Strict):
     processes: list[CaseProcess]
     connections: list[CaseConnection] = []
+    # Connections of the scans before this one (oldest first), same processes: P2P behaviour is
+    # judged over a window of scans (collect.behaviour).
+    earlier_scans: list[list[CaseConnection]] = []
 
-    def to_snapshot(self) -> Snapshot:
-        return Snapshot(
-            taken_at=datetime(2024, 1, 1, tzinfo=UTC),
-            processes={p.pid: p.to_info() for p in self.processes},
-            connections=tuple(c.to_connection() for c in self.connections),
-        )
+    def to_snapshot(self, window_scans: int | None = None) -> Snapshot:
+        """The last scan, with `behaviour` as the tracker built it over all the scans."""
+        processes = {p.pid: p.to_info() for p in self.processes}
+        tracker = BehaviourTracker(window_scans or 1)
+        snapshot = Snapshot(taken_at=datetime(2024, 1, 1, tzinfo=UTC), processes=processes)
+        for scan in [*self.earlier_scans, self.connections]:
+            snapshot = tracker.annotate(
+                Snapshot(snapshot.taken_at, processes, tuple(c.to_connection() for c in scan))
+            )
+        return snapshot
 
 
 class Expected(_Strict):

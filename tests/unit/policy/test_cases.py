@@ -39,7 +39,8 @@ def test_there_are_enough_cases() -> None:
 @pytest.mark.parametrize("path", case_files(), ids=lambda p: p.stem)
 def test_case(path: Path) -> None:
     case = load_case(path)
-    findings = evaluate(case.snapshot.to_snapshot(), compile_policy(case.load_policy()))
+    compiled = compile_policy(case.load_policy())
+    findings = evaluate(case.snapshot.to_snapshot(compiled.p2p_window_scans), compiled)
 
     got = sorted((f.rule_id, f.process.pid, f.action.value) for f in findings)
     want = sorted((e.rule_id, e.pid, e.action.value) for e in case.expected)
