@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
@@ -37,6 +37,10 @@ from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, buil
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
+
+if TYPE_CHECKING:
+    from endpoint_agent.report.job import ReportJob  # report (issue 5)
+    from endpoint_agent.sync.service import PolicySyncService  # policy sync (issue 4)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,9 @@ def configure_logging(settings: AgentSettings, stream: IO[str] | None = None) ->
     root.setLevel(settings.log_level)
     # APScheduler logs every job run at INFO; its warnings (skipped runs) and errors still show.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # -- policy sync (issue 4): httpx logs every request at INFO; its warnings still show --
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 # -- single instance -------------------------------------------------------------------------
@@ -191,14 +198,19 @@ def guarded(name: str, func: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def build_policy_provider(settings: AgentSettings) -> PolicyProvider:
-    """Standalone mode reads --policy FILE; server mode plugs in the sync module's provider here."""
+def build_policy_provider(settings: AgentSettings, store: ViolationStore | None = None) -> PolicyProvider:
+    """Standalone mode reads --policy FILE; server mode syncs signed policies (it records into `store`)."""
     if settings.policy is not None:
         if not settings.policy.is_file():
             raise SettingsError(f"invalid setting policy: {settings.policy}: not found or not a regular file")
         return FilePolicyProvider(settings.policy, load=_policy_loader(settings))
     if settings.server is not None:
-        raise SettingsError("server mode (--server) needs policy sync, not in this build; use --policy FILE")
+        # -- policy sync (issue 4) --
+        if store is None:
+            raise SettingsError("server mode needs the local store to record policy events")
+        from endpoint_agent.sync.service import build_policy_sync
+
+        return build_policy_sync(settings, store=store)
     raise SettingsError("no policy source: give --policy FILE (standalone) or --server URL")
 
 
@@ -218,6 +230,7 @@ class Service:
         self._settings = settings
         self._agent = agent
         self._identity = _process_identity()
+        self.report: ReportJob | None = None  # report (issue 5): upload + heartbeat, in server mode
 
     @property
     def agent(self) -> Agent:
@@ -237,6 +250,13 @@ class Service:
             "scan_interval": self._settings.scan_interval,
             "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
+        # -- policy sync (issue 4): polls, 304s, rejections, the active envelope --
+        sync = _policy_sync(self._agent)
+        if sync is not None:
+            data["policy_sync"] = sync.status()
+        # -- report (issue 5): how uploads and heartbeats go --
+        if self.report is not None:
+            data["report"] = self.report.status()
         try:
             write_status(self._settings.status_path, data)
         except OSError as exc:
@@ -286,7 +306,31 @@ class Service:
 def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
     """The service's jobs. Policy sync and upload/heartbeat join here (they reach the store as
     `service.agent.store` and the status as `service.agent.status()`)."""
-    return [JobSpec("scan", service.scan, settings.scan_interval)]
+    jobs = [JobSpec("scan", service.scan, settings.scan_interval)]
+    # -- policy sync (issue 4): the poll thread, started at once and restarted if it ever died --
+    sync = _policy_sync(service.agent)
+    if sync is not None:
+        # -- report (issue 5): upload + heartbeat on the sync's client; listed first so that its
+        # final flush at shutdown runs before policy sync closes the client --
+        from endpoint_agent.report.service import build_report_job, report_tick_seconds
+
+        counters = sync.sync.counters
+        report = build_report_job(
+            settings, service.agent, sync.client, policy_rejections=lambda: counters["rejected"]
+        )
+        service.report = report
+        jobs.append(JobSpec("report", report.tick, report_tick_seconds(settings), at_shutdown=report.flush))
+        jobs.append(JobSpec("policy-sync", sync.ensure_running, sync.watchdog_seconds, at_shutdown=sync.stop))
+    return jobs
+
+
+def _policy_sync(agent: Agent) -> PolicySyncService | None:
+    provider = getattr(agent, "policy_provider", None)
+    if provider is None or isinstance(provider, FilePolicyProvider):
+        return None  # standalone mode: the sync modules (httpx, ...) are not even imported
+    from endpoint_agent.sync.service import PolicySyncService
+
+    return provider if isinstance(provider, PolicySyncService) else None
 
 
 @contextlib.contextmanager
@@ -312,8 +356,8 @@ def run_service(settings: AgentSettings) -> int:
     lock.acquire()
     store: ViolationStore | None = None
     try:
-        policy = build_policy_provider(settings)
         store = open_store(settings)
+        policy = build_policy_provider(settings, store)  # server mode records policy events in the store
         agent = build_agent(settings, store=store, policy=policy)
         service = Service(settings, agent)
         stop = threading.Event()

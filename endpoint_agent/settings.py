@@ -81,6 +81,9 @@ class AgentSettings(BaseModel):
     block_action: Literal["terminate", "suspend"] = "terminate"
     circuit_max_kills: int = Field(5, ge=1, le=10_000)
     circuit_window_seconds: float = Field(600.0, gt=0, le=7 * 86400)
+    # Policy sync (issue 4): a new policy that would stop more than this share of the running
+    # processes (or any protected one) is activated in monitor mode only.
+    unsafe_kill_share: float = Field(0.10, gt=0, le=1)
 
     # User notification.
     notify: bool = True

@@ -118,6 +118,20 @@ def _human(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"queue: {q.get('pending')} pending upload, {q.get('total')} stored, {q.get('dropped')} dropped"
         )
+    # -- report (issue 5): uploads and heartbeats to the server --
+    report = d.get("report")
+    if isinstance(report, dict):
+        if report.get("last_error"):
+            lines.append(
+                f"server: FAILING ({report.get('failures_in_a_row')} in a row: {report['last_error']}); "
+                f"retry in {report.get('next_attempt_in_seconds')}s; "
+                f"last success {report.get('last_success_at')}"
+            )
+        else:
+            lines.append(
+                f"server: last upload and heartbeat {report.get('last_success_at') or 'not yet'} "
+                f"({report.get('uploaded_since_start', 0)} events uploaded since start)"
+            )
     lines.append(f"updated: {d.get('updated_at')}")
     return lines
 

@@ -1,0 +1,87 @@
+"""Wiring of the report job into the service: the uploader and heartbeat of one running `Agent`.
+
+    job = build_report_job(settings, agent, client, policy_rejections=lambda: sync.counters["rejected"])
+    JobSpec("report", job.tick, report_tick_seconds(settings), at_shutdown=job.flush)
+
+The job is ticked often (at most every second) and decides itself, from its jittered schedule,
+when a round is due: every `upload_interval` while the server answers, backing off when not.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from endpoint_agent import __version__
+from endpoint_agent.agent import Agent
+from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.errors import StoreError
+from endpoint_agent.report.backoff import ReportSchedule
+from endpoint_agent.report.heartbeat import Heartbeat, HeartbeatSink, counters
+from endpoint_agent.report.job import ReportJob
+from endpoint_agent.report.store import StoreLimits
+from endpoint_agent.report.uploader import EventSink, Uploader
+from endpoint_agent.settings import AgentSettings
+
+
+class ReportClient(EventSink, HeartbeatSink, Protocol):
+    """What the report job needs of the server client (sync.client.HttpServerClient has both)."""
+
+
+def agent_heartbeat(
+    agent: Agent, uploader: Uploader, *, policy_rejections: Callable[[], int] | None = None
+) -> Heartbeat:
+    last = agent.last
+    try:
+        queue = agent.store.counts()
+        pending: int | None = queue.pending
+    except StoreError:  # a failing store must not stop the heartbeat that would reveal it
+        pending = None
+    return Heartbeat(
+        agent_version=__version__,
+        policy_version=last.policy.version if last and last.policy else None,
+        mode=last.mode.mode.value if last and last.mode else None,
+        last_scan_at=last.at if last else None,
+        circuit_state="open" if agent.circuit_open else "closed",
+        counters=counters(
+            scans=agent.scans,
+            scan_errors=agent.scan_errors,
+            findings=agent.violations_total,
+            kills=agent.stops_total,
+            dropped_events=uploader.dropped_total(),
+            rejected_events=uploader.rejected_count(),
+            queue_pending=pending,
+            policy_rejections=policy_rejections() if policy_rejections else None,
+        ),
+    )
+
+
+def report_tick_seconds(settings: AgentSettings) -> float:
+    return min(1.0, settings.upload_interval)
+
+
+def build_report_job(
+    settings: AgentSettings,
+    agent: Agent,
+    client: ReportClient,
+    *,
+    policy_rejections: Callable[[], int] | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+) -> ReportJob:
+    clock = clock or SystemClock()
+    rng = rng or random.SystemRandom()
+    limits = StoreLimits(settings.store_max_events, settings.store_max_bytes, settings.store_min_free_bytes)
+    uploader = Uploader(agent.store, client, clock=clock, limits=limits)
+    schedule = ReportSchedule(settings.upload_interval, clock=clock, rng=rng)
+    return ReportJob(
+        uploader,
+        client,
+        heartbeat=lambda: agent_heartbeat(agent, uploader, policy_rejections=policy_rejections),
+        schedule=schedule,
+        clock=clock,
+    )
+
+
+__all__ = ["ReportClient", "agent_heartbeat", "build_report_job", "report_tick_seconds"]
