@@ -63,19 +63,12 @@ def findings_to_violations(
     """Report-only outcome of findings: block rules become `would_block`."""
     detected_at = now or datetime.now(UTC)
     return [
-        Violation(
+        Violation.from_finding(
+            f,
+            Outcome.WOULD_BLOCK if f.action is RuleAction.BLOCK else Outcome.REPORTED,
             event_id=str(uuid.uuid4()),
-            rule_id=f.rule_id,
-            category=f.category,
-            action=Outcome.WOULD_BLOCK if f.action is RuleAction.BLOCK else Outcome.REPORTED,
-            pid=f.process.pid,
-            process_name=f.process.name,
-            exe=f.process.exe,
-            username=f.process.username,
-            reason=f.reason,
             detected_at=detected_at,
             policy_version=policy_version,
-            connection=f.connection,
         )
         for f in findings
     ]

@@ -187,6 +187,34 @@ class Violation:
     connection: Connection | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def from_finding(
+        cls,
+        finding: Finding,
+        outcome: Outcome,
+        *,
+        event_id: str,
+        detected_at: datetime,
+        policy_version: int,
+        extra: dict[str, object] | None = None,
+    ) -> Violation:
+        proc = finding.process
+        return cls(
+            event_id=event_id,
+            rule_id=finding.rule_id,
+            category=finding.category,
+            action=outcome,
+            pid=proc.pid,
+            process_name=proc.name,
+            exe=proc.exe,
+            username=proc.username,
+            reason=finding.reason,
+            detected_at=detected_at,
+            policy_version=policy_version,
+            connection=finding.connection,
+            extra=extra or {},
+        )
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "event_id": self.event_id,
