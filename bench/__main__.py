@@ -20,8 +20,11 @@ from endpoint_agent.errors import AgentError
 # name -> module; imported only when selected, so one broken benchmark does not stop others.
 BENCHMARKS: dict[str, str] = {
     "scan": "bench.scan",
+    "footprint": "bench.footprint",
+    "reaction": "bench.reaction",
+    "memory": "bench.memory",
 }
-DEFAULT = ("scan",)
+DEFAULT = ("scan", "footprint", "reaction", "memory")
 
 
 def _load(name: str) -> ModuleType:

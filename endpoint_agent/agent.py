@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from endpoint_agent.enforce.breakglass import BreakGlass, BreakGlassState
 from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState
 from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.enforce.notify import DesktopNotifier, LogOnlyNotifier, Notification, Notifier
+from endpoint_agent.enforce.scope import make_guard
 from endpoint_agent.enforce.terminate import BlockAction, Enforcer, EnforceResult, PsutilEnforcer
 from endpoint_agent.errors import PolicyError, StoreError
 from endpoint_agent.report.store import NewEvent, SeenEntry, SeenKey, ViolationStore
@@ -212,15 +214,18 @@ class EnforceStage:
             f" was refused; monitor mode for policy version {policy_version}"
         )
         logger.error("kill-rate circuit breaker OPEN: %s", reason)
+        # Same wire shape as every agent event (server_stub/API.md): `type` and `detail`.
         self.trips.append(
             {
-                "event": "circuit_open",
+                "type": "circuit_open",
                 "policy_version": policy_version,
-                "reason": reason,
-                "max_kills": self.circuit.max_kills,
-                "window_seconds": self.circuit.window_seconds,
-                "stops_in_window": len(state.kills),
-                "opened_at": _iso(state.opened_at) if state.opened_at else None,
+                "detail": {
+                    "reason": reason,
+                    "max_kills": self.circuit.max_kills,
+                    "window_seconds": self.circuit.window_seconds,
+                    "stops_in_window": len(state.kills),
+                    "opened_at": _iso(state.opened_at) if state.opened_at else None,
+                },
             }
         )
 
@@ -234,19 +239,12 @@ def violation_for(acted: Acted, entry: SeenEntry, policy_version: int, detected_
     extra: dict[str, object] = {"first_seen": _iso(entry.first_seen), "create_time": f.process.create_time}
     if acted.detail:
         extra["detail"] = acted.detail
-    return Violation(
+    return Violation.from_finding(
+        f,
+        acted.outcome,
         event_id=entry.event_id,
-        rule_id=f.rule_id,
-        category=f.category,
-        action=acted.outcome,
-        pid=f.process.pid,
-        process_name=f.process.name,
-        exe=f.process.exe,
-        username=f.process.username,
-        reason=f.reason,
         detected_at=detected_at,
         policy_version=policy_version,
-        connection=f.connection,
         extra=extra,
     )
 
@@ -316,10 +314,16 @@ class Agent:
         evaluate: Evaluator = _evaluate,
         block_action: BlockAction = BlockAction.TERMINATE,
         enforce_allowed: bool = True,
+        react_evaluate: Evaluator = _evaluate,
     ) -> None:
         self._policy = policy
         self._source = source
         self._evaluate = evaluate
+        # -- event-driven reaction (issue 7): `react()` runs the same pipeline between ticks --
+        self._react_evaluate = react_evaluate  # stateless: a partial snapshot must not feed scan windows
+        self._lock = threading.RLock()  # one pipeline run at a time: the scan job or the exec watcher
+        self._live: set[tuple[int, float]] | None = None  # instances the dedup keeps: last tick + reactions
+        self.reactions = 0
         self._notifier = notifier
         self._store = store
         self._circuit = circuit
@@ -343,6 +347,10 @@ class Agent:
     def store(self) -> ViolationStore:
         return self._store
 
+    @property
+    def source(self) -> SnapshotSource:
+        return self._source
+
     # -- policy sync (issue 4): the daemon reaches the sync's job and status through it --
     @property
     def policy_provider(self) -> PolicyProvider:
@@ -359,7 +367,8 @@ class Agent:
 
     def tick(self) -> TickResult:
         try:
-            result = self._tick()
+            with self._lock:
+                result = self._tick()
         except Exception as exc:
             self.scan_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -369,15 +378,35 @@ class Agent:
         self.last = result
         return result
 
-    def _tick(self) -> TickResult:
+    # -- event-driven reaction (issue 7) --
+    def react(self, take: Callable[[], Snapshot]) -> TickResult:
+        """The tick's pipeline for a partial snapshot (processes that just started), between ticks.
+
+        Same policy, safety rails, dedup and store as `tick()`, never concurrently with it; `take`
+        runs under the same lock. Nothing is forgotten (the snapshot does not list every process),
+        the store is written only when something changed, and `last`/`scans` stay the ticks'.
+        """
+        with self._lock:
+            result = self._tick(take, self._react_evaluate, partial=True)
+            self.reactions += 1
+            return result
+
+    def _tick(
+        self,
+        take: Callable[[], Snapshot] | None = None,
+        evaluate: Evaluator | None = None,
+        *,
+        partial: bool = False,
+    ) -> TickResult:
         t0 = time.monotonic()
         now = self._clock.now()
         policy = self._policy.current()
         if policy is None:
-            self._commit(now, [], [], live=None)
+            if not partial:
+                self._commit(now, [], [], live=None)
             return TickResult(now, time.monotonic() - t0, None, None)
-        snapshot = self._source.snapshot()
-        findings = self._evaluate(snapshot, policy.compiled)
+        snapshot = (take or self._source.snapshot)()
+        findings = (evaluate or self._evaluate)(snapshot, policy.compiled)
         self.last_break_glass = self._break_glass.check()
         mode = resolve_mode(
             policy.mode,
@@ -399,7 +428,14 @@ class Agent:
             if observation.record:
                 violations.append(violation_for(a, observation.entry, policy.version, now))
         agent_events = [self._agent_event(trip, now) for trip in self._stage.trips]
-        self._commit(now, violations, agent_events, live=[p.key for p in snapshot.processes.values()])
+        # -- event-driven reaction (issue 7): a partial snapshot adds to the live set, never prunes it --
+        keys = [p.key for p in snapshot.processes.values()]
+        if not partial:
+            self._live = set(keys)
+        elif self._live is not None:
+            self._live.update(keys)
+        live = list(self._live) if self._live is not None else None  # None: no full tick yet
+        self._commit(now, violations, agent_events, live=live, skip_if_idle=partial)
         for v in violations:
             logger.info(
                 "violation %s: %s pid %d (%s) rule %s",
@@ -434,6 +470,7 @@ class Agent:
         agent_events: Sequence[dict[str, object]],
         *,
         live: Sequence[tuple[int, float]] | None,
+        skip_if_idle: bool = False,
     ) -> None:
         pending = self._unsaved
         pending.events.extend(NewEvent(v.event_id, "violation", now, v.to_json()) for v in violations)
@@ -442,6 +479,8 @@ class Agent:
             upserts, deletes = self._dedup.changes(live)
             pending.upserts.update((u.key, u) for u in upserts)
             pending.deletes.update(deletes)  # applied after the upserts
+        if skip_if_idle and not (pending.events or pending.upserts or pending.deletes):
+            return  # issue 7: most reactions find nothing; no write for them
         try:
             self._store.commit_tick(
                 pending.events,
@@ -489,6 +528,7 @@ class Agent:
             "scan_errors": self.scan_errors,
             "last_error": self.last_error,
             "stops_total": self.stops_total,
+            "reactions": self.reactions,  # issue 7: fast-path runs on new processes
             "queue": queue,
             "unsaved_events": len(self._unsaved.events),
         }
@@ -506,12 +546,14 @@ def build_agent(
 ) -> Agent:
     """The production wiring; tests pass doubles for the parts that cannot run here."""
     clock = clock or SystemClock()
-    guard = Guard(extra=settings.protected_extra)
+    guard = make_guard(settings)  # issue 7: narrowed to a test scope when settings ask for one
     if source is None:
-        # Every network namespace, package ownership for the unapproved check.
+        # Every network namespace, package ownership for the unapproved check; issue 7: read
+        # incrementally where Linux /proc allows it (the same snapshot, a fraction of the cost).
+        from endpoint_agent.collect.incremental import IncrementalCollector, linux_procfs_available
         from endpoint_agent.collect.machine import machine_collector
 
-        source = machine_collector()
+        source = IncrementalCollector(clock=clock) if linux_procfs_available() else machine_collector()
     state = CircuitState.from_json(store.get_meta(CIRCUIT_META_KEY))
     from endpoint_agent.collect.machine import BehaviourEvaluator
 
@@ -519,6 +561,7 @@ def build_agent(
         policy=policy,
         source=source,
         evaluate=BehaviourEvaluator(),  # the policy engine plus the P2P behaviour window
+        react_evaluate=_evaluate_alone,  # issue 7: a new process's behaviour from its own snapshot only
         guard=guard,
         enforcer=enforcer
         or PsutilEnforcer(guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree),
@@ -534,6 +577,13 @@ def build_agent(
         clock=clock,
         block_action=BlockAction(settings.block_action),
     )
+
+
+def _evaluate_alone(snapshot: Snapshot, compiled: Any) -> list[Finding]:
+    """issue 7: evaluate a partial snapshot with P2P behaviour from it alone (a fresh, throwaway window)."""
+    from endpoint_agent.collect.machine import BehaviourEvaluator
+
+    return BehaviourEvaluator()(snapshot, compiled)
 
 
 def make_notifier(settings: AgentSettings, clock: Clock) -> Notifier:

@@ -41,6 +41,7 @@ from endpoint_agent.settings import AgentSettings
 if TYPE_CHECKING:
     from endpoint_agent.report.job import ReportJob  # report (issue 5)
     from endpoint_agent.sync.service import PolicySyncService  # policy sync (issue 4)
+    from endpoint_agent.watch import ExecWatcher  # event-driven reaction (issue 7)
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ class Service:
         self._agent = agent
         self._identity = _process_identity()
         self.report: ReportJob | None = None  # report (issue 5): upload + heartbeat, in server mode
+        self.reaction: ExecWatcher | None = None  # issue 7: exec events between scans (None: polling)
 
     @property
     def agent(self) -> Agent:
@@ -247,7 +249,9 @@ class Service:
             "state": state,
             "agent_version": __version__,
             "state_dir": str(self._settings.state_dir),
-            "scan_interval": self._settings.scan_interval,
+            "scan_interval": self.scan_interval,
+            # -- event-driven reaction (issue 7) --
+            "process_events": self.reaction.status() if self.reaction is not None else {"mode": "polling"},
             "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
         # -- policy sync (issue 4): polls, 304s, rejections, the active envelope --
@@ -261,6 +265,11 @@ class Service:
             write_status(self._settings.status_path, data)
         except OSError as exc:
             logger.error("cannot write %s: %s", self._settings.status_path, exc.strerror or exc)
+
+    @property
+    def scan_interval(self) -> float:
+        """issue 7: the safety-net interval while exec events drive the reaction, else the polling one."""
+        return self._settings.effective_scan_interval(events=self.reaction is not None)
 
     def scan(self) -> None:
         try:
@@ -306,7 +315,15 @@ class Service:
 def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
     """The service's jobs. Policy sync and upload/heartbeat join here (they reach the store as
     `service.agent.store` and the status as `service.agent.status()`)."""
-    jobs = [JobSpec("scan", service.scan, settings.scan_interval)]
+    jobs = [JobSpec("scan", service.scan, service.scan_interval)]
+    # -- event-driven reaction (issue 7): the watcher's thread is restarted if it ever died --
+    if service.reaction is not None:
+        reaction = service.reaction
+        jobs.append(
+            JobSpec(
+                "exec-watcher", reaction.ensure_running, 60.0, run_at_start=False, at_shutdown=reaction.stop
+            )
+        )
     # -- policy sync (issue 4): the poll thread, started at once and restarted if it ever died --
     sync = _policy_sync(service.agent)
     if sync is not None:
@@ -355,11 +372,16 @@ def run_service(settings: AgentSettings) -> int:
     lock = InstanceLock(settings.lock_path)
     lock.acquire()
     store: ViolationStore | None = None
+    service: Service | None = None
     try:
         store = open_store(settings)
         policy = build_policy_provider(settings, store)  # server mode records policy events in the store
         agent = build_agent(settings, store=store, policy=policy)
         service = Service(settings, agent)
+        # -- event-driven reaction (issue 7): None where process events are off or unavailable --
+        from endpoint_agent.watch import start_reaction
+
+        service.reaction = start_reaction(settings, agent, rescan=service.scan)
         stop = threading.Event()
         started = time.monotonic()
         with _stop_on_signals(stop):
@@ -368,6 +390,8 @@ def run_service(settings: AgentSettings) -> int:
         logger.info("stopped cleanly after %.0fs", time.monotonic() - started)
         return 0
     finally:
+        if service is not None and service.reaction is not None:  # issue 7: idempotent
+            service.reaction.stop()
         if store is not None:
             with contextlib.suppress(AgentError):
                 store.close()

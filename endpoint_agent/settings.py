@@ -35,6 +35,10 @@ _MAX_CONFIG_BYTES = 1 << 20
 # Other spellings of a key (the flag is repeatable `--public-key`, argparse stores it as `public_keys`).
 _ALIASES = {"public_key": "public_keys"}
 
+# issue 7: full-scan intervals when `scan_interval` is auto (exec events make the scan a safety net).
+SCAN_INTERVAL_WITH_EVENTS = 30.0
+SCAN_INTERVAL_POLLING = 5.0
+
 
 @dataclass(frozen=True)
 class DefaultDirs:
@@ -66,12 +70,22 @@ class AgentSettings(BaseModel):
     public_keys: tuple[Path, ...] = ()
     fleet_id: str | None = None
     state_dir: Path = Field(default_factory=lambda: default_dirs().state_dir)
-    scan_interval: float = Field(5.0, gt=0, le=86400)
+    # -- event-driven reaction (issue 7): None ("auto") is 30 s while process exec events drive the
+    # reaction, 5 s without them; an explicit value always wins (see `effective_scan_interval`) --
+    scan_interval: float | None = Field(None, gt=0, le=86400)
     sync_interval: float = Field(60.0, gt=0, le=86400)
     upload_interval: float = Field(60.0, gt=0, le=86400)
     policy: Path | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # -- event-driven reaction (issue 7) --
+    # Listen for process starts (Linux kernel process connector, root) and judge each new program
+    # at once; off: periodic scans only.
+    process_events: bool = True
+    # Tests and benchmarks only: nothing but descendants of this process may be signalled
+    # (enforce/scope.py); everything else is treated as protected. Only ever narrows enforcement.
+    enforce_scope_pid: int | None = Field(None, ge=1)
 
     # Safety rails (DESIGN.md invariants 1 and 2).
     break_glass_file: Path = Field(default_factory=lambda: default_dirs().config_dir / "break-glass")
@@ -101,6 +115,18 @@ class AgentSettings(BaseModel):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    # -- event-driven reaction (issue 7) --
+    @field_validator("scan_interval", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    def effective_scan_interval(self, events: bool) -> float:
+        """Seconds between full scans: the explicit setting, else 30 with process events, 5 without."""
+        if self.scan_interval is not None:
+            return self.scan_interval
+        return SCAN_INTERVAL_WITH_EVENTS if events else SCAN_INTERVAL_POLLING
 
     @field_validator("log_level", mode="before")
     @classmethod

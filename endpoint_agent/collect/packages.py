@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 
 from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.collect.heap import release_free_memory
+from endpoint_agent.collect.path_table import PathRemovals, PathTable, PathTableBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class PackageIndex:
         self._clock = clock or SystemClock()
         self._rpm = (rpm_path or shutil.which("rpm")) if use_rpm else None
         self._lock = threading.RLock()
-        self._owners: dict[str, str] = {}
+        self._owners: PathTable = PathTableBuilder().build()  # issue 7: ~12 bytes per path, not ~200
         self._list_names: dict[str, str] = {}  # package -> dpkg info file stem ("libc6:amd64")
         self._diversions: dict[str, _Diversion] = {}
         self._md5: dict[str, dict[str, str]] = {}  # package -> canonical path -> md5, loaded lazily
@@ -153,8 +155,8 @@ class PackageIndex:
         self._md5 = {}
         self._verified = {}
         self._diversions = self._read_diversions()
-        owners: dict[str, str] = {}
-        parents: set[str] = set()
+        owners = PathTableBuilder()  # issue 7: flat arrays while fed, so the build leaves no heap behind
+        parents = owners.removed
         self._list_names = {}
         info = os.path.join(self._root, DPKG_DIR, "info")
         try:
@@ -172,11 +174,12 @@ class PackageIndex:
         if self._rpm is not None:
             for listed, package in self._rpm_files():
                 self._add(owners, parents, listed, package)
-        for parent in parents:
-            owners.pop(parent, None)
-        self._owners = owners
+        self._owners = owners.build()  # without the directories (`parents`)
+        self._dirs = {"": ""}  # build-time caches: dropped, and their memory given back
+        self._listed_dirs = {}
+        release_free_memory()
 
-    def _add(self, owners: dict[str, str], parents: set[str], listed: str, package: str) -> None:
+    def _add(self, owners: PathTableBuilder, parents: PathRemovals, listed: str, package: str) -> None:
         directory, _, name = listed.rpartition("/")
         if not listed.startswith("/") or name in ("", ".", "..") or "/." in directory or "//" in directory:
             if listed.startswith("/") and listed != "/." and not listed.endswith("/"):

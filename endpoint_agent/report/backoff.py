@@ -6,7 +6,7 @@
         except ServerUnavailable as exc: schedule.failed(exc.retry_after)
 
 A fleet must not stampede a server that comes back, so every wait is randomised:
-- the first round comes at a random point of the first interval (agents started together spread);
+- the first round comes at a random point of the first interval (a fleet booted at 9:00 spreads);
 - after a success, the next round is one interval away, +-10 %;
 - after the n-th failure in a row, "full jitter" (AWS architecture blog): a uniform draw from
   [0, min(cap, base * 2**(n-1))]; a server's `Retry-After` is a floor the draw is added to, so
@@ -73,7 +73,7 @@ class ReportSchedule:
         self._clock = clock
         self._rng = rng
         self.failures = 0
-        spread = min(interval, 5.0) if first_within is None else first_within
+        spread = interval if first_within is None else first_within
         self._next = clock.monotonic() + rng.uniform(0.0, max(spread, 0.0))
 
     def due(self) -> bool:

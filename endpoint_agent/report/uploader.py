@@ -84,8 +84,6 @@ def wire_event(event: StoredEvent) -> dict[str, Any]:
     out.setdefault("detected_at", event.created_at)
     if event.kind == "violation" and event.last_seen and "last_seen" not in out:
         out["last_seen"] = event.last_seen
-    if event.kind == "agent" and "type" not in out and isinstance(out.get("event"), str):
-        out["type"] = out["event"]  # agent events recorded as {"event": name} before the wire format
     return out
 
 

@@ -71,7 +71,8 @@ class PollSchedule:
         cap = min(self.backoff_max, self.backoff_base * 2.0 ** min(self.failures - 1, 60))
         delay = max(min(1.0, self.backoff_base), self._rng.uniform(0.0, cap))  # "full jitter"
         if retry_after is not None and retry_after > delay:
-            delay = retry_after
+            # A floor, spread upwards: a fleet told "30 s" must not come back in the same second.
+            delay = retry_after * self._rng.uniform(1.0, 1.0 + self._jitter)
         return self._set(delay)
 
     def _set(self, delay: float) -> float:

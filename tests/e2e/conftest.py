@@ -12,7 +12,7 @@ from tests.support.enforce_procs import PidNamespace
 from tests.support.server import fresh_pg_database, pg_url_or_skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None: SQLite under the server's data dir; else a fresh PostgreSQL database (ENDPOINT_TEST_PG_URL)."""
     if request.param == "sqlite":
@@ -24,7 +24,8 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 @pytest.fixture
 def server(tmp_path: Path, db_url: str | None) -> Iterator[Server]:
-    s = Server(tmp_path / "server", db_url=db_url, stale_after=2.0)
+    # A short --stale-after, so that a stopped agent turns stale within the test.
+    s = Server(tmp_path / "server", db_url=db_url, stale_after=3.0)
     s.start()
     try:
         yield s

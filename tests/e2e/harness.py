@@ -69,7 +69,7 @@ def policy_yaml(rules: list[tuple[str, str, str]], *, mode: str = "enforce", ver
 class Server:
     """The real endpoint-server on a fixed port and database, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, *, db_url: str | None, stale_after: float = 2.0) -> None:
+    def __init__(self, workdir: Path, *, db_url: str | None, stale_after: float = 3.0) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         private_key, public_key = make_keys(workdir / "keys")
         self._tokens = {

@@ -262,7 +262,7 @@ def test_circuit_breaker_trips_past_its_threshold_and_the_agent_keeps_running(ha
     actions = [v["action"] for v in h.violations()]
     assert (actions.count("killed"), actions.count("would_block")) == (3, 2)
     [event] = h.agent_events()
-    assert event["event"] == "circuit_open" and event["policy_version"] == 1 and event["kind"] == "agent"
+    assert event["type"] == "circuit_open" and event["policy_version"] == 1 and event["kind"] == "agent"
 
 
 def test_one_instance_per_state_dir_and_clear_start_errors(harness: Harness) -> None:

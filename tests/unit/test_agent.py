@@ -167,7 +167,7 @@ def test_circuit_breaker_drops_to_monitor_and_keeps_running(tmp_path: Path) -> N
     rig = Rig(tmp_path, static, max_kills=5)
     first = rig.agent.tick()
     assert len(rig.enforcer.calls) == 5  # exactly the threshold, then the circuit opens
-    assert [e["event"] for e in first.agent_events] == ["circuit_open"]
+    assert [e["type"] for e in first.agent_events] == ["circuit_open"]
     actions = [v["action"] for v in rig.violations()]
     assert actions.count("killed") == 5 and actions.count("would_block") == 2
     [event] = rig.store.events(kind="agent")

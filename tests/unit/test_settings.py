@@ -23,7 +23,13 @@ def no_machine_config(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = load_settings({}, environ=NO_ENV)
-    assert (s.scan_interval, s.sync_interval, s.upload_interval) == (5.0, 60.0, 60.0)
+    assert (s.scan_interval, s.sync_interval, s.upload_interval) == (None, 60.0, 60.0)
+    # issue 7: scan_interval auto is 30 s with process exec events, 5 s without; explicit wins
+    assert (s.effective_scan_interval(events=True), s.effective_scan_interval(events=False)) == (30.0, 5.0)
+    explicit = load_settings({"scan_interval": 2.0}, environ=NO_ENV)
+    assert explicit.effective_scan_interval(events=True) == explicit.effective_scan_interval(events=False) == 2.0
+    auto = load_settings({}, environ={"ENDPOINT_AGENT_SCAN_INTERVAL": "auto"})
+    assert auto.scan_interval is None
     assert (s.circuit_max_kills, s.circuit_window_seconds) == (5, 600.0)
     assert s.log_format == "text" and s.policy is None and s.config is None
     assert s.state_dir == default_dirs().state_dir

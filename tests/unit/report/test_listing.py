@@ -52,7 +52,9 @@ def test_ndjson_has_the_contract_keys(tmp_path: Path) -> None:
     with ViolationStore.open(settings.store_path) as store:
         record(store, violation("p2p"))
         record(store, violation("p2p-ports", connection=conn))
-        store.append([NewEvent(str(uuid.uuid4()), "agent", T0, {"event": "circuit_open"})])  # not a violation
+        store.append(
+            [NewEvent(str(uuid.uuid4()), "agent", T0, {"type": "circuit_open", "detail": {}})]
+        )  # not a violation
     out = io.StringIO()
     assert show_violations(settings, as_json=True, out=out) == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]

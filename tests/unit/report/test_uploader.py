@@ -112,7 +112,8 @@ def test_agent_events_recorded_with_an_event_key_are_sent_with_a_type(
         "event_id": event_id,
         "kind": "agent",
         "detected_at": "2030-01-02T03:04:05Z",
-        "event": "circuit_open",
+        "type": "circuit_open",
+        "detail": {"reason": "test"},
     }
     store.append([NewEvent(event_id, "agent", T0, body)])
     make_uploader(store, server).upload()

@@ -66,9 +66,11 @@ def test_a_success_resets_the_backoff() -> None:
     assert s.failed() == 10
 
 
-def test_retry_after_is_a_floor() -> None:
+def test_retry_after_is_a_floor_spread_upwards() -> None:
+    low = PollSchedule(60, clock=FakeClock(), rng=Extremes(high=False))
+    assert low.failed(retry_after=120) == 120
     s = PollSchedule(60, clock=FakeClock(), rng=Extremes(high=True))
-    assert s.failed(retry_after=120) == 120
+    assert s.failed(retry_after=120) == pytest.approx(120 * 1.2)  # never all agents in the same second
     assert s.failed(retry_after=1) == 20  # the backoff draw is longer than what the server asked
 
 

@@ -1,0 +1,414 @@
+"""Incremental snapshots (Linux): each scan reads only what can have changed since the last one.
+
+The same `Snapshot` as `Collector(sockets=all_namespace_sockets)` (every process, and the inet
+sockets of every network namespace labelled with their namespace), at a fraction of the cost:
+
+* Processes: one listing of /proc and one read of /proc/<pid>/stat per process
+  (collect.proc_stat). Executable, command line, owner, SHA-256 and owning package are read
+  once per process instance and program (collect.process_cache); psutil is asked only about
+  processes the cache has not seen.
+* Sockets: the tables are parsed once per network namespace, as before; socket inodes are
+  joined to their holders with a map kept across scans (collect.socket_owners), so file
+  descriptors are read for new processes and for sockets no known process holds, not for
+  every process on every scan.
+
+`snapshot_of(pids)` is the event-driven fast path: a snapshot of just those processes (a new
+process right after its exec) and their sockets. Their fds are always read afresh; the tables
+of their namespace are read only when they hold sockets, and parsed only when one of those
+sockets is an inet socket.
+
+Thread-safe: a lock serialises `snapshot`, `snapshot_of` and `forget` (the scan job and the
+exec watcher share one collector).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psutil
+
+from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.collect.connections import RawSocket, classify, unmap_ipv4
+from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, HashCache, HashStats
+from endpoint_agent.collect.hashing import DEFAULT_MAX_ENTRIES as DEFAULT_HASH_ENTRIES
+from endpoint_agent.collect.netns import group_by_netns, netns_of, read_namespace_tables
+from endpoint_agent.collect.package_trust import PackageResolver, system_package_resolver
+from endpoint_agent.collect.proc_net import TABLES, SocketRecord, parse_table
+from endpoint_agent.collect.proc_stat import ProcStat, boot_time, create_time, list_pids, read_stat
+from endpoint_agent.collect.process_cache import DEFAULT_MAX_ENTRIES, CachedProcess, ProcessCache
+from endpoint_agent.collect.socket_owners import DEFAULT_REWALK_EVERY, SocketOwners
+from endpoint_agent.errors import CollectError
+from endpoint_agent.types import Connection, Endpoint, ProcessInfo, Snapshot
+
+_COMM_LEN = 15  # the kernel truncates comm; psutil then takes the name from argv[0]
+_DENIED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    """What is read once per process instance and program (besides the hash and the package)."""
+
+    exe: str | None
+    cmdline: tuple[str, ...]
+    uid: int | None  # real uid
+    denied: bool  # some attribute could not be read (access denied, zombie)
+
+
+DetailsReader = Callable[[int], "Details | None"]
+
+
+def read_details(pid: int) -> Details | None:
+    """exe, cmdline and real uid through psutil; None when the process is gone."""
+    try:
+        info = psutil.Process(pid).as_dict(["exe", "cmdline", "uids"], ad_value=_DENIED)
+    except psutil.NoSuchProcess:
+        return None
+    except (psutil.Error, OSError):
+        return Details(None, (), None, True)
+    exe, cmdline, uids = info.get("exe"), info.get("cmdline"), info.get("uids")
+    return Details(
+        exe=exe if isinstance(exe, str) and exe else None,
+        cmdline=tuple(str(a) for a in cmdline) if isinstance(cmdline, list) else (),
+        uid=uids.real if uids is not None and uids is not _DENIED else None,
+        denied=_DENIED in (exe, cmdline, uids),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CollectStats:
+    processes_cached: int
+    cache_hits: int
+    details_read: int
+    fd_walks: int
+    socket_searches: int
+    hashes: HashStats
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "processes_cached": self.processes_cached,
+            "cache_hits": self.cache_hits,
+            "details_read": self.details_read,
+            "fd_walks": self.fd_walks,
+            "socket_searches": self.socket_searches,
+            "files_hashed": self.hashes.files_hashed,
+        }
+
+
+class IncrementalCollector:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        hash_max_bytes: int = DEFAULT_MAX_BYTES,
+        hash_max_entries: int = DEFAULT_HASH_ENTRIES,
+        packages: PackageResolver | None = None,
+        max_processes: int = DEFAULT_MAX_ENTRIES,
+        rewalk_every: int = DEFAULT_REWALK_EVERY,
+        details: DetailsReader | None = None,
+        proc_root: str = "/proc",
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._hashes = HashCache(max_bytes=hash_max_bytes, max_entries=hash_max_entries)
+        self._packages = packages if packages is not None else system_package_resolver()
+        self._cache = ProcessCache(max_entries=max_processes)
+        self._owners = SocketOwners(rewalk_every=rewalk_every, proc_root=proc_root)
+        self._read_details = details or read_details
+        self._proc = proc_root
+        self._lock = threading.RLock()
+        self._users: dict[int, str] = {}  # uid -> name, for one scan (accounts can be renamed)
+        self._details_read = 0
+        self._boot: float | None = None
+
+    @property
+    def cache(self) -> ProcessCache:
+        return self._cache
+
+    @property
+    def hash_stats(self) -> HashStats:
+        return self._hashes.stats
+
+    @property
+    def stats(self) -> CollectStats:
+        with self._lock:
+            return CollectStats(
+                processes_cached=len(self._cache),
+                cache_hits=self._cache.stats.hits,
+                details_read=self._details_read,
+                fd_walks=self._owners.stats.walks,
+                socket_searches=self._owners.stats.searches,
+                hashes=self._hashes.stats,
+            )
+
+    def forget(self, pid: int) -> None:
+        """The process `pid` exited (an exit event): drop what is cached about it."""
+        with self._lock:
+            self._cache.forget(pid)
+            self._owners.forget(pid)
+
+    # -- full scan ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            taken_at = self._clock.now()
+            boot = self._boot_time()
+            pids = list_pids(proc_root=self._proc)
+            if not pids:
+                raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
+            stats = {pid: st for pid in pids if (st := read_stat(pid, proc_root=self._proc)) is not None}
+            entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
+            self._cache.retain(entries.keys())
+            names = {pid: _name(stats[pid].comm, e) for pid, e in entries.items()}
+            processes = {pid: self._info(stats[pid], e, names, boot) for pid, e in entries.items()}
+            try:
+                sockets = self._all_sockets(processes, stats)
+            except OSError as exc:
+                raise CollectError(f"cannot list network connections: {exc}") from exc
+            self._hashes.end_scan()
+            self._users.clear()
+            return Snapshot(taken_at=taken_at, processes=processes, connections=classify(sockets))
+
+    def _all_sockets(
+        self, processes: Mapping[int, ProcessInfo], stats: Mapping[int, ProcStat]
+    ) -> list[RawSocket]:
+        host = netns_of("self", proc_root=self._proc)
+        read: list[tuple[str, list[int], list[SocketRecord]]] = []
+        for ns, members in group_by_netns(processes.keys(), proc_root=self._proc).items():
+            records = read_namespace_tables(ns, members, proc_root=self._proc)
+            if records is not None:  # None: every process in it exited meanwhile
+                read.append((ns, members, records))
+        read.sort(key=lambda item: (item[0] != host, item[0]))
+        owners = self._owners.resolve(
+            {pid: stats[pid].start_ticks for pid in processes},
+            [(members, records) for _, members, records in read],
+            {pid: p.uid for pid, p in processes.items()},
+        )
+        out: list[RawSocket] = []
+        for ns, _, records in read:
+            netns = None if ns == host else ns
+            for rec in records:
+                holders = owners.get(rec.inode) if rec.inode else None
+                if holders:
+                    out.extend(_raw(pid, rec, netns) for pid in holders)
+                else:
+                    out.append(_raw(None, rec, netns))
+        return out
+
+    # -- fast path ---------------------------------------------------------------------------
+
+    def snapshot_of(self, pids: Iterable[int]) -> Snapshot:
+        """Just these processes (the live, non-zombie ones) and their inet sockets."""
+        with self._lock:
+            taken_at = self._clock.now()
+            boot = self._boot_time()
+            stats = {
+                pid: st
+                for pid in sorted(set(pids))
+                if (st := read_stat(pid, proc_root=self._proc)) is not None and not st.zombie
+            }
+            entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
+            names = {pid: _name(stats[pid].comm, e) for pid, e in entries.items()}
+            for pid in entries:
+                ppid = stats[pid].ppid
+                if ppid not in names and (name := self._name_of(ppid)) is not None:
+                    names[ppid] = name
+            processes = {pid: self._info(stats[pid], e, names, boot) for pid, e in entries.items()}
+            sockets = self._sockets_of({pid: stats[pid] for pid in processes})
+            self._users.clear()
+            return Snapshot(taken_at=taken_at, processes=processes, connections=sockets)
+
+    def _name_of(self, pid: int) -> str | None:
+        st = read_stat(pid, proc_root=self._proc)
+        if st is None:
+            return None
+        entry = self._cache.get(pid)
+        usable = entry is not None and entry.start_ticks == st.start_ticks and entry.image == st.image
+        return _name(st.comm, entry if usable else None)
+
+    def _sockets_of(self, stats: Mapping[int, ProcStat]) -> tuple[Connection, ...]:
+        by_ns: dict[str, dict[int, frozenset[int]]] = {}
+        for pid, st in stats.items():
+            inodes = self._owners.walk(pid, st.start_ticks)
+            ns = netns_of(pid, proc_root=self._proc) if inodes else None
+            if ns is not None:
+                by_ns.setdefault(ns, {})[pid] = inodes
+        if not by_ns:
+            return ()
+        host = netns_of("self", proc_root=self._proc)
+        out: list[Connection] = []
+        for ns, held in sorted(by_ns.items()):
+            wanted = frozenset().union(*held.values())
+            records = self._tables_holding(next(iter(held)), wanted)
+            if not records:
+                continue
+            netns = None if ns == host else ns
+            # Classified with the whole tables (listeners of other processes decide "inbound"),
+            # then only the sockets of these processes are kept.
+            raws = [_raw(None, rec, netns) for rec in records]
+            for conn, rec in zip(classify(raws), records, strict=True):
+                for pid, inodes in held.items():
+                    if rec.inode in inodes:
+                        out.append(_with_pid(conn, pid))
+        return tuple(out)
+
+    def _tables_holding(self, pid: int, inodes: frozenset[int]) -> list[SocketRecord]:
+        """The records of the tables (of `pid`'s namespace) that hold one of `inodes`; [] if none does."""
+        needles = [f" {inode} " for inode in inodes]
+        out: list[SocketRecord] = []
+        for kind in TABLES:
+            try:
+                with open(f"{self._proc}/{pid}/net/{kind}", encoding="ascii") as fh:
+                    text = fh.read()
+            except (OSError, ValueError):
+                continue
+            # A cheap substring test first: most new processes hold only unix sockets.
+            if any(needle in text for needle in needles):
+                records = parse_table(text, kind)
+                if any(rec.inode in inodes for rec in records):
+                    out.extend(records)
+        return out
+
+    # -- one process -------------------------------------------------------------------------
+
+    def _boot_time(self) -> float:
+        boot = boot_time(proc_root=self._proc)
+        if boot is not None:
+            self._boot = boot
+        if self._boot is None:
+            raise CollectError(f"cannot read the boot time from {self._proc}/stat")
+        return self._boot
+
+    def _entry(self, st: ProcStat) -> CachedProcess | None:
+        """The cached record of this instance, read (once) when there is none; None if it vanished."""
+        cached = self._cache.lookup(st)
+        if cached is not None and not cached.retry_due:
+            return cached
+        entry = self._read(st)
+        if entry is not None:
+            self._cache.store(entry, previous=cached)
+        return entry
+
+    def _read(self, st: ProcStat) -> CachedProcess | None:
+        if st.kernel_thread:
+            return CachedProcess(
+                st.pid, st.start_ticks, st.image, st.comm, None, (), self._username(0), 0,
+                None, None, kernel_thread=True, partial=False,
+            )  # fmt: skip
+        details = self._read_details(st.pid)
+        self._details_read += 1
+        if details is None:
+            return None
+        again = read_stat(st.pid, proc_root=self._proc)
+        if again is None or again.start_ticks != st.start_ticks:
+            return None  # exited, or the PID was reused while we read: the next scan sees the new one
+        sha256 = None
+        hash_failed = False
+        package = None
+        if details.exe:
+            result = self._hashes.hash_process_exe(st.pid, details.exe)
+            sha256 = result.sha256
+            hash_failed = sha256 is None and not result.too_large
+            if self._packages is not None:
+                package = self._packages.package_of(st.pid, details.exe)
+        return CachedProcess(
+            pid=st.pid,
+            start_ticks=st.start_ticks,
+            image=st.image,  # the layout before the read: an exec during it is seen next time
+            comm=st.comm,
+            exe=details.exe,
+            cmdline=details.cmdline,
+            username=self._username(details.uid) if details.uid is not None else None,
+            uid=details.uid,
+            sha256=sha256,
+            package=package,
+            kernel_thread=False,
+            partial=details.denied or hash_failed,
+        )
+
+    def _info(self, st: ProcStat, entry: CachedProcess, names: Mapping[int, str], boot: float) -> ProcessInfo:
+        name = names[st.pid]
+        parent_name = names.get(st.ppid) if st.ppid != st.pid else None
+        started = create_time(st.start_ticks, boot)
+        old = entry.info
+        if (
+            old is not None
+            and old.ppid == st.ppid
+            and old.name == name
+            and old.parent_name == parent_name
+            and old.create_time == started
+        ):
+            return old
+        entry.info = ProcessInfo(
+            pid=st.pid,
+            ppid=st.ppid,
+            name=name,
+            exe=entry.exe,
+            cmdline=entry.cmdline,
+            username=entry.username,
+            uid=entry.uid,
+            create_time=started,
+            sha256=entry.sha256,
+            parent_name=parent_name,
+            kernel_thread=entry.kernel_thread,
+            partial=entry.partial,
+            package=entry.package,
+        )
+        return entry.info
+
+    def _username(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)  # as psutil: an account that no longer exists
+            self._users[uid] = name
+        return name
+
+
+def _name(comm: str, entry: CachedProcess | None) -> str:
+    """psutil's name(): comm, or argv[0]'s basename when comm is its truncation; else exe's basename."""
+    name = comm
+    if entry is not None and len(comm) >= _COMM_LEN and entry.cmdline:
+        extended = os.path.basename(entry.cmdline[0])
+        if extended.startswith(comm):
+            name = extended
+    if not name and entry is not None and entry.exe:
+        name = os.path.basename(entry.exe)
+    return name
+
+
+def _unmapped(ep: Endpoint | None) -> Endpoint | None:
+    if ep is None:
+        return None
+    ip = unmap_ipv4(ep.ip)
+    return ep if ip == ep.ip else Endpoint(ip, ep.port)
+
+
+def _raw(pid: int | None, rec: SocketRecord, netns: str | None) -> RawSocket:
+    return RawSocket(
+        pid, rec.family, rec.proto, _unmapped(rec.laddr), _unmapped(rec.raddr), rec.status, netns
+    )
+
+
+def _with_pid(conn: Connection, pid: int) -> Connection:
+    return replace(conn, pid=pid)
+
+
+def linux_procfs_available(proc_root: str = "/proc") -> bool:
+    """Whether this machine has the Linux /proc the incremental collector reads."""
+    return read_stat(os.getpid(), proc_root=proc_root) is not None
+
+
+__all__ = [
+    "CollectStats",
+    "Details",
+    "DetailsReader",
+    "IncrementalCollector",
+    "linux_procfs_available",
+    "read_details",
+]

@@ -1,0 +1,337 @@
+"""Event-driven reaction: a process is judged right after its exec, not at the next scan.
+
+`ExecWatcher` runs one thread that reads the kernel's process events (collect.proc_events):
+
+* exec -> the new program is checked at once (a snapshot of just that process, through the
+  agent's own pipeline: evaluate, decide, enforce, record -- the same safety rails, dedup and
+  store as a scan), and again after each of `rechecks` (0.25 s and 1 s by default), when its
+  first connections exist; a re-check is skipped once the process has exited.
+* exit -> what the collector caches about the process is dropped at once.
+* overrun (the kernel dropped events) -> a full scan now: whatever was missed is in it.
+  Full scans asked for this way are at least `min_rescan_seconds` apart.
+* the event source failing at run time -> the watcher falls back to polling (a full scan
+  every `poll_seconds`) and tries to reopen the source every `reopen_seconds`.
+
+Execs that arrive together are checked together (one snapshot for the batch). The queue of
+pending checks is bounded (`max_pending`); past it, the checks are dropped for one full scan.
+Every callback failure is logged with its traceback and the loop goes on.
+
+    watcher = open_reaction(settings, agent, rescan=service.scan)   # None: polling only
+    ...
+    watcher.stop()
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from endpoint_agent.collect.proc_events import Event, ExecEvent, ExitEvent, Overrun, open_event_source
+from endpoint_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from endpoint_agent.agent import Agent
+    from endpoint_agent.settings import AgentSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECHECKS: tuple[float, ...] = (0.25, 1.0)
+DEFAULT_MAX_PENDING = 4096
+
+
+class EventSource(Protocol):
+    """What the watcher needs of collect.proc_events.ProcEventSource (a test may pass its own)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+
+SourceOpener = Callable[[], "EventSource | None"]
+
+
+@dataclass
+class WatchStats:
+    execs: int = 0
+    exits: int = 0
+    overruns: int = 0
+    checks: int = 0  # fast-path runs (each covers a batch of processes)
+    processes_checked: int = 0
+    rescans: int = 0
+    dropped_checks: int = 0  # pending checks dropped for a full scan (queue over its bound)
+    failures: int = 0  # callbacks that raised
+    source_failures: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass(order=True)
+class _Check:
+    due: float
+    seq: int
+    pid: int = field(compare=False)
+    generation: int = field(compare=False)
+    last: bool = field(compare=False)  # the final re-check of this exec
+
+
+class ExecWatcher:
+    def __init__(
+        self,
+        source: EventSource,
+        *,
+        react: Callable[[Sequence[int]], object],
+        rescan: Callable[[], object],
+        forget: Callable[[int], object] = lambda pid: None,
+        reopen: SourceOpener | None = None,
+        rechecks: Sequence[float] = DEFAULT_RECHECKS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        min_rescan_seconds: float = 1.0,
+        poll_seconds: float = 5.0,
+        reopen_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if any(d <= 0 for d in rechecks) or max_pending < 1:
+            raise ValueError("rechecks must be > 0 and max_pending >= 1")
+        self._source: EventSource | None = source
+        self._react = react
+        self._rescan = rescan
+        self._forget = forget
+        self._reopen = reopen
+        self._rechecks = tuple(sorted(rechecks))
+        self._max_pending = max_pending
+        self._min_rescan = min_rescan_seconds
+        self._poll = poll_seconds
+        self._reopen_every = reopen_seconds
+        self._clock = clock
+        self._queue: list[_Check] = []
+        self._generation: dict[int, int] = {}  # pid -> its current exec; older checks are stale
+        self._seq = itertools.count()
+        self._rescan_wanted = False
+        self._last_rescan = -float("inf")
+        self._last_reopen = -float("inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # start/stop and the source swap
+        self.stats = WatchStats()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    @property
+    def events_live(self) -> bool:
+        """True while exec events drive the reaction (False: polling after the source failed)."""
+        source = self._source
+        return source is not None and not source.closed
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.alive or self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self.run, name="exec-watcher", daemon=True)
+            self._thread.start()
+
+    def ensure_running(self) -> None:
+        """The daemon's watchdog: restart the thread if it ever died (it should not)."""
+        if not self.alive and not self._stop.is_set():
+            logger.error("exec watcher thread was not running; restarting it")
+            self.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the event source (wakes the thread) and wait for the thread to finish."""
+        self._stop.set()
+        with self._lock:
+            source, thread = self._source, self._thread
+        if source is not None:
+            source.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("exec watcher did not stop within %.0fs", timeout)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "mode": "events" if self.events_live else "polling",
+            "pending_checks": len(self._queue),
+            **self.stats.to_json(),
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        logger.info("reacting to process starts (exec events); re-checks after %s s", self._rechecks)
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # the loop must survive anything; step() already guards callbacks
+                logger.exception("exec watcher step failed; going on")
+                self._stop.wait(1.0)
+
+    def step(self, max_wait: float | None = None) -> None:
+        """One round: wait for events (or the next due check), handle them, run what is due."""
+        source = self._source
+        if source is None or source.closed:
+            self._degraded(max_wait)
+            return
+        timeout = self._next_timeout(max_wait)
+        try:
+            events = source.wait(timeout)
+        except AgentError as exc:
+            self._source_failed(source, exc)
+            return
+        self.handle(events)
+        self.run_due()
+
+    def handle(self, events: Iterable[Event]) -> None:
+        now = self._clock()
+        for event in events:
+            if isinstance(event, ExecEvent):
+                self._schedule(event.tgid, now)
+            elif isinstance(event, ExitEvent):
+                if not event.is_thread:
+                    self._exited(event.pid)
+            elif isinstance(event, Overrun):
+                self.stats.overruns += 1
+                logger.warning("process events were lost (receive buffer overrun); scanning everything")
+                self._rescan_wanted = True
+        if len(self._queue) > self._max_pending:
+            self.stats.dropped_checks += len(self._queue)
+            logger.warning("%d pending process checks dropped for a full scan", len(self._queue))
+            self._queue.clear()
+            self._generation.clear()
+            self._rescan_wanted = True
+
+    def run_due(self) -> None:
+        now = self._clock()
+        if self._rescan_wanted and now - self._last_rescan >= self._min_rescan:
+            self._rescan_wanted = False
+            self._last_rescan = now
+            self.stats.rescans += 1
+            self._call(self._rescan, "full scan")
+        pids: list[int] = []
+        while self._queue and self._queue[0].due <= now:
+            check = heapq.heappop(self._queue)
+            if self._generation.get(check.pid) != check.generation:
+                continue  # exited, or exec'd again (that exec has its own checks)
+            if check.last:
+                del self._generation[check.pid]
+            if check.pid not in pids:
+                pids.append(check.pid)
+        if pids:
+            self.stats.checks += 1
+            self.stats.processes_checked += len(pids)
+            self._call(lambda: self._react(pids), f"check of {len(pids)} new process(es)")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _schedule(self, pid: int, now: float) -> None:
+        self.stats.execs += 1
+        generation = self._generation.get(pid, 0) + 1
+        self._generation[pid] = generation
+        delays = (0.0, *self._rechecks)
+        for i, delay in enumerate(delays):
+            check = _Check(now + delay, next(self._seq), pid, generation, i == len(delays) - 1)
+            heapq.heappush(self._queue, check)
+
+    def _exited(self, pid: int) -> None:
+        self.stats.exits += 1
+        self._generation.pop(pid, None)  # its pending checks become stale
+        self._call(lambda: self._forget(pid), f"forgetting pid {pid}")
+
+    def _next_timeout(self, max_wait: float | None) -> float | None:
+        waits = [w for w in (max_wait,) if w is not None]
+        if self._queue:
+            waits.append(self._queue[0].due - self._clock())
+        if self._rescan_wanted:
+            waits.append(self._last_rescan + self._min_rescan - self._clock())
+        return max(0.0, min(waits)) if waits else None
+
+    def _call(self, func: Callable[[], object], what: str) -> None:
+        try:
+            func()
+        except Exception:
+            self.stats.failures += 1
+            logger.exception("exec watcher: %s failed; going on", what)
+
+    def _source_failed(self, source: EventSource, exc: Exception) -> None:
+        self.stats.source_failures += 1
+        logger.error("process events failed (%s); falling back to a full scan every %gs", exc, self._poll)
+        source.close()
+        self._queue.clear()
+        self._generation.clear()
+
+    def _degraded(self, max_wait: float | None) -> None:
+        """No event source: poll with full scans, and try to get the source back now and then."""
+        now = self._clock()
+        if self._reopen is not None and now - self._last_reopen >= self._reopen_every:
+            self._last_reopen = now
+            source = self._reopen()
+            if source is not None:
+                with self._lock:
+                    if self._stop.is_set():
+                        source.close()
+                        return
+                    self._source = source
+                logger.info("process events are back")
+                self._rescan_wanted = True  # whatever started meanwhile
+                self.run_due()
+                return
+        if now - self._last_rescan >= self._poll:
+            self._rescan_wanted = True
+            self.run_due()
+        wait = self._last_rescan + self._poll - self._clock()
+        self._stop.wait(max(0.0, min(wait, max_wait) if max_wait is not None else wait))
+
+
+def start_reaction(
+    settings: AgentSettings, agent: Agent, *, rescan: Callable[[], object]
+) -> ExecWatcher | None:
+    """The service's watcher around `agent` (its collector must have the fast path), or None: polling."""
+    if not settings.process_events:
+        logger.info(
+            "process events off (process_events: false); full scans every %gs",
+            settings.effective_scan_interval(False),
+        )
+        return None
+    source = agent.source
+    snapshot_of = getattr(source, "snapshot_of", None)
+    forget = getattr(source, "forget", None)
+    if snapshot_of is None or forget is None:
+        logger.warning("this collector cannot look at single processes; polling only")
+        return None
+    return open_reaction(
+        react=lambda pids: agent.react(lambda: snapshot_of(pids)), rescan=rescan, forget=forget
+    )
+
+
+def open_reaction(
+    *,
+    react: Callable[[Sequence[int]], object],
+    rescan: Callable[[], object],
+    forget: Callable[[int], object],
+    opener: SourceOpener = open_event_source,
+    start: bool = True,
+) -> ExecWatcher | None:
+    """A running watcher, or None (logged by the opener) where process events are unavailable."""
+    source = opener()
+    if source is None:
+        return None
+    watcher = ExecWatcher(source, react=react, rescan=rescan, forget=forget, reopen=opener)
+    if start:
+        watcher.start()
+    return watcher
+
+
+__all__ = ["DEFAULT_RECHECKS", "EventSource", "ExecWatcher", "WatchStats", "open_reaction", "start_reaction"]
