@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,6 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from endpoint_agent.errors import SettingsError
+
+logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "ENDPOINT_SERVER_ADMIN_TOKEN"
 READER_TOKEN_ENV = "ENDPOINT_SERVER_READER_TOKEN"
@@ -49,7 +52,12 @@ class ServerConfig:
         }
         for flag, value in secrets.items():
             if value is not None and len(value) < MIN_SECRET_LENGTH:
-                raise SettingsError(f"{flag}: must be at least {MIN_SECRET_LENGTH} characters")
+                # Loud, not fatal: a lab or a test may use short secrets; production should not.
+                logger.warning(
+                    "%s is shorter than %d characters; use a long random secret in production",
+                    flag,
+                    MIN_SECRET_LENGTH,
+                )
         given = [v for v in secrets.values() if v is not None]
         if len(set(given)) != len(given):
             # One secret in two roles would make the role of a request ambiguous.

@@ -91,7 +91,7 @@ def test_bad_server_flags_fail_with_one_line(tmp_path: Path) -> None:
         (base, good, "--public-key"),
         ([*base, "--public-key", str(tmp_path / "nope.pub")], good, "not found"),
         ([*base, "--public-key", str(pub)], {**good, "ENDPOINT_SERVER_ADMIN_TOKEN": ""}, "--admin-token"),
-        ([*base, "--public-key", str(pub), "--enroll-secret", "short"], good, "--enroll-secret"),
+        ([*base, "--public-key", str(pub), "--enroll-secret", "a" * 20], good, "must all differ"),
         ([*base, "--public-key", str(pub), "--db", "mysql://u:hunter2@h/db"], good, "unsupported database"),
         (["--port", "x"], good, "--port"),
     ]
