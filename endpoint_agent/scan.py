@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from endpoint_agent.errors import PolicyLoadError, PolicyValidationError
+from endpoint_agent.errors import AgentError, PolicyLoadError, PolicySignatureError, PolicyValidationError
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.policy.load import DecodeEnvelope
 from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
@@ -19,24 +19,54 @@ from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
-def _envelope_decoder(public_keys: Sequence[str] | None) -> DecodeEnvelope | None:
-    """A signed envelope is verified against the given keys before its payload is read."""
-    if not public_keys:
-        return None
-    from endpoint_agent.sync.envelope import load_public_key, verify_envelope
+def _trusted_key_paths(public_keys: Sequence[str] | None) -> Sequence[str]:
+    """--public-key flags, else the agent's configured keys (ENDPOINT_AGENT_PUBLIC_KEY, config file)."""
+    if public_keys:
+        return public_keys
+    from endpoint_agent.settings import load_settings
 
-    keys = [load_public_key(Path(p)) for p in public_keys]
+    try:
+        return [str(p) for p in load_settings({}).public_keys]
+    except AgentError:
+        return []  # unrelated bad settings must not break a one-shot scan; keys are then simply absent
+
+
+def _envelope_decoder(public_keys: Sequence[str] | None, *, report_only: bool, err: TextIO) -> DecodeEnvelope:
+    """A signed envelope is verified against the trusted keys before its payload is read.
+
+    Without any trusted key, a report-only command may still read it (with a warning); nothing is
+    ever signalled on the strength of an unverified envelope.
+    """
+    from endpoint_agent.sync.envelope import load_public_key, read_unverified, verify_envelope
 
     def decode(raw: bytes) -> Policy:
-        return verify_envelope(raw, keys).policy
+        keys = [load_public_key(Path(p)) for p in _trusted_key_paths(public_keys)]
+        if keys:
+            return verify_envelope(raw, keys).policy
+        if not report_only:
+            raise PolicySignatureError(
+                "refusing to enforce a signed envelope whose signature cannot be checked; "
+                "pass --public-key FILE"
+            )
+        print(
+            "endpoint-agent: warning: signature NOT verified (no --public-key given); report only",
+            file=err,
+        )
+        return read_unverified(raw).policy
 
     return decode
 
 
-def load_policy(path: str, public_keys: Sequence[str] | None = None) -> Policy:
-    """A policy file (YAML) or a signed envelope verified with `public_keys`."""
-
-    return load_policy_file(Path(path), decode_envelope=_envelope_decoder(public_keys))
+def load_policy(
+    path: str,
+    public_keys: Sequence[str] | None = None,
+    *,
+    report_only: bool = True,
+    err: TextIO = sys.stderr,
+) -> Policy:
+    """A policy file (YAML) or a signed envelope, verified when trusted keys are known."""
+    decoder = _envelope_decoder(public_keys, report_only=report_only, err=err)
+    return load_policy_file(Path(path), decode_envelope=decoder)
 
 
 def check_policy_command(
@@ -85,7 +115,7 @@ def run_scan_command(
     from endpoint_agent.collect.machine import scan_once
     from endpoint_agent.policy import compile_policy
 
-    policy = load_policy(policy_path, public_keys)
+    policy = load_policy(policy_path, public_keys, report_only=not enforce)
     findings = scan_once(compile_policy(policy))
     if enforce:
         from endpoint_agent.agent import enforce_once

@@ -233,6 +233,19 @@ def verify_envelope(envelope: bytes | str, trusted_public_keys: Iterable[Ed25519
     return VerifiedPolicy(signed=signed, key_id=verified_by, payload=payload)
 
 
+def read_unverified(envelope: bytes | str) -> SignedPolicy:
+    """The payload of an envelope WITHOUT checking any signature.
+
+    Only for report-only paths (`check-policy`, `scan` without `--enforce`) when no trusted key
+    was given: nothing is ever signalled on the strength of an unverified envelope.
+    """
+    data = envelope.encode("utf-8") if isinstance(envelope, str) else envelope
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise PolicySignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+    outer = _parse_outer(data)
+    return _parse_payload(_b64decode(outer["payload"], "payload"))
+
+
 def _parse_outer(data: bytes) -> dict[str, Any]:
     try:
         outer = json.loads(data)

@@ -171,7 +171,22 @@ def test_signed_envelope_needs_and_accepts_a_trusted_key(tmp_path: Path) -> None
     envelope.write_bytes(sign_policy(policy, [load_private_key(keys.private_key)], "fleet-a"))
 
     unverified = agent("check-policy", str(envelope))
-    assert unverified.returncode == 2 and "signed envelope" in unverified.stderr
+    assert unverified.returncode == 0 and "signature NOT verified" in unverified.stderr
+
+    report_only = agent("scan", "--policy", str(envelope), "--json")
+    assert report_only.returncode in (0, 1) and "signature NOT verified" in report_only.stderr
+
+    # Never enforce on the strength of an envelope nobody could verify.
+    refused = agent("scan", "--policy", str(envelope), "--enforce")
+    assert refused.returncode == 2 and "pass --public-key" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    tampered = tmp_path / "tampered.json"
+    raw = json.loads(envelope.read_bytes())
+    raw["signatures"] = []
+    tampered.write_text(json.dumps(raw))
+    stripped = agent("check-policy", str(tampered), "--public-key", str(keys.public_key))
+    assert stripped.returncode == 2 and "not signed" in stripped.stderr
 
     verified = agent("check-policy", str(envelope), "--public-key", str(keys.public_key))
     assert verified.returncode == 0, verified.stderr
