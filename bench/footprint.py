@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> list[Target]:
         f"  service: {first.get('last_scan', {}).get('processes')} processes, process events:"
         f" {events.get('mode', '?')}, scan interval {status.get('scan_interval')}s; {held} load processes"
     )
-    print(f"  service CPU over {window:g}s: {agent_cpu:.3f}s ({scans} full scans; {execs} execs on the machine)")
+    print(
+        f"  service CPU over {window:g}s: {agent_cpu:.3f}s ({scans} full scans; {execs} execs on the machine)"
+    )
     print(f"  naive CPU over {window:g}s:   {naive_cpu:.3f}s ({naive_scans} full psutil scans)")
     print(f"  service RSS at the end: {rss / 2**20:.1f} MB")
     ratio = agent_cpu / naive_cpu if naive_cpu > 0 else float("inf")

@@ -1,14 +1,16 @@
 """Memory footprint of the service: RSS after 10 scans and after 2,000 scans.
 
-On ~600 processes and ~2,000 loopback connections, bench.rss_probe wires the service exactly as
-`endpoint-agent run` does (policies/default.yaml in monitor mode) and runs its scan job back to
-back, reporting its own RSS. Targets: growth between the two <= 5 MB, and RSS <= 60 MB.
+On ~600 processes and ~2,000 loopback connections, bench.rss_probe runs the service as
+`endpoint-agent run` wires it in standalone mode (policies/default.yaml in monitor mode, exec
+events as by default), its scan job running scans back to back, and reports its own RSS.
+Targets: growth between 10 and 2,000 scans <= 5 MB, and RSS <= 60 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> list[Target]:
     ):
         base = Path(tmp)
         (base / "policy.yaml").write_text(monitor_policy())
-        (base / "agent.yaml").write_text("notify: false\n")
+        (base / "agent.yaml").write_text(f"enforce_scope_pid: {os.getpid()}\nlog_level: ERROR\n")
         argv = [
             sys.executable, "-m", "bench.rss_probe", "--policy", str(base / "policy.yaml"),
             "--config", str(base / "agent.yaml"), "--state-dir", str(base / "state"),
@@ -54,16 +56,18 @@ def run(args: argparse.Namespace) -> list[Target]:
         )
         assert probe.stdout is not None
         points = [json.loads(line) for line in probe.stdout]
-        if probe.wait(30) != 0 or len(points) != 3:
+        if probe.wait(60) != 0 or len(points) != 3:
             raise RuntimeError(f"the RSS probe failed (exit {probe.returncode}, {len(points)} checkpoints)")
-    first, middle, last = points
-    per_scan = (last["seconds"] - first["seconds"]) / (last["scans"] - first["scans"])
+    first, last = points[0], points[-1]
     for p in points:
         print(f"  after {p['scans']:>6,} scans: RSS {p['rss'] / MB:6.1f} MB  ({p['seconds']:.0f}s)")
-    print(f"  one scan (tick + status.json): {per_scan * 1000:.1f} ms")
+    per_scan = (last["seconds"] - first["seconds"]) / (last["scans"] - first["scans"])
+    print(f"  one scan (tick + status.json), back to back: {per_scan * 1000:.1f} ms")
     targets = [
-        Target(f"RSS growth, 10 -> {last['scans']:,} scans (MB)", (last["rss"] - first["rss"]) / MB, GROWTH_TARGET_MB),
-        Target(f"RSS after {last['scans']:,} scans (MB)", last["rss"] / MB, RSS_TARGET_MB),
+        Target(
+            f"RSS growth, 10 -> {scans:,} scans (MB)", (last["rss"] - first["rss"]) / MB, GROWTH_TARGET_MB
+        ),
+        Target(f"RSS after {scans:,} scans (MB)", last["rss"] / MB, RSS_TARGET_MB),
     ]
     print("\n" + targets_block(targets))
     return targets

@@ -114,8 +114,9 @@ def staggered(exe: Path, launches: int) -> tuple[list[float], int]:
 
 
 def _line(label: str, times: list[float], missed: int) -> str:
+    p50, p95 = fmt_seconds(percentile(times, 0.5)), fmt_seconds(percentile(times, 0.95))
     return (
-        f"  {label:<24} p50 {fmt_seconds(percentile(times, 0.5)):>9}  p95 {fmt_seconds(percentile(times, 0.95)):>9}"
+        f"  {label:<24} p50 {p50:>9}  p95 {p95:>9}"
         f"  max {fmt_seconds(max(times)):>9}  mean {fmt_seconds(statistics.fmean(times)):>9}"
         f"  ({len(times)} launches, {missed} not stopped by the agent)"
     )
@@ -136,14 +137,18 @@ def _violations(agent: AgentUnderTest) -> int:
 def run(args: argparse.Namespace) -> list[Target]:
     launches = int(args.launches)
     name = f"ea-bench-blk-{secrets.token_hex(3)}"  # unique on this machine, <= 15 chars (comm)
-    print(f"reaction: {launches} launches of {name!r} per mode; ~600 processes, ~2,000 connections", flush=True)
+    print(
+        f"reaction: {launches} launches of {name!r} per mode; ~600 processes, ~2,000 connections", flush=True
+    )
     with (
         machine_load(600, 2000, progress=False),
         tempfile.TemporaryDirectory(prefix="ea-bench-reaction-") as tmp,
         ProcessReaper() as reaper,
     ):
         exe = named_executable(name, Path(tmp), "sleep")
-        agent = start_agent(Path(tmp), blocking_policy(name), agent_config(True), reaper=reaper, name="events")
+        agent = start_agent(
+            Path(tmp), blocking_policy(name), agent_config(True), reaper=reaper, name="events"
+        )
         status = agent.wait_scans(1)
         mode = status.get("process_events", {}).get("mode")
         if mode != "events":
@@ -153,7 +158,9 @@ def run(args: argparse.Namespace) -> list[Target]:
         agent.stop()
         event_kills = _violations(agent)
 
-        agent = start_agent(Path(tmp), blocking_policy(name), agent_config(False), reaper=reaper, name="polling")
+        agent = start_agent(
+            Path(tmp), blocking_policy(name), agent_config(False), reaper=reaper, name="polling"
+        )
         status = agent.wait_scans(1)
         poll_times, poll_missed = staggered(exe, launches)
         agent.stop()

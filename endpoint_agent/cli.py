@@ -32,7 +32,11 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
         "--public-key", action="append", dest="public_keys", help="trusted policy-signing key (repeatable)"
     )
     p.add_argument("--fleet-id", help="fleet this agent belongs to")
-    p.add_argument("--scan-interval", type=float, help="seconds between full scans")
+    p.add_argument(
+        "--scan-interval",
+        type=float,
+        help="seconds between full scans (default: 30 with process exec events, 5 without)",
+    )
     p.add_argument("--sync-interval", type=float, help="seconds between policy polls (default 60)")
     p.add_argument("--upload-interval", type=float, help="seconds between uploads/heartbeats (default 60)")
     p.add_argument("--policy", help="standalone mode: enforce this local policy file, no server")

@@ -37,9 +37,11 @@ def _envelope_decoder(public_keys: Sequence[str] | None, *, report_only: bool, e
     Without any trusted key, a report-only command may still read it (with a warning); nothing is
     ever signalled on the strength of an unverified envelope.
     """
-    from endpoint_agent.sync.envelope import load_public_key, read_unverified, verify_envelope
 
     def decode(raw: bytes) -> Policy:
+        # Imported here, for envelopes only: cryptography costs the service ~8 MB of RSS (issue 7).
+        from endpoint_agent.sync.envelope import load_public_key, read_unverified, verify_envelope
+
         keys = [load_public_key(Path(p)) for p in _trusted_key_paths(public_keys)]
         if keys:
             return verify_envelope(raw, keys).policy

@@ -7,10 +7,10 @@ machine. `SocketOwners` keeps, per process instance, the socket inodes it held w
 were last read, and reads fds again only where that can have changed:
 
 * a process it has not seen (new, or a PID reused by a new instance): always;
-* a socket inode the tables show that no known process holds: the processes of that socket's
-  network namespace are searched, most likely first -- those whose number of open fds
-  changed since their last walk (`st_size` of /proc/<pid>/fd, Linux >= 6.2), then those of
-  the socket's owning uid -- until every such inode is found;
+* a socket inode the tables show that no known process holds: processes are searched, most
+  likely first -- those of the socket's network namespace, those whose number of open fds
+  changed since their last walk (`st_size` of /proc/<pid>/fd, Linux >= 6.2), those of the
+  socket's owning uid -- until every such inode is found;
 * every `rewalk_every` scans: all processes, so an fd passed over a unix socket, or a copy of
   a shared socket that one holder closed, cannot stay misattributed for long.
 
@@ -127,15 +127,17 @@ class SocketOwners:
         owners: dict[int, list[int]],
     ) -> None:
         socket_uids = {r.uid for r in records if r.inode in unknown}
+        inside = set(members)
         candidates = []
-        for pid in members:
-            walked = self._walked.get(pid)
-            if walked is None or pid not in live:
+        # Every process, most likely first: in the socket's namespace (a socket can be passed to a
+        # process elsewhere), with a changed number of fds, of the socket's owner.
+        for pid, walked in self._walked.items():
+            if pid not in live:
                 continue
             fds_changed = walked.fd_count == 0 or self._fd_count(pid) != walked.fd_count
-            candidates.append((not fds_changed, uids.get(pid) not in socket_uids, pid))
+            candidates.append((pid not in inside, not fds_changed, uids.get(pid) not in socket_uids, pid))
         candidates.sort()
-        for _, _, pid in candidates:
+        for *_, pid in candidates:
             before = self._walked[pid].inodes
             inodes = self.walk(pid, live[pid])
             for inode in inodes - before:

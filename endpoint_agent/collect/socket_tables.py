@@ -4,12 +4,13 @@ A busy machine lists thousands of sockets, and most of them are the same from on
 next. `SocketTables` reads /proc/<pid>/net/{tcp,tcp6,udp,udp6} of a namespace (through one of
 its processes, checked to still be in it after the read, as collect.netns does) and keys each
 line by what identifies the socket (local and remote address, state, owner uid, inode). A line
-seen in the previous scan reuses its parsed `SocketRecord`, and the `Connection`s built from it
-(per holding PID), as long as the namespace's set of listening sockets -- which decides every
+seen in the previous scan reuses its parsed `SocketRecord`, and the `Connection` built from it
+for its holder, as long as the namespace's set of listening sockets -- which decides every
 direction -- is unchanged. Anything new goes through proc_net.parse_table and
 connections.classify, so the result is exactly what those give.
 
-Memory: each scan keeps only the lines present in it. Not thread-safe (the collector owns it).
+Memory: a scan keeps only the lines present in it, a few hundred bytes each. Not thread-safe
+(the collector that owns it serialises access).
 """
 
 from __future__ import annotations
@@ -26,21 +27,40 @@ from endpoint_agent.types import Connection, Endpoint
 # sl: local remote st tx:rx tr:when retrnsmt uid timeout inode (both the tcp and the udp format)
 _LINE = re.compile(r"^\s*\d+:\s+(\S+)\s+(\S+)\s+(\S+)\s+\S+\s+\S+\s+\S+\s+(\d+)\s+\d+\s+(\d+)", re.M)
 
-Key = tuple[str, tuple[str, ...]]  # table kind, (local, remote, state, uid, inode) as printed
 Listener = tuple[str, str, str, int]  # proto, family, local ip (unmapped), port
+_NO_PID = -1  # `_Line.pid` before any Connection is built (None means "no holder")
 
 
 @dataclass(slots=True)
 class _Line:
+    """One socket, and the Connection built for its (usual) single holder."""
+
     record: SocketRecord
-    raw: RawSocket  # pid None; the namespace label filled in
     listener: Listener | None
-    conns: dict[int | None, Connection] = field(default_factory=dict)  # holder pid -> its Connection
+    pid: int | None = _NO_PID
+    conn: Connection | None = None
+    more: dict[int | None, Connection] | None = None  # further holders (a socket shared across fork)
+
+    def get(self, pid: int | None) -> Connection | None:
+        if pid == self.pid:
+            return self.conn
+        return self.more.get(pid) if self.more is not None else None
+
+    def put(self, pid: int | None, conn: Connection) -> None:
+        if self.pid in (_NO_PID, pid):
+            self.pid, self.conn = pid, conn
+        else:
+            if self.more is None:
+                self.more = {}
+            self.more[pid] = conn
+
+    def forget_connections(self) -> None:
+        self.pid, self.conn, self.more = _NO_PID, None, None
 
 
 @dataclass(slots=True)
 class _Namespace:
-    lines: dict[Key, _Line] = field(default_factory=dict)
+    lines: dict[str, _Line] = field(default_factory=dict)  # "kind local remote state uid inode" -> line
     listeners: frozenset[Listener] = frozenset()
 
 
@@ -71,16 +91,17 @@ class SocketTables:
         return self.parse(netns_id, label, texts)
 
     def parse(self, netns_id: str, label: str | None, texts: Mapping[str, str]) -> NamespaceTables:
+        """The tables given as text (kind -> content); lines seen last time are not parsed again."""
         old = self._namespaces.get(netns_id)
         old_lines = old.lines if old is not None else {}
-        lines: dict[Key, _Line] = {}
+        lines: dict[str, _Line] = {}
         ordered: list[_Line] = []
         for kind, text in texts.items():
             for match in _LINE.finditer(text):
-                key: Key = (kind, match.groups())
+                key = " ".join((kind, *match.groups()))
                 line = old_lines.get(key)
                 if line is None:
-                    line = self._parse_line(kind, match.group(0), label)
+                    line = self._parse_line(kind, match.group(0))
                     if line is None:
                         continue
                 lines[key] = line
@@ -88,12 +109,12 @@ class SocketTables:
         listeners = frozenset(line.listener for line in ordered if line.listener is not None)
         if old is not None and old.listeners != listeners:
             for line in ordered:
-                line.conns.clear()  # a listener came or went: directions must be worked out again
+                line.forget_connections()  # a listener came or went: directions are worked out again
         self._namespaces[netns_id] = _Namespace(lines, listeners)
         return NamespaceTables(netns_id, label, tuple(ordered))
 
     def retain(self, netns_ids: Iterable[str]) -> None:
-        """Forget the namespaces not read in this scan (they are gone, or nobody lives in them now)."""
+        """Forget the namespaces not read in this scan (gone, or nobody lives in them now)."""
         keep = set(netns_ids)
         for ns in [ns for ns in self._namespaces if ns not in keep]:
             del self._namespaces[ns]
@@ -117,30 +138,32 @@ class SocketTables:
             elif not holders:
                 holders = (None,)
             for pid in holders:
-                conn = line.conns.get(pid)
+                conn = line.get(pid)
                 if conn is None:
                     missing.append((len(out), line, pid))
                 out.append(conn)  # None: filled in below
         if missing:
-            listeners = [line.raw for line in tables.lines if line.listener is not None]
-            fresh = classify([*listeners, *(line.raw._replace(pid=pid) for _, line, pid in missing)])
+            # classify() with every listener of the namespace in front: it decides the directions.
+            listeners = [_raw(line.record, None, tables.label) for line in tables.lines if line.listener]
+            fresh = classify(
+                [*listeners, *(_raw(line.record, pid, tables.label) for _, line, pid in missing)]
+            )
             for (i, line, pid), conn in zip(missing, fresh[len(listeners) :], strict=True):
-                line.conns[pid] = conn
+                line.put(pid, conn)
                 out[i] = conn
         return [conn for conn in out if conn is not None]
 
-    def _parse_line(self, kind: str, text: str, label: str | None) -> _Line | None:
-        parsed = parse_table("\n" + text, kind)  # the first line is taken for the header
+    def _parse_line(self, kind: str, text: str) -> _Line | None:
+        parsed = parse_table("\n" + text, kind)  # its first line is taken for the header
         self.lines_parsed += 1
         if not parsed:
             return None
         rec = parsed[0]
-        raw = RawSocket(None, rec.family, rec.proto, _unmapped(rec.laddr), _unmapped(rec.raddr), rec.status, label)
+        laddr = _unmapped(rec.laddr)
         listener = None
-        is_listener = rec.status == "LISTEN" if rec.proto == "tcp" else rec.raddr is None
-        if is_listener and raw.laddr is not None:
-            listener = (rec.proto, rec.family, raw.laddr.ip, raw.laddr.port)
-        return _Line(rec, raw, listener)
+        if laddr is not None and (rec.status == "LISTEN" if rec.proto == "tcp" else rec.raddr is None):
+            listener = (rec.proto, rec.family, laddr.ip, laddr.port)
+        return _Line(rec, listener)
 
 
 def read_texts(
@@ -188,6 +211,12 @@ def _netns_at(dir_fd: int) -> str | None:
         return os.readlink("ns/net", dir_fd=dir_fd)
     except OSError:
         return None
+
+
+def _raw(rec: SocketRecord, pid: int | None, label: str | None) -> RawSocket:
+    return RawSocket(
+        pid, rec.family, rec.proto, _unmapped(rec.laddr), _unmapped(rec.raddr), rec.status, label
+    )
 
 
 def _unmapped(ep: Endpoint | None) -> Endpoint | None:

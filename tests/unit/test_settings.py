@@ -27,7 +27,8 @@ def test_defaults() -> None:
     # issue 7: scan_interval auto is 30 s with process exec events, 5 s without; explicit wins
     assert (s.effective_scan_interval(events=True), s.effective_scan_interval(events=False)) == (30.0, 5.0)
     explicit = load_settings({"scan_interval": 2.0}, environ=NO_ENV)
-    assert explicit.effective_scan_interval(events=True) == explicit.effective_scan_interval(events=False) == 2.0
+    assert explicit.effective_scan_interval(events=True) == 2.0
+    assert explicit.effective_scan_interval(events=False) == 2.0
     auto = load_settings({}, environ={"ENDPOINT_AGENT_SCAN_INTERVAL": "auto"})
     assert auto.scan_interval is None
     assert (s.circuit_max_kills, s.circuit_window_seconds) == (5, 600.0)

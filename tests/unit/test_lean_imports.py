@@ -1,0 +1,38 @@
+"""The standalone service keeps heavy optional libraries out of its memory (issue 7's RSS budget).
+
+cryptography (signed envelopes) and httpx (server mode) cost the agent ~8 MB and ~10 MB of RSS
+each; a service started with a plain YAML policy must not load them. Checked in a fresh
+interpreter, so what other tests imported does not count.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import sys, tempfile
+from pathlib import Path
+from endpoint_agent.agent import build_agent
+from endpoint_agent.daemon import Service, build_policy_provider, open_store
+from endpoint_agent.settings import load_settings
+state = tempfile.mkdtemp()
+overrides = {"policy": "policies/default.yaml", "state_dir": state, "process_events": False}
+settings = load_settings(overrides, environ={})
+store = open_store(settings)
+agent = build_agent(settings, store=store, policy=build_policy_provider(settings, store))
+agent.policy_provider.current()
+store.close()
+print(" ".join(sorted(m for m in ("cryptography", "httpx") if m in sys.modules)) or "-")
+"""
+
+
+def test_a_yaml_policy_service_loads_neither_cryptography_nor_httpx() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "-"
