@@ -109,7 +109,14 @@ def _human(d: dict[str, Any]) -> list[str]:
         lines.append(f"last scan: {scan.get('at')} ({counts}, {scan.get('new_violations')} new violations)")
     else:
         lines.append("last scan: none yet")
-    lines.append(f"scans: {d.get('scans', 0)} ({d.get('scan_errors', 0)} failed)")
+    every = f", every {d['scan_interval']:g}s" if isinstance(d.get("scan_interval"), int | float) else ""
+    lines.append(f"scans: {d.get('scans', 0)} ({d.get('scan_errors', 0)} failed{every})")
+    events = d.get("process_events")
+    if isinstance(events, dict):
+        lines.append(
+            f"process starts: {events.get('mode')} ({events.get('execs', 0)} execs seen, "
+            f"{events.get('processes_checked', 0)} checked, {events.get('overruns', 0)} overruns)"
+        )
     lines.append(f"processes stopped: {d.get('stops_total', 0)}")
     if d.get("last_error"):
         lines.append(f"last error: {d['last_error']}")
@@ -132,6 +139,15 @@ def _human(d: dict[str, Any]) -> list[str]:
                 f"server: last upload and heartbeat {report.get('last_success_at') or 'not yet'} "
                 f"({report.get('uploaded_since_start', 0)} events uploaded since start)"
             )
+    sync = d.get("policy_sync")
+    if isinstance(sync, dict):
+        lines.append(
+            f"policy sync: last poll {sync.get('last_poll_at') or 'not yet'} ({sync.get('last_outcome')}); "
+            f"{sync.get('polls', 0)} polls, {sync.get('not_modified', 0)} unchanged, "
+            f"{sync.get('activated', 0)} activated, {sync.get('rejected', 0)} rejected"
+        )
+        if sync.get("last_error"):
+            lines.append(f"policy sync error: {sync['last_error']}")
     lines.append(f"updated: {d.get('updated_at')}")
     return lines
 
