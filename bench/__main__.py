@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "footprint": "bench.footprint",
     "reaction": "bench.reaction",
     "memory": "bench.memory",
+    "exec_cost": "bench.exec_cost",
 }
 DEFAULT = ("scan", "footprint", "reaction", "memory")
 

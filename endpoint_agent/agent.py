@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -407,6 +407,12 @@ class Agent:
             return TickResult(now, time.monotonic() - t0, None, None)
         snapshot = (take or self._source.snapshot)()
         findings = (evaluate or self._evaluate)(snapshot, policy.compiled)
+        if partial and not findings:
+            # issue 7: what nearly every exec comes to. Nothing to decide, so no break-glass file,
+            # mode, decision or store work: the cost per exec on a busy machine stays small.
+            self._add_live(snapshot)
+            self._commit(now, [], [], live=self._live, skip_if_idle=True)  # retries what a failure left
+            return TickResult(now, time.monotonic() - t0, policy, None, processes=len(snapshot.processes))
         self.last_break_glass = self._break_glass.check()
         mode = resolve_mode(
             policy.mode,
@@ -429,13 +435,12 @@ class Agent:
                 violations.append(violation_for(a, observation.entry, policy.version, now))
         agent_events = [self._agent_event(trip, now) for trip in self._stage.trips]
         # -- event-driven reaction (issue 7): a partial snapshot adds to the live set, never prunes it --
-        keys = [p.key for p in snapshot.processes.values()]
-        if not partial:
-            self._live = set(keys)
-        elif self._live is not None:
-            self._live.update(keys)
-        live = list(self._live) if self._live is not None else None  # None: no full tick yet
-        self._commit(now, violations, agent_events, live=live, skip_if_idle=partial)
+        if partial:
+            self._add_live(snapshot)
+        else:
+            self._live = {p.key for p in snapshot.processes.values()}
+        # None: no full tick yet
+        self._commit(now, violations, agent_events, live=self._live, skip_if_idle=partial)
         for v in violations:
             logger.info(
                 "violation %s: %s pid %d (%s) rule %s",
@@ -460,6 +465,10 @@ class Agent:
             stops=stops,
         )
 
+    def _add_live(self, snapshot: Snapshot) -> None:
+        if self._live is not None:
+            self._live.update(p.key for p in snapshot.processes.values())
+
     def _agent_event(self, body: dict[str, object], now: datetime) -> dict[str, object]:
         return {"event_id": str(uuid.uuid4()), "kind": "agent", "detected_at": _iso(now), **body}
 
@@ -469,13 +478,16 @@ class Agent:
         violations: Sequence[Violation],
         agent_events: Sequence[dict[str, object]],
         *,
-        live: Sequence[tuple[int, float]] | None,
+        live: Collection[tuple[int, float]] | None,
         skip_if_idle: bool = False,
     ) -> None:
         pending = self._unsaved
         pending.events.extend(NewEvent(v.event_id, "violation", now, v.to_json()) for v in violations)
         pending.events.extend(NewEvent(str(e["event_id"]), "agent", now, e) for e in agent_events)
-        if live is not None:
+        # A partial snapshot's live set only grows, so nothing departs: with no new event and no
+        # dedup entry to write, changes() would hand out nothing (and it costs a pass over the set).
+        idle = skip_if_idle and not pending.events and not self._dedup.dirty
+        if live is not None and not idle:
             upserts, deletes = self._dedup.changes(live)
             pending.upserts.update((u.key, u) for u in upserts)
             pending.deletes.update(deletes)  # applied after the upserts

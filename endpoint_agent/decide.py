@@ -114,6 +114,11 @@ class Deduplicator:
     def get(self, key: SeenKey) -> SeenEntry | None:
         return self._entries.get(key)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether some entry waits to be written by `changes()` (departures aside)."""
+        return bool(self._dirty)
+
     def observe(self, finding: Finding, outcome: Outcome, policy_version: int) -> Observation:
         key = finding_key(finding)
         now = self._clock.now()

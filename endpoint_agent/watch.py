@@ -5,7 +5,9 @@
 * exec -> the new program is checked at once (a snapshot of just that process, through the
   agent's own pipeline: evaluate, decide, enforce, record -- the same safety rails, dedup and
   store as a scan), and again after each of `rechecks` (0.25 s and 1 s by default), when its
-  first connections exist; a re-check is skipped once the process has exited.
+  first connections exist; a re-check is skipped once the process has exited. Re-checks fall
+  on a grid of `recheck_slot` (50 ms): the re-checks of execs that arrived within one slot
+  run together, one pipeline run for a whole burst (a build starts hundreds a second).
 * exit -> what the collector caches about the process is dropped at once.
 * overrun (the kernel dropped events) -> a full scan now: whatever was missed is in it.
   Full scans asked for this way are at least `min_rescan_seconds` apart.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RECHECKS: tuple[float, ...] = (0.25, 1.0)
 DEFAULT_MAX_PENDING = 4096
+DEFAULT_RECHECK_SLOT = 0.05
 
 
 class EventSource(Protocol):
@@ -95,13 +99,14 @@ class ExecWatcher:
         reopen: SourceOpener | None = None,
         rechecks: Sequence[float] = DEFAULT_RECHECKS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        recheck_slot: float = DEFAULT_RECHECK_SLOT,
         min_rescan_seconds: float = 1.0,
         poll_seconds: float = 5.0,
         reopen_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if any(d <= 0 for d in rechecks) or max_pending < 1:
-            raise ValueError("rechecks must be > 0 and max_pending >= 1")
+        if any(d <= 0 for d in rechecks) or max_pending < 1 or recheck_slot < 0:
+            raise ValueError("rechecks must be > 0, max_pending >= 1 and recheck_slot >= 0")
         self._source: EventSource | None = source
         self._react = react
         self._rescan = rescan
@@ -109,6 +114,7 @@ class ExecWatcher:
         self._reopen = reopen
         self._rechecks = tuple(sorted(rechecks))
         self._max_pending = max_pending
+        self._slot = recheck_slot
         self._min_rescan = min_rescan_seconds
         self._poll = poll_seconds
         self._reopen_every = reopen_seconds
@@ -240,10 +246,17 @@ class ExecWatcher:
         self.stats.execs += 1
         generation = self._generation.get(pid, 0) + 1
         self._generation[pid] = generation
-        delays = (0.0, *self._rechecks)
-        for i, delay in enumerate(delays):
-            check = _Check(now + delay, next(self._seq), pid, generation, i == len(delays) - 1)
+        # The first check at once (the reaction time); the re-checks on the slot grid (batched).
+        dues = (now, *(self._slotted(now + delay) for delay in self._rechecks))
+        for i, due in enumerate(dues):
+            check = _Check(due, next(self._seq), pid, generation, i == len(dues) - 1)
             heapq.heappush(self._queue, check)
+
+    def _slotted(self, due: float) -> float:
+        """`due` rounded up to the next slot boundary (the tolerance keeps 100.25 on 100.25)."""
+        if self._slot <= 0:
+            return due
+        return math.ceil(due / self._slot - 1e-6) * self._slot
 
     def _exited(self, pid: int) -> None:
         self.stats.exits += 1
@@ -334,4 +347,12 @@ def open_reaction(
     return watcher
 
 
-__all__ = ["DEFAULT_RECHECKS", "EventSource", "ExecWatcher", "WatchStats", "open_reaction", "start_reaction"]
+__all__ = [
+    "DEFAULT_RECHECKS",
+    "DEFAULT_RECHECK_SLOT",
+    "EventSource",
+    "ExecWatcher",
+    "WatchStats",
+    "open_reaction",
+    "start_reaction",
+]

@@ -205,7 +205,8 @@ class IncrementalCollector:
         """Just these processes (the live, non-zombie ones) and their inet sockets."""
         with self._lock:
             taken_at = self._clock.now()
-            boot = self._boot_time()
+            # The full scans' boot time: no read of /proc/stat per exec, and the same process keys.
+            boot = self._boot if self._boot is not None else self._boot_time()
             stats = {
                 pid: st
                 for pid in sorted(set(pids))

@@ -16,24 +16,11 @@ import pytest
 
 from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.e2e.proxy import HoldingProxy
+from tests.support.contract import CONTRACT_KEYS
 from tests.support.enforce_procs import is_dead, pid_namespaces_available
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]
-
-CONTRACT_KEYS = {
-    "event_id",
-    "rule_id",
-    "category",
-    "action",
-    "pid",
-    "process_name",
-    "exe",
-    "username",
-    "reason",
-    "detected_at",
-    "policy_version",
-}
 
 
 def server_violation_ids(server: Server) -> list[str]:

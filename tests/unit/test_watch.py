@@ -189,3 +189,14 @@ def test_no_source_means_no_watcher() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         ExecWatcher(Script(), react=lambda p: None, rescan=lambda: None, rechecks=(0.0,))
+
+
+def test_re_checks_of_execs_within_one_slot_run_together() -> None:
+    rig = Rig(Script(execs(10), execs(11)), recheck_slot=0.05)
+    rig.step(0.01)  # t = 100.01
+    rig.step(0.01)  # a second exec 10 ms later: checked at once, on its own
+    assert rig.reacted == [[10], [11]]
+    rig.step(0.26)  # t = 100.28: both re-checks (100.26, 100.27) fall on the 100.30 slot
+    assert rig.reacted == [[10], [11]]
+    rig.step(0.02)
+    assert rig.reacted == [[10], [11], [10, 11]]  # one pipeline run for both

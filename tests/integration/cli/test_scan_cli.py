@@ -15,22 +15,10 @@ from endpoint_admin.keygen import write_keypair
 from endpoint_agent.policy import load_policy_file
 from endpoint_agent.sync.envelope import load_private_key, sign_policy
 from tests.support import Listen, SpawnFn
+from tests.support.contract import CONTRACT_KEYS
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
-CONTRACT_KEYS = {
-    "event_id",
-    "rule_id",
-    "category",
-    "action",
-    "pid",
-    "process_name",
-    "exe",
-    "username",
-    "reason",
-    "detected_at",
-    "policy_version",
-}
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
