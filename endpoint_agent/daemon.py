@@ -382,6 +382,9 @@ def run_service(settings: AgentSettings) -> int:
         from endpoint_agent.watch import start_reaction
 
         service.reaction = start_reaction(settings, agent, rescan=service.scan)
+        sync = _policy_sync(agent)
+        if sync is not None:
+            sync.on_activated = service.scan  # a new policy applies to what already runs, at once
         stop = threading.Event()
         started = time.monotonic()
         with _stop_on_signals(stop):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,7 +30,7 @@ from endpoint_agent.sync.client import DEFAULT_TIMEOUT, HttpServerClient
 from endpoint_agent.sync.envelope import load_public_key
 from endpoint_agent.sync.events import StoreEventSink
 from endpoint_agent.sync.identity import SYSTEM_MACHINE_ID, EnrollmentFile, machine_id
-from endpoint_agent.sync.policy_sync import DEFAULT_FLEET_ID, PolicySync
+from endpoint_agent.sync.policy_sync import DEFAULT_FLEET_ID, PolicySync, PollOutcome
 from endpoint_agent.sync.safety import DryRun, SnapshotFn
 from endpoint_agent.sync.schedule import PollLoop, PollSchedule
 from endpoint_agent.sync.state import PolicyStateStore
@@ -40,10 +41,13 @@ WATCHDOG_SECONDS = 30.0
 
 
 class PolicySyncService:
-    def __init__(self, sync: PolicySync, loop: PollLoop, client: HttpServerClient) -> None:
+    def __init__(self, sync: PolicySync, schedule: PollSchedule, client: HttpServerClient) -> None:
         self.sync = sync
-        self._loop = loop
+        self._loop = PollLoop(self.poll, schedule)
         self._client = client
+        # Called (in the poll thread) after a new policy was activated: the daemon scans at once,
+        # so a new policy applies to what already runs now, not at the next full scan (up to 30 s).
+        self.on_activated: Callable[[], object] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -51,6 +55,15 @@ class PolicySyncService:
 
     def current(self) -> ActivePolicy | None:
         return self.sync.current()
+
+    def poll(self) -> PollOutcome:
+        outcome = self.sync.poll()
+        if outcome == "activated" and self.on_activated is not None:
+            try:
+                self.on_activated()
+            except Exception:  # the scan job logs its own failures; the poll loop must go on
+                logger.exception("scan after activating a new policy failed")
+        return outcome
 
     # -- report (issue 5): the upload/heartbeat job shares this client (one enrollment, one node key) --
     @property
@@ -151,7 +164,7 @@ def build_policy_sync(
     )
     sync.load_last_good()
     schedule = PollSchedule(settings.sync_interval, clock=clock, rng=rng or random.SystemRandom())
-    return PolicySyncService(sync, PollLoop(sync.poll, schedule), client)
+    return PolicySyncService(sync, schedule, client)
 
 
 __all__ = ["WATCHDOG_SECONDS", "PolicySyncService", "build_policy_sync"]

@@ -194,12 +194,12 @@ class Agent:
         }
         self.config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
 
-    def start(self) -> NsProcess:
+    def start(self, *, scan_interval: float = 0.5) -> NsProcess:
         argv = [
             sys.executable, "-m", "endpoint_agent", "run", "--config", str(self.config),
             "--server", self.url, "--public-key", str(self.server.live.public_key),
             "--state-dir", str(self.state),
-            "--scan-interval", "0.5", "--sync-interval", "0.5", "--upload-interval", "0.5",
+            "--scan-interval", str(scan_interval), "--sync-interval", "0.5", "--upload-interval", "0.5",
         ]  # fmt: skip
         log = self.tmp / f"agent-{len(self.logs)}.log"
         self.logs.append(log)

@@ -171,3 +171,19 @@ def test_an_unsafe_policy_only_monitors_and_is_reported(server: Server, agent: A
     wait_for("two more scans", lambda: agent.status().get("scans", 0) >= first_scan + 2)
     assert not is_dead(standin.pid)
     assert all(e.payload["action"] in ("would_block", "protected") for e in agent.events())
+
+
+def test_a_newly_activated_policy_applies_at_once_not_at_the_next_full_scan(
+    server: Server, agent: Agent
+) -> None:
+    # Full scans an hour apart: only the scan that follows an activation can stop this stand-in,
+    # which was already running before the policy existed (no exec event will come for it).
+    name = unique("ea-late")
+    standin = agent.standin(name)
+    agent.start(scan_interval=3600)
+    wait_for("the agent's first scan", status_when(agent, lambda s: s.get("scans", 0) >= 1))
+    assert not is_dead(standin.pid)
+
+    server.publish(policy_yaml([("block-late", "block", name)], version=1))
+
+    assert stopped_by_agent(standin, agent) == -signal.SIGTERM
