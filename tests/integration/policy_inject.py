@@ -10,9 +10,7 @@ checks only that the row's version increases), as the newest version at 100% rol
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from endpoint_agent.policy import parse_policy
 from endpoint_agent.sync.envelope import load_private_key, sign_policy
+from tests.support.envelopes import flip_payload_byte, strip_signatures
 
 
 def sign(
@@ -44,21 +43,6 @@ def expired(policy_yaml: str, private_key: Path) -> bytes:
 
 def unknown_key(policy_yaml: str) -> bytes:
     return sign(policy_yaml, Ed25519PrivateKey.generate())
-
-
-def flip_payload_byte(envelope: bytes) -> bytes:
-    """The same envelope with one byte of the signed payload flipped (the signature no longer matches)."""
-    outer = json.loads(envelope)
-    payload = bytearray(base64.b64decode(outer["payload"]))
-    payload[len(payload) // 2] ^= 0x01
-    outer["payload"] = base64.b64encode(bytes(payload)).decode()
-    return json.dumps(outer).encode()
-
-
-def strip_signatures(envelope: bytes) -> bytes:
-    outer = json.loads(envelope)
-    outer["signatures"] = []
-    return json.dumps(outer).encode()
 
 
 def serve_raw(data_dir: Path, envelope: bytes, *, db_url: str | None = None) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import stat
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,6 +16,7 @@ from endpoint_agent.sync.envelope import key_id
 from endpoint_agent.sync.policy_sync import PolicySync
 from endpoint_agent.sync.safety import SafetyVerdict
 from endpoint_agent.sync.state import PolicyStateStore
+from tests.support.envelopes import flip_payload_byte, strip_signatures
 from tests.unit.sync.conftest import START, FakeServer, ListSink, Signer
 
 
@@ -68,20 +67,6 @@ def rig(tmp_path: Path, signer: Signer, clock: FakeClock) -> Rig:
 def active_version(sync: PolicySync) -> int | None:
     current = sync.current()
     return current.version if current else None
-
-
-def flip_payload_byte(envelope: bytes) -> bytes:
-    outer = json.loads(envelope)
-    payload = bytearray(base64.b64decode(outer["payload"]))
-    payload[len(payload) // 2] ^= 0x01
-    outer["payload"] = base64.b64encode(bytes(payload)).decode()
-    return json.dumps(outer).encode()
-
-
-def strip_signatures(envelope: bytes) -> bytes:
-    outer = json.loads(envelope)
-    outer["signatures"] = []
-    return json.dumps(outer).encode()
 
 
 def test_activates_a_signed_policy_then_answers_304_without_refetching(rig: Rig) -> None:
