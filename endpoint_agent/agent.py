@@ -575,19 +575,26 @@ def build_agent(
         evaluate=BehaviourEvaluator(),  # the policy engine plus the P2P behaviour window
         react_evaluate=_evaluate_alone,  # issue 7: a new process's behaviour from its own snapshot only
         guard=guard,
-        enforcer=enforcer
-        or PsutilEnforcer(guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree),
+        enforcer=enforcer or make_enforcer(settings, guard),
         notifier=notifier or make_notifier(settings, clock),
         store=store,
-        circuit=CircuitBreaker(
-            clock=clock,
-            max_kills=settings.circuit_max_kills,
-            window_seconds=settings.circuit_window_seconds,
-            state=state,
-        ),
+        circuit=make_circuit(settings, clock, state),
         break_glass=BreakGlass(settings.break_glass_file),
         clock=clock,
         block_action=BlockAction(settings.block_action),
+    )
+
+
+def make_enforcer(settings: AgentSettings, guard: Guard) -> Enforcer:
+    return PsutilEnforcer(guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree)
+
+
+def make_circuit(settings: AgentSettings, clock: Clock, state: CircuitState | None = None) -> CircuitBreaker:
+    return CircuitBreaker(
+        clock=clock,
+        max_kills=settings.circuit_max_kills,
+        window_seconds=settings.circuit_window_seconds,
+        state=state,
     )
 
 
@@ -653,7 +660,7 @@ def enforce_once(
     """
     settings = settings or load_settings({})
     clock = SystemClock()
-    guard = Guard(extra=settings.protected_extra)
+    guard = make_guard(settings)  # the same guard as the service, test scope included
     break_glass = BreakGlass(settings.break_glass_file).check()
     mode = resolve_mode(
         str(policy.mode) if honor_policy_mode else Mode.ENFORCE.value, break_glass=break_glass.active
@@ -663,17 +670,11 @@ def enforce_once(
         return enforce_findings(
             findings,
             int(policy.version),
-            enforcer=PsutilEnforcer(
-                guard, grace_seconds=settings.kill_grace_seconds, tree=settings.kill_tree
-            ),
+            enforcer=make_enforcer(settings, guard),
             guard=guard,
             notifier=notifier,
             mode=mode,
-            circuit=CircuitBreaker(
-                clock=clock,
-                max_kills=settings.circuit_max_kills,
-                window_seconds=settings.circuit_window_seconds,
-            ),
+            circuit=make_circuit(settings, clock),  # fresh for this one-shot run
             clock=clock,
             block_action=BlockAction(settings.block_action),
         )
