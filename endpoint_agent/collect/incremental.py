@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.collect.cmdline import read_cmdline
 from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, HashCache, HashStats
 from endpoint_agent.collect.hashing import DEFAULT_MAX_ENTRIES as DEFAULT_HASH_ENTRIES
 from endpoint_agent.collect.heap import release_free_memory
@@ -63,17 +64,19 @@ DetailsReader = Callable[[int], "Details | None"]
 
 
 def read_details(pid: int) -> Details | None:
-    """exe, cmdline and real uid through psutil; None when the process is gone."""
+    """exe and real uid through psutil, the command line bounded (collect.cmdline); None when gone."""
     try:
-        info = psutil.Process(pid).as_dict(["exe", "cmdline", "uids"], ad_value=_DENIED)
+        info = psutil.Process(pid).as_dict(["exe", "uids"], ad_value=_DENIED)
     except psutil.NoSuchProcess:
         return None
     except (psutil.Error, OSError):
         return Details(None, (), None, True)
-    exe, cmdline, uids = info.get("exe"), info.get("cmdline"), info.get("uids")
+    exe, uids = info.get("exe"), info.get("uids")
+    bounded = read_cmdline(pid)
+    cmdline = _DENIED if bounded is None else bounded
     return Details(
         exe=exe if isinstance(exe, str) and exe else None,
-        cmdline=tuple(str(a) for a in cmdline) if isinstance(cmdline, list) else (),
+        cmdline=cmdline if isinstance(cmdline, tuple) else (),
         uid=uids.real if uids is not None and uids is not _DENIED else None,
         denied=_DENIED in (exe, cmdline, uids),
     )

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.collect.cmdline import bound_cmdline
 from endpoint_agent.collect.connections import RawSocket, classify, from_psutil
 from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, HashCache, HashStats
 from endpoint_agent.collect.package_trust import PackageResolver, system_package_resolver
@@ -102,7 +103,8 @@ class Collector:
     def _process(self, pid: int, info: dict[str, Any], names: dict[int, str]) -> ProcessInfo:
         denied = {key for key, value in info.items() if value is _DENIED}
         exe = _text(info.get("exe"))
-        cmdline = tuple(str(arg) for arg in info.get("cmdline") or ()) if "cmdline" not in denied else ()
+        args = info.get("cmdline") if "cmdline" not in denied else None
+        cmdline = bound_cmdline([str(a) for a in args or ()])  # a few KiB at most (collect.cmdline)
         ppid = info["ppid"] if isinstance(info.get("ppid"), int) else 0
         uids = info.get("uids")
         create_time = info["create_time"] if isinstance(info.get("create_time"), float) else 0.0

@@ -33,6 +33,7 @@ from typing import TypeVar
 import psutil
 
 from endpoint_agent.collect import is_kernel_thread
+from endpoint_agent.collect.cmdline import bound_cmdline
 from endpoint_agent.types import ProcessInfo
 
 _T = TypeVar("_T")
@@ -230,7 +231,7 @@ def _read_live(proc: ProcessInfo, process: psutil.Process) -> _Live:
         with process.oneshot():
             name = _safe(process.name, proc.name)
             exe = _safe(process.exe, proc.exe) or None
-            cmdline = tuple(_safe(process.cmdline, list(proc.cmdline)))
+            cmdline = bound_cmdline(_safe(process.cmdline, list(proc.cmdline)))
             uids = _safe(process.uids, None) if hasattr(process, "uids") else None
             ppid = _safe(process.ppid, proc.ppid)
         ancestors = tuple(p.pid for p in process.parents())
