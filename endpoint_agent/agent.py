@@ -53,6 +53,7 @@ _PLAN_OUTCOME = {
     Plan.REPORT: Outcome.REPORTED,
     Plan.WOULD_BLOCK: Outcome.WOULD_BLOCK,
     Plan.PROTECTED: Outcome.PROTECTED,
+    Plan.CONNECTION_BLOCKED: Outcome.CONNECTION_BLOCKED,
 }
 _STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
 CIRCUIT_META_KEY = "circuit"

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from endpoint_agent.clock import Clock
 from endpoint_agent.report.store import SeenEntry, SeenKey
-from endpoint_agent.types import Finding, Outcome, ProcessInfo, RuleAction
+from endpoint_agent.types import Enforce, Finding, Outcome, ProcessInfo, RuleAction
 
 _STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
 
@@ -66,6 +66,9 @@ class Plan(StrEnum):
     PROTECTED = "protected"
     STOP = "stop"
     ALREADY_STOPPED = "already_stopped"
+    # `enforce: connection` rules: the DNS filter and the nftables table refuse the connections;
+    # the process is never signalled.
+    CONNECTION_BLOCKED = "connection_blocked"
 
 
 class ProtectionCheck(Protocol):
@@ -180,6 +183,9 @@ class Decider:
         previous = self._dedup.get(key)
         if finding.action is RuleAction.REPORT:
             return Decision(finding, Plan.REPORT, previous)
+        if finding.enforce is Enforce.CONNECTION:
+            plan = Plan.WOULD_BLOCK if mode.mode is Mode.MONITOR else Plan.CONNECTION_BLOCKED
+            return Decision(finding, plan, previous)
         if previous is not None and previous.outcome in _STOPPED:
             return Decision(finding, Plan.ALREADY_STOPPED, previous)
         protection = self._guard.check(finding.process)

@@ -26,6 +26,13 @@ class RuleAction(StrEnum):
     BLOCK = "block"
 
 
+class Enforce(StrEnum):
+    """How a `block` rule is enforced: stop the program, or refuse its connections."""
+
+    PROCESS = "process"
+    CONNECTION = "connection"  # nftables sets (Linux) and the DNS filter; the program keeps running
+
+
 class Outcome(StrEnum):
     """What the agent actually did about a finding (the `action` key of a violation)."""
 
@@ -35,6 +42,7 @@ class Outcome(StrEnum):
     SUSPENDED = "suspended"
     KILL_FAILED = "kill_failed"
     PROTECTED = "protected"
+    CONNECTION_BLOCKED = "connection_blocked"  # refused by the DNS filter or the agent's nftables table
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,8 @@ class Connection:
     status: str  # psutil status, e.g. "LISTEN", "ESTABLISHED", "NONE"
     direction: Direction
     netns: str | None = None  # network namespace id when it is not the agent's own
+    # The name the remote address was resolved from (learned from DNS answers), or a DNS query's name.
+    domain: str | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -69,6 +79,8 @@ class Connection:
         }
         if self.netns is not None:
             out["netns"] = self.netns
+        if self.domain is not None:
+            out["domain"] = self.domain
         return out
 
 
@@ -162,6 +174,7 @@ class Finding:
     connection: Connection | None = None
     message: str = ""
     help_url: str | None = None
+    enforce: Enforce = Enforce.PROCESS  # a `block` finding with CONNECTION never stops the process
 
     @property
     def dedup_key(self) -> tuple[object, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from endpoint_agent.policy.domains import DomainIndex
 from endpoint_agent.policy.index import CidrIndex, ExactIndex, PatternIndex, PortIndex
 from endpoint_agent.policy.literals import (
     fold_for_regex,
@@ -20,7 +21,7 @@ from endpoint_agent.policy.literals import (
 )
 from endpoint_agent.policy.matchers import NetworkMatcher, ProcessMatcher, ProcessView
 from endpoint_agent.policy.model import Policy, Rule, Specificity
-from endpoint_agent.types import Connection, Direction, Evidence, RuleAction
+from endpoint_agent.types import Connection, Direction, Enforce, Evidence, RuleAction
 
 
 class Anchor(StrEnum):
@@ -28,6 +29,7 @@ class Anchor(StrEnum):
     PATH = "path"
     NAME = "name"
     REMOTE_ADDRESS = "remote_address"
+    DOMAIN = "domain"
     REMOTE_PORT = "remote_port"
     LOCAL_PORT = "local_port"
     PARENT = "parent"
@@ -38,7 +40,7 @@ class Anchor(StrEnum):
 
 
 _NETWORK_ANCHORS = frozenset(
-    {Anchor.REMOTE_ADDRESS, Anchor.REMOTE_PORT, Anchor.LOCAL_PORT, Anchor.PROTOCOL_DIRECTION}
+    {Anchor.REMOTE_ADDRESS, Anchor.DOMAIN, Anchor.REMOTE_PORT, Anchor.LOCAL_PORT, Anchor.PROTOCOL_DIRECTION}
 )
 # Cost classes for choosing an anchor (lower is more selective).
 # n-gram lookups remembered per attribute: names, paths and command lines recur scan after scan.
@@ -58,6 +60,8 @@ class CompiledRule:
     process: ProcessMatcher | None
     unless: ProcessMatcher | None
     network: NetworkMatcher | None
+    enforce: Enforce = Enforce.PROCESS
+    domains: tuple[str, ...] = ()  # normalised patterns, domain lists expanded
 
     @property
     def id(self) -> str:
@@ -128,14 +132,17 @@ class NetworkIndex:
     remote_port: PortIndex = field(default_factory=PortIndex)
     local_port: PortIndex = field(default_factory=PortIndex)
     kind: ExactIndex = field(default_factory=ExactIndex)  # (proto, direction)
+    domain: DomainIndex = field(default_factory=DomainIndex)
 
     def freeze(self) -> None:
-        for index in (self.remote_address, self.remote_port, self.local_port, self.kind):
+        for index in (self.remote_address, self.remote_port, self.local_port, self.kind, self.domain):
             index.freeze()
 
     @property
     def empty(self) -> bool:
-        return all(i.empty for i in (self.remote_address, self.remote_port, self.local_port, self.kind))
+        return all(
+            i.empty for i in (self.remote_address, self.remote_port, self.local_port, self.kind, self.domain)
+        )
 
     def candidates(self, conn: Connection, raddr_key: tuple[int, int] | None) -> set[int]:
         out: set[int] = set()
@@ -148,6 +155,8 @@ class NetworkIndex:
             self.local_port.candidates(conn.laddr.port, out)
         if not self.kind.empty:
             self.kind.candidates((conn.proto, conn.direction.value), out)
+        if conn.domain is not None and not self.domain.empty:
+            self.domain.candidates(conn.domain, out)
         return out
 
 
@@ -163,6 +172,15 @@ class CompiledPolicy:
     uses_connections: bool
     # Rules with a `network.p2p` condition, in rule order (never in the indexes above).
     p2p_rules: tuple[int, ...] = ()
+    # Rules judged on a DNS query (domain conditions and nothing a query cannot show), by name.
+    query_index: DomainIndex = field(default_factory=DomainIndex)
+    # `enforce: connection` rules, in rule order (the agent's nftables table).
+    connection_rules: tuple[int, ...] = ()
+
+    @property
+    def uses_domains(self) -> bool:
+        """Whether the DNS filter has anything to judge or learn for this policy."""
+        return any(rule.domains for rule in self.rules)
 
     @property
     def p2p_window_scans(self) -> int | None:
@@ -185,12 +203,17 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     pindex = ProcessIndex()
     nindex = NetworkIndex()
     compiled: list[CompiledRule] = []
+    query_index = DomainIndex()
     for rule in policy.rules:
         if not rule.enabled:
             continue
         index = len(compiled)
         anchor = _choose_anchor(rule)
-        _register(rule, anchor, index, pindex, nindex)
+        domains = policy.rule_domains(rule)
+        _register(rule, anchor, index, pindex, nindex, domains)
+        if rule.network is not None and rule.network.domain_only:
+            for pattern in domains:
+                query_index.add(pattern, index)
         compiled.append(
             CompiledRule(
                 index=index,
@@ -202,7 +225,9 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
                 anchor=anchor,
                 process=ProcessMatcher(rule.process) if rule.process else None,
                 unless=ProcessMatcher(rule.unless) if rule.unless else None,
-                network=NetworkMatcher(rule.network) if rule.network else None,
+                network=NetworkMatcher(rule.network, domains) if rule.network else None,
+                enforce=rule.enforce,
+                domains=domains,
             )
         )
     pindex.freeze()
@@ -214,6 +239,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         network_index=nindex,
         uses_connections=any(r.network is not None for r in compiled),
         p2p_rules=tuple(r.index for r in compiled if r.anchor is Anchor.P2P),
+        query_index=query_index,
+        connection_rules=tuple(r.index for r in compiled if r.enforce is Enforce.CONNECTION),
     )
 
 
@@ -250,6 +277,8 @@ def _choose_anchor(rule: Rule) -> Anchor:
         if net.remote_address:
             wide = any(n.prefixlen < (8 if n.version == 4 else 16) for n in net.remote_address)
             options.append((_BROAD if wide else _NARROW, 3, Anchor.REMOTE_ADDRESS))
+        if net.has_domains:
+            options.append((_NARROW, 3, Anchor.DOMAIN))
         if net.remote_port:
             wide = any(p.high - p.low >= 4096 for p in net.remote_port)
             options.append((_BROAD if wide else _NARROW, 4, Anchor.REMOTE_PORT))
@@ -260,7 +289,14 @@ def _choose_anchor(rule: Rule) -> Anchor:
     return min(options)[2]
 
 
-def _register(rule: Rule, anchor: Anchor, key: int, pindex: ProcessIndex, nindex: NetworkIndex) -> None:
+def _register(
+    rule: Rule,
+    anchor: Anchor,
+    key: int,
+    pindex: ProcessIndex,
+    nindex: NetworkIndex,
+    domains: tuple[str, ...] = (),
+) -> None:
     proc, net = rule.process, rule.network
     if anchor is Anchor.P2P:
         return  # CompiledPolicy.p2p_rules
@@ -269,6 +305,9 @@ def _register(rule: Rule, anchor: Anchor, key: int, pindex: ProcessIndex, nindex
         if anchor is Anchor.REMOTE_ADDRESS:
             for network in net.remote_address or ():
                 nindex.remote_address.add(network, key)
+        elif anchor is Anchor.DOMAIN:
+            for pattern in domains:
+                nindex.domain.add(pattern, key)
         elif anchor is Anchor.REMOTE_PORT:
             for ports in net.remote_port or ():
                 nindex.remote_port.add(ports, key)

@@ -240,4 +240,5 @@ def _finding(proc: ProcessInfo, hit: _Hit) -> Finding:
         connection=hit.connection,
         message=rule.message,
         help_url=rule.help_url,
+        enforce=rule.enforce,
     )

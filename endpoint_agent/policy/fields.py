@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
 
+from endpoint_agent.policy.domains import normalize_pattern
 from endpoint_agent.policy.literals import compile_glob
 
 MAX_PATTERN_LENGTH = 1024
@@ -136,6 +137,11 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"{value!r} is not an IP address or CIDR") from None
 
 
+def _domain(value: str) -> str:
+    _text(value)
+    return normalize_pattern(value)
+
+
 def _http_url(value: str) -> str:
     if not _URL_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not an http(s) URL")
@@ -189,6 +195,11 @@ HttpUrl = Annotated[
 RuleId = Annotated[
     str, PlainValidator(_strict(_rule_id)), WithJsonSchema({"type": "string", "pattern": RULE_ID_PATTERN})
 ]
+Domain = Annotated[
+    str,
+    PlainValidator(_strict(_domain)),
+    WithJsonSchema({"type": "string", "minLength": 1, "description": "name or *.suffix"}),
+]
 Port = Annotated[PortRange, PlainValidator(_port), PlainSerializer(str), WithJsonSchema(_PORT)]
 Network = Annotated[
     ipaddress.IPv4Network | ipaddress.IPv6Network,
@@ -205,3 +216,8 @@ Sha256s = Annotated[tuple[Sha256, ...], BeforeValidator(_as_list), _one_of_schem
 Texts = Annotated[tuple[Text, ...], BeforeValidator(_as_list), _one_of_schema(_STR)]
 Ports = Annotated[tuple[Port, ...], BeforeValidator(_as_list), _one_of_schema(_PORT)]
 Networks = Annotated[tuple[Network, ...], BeforeValidator(_as_list), _one_of_schema(_NET)]
+Domains = Annotated[
+    tuple[Domain, ...],
+    BeforeValidator(_as_list),
+    _one_of_schema({"type": "string", "minLength": 1, "description": "name or *.suffix"}),
+]

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from endpoint_agent.errors import PolicyLoadError, PolicyValidationError
 from endpoint_agent.policy.diagnostics import validation_problems
+from endpoint_agent.policy.domain_files import policy_dir, resolve_domain_list_files
 from endpoint_agent.policy.model import Policy
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -41,11 +42,15 @@ def load_policy_file(
         if isinstance(decoded, Policy):
             return decoded
         return parse_policy(decoded, source=f"{source} (signed payload)")
-    return parse_policy(data, source)
+    return parse_policy(data, source, base_dir=policy_dir(path))
 
 
-def parse_policy(text: str | bytes, source: str) -> Policy:
-    """A policy from the text of a YAML (or JSON) document; `source` names it in errors."""
+def parse_policy(text: str | bytes, source: str, *, base_dir: Path | None = None) -> Policy:
+    """A policy from the text of a YAML (or JSON) document; `source` names it in errors.
+
+    With `base_dir` (the policy file's directory), `domain_lists` entries `{file: NAME}` are read
+    from there; without it (a signed payload) they are an error.
+    """
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_POLICY_BYTES:
         raise PolicyLoadError(f"{source}: is {size} bytes, over the {_LIMIT} limit for a policy")
@@ -62,6 +67,8 @@ def parse_policy(text: str | bytes, source: str) -> Policy:
         raise PolicyLoadError(f"{source}: top level must be a mapping (name, version, rules), got {kind}")
     if _looks_like_envelope(raw):
         raise PolicyLoadError(f"{source}: is a signed envelope; pass trusted keys to verify it")
+    if base_dir is not None:
+        raw = resolve_domain_list_files(raw, base_dir, source)
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:

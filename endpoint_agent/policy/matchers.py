@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from endpoint_agent.policy.domains import DomainSet
 from endpoint_agent.policy.fields import PortRange
 from endpoint_agent.policy.index import IPNetwork
 from endpoint_agent.policy.literals import compile_glob, glob_is_literal
@@ -164,14 +165,20 @@ class _Net:
 class NetworkMatcher:
     """All of a `network:` block against one connection; None when any condition fails."""
 
-    __slots__ = ("_directions", "_local_port", "_protocols", "_remote_address", "_remote_port")
+    __slots__ = ("_directions", "_domains", "_local_port", "_protocols", "_remote_address", "_remote_port")
 
-    def __init__(self, cond: NetworkConditions) -> None:
+    def __init__(self, cond: NetworkConditions, domains: tuple[str, ...] = ()) -> None:
+        # `domains`: the rule's patterns with its domain lists expanded (Policy.rule_domains).
+        self._domains = DomainSet.of(domains) if cond.has_domains else None
         self._remote_port = cond.remote_port
         self._local_port = cond.local_port
         self._remote_address = tuple(_net(n) for n in cond.remote_address) if cond.remote_address else None
         self._protocols = frozenset(p.value for p in cond.protocol) if cond.protocol else None
         self._directions = frozenset(d.value for d in cond.direction) if cond.direction else None
+
+    def domain_match(self, name: str) -> str | None:
+        """The rule's domain pattern matching `name` (normalised), or None."""
+        return self._domains.first_match(name) if self._domains is not None else None
 
     def match(self, conn: Connection, raddr_key: tuple[int, int] | None) -> tuple[Evidence, ...] | None:
         evidence: list[Evidence] = []
@@ -198,6 +205,11 @@ class NetworkMatcher:
             if net is None or conn.raddr is None:
                 return None
             evidence.append(Evidence("remote_address", net, conn.raddr.ip))
+        if self._domains is not None:
+            pattern = self._domains.first_match(conn.domain) if conn.domain else None
+            if pattern is None or conn.domain is None:
+                return None
+            evidence.append(Evidence("domain", pattern, conn.domain))
         return tuple(evidence)
 
 

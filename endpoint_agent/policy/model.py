@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from endpoint_agent.policy.fields import (
+    Domains,
     HttpUrl,
     NameGlobs,
     Networks,
@@ -36,7 +37,7 @@ from endpoint_agent.policy.fields import (
     _as_lower_list,
     _false_is_off,
 )
-from endpoint_agent.types import Direction, RuleAction
+from endpoint_agent.types import Direction, Enforce, RuleAction
 
 UNAPPROVED_RULE_ID = "unapproved-app"
 P2P_MAX_SCORE = 7  # all signals of policy/p2p.py at once
@@ -73,7 +74,18 @@ class _Model(BaseModel):
 
 
 _PROCESS_KEYS = ("name", "path", "sha256", "cmdline", "user", "parent")
-_NETWORK_KEYS = ("remote_port", "remote_address", "local_port", "protocol", "direction", "p2p")
+_NETWORK_KEYS = (
+    "remote_port",
+    "remote_address",
+    "local_port",
+    "protocol",
+    "direction",
+    "p2p",
+    "domain",
+    "domain_list",
+)
+# What a connection rule's nftables statement can express besides the remote end.
+_CONNECTION_PROCESS_KEYS = frozenset({"user"})
 
 
 class ProcessConditions(_Model):
@@ -149,12 +161,30 @@ class NetworkConditions(_Model):
         default=None,
         description="The process behaves like a peer-to-peer client (scored); other keys pick the socket.",
     )
+    domain: Domains | None = Field(
+        default=None,
+        description="Domain the remote end was resolved from (or the DNS query's name): exact or '*.suffix'.",
+    )
+    domain_list: Texts | None = Field(
+        default=None, description="Names of `domain_lists` of the policy; any of their domains matches."
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> NetworkConditions:
         if all(getattr(self, key) is None for key in _NETWORK_KEYS):
             raise ValueError(f"is empty; give at least one of {', '.join(_NETWORK_KEYS)}")
         return self
+
+    @property
+    def has_domains(self) -> bool:
+        return self.domain is not None or self.domain_list is not None
+
+    @property
+    def domain_only(self) -> bool:
+        """Only domain keys (and protocol/direction): the rule can be judged on a DNS query alone."""
+        return self.has_domains and all(
+            getattr(self, key) is None for key in ("remote_port", "remote_address", "local_port", "p2p")
+        )
 
     @property
     def has_connection_keys(self) -> bool:
@@ -181,6 +211,36 @@ class Rule(_Model):
     unless: ProcessConditions | None = Field(
         default=None, description="A process matching this is never matched."
     )
+    enforce: Enforce = Field(
+        default=Enforce.PROCESS,
+        description="process: stop the program (default); connection: refuse its connections (block rules).",
+    )
+
+    @model_validator(mode="after")
+    def _connection_enforcement(self) -> Rule:
+        if self.enforce is not Enforce.CONNECTION:
+            return self
+        if self.action is not RuleAction.BLOCK:
+            raise ValueError("`enforce: connection` is only for `action: block` rules")
+        net = self.network
+        if net is None or not (net.has_domains or net.remote_address or net.remote_port):
+            raise ValueError(
+                "`enforce: connection` needs `network` with domain, domain_list, remote_address "
+                "or remote_port"
+            )
+        if net.p2p is not None or net.local_port is not None:
+            raise ValueError("`enforce: connection` cannot use `p2p` or `local_port`")
+        if net.direction is not None and set(net.direction) != {Direction.OUTBOUND}:
+            raise ValueError(
+                "`enforce: connection` refuses outbound connections; direction may only be outbound"
+            )
+        extra = [k for k in _PROCESS_KEYS if self.process and getattr(self.process, k) is not None]
+        if any(k not in _CONNECTION_PROCESS_KEYS for k in extra) or self.unless is not None:
+            raise ValueError(
+                "`enforce: connection` is applied machine-wide or per user: `process` may only give `user`, "
+                "and `unless` is not allowed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _has_conditions(self) -> Rule:
@@ -235,6 +295,11 @@ class Policy(_Model):
     defaults: Defaults = Field(default_factory=Defaults)
     unapproved: Unapproved = Field(default_factory=Unapproved)
     rules: tuple[Rule, ...] = ()
+    domain_lists: dict[RuleId, Domains] = Field(
+        default_factory=dict,
+        description="Named domain lists (categories) for `network.domain_list`; a policy file may give "
+        "`{file: NAME}` instead of a list (resolved next to the policy when it is loaded or signed).",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Policy:
@@ -242,6 +307,29 @@ class Policy(_Model):
         if problems:
             raise PydanticCustomError("duplicate_rule_id", "; ".join(message for _, message in problems))
         return self
+
+    @model_validator(mode="after")
+    def _known_domain_lists(self) -> Policy:
+        for rule in self.rules:
+            for name in (rule.network.domain_list or ()) if rule.network else ():
+                if name not in self.domain_lists:
+                    known = ", ".join(sorted(self.domain_lists)) or "none"
+                    raise PydanticCustomError(
+                        "unknown_domain_list",
+                        "rule {rule}: network.domain_list {name} is not in domain_lists (known: {known})",
+                        {"rule": rule.id, "name": repr(name), "known": known},
+                    )
+        return self
+
+    def rule_domains(self, rule: Rule) -> tuple[str, ...]:
+        """Every domain pattern of a rule: its own and those of the lists it names."""
+        net = rule.network
+        if net is None:
+            return ()
+        out = list(net.domain or ())
+        for name in net.domain_list or ():
+            out.extend(self.domain_lists.get(name, ()))
+        return tuple(dict.fromkeys(out))
 
 
 def duplicate_rule_ids(ids: list[object]) -> list[tuple[int, str]]:
@@ -262,6 +350,7 @@ __all__ = [
     "DEFAULT_MESSAGE",
     "UNAPPROVED_RULE_ID",
     "Defaults",
+    "Enforce",
     "Mode",
     "NetworkConditions",
     "P2PConditions",

@@ -37,6 +37,8 @@ def describe_connection(conn: Connection) -> str:
         where = f"-> {conn.raddr}"
     else:
         where = f"{conn.laddr} -> {conn.raddr}"
+    if conn.domain:
+        where += f" [{conn.domain}]"
     return f"{where} ({conn.direction.value}, {conn.proto}){netns_suffix(conn)}"
 
 

@@ -166,3 +166,17 @@ def test_entries_loaded_from_the_store_suppress_duplicates_after_a_restart() -> 
     clock.advance(5)
     observed = after.observe(f, Outcome.REPORTED, 1)
     assert not observed.record and observed.entry.event_id == entry.event_id
+
+
+def test_connection_rules_never_signal_the_process() -> None:
+    from dataclasses import replace
+
+    from endpoint_agent.types import Enforce
+
+    decider = Decider(NameGuard("sshd"), Deduplicator(FakeClock()))
+    browser = replace(finding(proc(5, name="firefox"), rule="sites"), enforce=Enforce.CONNECTION)
+    protected = replace(finding(proc(6, name="sshd"), rule="sites"), enforce=Enforce.CONNECTION)
+    plans = {d.finding.process.pid: d.plan for d in decider.decide([browser, protected], ENFORCE)}
+    assert plans == {5: Plan.CONNECTION_BLOCKED, 6: Plan.CONNECTION_BLOCKED}
+    plans = {d.finding.process.pid: d.plan for d in decider.decide([browser], MONITOR)}
+    assert plans == {5: Plan.WOULD_BLOCK}

@@ -73,6 +73,7 @@ class CaseConnection(_Strict):
     raddr: str | None = None
     direction: Direction
     status: str | None = None
+    domain: str | None = None  # what the DNS filter learned the remote address from
 
     def to_connection(self) -> Connection:
         laddr, raddr = _endpoint(self.laddr), _endpoint(self.raddr)
@@ -82,7 +83,9 @@ class CaseConnection(_Strict):
         if self.proto == "udp" and self.status is None:
             status = "NONE"
         family = "ipv6" if ipaddress.ip_address(ip).version == 6 else "ipv4"
-        return Connection(self.pid, family, self.proto, laddr, raddr, status, self.direction)
+        return Connection(
+            self.pid, family, self.proto, laddr, raddr, status, self.direction, domain=self.domain
+        )
 
 
 class CaseSnapshot(_Strict):
