@@ -21,6 +21,7 @@ from endpoint_admin.durations import parse_duration
 from endpoint_admin.errors import AdminError, AdminInputError
 from endpoint_admin.keygen import write_keypair
 from endpoint_admin.output import FORMATS, write_hosts, write_table, write_violations
+from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, PolicySignatureError
 from endpoint_agent.policy import load_policy_file
 from endpoint_agent.sync.envelope import (
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_flags(p)
     p.add_argument("--since", help="ISO 8601 time or relative like 24h, 7d")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
+    add_version(parser, PROG)
     return parser
 
 

@@ -43,6 +43,7 @@ from endpoint_agent.enforce.notify import DesktopNotifier, LogOnlyNotifier, Noti
 from endpoint_agent.enforce.scope import make_guard
 from endpoint_agent.enforce.terminate import BlockAction, Enforcer, EnforceResult, PsutilEnforcer
 from endpoint_agent.errors import PolicyError, StoreError
+from endpoint_agent.logfmt import log_fields
 from endpoint_agent.report.store import NewEvent, SeenEntry, SeenKey, ViolationStore
 from endpoint_agent.settings import AgentSettings, load_settings
 from endpoint_agent.types import Finding, Outcome, Snapshot, Violation
@@ -205,6 +206,7 @@ class EnforceStage:
             proc.name,
             d.finding.rule_id,
             result.detail,
+            extra=log_fields(rule_id=d.finding.rule_id, pid=proc.pid, action=result.outcome.value),
         )
         return Acted(d, result.outcome, result.detail)
 
@@ -450,6 +452,7 @@ class Agent:
                 v.pid,
                 v.process_name,
                 v.rule_id,
+                extra=log_fields(rule_id=v.rule_id, pid=v.pid, event_id=v.event_id, action=v.action.value),
             )
         stops = sum(1 for a in acted if a.outcome in _STOPPED and a.decision.plan is Plan.STOP)
         self.stops_total += stops

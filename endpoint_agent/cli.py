@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from endpoint_agent import __version__
+from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError
 
 EXIT_OK = 0
@@ -22,31 +22,80 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    """Options of `run`, `status` and `violations` (each also ENDPOINT_AGENT_<NAME> and config file)."""
-    p.add_argument("--config", help="config file (YAML or TOML)")
+def _add_state_flags(p: argparse.ArgumentParser) -> None:
+    """What `status` and `violations` need to find the agent's state (the same settings as `run`)."""
+    p.add_argument("--config", help="config file (YAML or TOML); default: the system or user config file")
     p.add_argument("--state-dir", help="where the agent keeps its state (store, status, last good policy)")
-    p.add_argument("--server", help="policy/report server URL")
-    p.add_argument("--enroll-secret", help="enrollment secret for the server")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Options of `run` (each also ENDPOINT_AGENT_<NAME> and a config file key)."""
+    _add_state_flags(p)
+    p.add_argument("--server", help="policy/report server URL (https://; http:// only to this machine)")
+    p.add_argument(
+        "--enroll-secret",
+        help="enrollment secret (visible to every local user in ps: prefer --enroll-secret-file or the env)",
+    )
+    p.add_argument("--enroll-secret-file", help="file holding the enrollment secret on one line")
+    p.add_argument("--ca-bundle", help="PEM file of the CA(s) that sign the server's certificate")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="allow a plain http:// server that is not on this machine",
+    )
     p.add_argument(
         "--public-key", action="append", dest="public_keys", help="trusted policy-signing key (repeatable)"
     )
     p.add_argument("--fleet-id", help="fleet this agent belongs to")
     p.add_argument(
         "--scan-interval",
-        type=float,
-        help="seconds between full scans (default: 30 with process exec events, 5 without)",
+        help="seconds between full scans, or auto (default: 30 with process exec events, 5 without)",
     )
-    p.add_argument("--sync-interval", type=float, help="seconds between policy polls (default 60)")
-    p.add_argument("--upload-interval", type=float, help="seconds between uploads/heartbeats (default 60)")
+    p.add_argument("--sync-interval", help="seconds between policy polls (default 60)")
+    p.add_argument("--upload-interval", help="seconds between uploads/heartbeats (default 60)")
     p.add_argument("--policy", help="standalone mode: enforce this local policy file, no server")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
+def _add_remaining_settings(p: argparse.ArgumentParser) -> None:
+    """Every other setting is a flag too (`--block-action`, `--break-glass-file`, ...), generated from
+    the settings model so that a new setting needs no second definition here; its value is checked by
+    the model, with the flag named in the error."""
+    from endpoint_agent.settings import AgentSettings
+
+    # Flags declared above (or by another helper) keep their own help.
+    taken = set(p._option_string_actions) | {action.dest for action in p._actions}
+    for name, field in AgentSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in taken or name in taken or name in _INTERNAL_SETTINGS:
+            continue
+        help_text = f"{field.description or 'setting ' + name} (default: {_shown_default(field)})"
+        if field.annotation is bool:
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif name in _LIST_SETTINGS:
+            p.add_argument(flag, dest=name, action="append", help=help_text + "; repeatable")
+        else:
+            p.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+
+
+# Settings for tests and benchmarks only: config file or env, never advertised as a flag.
+_INTERNAL_SETTINGS = frozenset({"enforce_scope_pid"})
+_LIST_SETTINGS = frozenset({"protected_extra"})
+
+
+def _shown_default(field: object) -> str:
+    default = getattr(field, "default", None)
+    if getattr(field, "default_factory", None) is not None:
+        return "platform dependent"
+    return "auto" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="endpoint-agent", description="Endpoint usage policy agent.")
-    parser.add_argument("--version", action="version", version=f"endpoint-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     scan = sub.add_parser("scan", help="scan this machine once against a local policy file")
@@ -67,36 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--public-key", action="append", dest="public_keys", help="trusted signing key")
 
     run = sub.add_parser("run", help="run the agent service")
-    _add_settings_flags(run)
+    _add_run_flags(run)
+    _add_remaining_settings(run)
 
-    status = sub.add_parser("status", help="what the local agent is doing")
-    _add_settings_flags(status)
+    status = sub.add_parser(
+        "status",
+        help="what the local agent is doing (exit 0 running, 3 not running, 2 error)",
+        description="What the local agent is doing. Exit 0: running; 3: not running; 2: error.",
+    )
+    _add_state_flags(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     violations = sub.add_parser("violations", help="violations recorded on this machine")
-    _add_settings_flags(violations)
+    _add_state_flags(violations)
     violations.add_argument("--json", action="store_true", help="one JSON object per violation per line")
+    add_version(parser, "endpoint-agent")
     return parser
 
 
-_SETTINGS_KEYS = (
-    "config",
-    "state_dir",
-    "server",
-    "enroll_secret",
-    "public_keys",
-    "fleet_id",
-    "scan_interval",
-    "sync_interval",
-    "upload_interval",
-    "policy",
-    "log_format",
-    "log_level",
-)
+# argparse's own keys, which are not settings.
+_NOT_SETTINGS = frozenset({"command", "json"})
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {k: getattr(args, k) for k in _SETTINGS_KEYS if getattr(args, k, None) is not None}
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
 
 
 def _dispatch(args: argparse.Namespace) -> int:

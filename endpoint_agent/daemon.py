@@ -35,6 +35,7 @@ import psutil
 from endpoint_agent import __version__
 from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, build_agent
 from endpoint_agent.errors import AgentError, SettingsError
+from endpoint_agent.logfmt import JsonLineFormatter
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
 
@@ -51,21 +52,6 @@ class AlreadyRunning(AgentError):
 
 
 # -- logging ---------------------------------------------------------------------------------
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (+ exception with its traceback)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
 
 
 def configure_logging(settings: AgentSettings, stream: IO[str] | None = None) -> None:

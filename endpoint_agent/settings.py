@@ -12,8 +12,10 @@ directories. The config file is YAML or TOML (by extension), a flat mapping of t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import stat
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -23,7 +25,15 @@ from typing import Any, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from endpoint_agent.errors import SettingsError
 
@@ -34,6 +44,10 @@ _MAX_CONFIG_BYTES = 1 << 20
 
 # Other spellings of a key (the flag is repeatable `--public-key`, argparse stores it as `public_keys`).
 _ALIASES = {"public_key": "public_keys"}
+
+# Keys whose value is a secret: a config file holding one must not be readable by others.
+_SECRET_KEYS = frozenset({"enroll_secret"})
+_MAX_SECRET_FILE_BYTES = 4096
 
 # issue 7: full-scan intervals when `scan_interval` is auto (exec events make the scan a safety net).
 SCAN_INTERVAL_WITH_EVENTS = 30.0
@@ -67,6 +81,12 @@ class AgentSettings(BaseModel):
     config: Path | None = None
     server: str | None = None
     enroll_secret: SecretStr | None = None
+    # The secret read from a file (kept off command lines and out of shared config files).
+    enroll_secret_file: Path | None = None
+    # PEM bundle of the CA(s) that sign the server's certificate (an internal CA); default: system CAs.
+    ca_bundle: Path | None = None
+    # Allow plain http:// to a server that is not on this machine (node key and events in clear).
+    insecure_http: bool = False
     public_keys: tuple[Path, ...] = ()
     fleet_id: str | None = None
     state_dir: Path = Field(default_factory=lambda: default_dirs().state_dir)
@@ -116,6 +136,36 @@ class AgentSettings(BaseModel):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("enroll_secret_file") in (None, ""):
+            return data
+        if data.get("enroll_secret") not in (None, ""):
+            raise Conflict(("enroll_secret", "enroll_secret_file"), "give the secret one way only")
+        try:
+            secret = read_secret_file(Path(str(data["enroll_secret_file"])))
+        except ValueError as exc:
+            raise Conflict(("enroll_secret_file",), str(exc)) from exc
+        return {**data, "enroll_secret": secret}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentSettings:
+        if self.policy is not None and self.server is not None:
+            raise Conflict(
+                ("policy", "server"),
+                "standalone mode (a local policy file) and server mode exclude each other; remove one",
+            )
+        if self.server is not None and not self.insecure_http and not _secure_url(self.server):
+            raise Conflict(
+                ("server",),
+                "plain http:// to a server off this machine sends the node key and events in clear; "
+                "use https:// (--ca-bundle FILE for an internal CA), or pass --insecure-http",
+            )
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            raise Conflict(("ca_bundle",), f"{self.ca_bundle}: not found or not a regular file")
+        return self
+
     # -- event-driven reaction (issue 7) --
     @field_validator("scan_interval", mode="before")
     @classmethod
@@ -145,7 +195,7 @@ class AgentSettings(BaseModel):
             raise ValueError("entries must not be empty")
         return tuple(item.strip() for item in value)
 
-    @field_validator("state_dir", "policy", "break_glass_file", "config")
+    @field_validator("state_dir", "policy", "break_glass_file", "config", "enroll_secret_file", "ca_bundle")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None
@@ -171,7 +221,49 @@ class AgentSettings(BaseModel):
 
 _FIELDS = frozenset(AgentSettings.model_fields)
 _LIST_FIELDS = frozenset({"public_keys", "protected_extra"})
-_PATH_FIELDS = frozenset({"state_dir", "policy", "break_glass_file", "public_keys"})
+_PATH_FIELDS = frozenset(
+    {"state_dir", "policy", "break_glass_file", "public_keys", "enroll_secret_file", "ca_bundle"}
+)
+
+
+class Conflict(ValueError):
+    """Settings that are each valid but not together; `keys` are named with where each came from."""
+
+    def __init__(self, keys: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+def _secure_url(url: str) -> bool:
+    """https://, or http:// to this machine (loopback: nothing crosses a network)."""
+    if url.startswith("https://"):
+        return True
+    host = url.removeprefix("http://").split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.split(":", 1)[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in `path` (one line; surrounding whitespace and the final newline dropped)."""
+    try:
+        with path.expanduser().open("rb") as fh:
+            data = fh.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {_MAX_SECRET_FILE_BYTES} bytes; expected one line")
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text") from exc
+    if not secret or "\n" in secret:
+        raise ValueError(f"{path}: expected the secret on one line")
+    return secret
 
 
 def _canonical(key: str) -> str:
@@ -217,6 +309,7 @@ def _read_config_file(path: Path) -> dict[str, tuple[object, str]]:
         if not path.is_file():
             raise SettingsError(f"config file {path}: not found or not a regular file")
         data = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as exc:
         raise SettingsError(f"config file {path}: cannot read: {exc.strerror or exc}") from exc
     if len(data) > _MAX_CONFIG_BYTES:
@@ -241,6 +334,11 @@ def _read_config_file(path: Path) -> dict[str, tuple[object, str]]:
             raise SettingsError(f"config file {path}: key 'config' is not allowed in a config file")
         if key not in _FIELDS:
             raise SettingsError(f"config file {path}: unknown key {raw_key!r}")
+        if key in _SECRET_KEYS and mode & 0o077 and sys.platform != "win32":
+            raise SettingsError(
+                f"config file {path}: holds {raw_key} but its mode is {mode:04o}; "
+                f"make it readable by its owner only (chmod 600 {path})"
+            )
         out[key] = (_relative_to(path.parent, key, value), f"{source}, key {raw_key}")
     return out
 
@@ -300,6 +398,12 @@ def load_settings(
 def _describe(exc: ValidationError, merged: Mapping[str, tuple[object, str]]) -> str:
     parts = []
     for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, Conflict):
+            named = ", ".join(f"{key} ({merged[key][1]})" if key in merged else key for key in cause.keys)
+            label = "conflicting settings" if len(cause.keys) > 1 else "invalid setting"
+            parts.append(f"{label} {named}: {cause}")
+            continue
         loc = error.get("loc") or ()
         key = str(loc[0]) if loc else ""
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")

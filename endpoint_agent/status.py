@@ -3,7 +3,8 @@
 The running service rewrites status.json after every scan; this command only reads it (and the
 store's queue counts, when it may), so it works while the agent runs and after it stopped.
 "Running" means the PID in the file is alive *and* is the same process (same start time).
-Exit 0 whenever a status could be determined, running or not; 2 when the state is unreadable.
+Exit 0 when the agent runs, 3 when it does not (so `endpoint-agent status` is a health check; 3 is
+"not running" for LSB init scripts and `systemctl status` too), 2 when the state is unreadable.
 """
 
 from __future__ import annotations
@@ -65,15 +66,19 @@ def collect_status(settings: AgentSettings) -> dict[str, Any]:
     return out
 
 
+EXIT_RUNNING = 0
+EXIT_NOT_RUNNING = 3
+
+
 def show_status(settings: AgentSettings, as_json: bool, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     data = collect_status(settings)
     if as_json:
         out.write(json.dumps(data, sort_keys=True) + "\n")
-        return 0
-    for line in _human(data):
-        print(line, file=out)
-    return 0
+    else:
+        for line in _human(data):
+            print(line, file=out)
+    return EXIT_RUNNING if data["running"] else EXIT_NOT_RUNNING
 
 
 def _human(d: dict[str, Any]) -> list[str]:

@@ -1,5 +1,8 @@
 """`endpoint-server serve`: argument parsing and start-up only.
 
+TLS: `--tls-cert FILE --tls-key FILE` (PEM) serve https directly; without them, serve plain http
+on loopback only and put a TLS reverse proxy in front (packaging/README.md).
+
 Secrets come from the environment (ENDPOINT_SERVER_ADMIN_TOKEN, ENDPOINT_SERVER_READER_TOKEN,
 ENDPOINT_SERVER_ENROLL_SECRET) or from flags of the same names (--admin-token, --reader-token,
 --enroll-secret); flags win. Prefer the environment: flags are visible to every local user in ps.
@@ -10,12 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, SettingsError
+from endpoint_agent.logfmt import JsonLineFormatter
 from endpoint_agent.sync.envelope import load_public_key
 from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
 
@@ -49,7 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", type=float, default=20.0, help="requests per second per credential (20)")
     p.add_argument("--rate-burst", type=int, default=100, help="burst size of the rate limit (100)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line, with fields",
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve https with")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    add_version(parser, PROG)
     return parser
+
+
+# Modules of the [server] extra: their absence is an installation choice, told in one line.
+_SERVER_EXTRA = frozenset({"fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "prometheus_client"})
+EXTRA_HINT = f"{PROG} needs the [server] extra: pip install 'endpoint-agent[server]'"
+
+
+def _tls_files(args: argparse.Namespace) -> dict[str, str]:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key: give both or neither")
+    if args.tls_cert is None:
+        return {}
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not path.is_file():
+            raise SettingsError(f"{flag}: {path}: not found or not a regular file")
+    try:  # a bad pair fails here, in one line, not in uvicorn's start-up traceback
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"--tls-cert/--tls-key: cannot load the certificate and key: {exc}") from exc
+    return {"ssl_certfile": str(args.tls_cert), "ssl_keyfile": str(args.tls_key)}
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -78,12 +124,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args.log_level, args.log_format)
     try:
+        tls = _tls_files(args)
         # Imported here so that `--help` and flag errors do not pay for FastAPI.
         import uvicorn
 
@@ -93,13 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_EXTRA:
+            raise
+        print(f"{EXTRA_HINT} (missing: {exc.name})", file=sys.stderr)
+        return 2
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # keep the handler configured above (text or JSON lines)
         server_header=False,
         proxy_headers=False,  # per-address rate limits must not trust X-Forwarded-For
         date_header=True,
+        **tls,  # type: ignore[arg-type]
     )
     return 0

@@ -23,16 +23,19 @@ import json
 import logging
 import math
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
 
 from endpoint_agent import __version__
 from endpoint_agent.clock import Clock, SystemClock
-from endpoint_agent.errors import ServerRejected, ServerUnavailable
+from endpoint_agent.errors import ServerRejected, ServerUnavailable, SettingsError
+from endpoint_agent.logfmt import set_log_context
 from endpoint_agent.sync.envelope import MAX_ENVELOPE_BYTES
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile
 
@@ -109,6 +112,17 @@ def _error_message(response: httpx.Response, body: bytes) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Certificates checked against the system's CAs, or only against `ca_bundle` (an internal CA)."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise SettingsError(
+            f"invalid setting ca_bundle: {ca_bundle}: not a usable PEM bundle: {reason}"
+        ) from exc
+
+
 class HttpServerClient:
     def __init__(
         self,
@@ -121,6 +135,7 @@ class HttpServerClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         self._enrollment = enrollment
         self._enroll_secret = enroll_secret
@@ -134,6 +149,7 @@ class HttpServerClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,  # a redirect could carry the node key elsewhere
+            verify=tls_context(ca_bundle),
         )
 
     def __enter__(self) -> HttpServerClient:
@@ -217,7 +233,9 @@ class HttpServerClient:
     def _current_key(self) -> Enrollment:
         with self._enroll_lock:
             current = self._enrollment.load()
-            return current if current is not None else self.enroll()
+            current = current if current is not None else self.enroll()
+        set_log_context(host_id=current.host_id)  # every later log line names this host
+        return current
 
     def _reenroll(self, rejected: Enrollment) -> Enrollment:
         with self._enroll_lock:

@@ -137,7 +137,7 @@ def build_policy_sync(
     if not secret and enrollment.load() is None:
         raise SettingsError(
             "invalid setting enroll_secret: needed to enroll with the server "
-            "(--enroll-secret, or ENDPOINT_AGENT_ENROLL_SECRET)"
+            "(--enroll-secret-file FILE, or ENDPOINT_AGENT_ENROLL_SECRET)"
         )
     state_dir = settings.state_dir
     client = HttpServerClient(
@@ -146,6 +146,7 @@ def build_policy_sync(
         enroll_secret=secret,
         machine_id=lambda: machine_id(state_dir, system_machine_id),
         clock=clock,
+        ca_bundle=settings.ca_bundle,
     )
     if snapshot is None:
         from endpoint_agent.collect import Collector
