@@ -37,7 +37,7 @@ from endpoint_agent.decide import (
     resolve_mode,
 )
 from endpoint_agent.enforce.breakglass import BreakGlass, BreakGlassState
-from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState
+from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState, StopTarget
 from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.enforce.notify import DesktopNotifier, LogOnlyNotifier, Notification, Notifier
 from endpoint_agent.enforce.scope import make_guard
@@ -169,7 +169,6 @@ class EnforceStage:
     enforcer: Enforcer
     circuit: CircuitBreaker
     block_action: BlockAction = BlockAction.TERMINATE
-    trips: list[dict[str, object]] = field(default_factory=list)  # circuit_open events to record
 
     def act(self, decisions: Sequence[Decision], policy_version: int) -> list[Acted]:
         return [self._act(d, policy_version) for d in decisions]
@@ -180,12 +179,10 @@ class EnforceStage:
         if d.plan is Plan.ALREADY_STOPPED:
             assert d.previous is not None
             return Acted(d, d.previous.outcome, "already stopped")
-        admission = self.circuit.admit(policy_version)
-        if admission is not Admission.ALLOWED:
-            if admission is Admission.TRIPPED:
-                self._tripped(policy_version)
-            return Acted(d, Outcome.WOULD_BLOCK, "circuit breaker open: monitor mode")
         proc = d.finding.process
+        target = StopTarget.of(d.finding.rule_id, proc)  # breadth, not count (enforce/circuit.py)
+        if self.circuit.admit(policy_version, target) is not Admission.ALLOWED:
+            return Acted(d, Outcome.WOULD_BLOCK, "circuit breaker open: monitor mode")
         try:
             if self.block_action is BlockAction.SUSPEND:
                 result = self.enforcer.suspend(proc)
@@ -195,7 +192,7 @@ class EnforceStage:
             logger.exception("stopping pid %d failed unexpectedly", proc.pid)
             result = EnforceResult(Outcome.KILL_FAILED, f"internal error: {type(exc).__name__}")
         if result.outcome in _STOPPED:
-            self.circuit.record_stop(policy_version)
+            self.circuit.record_stop(policy_version, target)
         log = logger.warning if result.outcome in _STOPPED else logger.error
         if result.outcome is Outcome.PROTECTED:
             log = logger.info
@@ -209,28 +206,6 @@ class EnforceStage:
             extra=log_fields(rule_id=d.finding.rule_id, pid=proc.pid, action=result.outcome.value),
         )
         return Acted(d, result.outcome, result.detail)
-
-    def _tripped(self, policy_version: int) -> None:
-        state = self.circuit.state
-        reason = (
-            f"stopping more than {self.circuit.max_kills} processes within {self.circuit.window_seconds:g}s"
-            f" was refused; monitor mode for policy version {policy_version}"
-        )
-        logger.error("kill-rate circuit breaker OPEN: %s", reason)
-        # Same wire shape as every agent event (server_stub/API.md): `type` and `detail`.
-        self.trips.append(
-            {
-                "type": "circuit_open",
-                "policy_version": policy_version,
-                "detail": {
-                    "reason": reason,
-                    "max_kills": self.circuit.max_kills,
-                    "window_seconds": self.circuit.window_seconds,
-                    "stops_in_window": len(state.kills),
-                    "opened_at": _iso(state.opened_at) if state.opened_at else None,
-                },
-            }
-        )
 
 
 def _iso(when: datetime) -> str:
@@ -427,7 +402,6 @@ class Agent:
         if policy.monitor_reason is not None and mode.mode is Mode.ENFORCE:
             mode = ModeDecision(Mode.MONITOR, policy.monitor_reason)
         decisions = self._decider.decide(findings, mode)
-        self._stage.trips.clear()
         acted = self._stage.act(decisions, policy.version)
         _notify_stopped(self._notifier, acted)
 
@@ -436,7 +410,7 @@ class Agent:
             observation = self._dedup.observe(a.decision.finding, a.outcome, policy.version)
             if observation.record:
                 violations.append(violation_for(a, observation.entry, policy.version, now))
-        agent_events = [self._agent_event(trip, now) for trip in self._stage.trips]
+        agent_events = [self._agent_event(t, now) for t in self._circuit.take_transitions()]  # open/closed
         # -- event-driven reaction (issue 7): a partial snapshot adds to the live set, never prunes it --
         if partial:
             self._add_live(snapshot)

@@ -52,7 +52,7 @@ def resolve_mode(
     if break_glass:
         return ModeDecision(Mode.MONITOR, "break-glass file present")
     if circuit_open:
-        return ModeDecision(Mode.MONITOR, "kill-rate circuit breaker open for this policy version")
+        return ModeDecision(Mode.MONITOR, "circuit breaker open: too many distinct programs stopped")
     if not enforce_allowed:
         return ModeDecision(Mode.MONITOR, "enforcement not enabled")
     if str(policy_mode) != Mode.ENFORCE.value:

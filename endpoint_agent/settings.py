@@ -113,7 +113,7 @@ class AgentSettings(BaseModel):
     kill_grace_seconds: float = Field(3.0, ge=0, le=60)
     kill_tree: bool = False
     block_action: Literal["terminate", "suspend"] = "terminate"
-    circuit_max_kills: int = Field(5, ge=1, le=10_000)
+    circuit_max_kills: int = Field(5, ge=1, le=10_000)  # distinct targets per window (enforce/circuit.py)
     circuit_window_seconds: float = Field(600.0, gt=0, le=7 * 86400)
     # Policy sync (issue 4): a new policy that would stop more than this share of the running
     # processes (or any protected one) is activated in monitor mode only.

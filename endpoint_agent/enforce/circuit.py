@@ -1,35 +1,95 @@
-"""Kill-rate circuit breaker (DESIGN.md invariant 2).
+"""Circuit breaker against a bad policy (not against a busy user).
 
-A bad policy that starts killing everything must not take a fleet down. The breaker allows at
-most `max_kills` stops (kills or suspensions) within any `window_seconds`; the attempt that would
-exceed it is refused and *opens* the circuit: the agent drops to monitor mode for the rest of
-that policy version (block findings are recorded as `would_block`) and reports a `circuit_open`
-agent event. A new policy version closes it again: the fix for a bad policy is a new version.
+A policy that starts stopping everything must not take a fleet down, but a user who keeps
+restarting one blocked client must not be able to switch enforcement off for everyone either.
+So the breaker measures *breadth*, not the number of stops:
 
-The state is a plain record so the agent can persist it and survive a restart (a crash-looping
-agent must not get a fresh budget of kills on every start).
+* Every stop has a `StopTarget`: the rule, the user, and the program -- where the program is
+  something that user cannot mint. An unprivileged user's own files (copies, renames, symlinks
+  to anything) are one target per rule and user; a system package's binary run under its own
+  name is a target of its own; a system account's program (root, daemons) is a target of its
+  own and weighs double, because stopping those is what a bad policy does and what no
+  unprivileged user can cause.
+* Stopping a target already stopped in the window is always admitted: that is enforcement
+  working, however often it happens.
+* A stop that would take the summed weight of distinct targets in the window past `max_kills`
+  is refused and *opens* the circuit: the agent drops to monitor mode (block findings are
+  recorded as `would_block`) and reports `circuit_open` with the targets that tripped it.
+* The circuit *closes* again `window_seconds` after it opened (also across restarts, from the
+  persisted `opened_at`), or when a new policy version arrives, and reports `circuit_closed`.
+
+Transitions are collected as agent events (`take_transitions()`); the caller records them
+with the state (`state.to_json()`), so a crash-looping agent keeps its window and its budget.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from endpoint_agent.clock import Clock
+from endpoint_agent.types import ProcessInfo
+
+logger = logging.getLogger(__name__)
+
+# Accounts below this are system accounts (login.defs UID_MIN on Linux; 501 on macOS).
+FIRST_USER_UID = 501 if sys.platform == "darwin" else 1000
+NOBODY_UIDS = frozenset({65534, 4294967294})  # nobody (and nfsnobody): anyone can run as it
+SYSTEM_WEIGHT = 2
+_MAX_TARGETS_LISTED = 16
+_MAX_STOPS_KEPT = 1000  # for the status's count only; a flood of one target must not grow the state
 
 
 class Admission(StrEnum):
     ALLOWED = "allowed"
-    TRIPPED = "tripped"  # this attempt opened the circuit (report it once)
+    TRIPPED = "tripped"  # this attempt opened the circuit (reported once)
     OPEN = "open"  # the circuit was already open
+
+
+@dataclass(frozen=True, slots=True)
+class StopTarget:
+    """What a stop counts as: (rule, user, program) with the program only where a user cannot forge it."""
+
+    rule_id: str
+    uid: int | None
+    program: str  # "" for "whatever this user runs from their own files"
+    weight: int = 1
+
+    @classmethod
+    def of(cls, rule_id: str, process: ProcessInfo) -> StopTarget:
+        uid = process.uid
+        program = process.exe or process.name
+        if uid is None or (uid < FIRST_USER_UID and uid not in NOBODY_UIDS):
+            return cls(rule_id, uid, program, SYSTEM_WEIGHT)  # protected-adjacent: a system account
+        exe = process.exe or ""
+        if process.package and _basename(exe) == process.name:
+            return cls(rule_id, uid, exe)  # an installed program, under its own name
+        return cls(rule_id, uid, "")  # the user's own files: one target however many copies
+
+    @property
+    def key(self) -> tuple[str, int | None, str]:
+        return (self.rule_id, self.uid, self.program)
+
+    def to_json(self) -> dict[str, object]:
+        program = self.program or None
+        return {"rule_id": self.rule_id, "uid": self.uid, "program": program, "weight": self.weight}
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
 class CircuitState:
     policy_version: int | None = None
     opened_at: datetime | None = None
-    kills: tuple[datetime, ...] = field(default=())
+    # Distinct targets stopped, with when each was last stopped (bounded: the circuit opens
+    # before there are more than max_kills of them in a window).
+    targets: tuple[tuple[StopTarget, datetime], ...] = field(default=())
+    stops: tuple[datetime, ...] = field(default=())  # every stop in the window, for status
 
     @property
     def is_open(self) -> bool:
@@ -39,7 +99,8 @@ class CircuitState:
         return {
             "policy_version": self.policy_version,
             "opened_at": self.opened_at.isoformat() if self.opened_at else None,
-            "kills": [k.isoformat() for k in self.kills],
+            "targets": [{**t.to_json(), "at": at.isoformat()} for t, at in self.targets],
+            "stops": [s.isoformat() for s in self.stops],
         }
 
     @classmethod
@@ -50,13 +111,21 @@ class CircuitState:
         try:
             version = data.get("policy_version")
             opened = data.get("opened_at")
-            kills = data.get("kills") or []
+            targets = []
+            for t in data.get("targets") or []:
+                uid = t.get("uid")
+                target = StopTarget(
+                    str(t["rule_id"]), int(uid) if uid is not None else None, str(t.get("program") or ""),
+                    int(t.get("weight") or 1),
+                )  # fmt: skip
+                targets.append((target, datetime.fromisoformat(t["at"])))
             return cls(
                 policy_version=int(version) if version is not None else None,
                 opened_at=datetime.fromisoformat(opened) if isinstance(opened, str) else None,
-                kills=tuple(datetime.fromisoformat(k) for k in kills if isinstance(k, str)),
+                targets=tuple(targets),
+                stops=tuple(datetime.fromisoformat(s) for s in data.get("stops") or [] if isinstance(s, str)),
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError, AttributeError):
             return cls()
 
 
@@ -75,6 +144,11 @@ class CircuitBreaker:
         self._max = max_kills
         self._window = timedelta(seconds=window_seconds)
         self._state = state or CircuitState()
+        self._transitions: list[dict[str, object]] = []
+        now = clock.now()
+        if self._state.opened_at is not None and self._state.opened_at > now:
+            # Opened "in the future" (the clock was set back): the window counts from now.
+            self._state = replace(self._state, opened_at=now)
 
     @property
     def state(self) -> CircuitState:
@@ -93,32 +167,102 @@ class CircuitBreaker:
         return self._state.is_open
 
     def kills_in_window(self) -> int:
-        return len(self._recent())
+        cutoff = self._clock.now() - self._window
+        return sum(1 for s in self._state.stops if s > cutoff)
 
-    def admit(self, policy_version: int) -> Admission:
+    def breadth(self) -> int:
+        return sum(t.weight for t, _ in self._recent_targets())
+
+    def admit(self, policy_version: int, target: StopTarget) -> Admission:
         """Ask before each stop; call `record_stop` after one succeeded."""
         self._follow(policy_version)
         if self._state.is_open:
             return Admission.OPEN
-        recent = self._recent()
-        if len(recent) >= self._max:
-            self._state = replace(self._state, opened_at=self._clock.now(), kills=recent)
+        recent = self._recent_targets()
+        if any(t.key == target.key for t, _ in recent):
+            return Admission.ALLOWED  # the same target again: enforcement working
+        if sum(t.weight for t, _ in recent) + target.weight > self._max:
+            self._open(policy_version, recent, target)
             return Admission.TRIPPED
-        self._state = replace(self._state, kills=recent)
         return Admission.ALLOWED
 
-    def record_stop(self, policy_version: int) -> None:
+    def record_stop(self, policy_version: int, target: StopTarget) -> None:
         self._follow(policy_version)
-        self._state = replace(self._state, kills=(*self._recent(), self._clock.now()))
+        now = self._clock.now()
+        targets = [(t, at) for t, at in self._recent_targets() if t.key != target.key]
+        cutoff = now - self._window
+        stops = tuple(s for s in self._state.stops if s > cutoff)[-(_MAX_STOPS_KEPT - 1) :]
+        self._state = replace(self._state, targets=(*targets, (target, now)), stops=(*stops, now))
 
-    def _recent(self) -> tuple[datetime, ...]:
-        cutoff = self._clock.now() - self._window
-        return tuple(k for k in self._state.kills if k > cutoff)
+    def take_transitions(self) -> list[dict[str, object]]:
+        """Agent events (`type` + `detail`, the wire shape): openings and closings since the last call."""
+        out, self._transitions = self._transitions, []
+        return out
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _open(self, version: int, recent: list[tuple[StopTarget, datetime]], refused: StopTarget) -> None:
+        now = self._clock.now()
+        self._state = replace(self._state, opened_at=now, targets=tuple(recent))
+        breadth = sum(t.weight for t, _ in recent) + refused.weight
+        reason = (
+            f"stopping {len(recent) + 1} distinct targets (breadth {breadth}) "
+            f"within {self.window_seconds:g}s exceeds {self._max}; "
+            f"monitor mode for policy version {version} until {_iso(now + self._window)}"
+        )
+        logger.error("circuit breaker OPEN: %s", reason)
+        listed = [t.to_json() for t, _ in recent[-_MAX_TARGETS_LISTED:]] + [refused.to_json()]
+        self._transitions.append(
+            {
+                "type": "circuit_open",
+                "policy_version": version,
+                "detail": {
+                    "reason": reason,
+                    "max_kills": self._max,
+                    "window_seconds": self.window_seconds,
+                    "breadth": breadth,
+                    "stops_in_window": self.kills_in_window(),
+                    "targets": listed,
+                    "opened_at": _iso(now),
+                    "closes_at": _iso(now + self._window),
+                },
+            }
+        )
+
+    def _close(self, version: int | None, reason: str) -> None:
+        opened = self._state.opened_at
+        logger.warning("circuit breaker closed: %s", reason)
+        self._transitions.append(
+            {
+                "type": "circuit_closed",
+                "policy_version": version,
+                "detail": {
+                    "reason": reason,
+                    "opened_at": _iso(opened) if opened else None,
+                    "closed_at": _iso(self._clock.now()),
+                },
+            }
+        )
 
     def _follow(self, policy_version: int) -> None:
-        # A new policy version starts closed with an empty window.
-        if self._state.policy_version != policy_version:
+        state = self._state
+        if state.policy_version != policy_version:
+            # A new policy version starts closed with an empty window.
+            if state.is_open:
+                self._close(state.policy_version, f"policy version {policy_version} replaced the tripped one")
             self._state = CircuitState(policy_version=policy_version)
+            return
+        if state.opened_at is not None and self._clock.now() - state.opened_at >= self._window:
+            self._close(policy_version, f"{self.window_seconds:g}s passed since it opened")
+            self._state = CircuitState(policy_version=policy_version)  # a fresh window
+
+    def _recent_targets(self) -> list[tuple[StopTarget, datetime]]:
+        cutoff = self._clock.now() - self._window
+        return [(t, at) for t, at in self._state.targets if at > cutoff]
 
 
-__all__ = ["Admission", "CircuitBreaker", "CircuitState"]
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+__all__ = ["Admission", "CircuitBreaker", "CircuitState", "StopTarget"]

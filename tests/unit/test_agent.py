@@ -5,6 +5,7 @@ Processes here are records only (PIDs above any real pid_max), so nothing can be
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -162,8 +163,13 @@ def test_a_protected_process_is_recorded_not_signalled(tmp_path: Path) -> None:
     )
 
 
+def installed(n: int, name: str) -> ProcessInfo:
+    """A distinct installed program (breadth for the circuit breaker), not a user's copy."""
+    return dataclasses.replace(proc(n, name), package=f"{name}-pkg")
+
+
 def test_circuit_breaker_drops_to_monitor_and_keeps_running(tmp_path: Path) -> None:
-    static = Static(active(), [proc(i, f"qbittorrent-{i}") for i in range(7)])
+    static = Static(active(), [installed(i, f"qbittorrent-{i}") for i in range(7)])
     rig = Rig(tmp_path, static, max_kills=5)
     first = rig.agent.tick()
     assert len(rig.enforcer.calls) == 5  # exactly the threshold, then the circuit opens
@@ -173,7 +179,7 @@ def test_circuit_breaker_drops_to_monitor_and_keeps_running(tmp_path: Path) -> N
     [event] = rig.store.events(kind="agent")
     assert event.payload["kind"] == "agent" and event.payload["policy_version"] == 1
 
-    static.processes = [proc(i, f"qbittorrent-{i}") for i in range(10, 13)]
+    static.processes = [installed(i, f"qbittorrent-{i}") for i in range(10, 13)]
     second = rig.agent.tick()  # still running, in monitor mode, still reporting
     assert second.mode is not None and second.mode.mode is Mode.MONITOR
     assert second.agent_events == ()  # reported once
@@ -185,8 +191,34 @@ def test_circuit_breaker_drops_to_monitor_and_keeps_running(tmp_path: Path) -> N
 
     static.policy = active(version=2)  # a new policy version closes it
     static.processes = [proc(20, "qbittorrent-20")]
-    assert restarted.tick().mode.mode is Mode.ENFORCE  # type: ignore[union-attr]
+    third = restarted.tick()
+    assert third.mode is not None and third.mode.mode is Mode.ENFORCE
+    assert [e["type"] for e in third.agent_events] == ["circuit_closed"]
     assert rig.enforcer.pids[-1] == FAKE_PID + 20
+
+
+def test_one_users_flood_of_one_blocked_client_is_enforcement_not_a_bad_policy(tmp_path: Path) -> None:
+    static = Static(active(), [])
+    rig = Rig(tmp_path, static, max_kills=5)
+    for i in range(12):  # a new copy every scan, under a name the glob rule matches
+        static.processes = [proc(i, f"qbittorrent-copy{i}")]
+        result = rig.agent.tick()
+        assert result.mode is not None and result.mode.mode is Mode.ENFORCE
+        rig.clock.advance(1.5)
+    assert len(rig.enforcer.calls) == 12 and rig.store.events(kind="agent") == []
+
+
+def test_the_circuit_closes_after_its_window_and_both_transitions_are_recorded(tmp_path: Path) -> None:
+    static = Static(active(), [installed(i, f"qbittorrent-{i}") for i in range(3)])
+    rig = Rig(tmp_path, static, max_kills=2)
+    assert rig.agent.tick().agent_events[0]["type"] == "circuit_open"
+    rig.clock.advance(600)
+    restarted = rig.make(2)  # across a restart too: the persisted state does not keep monitor mode
+    static.processes = [installed(5, "qbittorrent-5")]
+    result = restarted.tick()
+    assert result.mode is not None and result.mode.mode is Mode.ENFORCE
+    assert [e["type"] for e in result.agent_events] == ["circuit_closed"]
+    assert [e.payload["type"] for e in rig.store.events(kind="agent")] == ["circuit_open", "circuit_closed"]
 
 
 def test_no_duplicate_after_a_restart(tmp_path: Path) -> None:
