@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "reaction": "bench.reaction",
     "memory": "bench.memory",
     "exec_cost": "bench.exec_cost",
+    "exec_storm": "bench.exec_storm",
 }
 DEFAULT = ("scan", "footprint", "reaction", "memory")
 

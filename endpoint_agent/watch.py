@@ -2,10 +2,15 @@
 
 `ExecWatcher` runs one thread that reads the kernel's process events (collect.proc_events):
 
-* exec -> the new program is checked at once (a snapshot of just that process, through the
-  agent's own pipeline: evaluate, decide, enforce, record -- the same safety rails, dedup and
-  store as a scan), and again after each of `rechecks` (0.25 s and 1 s by default), when its
-  first connections exist; a re-check is skipped once the process has exited. Re-checks fall
+* exec -> first a triage (endpoint_agent.exec_triage): the binary is identified in three small
+  reads and the policy's answer for it is cached, so a process no rule can match (nearly every
+  exec of a build) costs no more, and one already gone costs nothing further. The others are
+  checked at once (a snapshot of just that process, through the agent's own pipeline:
+  evaluate, decide, enforce, record -- the same safety rails, dedup and store as a scan), and,
+  if a network or P2P rule could match them, again after each of `rechecks` (0.25 s and 1 s by
+  default), when its first connections exist; a process only such rules could match is passed
+  to the pipeline only once it holds a socket. A re-check is skipped once the process has exited.
+* a process renaming itself is triaged again, like an exec. Re-checks fall
   on a grid of `recheck_slot` (50 ms): the re-checks of execs that arrived within one slot
   run together, one pipeline run for a whole burst (a build starts hundreds a second).
 * exit -> what the collector caches about the process is dropped at once.
@@ -14,7 +19,9 @@
 * the event source failing at run time -> the watcher falls back to polling (a full scan
   every `poll_seconds`) and tries to reopen the source every `reopen_seconds`.
 
-Execs that arrive together are checked together (one snapshot for the batch). The queue of
+Events are read in batches: while they keep coming, at most every `batch_seconds`, so a storm
+of execs costs a wake-up per batch, not per event. Execs that arrive together are triaged and
+checked together (one snapshot for the batch). The queue of
 pending checks is bounded (`max_pending`); past it, the checks are dropped for one full scan.
 Every callback failure is logged with its traceback and the loop goes on.
 
@@ -25,18 +32,28 @@ Every callback failure is logged with its traceback and the loop goes on.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from endpoint_agent.collect.proc_events import Event, ExecEvent, ExitEvent, Overrun, open_event_source
+from endpoint_agent.collect.exec_identity import holds_socket
+from endpoint_agent.collect.proc_events import (
+    CommEvent,
+    Event,
+    ExecEvent,
+    ExitEvent,
+    Overrun,
+    open_event_source,
+)
 from endpoint_agent.errors import AgentError
+from endpoint_agent.exec_triage import Verdict
 
 if TYPE_CHECKING:
     from endpoint_agent.agent import Agent
@@ -47,6 +64,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RECHECKS: tuple[float, ...] = (0.25, 1.0)
 DEFAULT_MAX_PENDING = 4096
 DEFAULT_RECHECK_SLOT = 0.05
+DEFAULT_BATCH_SECONDS = 0.01  # events are read at most this often while they keep coming
 
 
 class EventSource(Protocol):
@@ -61,15 +79,18 @@ class EventSource(Protocol):
 
 
 SourceOpener = Callable[[], "EventSource | None"]
+Triage = Callable[[Sequence[int]], Mapping[int, Verdict]]
 
 
 @dataclass
 class WatchStats:
     execs: int = 0
+    renames: int = 0
     exits: int = 0
     overruns: int = 0
     checks: int = 0  # fast-path runs (each covers a batch of processes)
     processes_checked: int = 0
+    probes: int = 0  # socket probes of processes only network/P2P rules could match
     rescans: int = 0
     dropped_checks: int = 0  # pending checks dropped for a full scan (queue over its bound)
     failures: int = 0  # callbacks that raised
@@ -86,6 +107,7 @@ class _Check:
     pid: int = field(compare=False)
     generation: int = field(compare=False)
     last: bool = field(compare=False)  # the final re-check of this exec
+    probe: bool = field(compare=False, default=False)  # checked only if it holds a socket by then
 
 
 class ExecWatcher:
@@ -96,6 +118,9 @@ class ExecWatcher:
         react: Callable[[Sequence[int]], object],
         rescan: Callable[[], object],
         forget: Callable[[int], object] = lambda pid: None,
+        triage: Triage | None = None,
+        probe: Callable[[int], bool] = holds_socket,
+        renamed: Callable[[int], object] = lambda pid: None,
         reopen: SourceOpener | None = None,
         rechecks: Sequence[float] = DEFAULT_RECHECKS,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -103,14 +128,18 @@ class ExecWatcher:
         min_rescan_seconds: float = 1.0,
         poll_seconds: float = 5.0,
         reopen_seconds: float = 60.0,
+        batch_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if any(d <= 0 for d in rechecks) or max_pending < 1 or recheck_slot < 0:
-            raise ValueError("rechecks must be > 0, max_pending >= 1 and recheck_slot >= 0")
+        if any(d <= 0 for d in rechecks) or max_pending < 1 or recheck_slot < 0 or batch_seconds < 0:
+            raise ValueError("rechecks must be > 0, max_pending >= 1, recheck_slot and batch_seconds >= 0")
         self._source: EventSource | None = source
         self._react = react
         self._rescan = rescan
         self._forget = forget
+        self._triage = triage
+        self._probe = probe
+        self._renamed = renamed
         self._reopen = reopen
         self._rechecks = tuple(sorted(rechecks))
         self._max_pending = max_pending
@@ -118,6 +147,8 @@ class ExecWatcher:
         self._min_rescan = min_rescan_seconds
         self._poll = poll_seconds
         self._reopen_every = reopen_seconds
+        self._batch = batch_seconds
+        self._last_events = -float("inf")
         self._clock = clock
         self._queue: list[_Check] = []
         self._generation: dict[int, int] = {}  # pid -> its current exec; older checks are stale
@@ -168,11 +199,15 @@ class ExecWatcher:
                 logger.error("exec watcher did not stop within %.0fs", timeout)
 
     def status(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "mode": "events" if self.events_live else "polling",
             "pending_checks": len(self._queue),
             **self.stats.to_json(),
         }
+        stats = getattr(self._triage, "stats", None)
+        if stats is not None:
+            out["triage"] = stats.to_json()  # what the per-binary answers spared
+        return out
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -191,27 +226,43 @@ class ExecWatcher:
         if source is None or source.closed:
             self._degraded(max_wait)
             return
+        self._pace(max_wait)
         timeout = self._next_timeout(max_wait)
         try:
             events = source.wait(timeout)
         except AgentError as exc:
             self._source_failed(source, exc)
             return
+        if events:
+            self._last_events = self._clock()
         self.handle(events)
         self.run_due()
 
     def handle(self, events: Iterable[Event]) -> None:
         now = self._clock()
+        started: list[int] = []
         for event in events:
             if isinstance(event, ExecEvent):
-                self._schedule(event.tgid, now)
+                self.stats.execs += 1
+                self._generation[event.tgid] = self._generation.get(event.tgid, 0) + 1
+                started.append(event.tgid)
             elif isinstance(event, ExitEvent):
                 if not event.is_thread:
                     self._exited(event.pid)
+            elif isinstance(event, CommEvent):
+                if not event.is_thread:  # a process renamed itself: judged again under its new name
+                    self.stats.renames += 1
+                    self._generation[event.pid] = self._generation.get(event.pid, 0) + 1
+                    started.append(event.pid)
+                    self._call(functools.partial(self._renamed, event.pid), f"rename of pid {event.pid}")
             elif isinstance(event, Overrun):
                 self.stats.overruns += 1
                 logger.warning("process events were lost (receive buffer overrun); scanning everything")
                 self._rescan_wanted = True
+        # One look per process of the batch, after its exits: one that is already gone needs none.
+        pids = [pid for pid in dict.fromkeys(started) if pid in self._generation]
+        if pids:
+            self._schedule_all(pids, now)
         if len(self._queue) > self._max_pending:
             self.stats.dropped_checks += len(self._queue)
             logger.warning("%d pending process checks dropped for a full scan", len(self._queue))
@@ -233,8 +284,13 @@ class ExecWatcher:
                 continue  # exited, or exec'd again (that exec has its own checks)
             if check.last:
                 del self._generation[check.pid]
-            if check.pid not in pids:
-                pids.append(check.pid)
+            if check.pid in pids:
+                continue
+            if check.probe:
+                self.stats.probes += 1
+                if not self._held_socket(check.pid):
+                    continue  # only a connection could make it match, and it has none yet
+            pids.append(check.pid)
         if pids:
             self.stats.checks += 1
             self.stats.processes_checked += len(pids)
@@ -242,15 +298,51 @@ class ExecWatcher:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _schedule(self, pid: int, now: float) -> None:
-        self.stats.execs += 1
-        generation = self._generation.get(pid, 0) + 1
-        self._generation[pid] = generation
+    def _schedule_all(self, pids: Sequence[int], now: float) -> None:
+        verdicts: Mapping[int, Verdict] = {}
+        if self._triage is not None:
+            try:
+                verdicts = self._triage(pids)
+            except Exception:  # a triage bug must not cost detection: check them all
+                self.stats.failures += 1
+                logger.exception("exec watcher: triage of %d process(es) failed; checking them", len(pids))
+        for pid in pids:
+            verdict = verdicts.get(pid, Verdict.WATCH)
+            if verdict in (Verdict.GONE, Verdict.SKIP):
+                del self._generation[pid]
+            else:
+                self._schedule(pid, now, verdict)
+
+    def _schedule(self, pid: int, now: float, verdict: Verdict) -> None:
+        generation = self._generation[pid]
         # The first check at once (the reaction time); the re-checks on the slot grid (batched).
-        dues = (now, *(self._slotted(now + delay) for delay in self._rechecks))
+        dues = [now]
+        if verdict is not Verdict.CHECK:
+            dues.extend(self._slotted(now + delay) for delay in self._rechecks)
+        probe = verdict is Verdict.PROBE
         for i, due in enumerate(dues):
-            check = _Check(due, next(self._seq), pid, generation, i == len(dues) - 1)
+            check = _Check(due, next(self._seq), pid, generation, i == len(dues) - 1, probe)
             heapq.heappush(self._queue, check)
+
+    def _held_socket(self, pid: int) -> bool:
+        try:
+            return self._probe(pid)
+        except Exception:
+            self.stats.failures += 1
+            logger.exception("exec watcher: socket probe of pid %d failed; checking it", pid)
+            return True
+
+    def _pace(self, max_wait: float | None) -> None:
+        """While events keep coming, read them at most every `batch_seconds`: a storm is read in batches."""
+        if self._batch <= 0:
+            return
+        wait = self._last_events + self._batch - self._clock()
+        if self._queue:
+            wait = min(wait, self._queue[0].due - self._clock())
+        if max_wait is not None:
+            wait = min(wait, max_wait)
+        if wait > 0:
+            self._stop.wait(wait)
 
     def _slotted(self, due: float) -> float:
         """`due` rounded up to the next slot boundary (the tolerance keeps 100.25 on 100.25)."""
@@ -325,8 +417,29 @@ def start_reaction(
         logger.warning("this collector cannot look at single processes; polling only")
         return None
     return open_reaction(
-        react=lambda pids: agent.react(lambda: snapshot_of(pids)), rescan=rescan, forget=forget
+        react=lambda pids: agent.react(lambda: snapshot_of(pids)),
+        rescan=rescan,
+        forget=forget,
+        triage=_triage_for(agent),
     )
+
+
+def _triage_for(agent: Agent) -> Triage | None:
+    """Per-binary answers from the agent's active policy, with its collector's hash and package caches."""
+    from endpoint_agent.exec_triage import ExecTriage
+
+    source = agent.source
+    digest = getattr(source, "binary_digest", None)
+    package = getattr(source, "binary_package", None)
+    if digest is None or package is None:
+        return None
+    provider = agent.policy_provider
+
+    def compiled() -> object:
+        active = provider.current()
+        return active.compiled if active is not None else None
+
+    return ExecTriage(compiled, digest=digest, package=package)
 
 
 def open_reaction(
@@ -334,6 +447,7 @@ def open_reaction(
     react: Callable[[Sequence[int]], object],
     rescan: Callable[[], object],
     forget: Callable[[int], object],
+    triage: Triage | None = None,
     opener: SourceOpener = open_event_source,
     start: bool = True,
 ) -> ExecWatcher | None:
@@ -341,17 +455,28 @@ def open_reaction(
     source = opener()
     if source is None:
         return None
-    watcher = ExecWatcher(source, react=react, rescan=rescan, forget=forget, reopen=opener)
+    watcher = ExecWatcher(
+        source,
+        react=react,
+        rescan=rescan,
+        forget=forget,
+        triage=triage,
+        renamed=forget,  # what the collector cached under the old name is read again
+        reopen=opener,
+        batch_seconds=DEFAULT_BATCH_SECONDS,
+    )
     if start:
         watcher.start()
     return watcher
 
 
 __all__ = [
+    "DEFAULT_BATCH_SECONDS",
     "DEFAULT_RECHECKS",
     "DEFAULT_RECHECK_SLOT",
     "EventSource",
     "ExecWatcher",
+    "Triage",
     "WatchStats",
     "open_reaction",
     "start_reaction",

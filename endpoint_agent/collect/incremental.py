@@ -150,6 +150,16 @@ class IncrementalCollector:
                 hashes=self._hashes.stats,
             )
 
+    def binary_digest(self, pid: int, exe: str) -> str | None:
+        """SHA-256 of what `pid` runs (the shared hash cache), for the per-binary exec triage."""
+        with self._lock:
+            return self._hashes.hash_process_exe(pid, exe).sha256
+
+    def binary_package(self, pid: int, exe: str) -> str | None:
+        """The system package owning what `pid` runs, for the per-binary exec triage."""
+        with self._lock:
+            return self._packages.package_of(pid, exe) if self._packages is not None else None
+
     def forget(self, pid: int) -> None:
         """The process `pid` exited (an exit event): drop what is cached about it."""
         with self._lock:

@@ -24,7 +24,11 @@ What was found on Linux 6.18 (and matches drivers/connector/cn_proc.c):
   kernel stops generating events once nobody listens.
 
 Timestamps are the kernel's CLOCK_MONOTONIC nanoseconds (`time.monotonic_ns()` scale).
-Threads produce fork/exit events too (pid != tgid); exec always reports the thread-group leader.
+Threads produce fork/exit events too (pid != tgid); `ProcEventSource` drops those as it reads
+(a threaded program makes most of the traffic, and nothing is done for a thread), and exec
+always reports the thread-group leader. A rename (`comm` event) is passed on: a name is what
+most rules look at. Reading is batched: every datagram waiting is read into one reused buffer,
+and the usual one-message datagram is decoded with a single unpack.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 from endpoint_agent.errors import CollectError
 
@@ -60,6 +65,7 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 PROC_EVENT_NONE = 0x00000000  # the subscription ack
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_COMM = 0x00000200
 PROC_EVENT_EXIT = 0x80000000
 
 # The initial namespaces have fixed inode numbers (include/linux/proc_ns.h).
@@ -73,7 +79,16 @@ _FORK = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
 _EXEC = struct.Struct("=ii")  # process_pid, process_tgid
 _EXIT = struct.Struct("=iiII")  # process_pid, process_tgid, exit_code, exit_signal
 _EXIT_PARENT = struct.Struct("=ii")  # parent_pid, parent_tgid (Linux >= 6.2; zero before)
+_FORK_CHILD = struct.Struct("=ii")  # child_pid, child_tgid (after the parent's two ints)
+_COMM = struct.Struct("=ii16s")  # process_pid, process_tgid, comm[16]
+# The usual datagram, one message: nlmsghdr, cn_msg, the event header and the first two ints of
+# any event (pid, tgid for exec/exit/comm; parent pid, tgid for fork), decoded by one unpack.
+_FAST = struct.Struct("=IHHIIIIIIHHIIQii")
+_FAST_EVENT_AT = _NLMSGHDR.size + _CN_MSG.size + _EVENT_HDR.size
 _ACK = struct.Struct("=I")  # ack.err
+
+_COMM_ENCODING = sys.getfilesystemencoding()
+_COMM_ERRORS = sys.getfilesystemencodeerrors()
 
 DEFAULT_RCVBUF = 8 << 20
 _RECV_SIZE = 8192  # one datagram is 76 bytes; room for anything odd (it is then rejected)
@@ -115,13 +130,27 @@ class ExitEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CommEvent:
+    """A process (or thread) renamed itself (prctl PR_SET_NAME, or a write to /proc/<pid>/comm)."""
+
+    pid: int
+    tgid: int
+    timestamp_ns: int
+    comm: str
+
+    @property
+    def is_thread(self) -> bool:
+        return self.pid != self.tgid
+
+
+@dataclass(frozen=True, slots=True)
 class Overrun:
     """The kernel dropped events (ENOBUFS): whatever was missed needs a full rescan."""
 
     detected_ns: int
 
 
-ProcEvent = ExecEvent | ForkEvent | ExitEvent
+ProcEvent = ExecEvent | ForkEvent | ExitEvent | CommEvent
 Event = ProcEvent | Overrun
 
 
@@ -175,9 +204,13 @@ def _parse_cn_msg(body: bytes) -> ProcEvent | _Ack | None:
         return ExitEvent(
             pid=pid, tgid=tgid, timestamp_ns=ts, exit_code=code, exit_signal=sig, parent_pid=parent
         )
+    if what == PROC_EVENT_COMM and len(data) >= _COMM.size:
+        pid, tgid, raw = _COMM.unpack_from(data)
+        comm = raw.split(b"\0", 1)[0].decode(_COMM_ENCODING, _COMM_ERRORS)
+        return CommEvent(pid=pid, tgid=tgid, timestamp_ns=ts, comm=comm)
     if what == PROC_EVENT_NONE and len(data) >= _ACK.size:
         return _Ack(seq=seq, ack=ack, err=_ACK.unpack_from(data)[0])
-    return None  # uid/gid/sid/ptrace/comm/coredump events, or a truncated one
+    return None  # uid/gid/sid/ptrace/coredump events, or a truncated one
 
 
 def _control_message(op: int, seq: int, ack: int) -> bytes:
@@ -204,6 +237,8 @@ class ProcEventSource:
         self._lock = threading.RLock()
         self._state = threading.RLock()  # makes the closed flag and the wake-up one step
         self._closed = False
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
 
     @property
     def closed(self) -> bool:
@@ -264,10 +299,13 @@ class ProcEventSource:
         self.close()
 
     def _drain(self) -> list[Event]:
+        # Into one reused buffer; the common single-message datagram is decoded by one unpack and
+        # thread forks/exits (most of the traffic of a threaded program) are dropped here, unbuilt.
         out, self._pending = self._pending, []
+        buf, view = self._buf, self._view
         for _ in range(_MAX_BATCH):
             try:
-                data, addr = self._sock.recvfrom(_RECV_SIZE)
+                size, addr = self._sock.recvfrom_into(buf)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -280,8 +318,38 @@ class ProcEventSource:
                 raise CollectError(f"process events: receive failed: {exc.strerror or exc}") from exc
             if not _from_kernel(addr):
                 continue
-            out.extend(item for item in parse_datagram(data) if not isinstance(item, _Ack))
+            quick = _decode_common(buf, size)
+            if quick is None:
+                out.extend(item for item in parse_datagram(bytes(view[:size])) if not isinstance(item, _Ack))
+            elif quick is not False:
+                out.append(quick)
         return out
+
+
+def _decode_common(buf: bytearray, size: int) -> ExecEvent | ForkEvent | Literal[False] | None:
+    """The usual one-message datagram in one unpack: an exec, or a fork of a process.
+
+    False: a thread's fork or exit (dropped unbuilt); None: anything else (parse_datagram's job).
+    """
+    if size < _FAST.size:
+        return None
+    nl_len, nl_type, _f, _s, _p, idx, val, _seq, _ack, length, _fl, what, _cpu, ts, a, b = _FAST.unpack_from(
+        buf
+    )
+    if nl_len != size or nl_type != NLMSG_DONE or idx != CN_IDX_PROC or val != CN_VAL_PROC:
+        return None
+    if not _EVENT_HDR.size + _EXEC.size <= length <= size - _NLMSGHDR.size - _CN_MSG.size:
+        return None
+    if what == PROC_EVENT_EXEC:
+        return ExecEvent(pid=a, tgid=b, timestamp_ns=ts)
+    if what == PROC_EVENT_EXIT:
+        return False if a != b else None
+    if what == PROC_EVENT_FORK and length >= _EVENT_HDR.size + _FORK.size:
+        child_pid, child_tgid = _FORK_CHILD.unpack_from(buf, _FAST_EVENT_AT + 8)
+        if child_pid != child_tgid:
+            return False
+        return ForkEvent(a, b, child_pid, child_tgid, ts)
+    return None
 
 
 def _from_kernel(addr: object) -> bool:

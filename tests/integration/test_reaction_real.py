@@ -115,8 +115,11 @@ def test_exec_events_drive_the_fast_path_which_records_and_stops(
 ) -> None:
     agent, collector, enforcer, watcher, blocked = watcher_rig
     standin = spawn(blocked, program="sleep")
-    wait_for("the fast path to stop the stand-in", lambda: standin.pid in enforcer.pids)
-    assert watcher.stats.execs >= 1 and agent.reactions >= 1
+    # The reaction counts once its pipeline run returns, just after the stop: wait for both.
+    wait_for(
+        "the fast path to stop the stand-in", lambda: standin.pid in enforcer.pids and agent.reactions >= 1
+    )
+    assert watcher.stats.execs >= 1
     assert agent.scans == 0  # no full scan ran: the exec event alone got it
     [violation] = [e.payload for e in agent.store.events(kind="violation")]
     assert (violation["pid"], violation["process_name"], violation["action"]) == (

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from endpoint_agent.collect.proc_events import Event, ExecEvent, ExitEvent, Overrun
+from endpoint_agent.collect.proc_events import CommEvent, Event, ExecEvent, ExitEvent, Overrun
 from endpoint_agent.errors import CollectError
+from endpoint_agent.exec_triage import Verdict
 from endpoint_agent.watch import ExecWatcher, open_reaction
 
 
@@ -200,3 +201,72 @@ def test_re_checks_of_execs_within_one_slot_run_together() -> None:
     assert rig.reacted == [[10], [11]]
     rig.step(0.02)
     assert rig.reacted == [[10], [11], [10, 11]]  # one pipeline run for both
+
+
+class Sorter:
+    """A triage with chosen verdicts (the real one is in tests/unit/test_exec_triage.py)."""
+
+    def __init__(self, verdicts: dict[int, Verdict]) -> None:
+        self.verdicts = verdicts
+        self.asked: list[list[int]] = []
+        self.fail = False
+
+    def __call__(self, pids: Sequence[int]) -> dict[int, Verdict]:
+        self.asked.append(list(pids))
+        if self.fail:
+            raise RuntimeError("triage bug")
+        return {pid: self.verdicts[pid] for pid in pids}
+
+
+def test_the_triage_decides_which_execs_are_checked_and_how_often() -> None:
+    sorter = Sorter({1: Verdict.SKIP, 2: Verdict.GONE, 3: Verdict.CHECK, 4: Verdict.WATCH})
+    rig = Rig(Script(execs(1, 2, 3, 4)), triage=sorter)
+    rig.step()
+    assert sorter.asked == [[1, 2, 3, 4]]  # once for the batch
+    assert rig.reacted == [[3, 4]]
+    rig.step(0.3)
+    rig.step(1.0)
+    assert rig.reacted == [[3, 4], [4], [4]]  # only a process a network rule could match is re-checked
+    assert rig.watcher.status()["pending_checks"] == 0
+
+
+def test_a_process_only_network_rules_could_match_is_checked_once_it_holds_a_socket() -> None:
+    sockets = {5: False, 6: True}
+    rig = Rig(
+        Script(execs(5, 6)),
+        triage=Sorter({5: Verdict.PROBE, 6: Verdict.PROBE}),
+        probe=lambda pid: sockets[pid],
+    )
+    rig.step()
+    assert rig.reacted == [[6]]
+    sockets[5] = True  # it opened one since
+    rig.step(0.3)
+    assert rig.reacted == [[6], [5, 6]]
+    assert rig.watcher.stats.probes == 4
+
+
+def test_an_exec_that_exits_in_its_own_batch_is_not_even_triaged() -> None:
+    sorter = Sorter({10: Verdict.CHECK})
+    rig = Rig(Script([*execs(10), exit_(10)]), triage=sorter)
+    rig.step()
+    assert sorter.asked == [] and rig.reacted == []
+
+
+def test_a_failing_triage_checks_everything() -> None:
+    sorter = Sorter({})
+    sorter.fail = True
+    rig = Rig(Script(execs(7)), triage=sorter)
+    rig.step()
+    assert rig.reacted == [[7]] and rig.watcher.stats.failures == 1
+
+
+def test_a_renamed_process_is_triaged_again() -> None:
+    renamed: list[int] = []
+    sorter = Sorter({8: Verdict.SKIP})
+    rig = Rig(Script(execs(8)), triage=sorter, renamed=renamed.append)
+    rig.step()
+    sorter.verdicts[8] = Verdict.CHECK  # its new name is one a rule names
+    rig.watcher.handle([CommEvent(pid=8, tgid=8, timestamp_ns=0, comm="qbittorrent")])
+    rig.watcher.handle([CommEvent(pid=9, tgid=8, timestamp_ns=0, comm="worker")])  # a thread: ignored
+    rig.watcher.run_due()
+    assert rig.reacted == [[8]] and renamed == [8] and rig.watcher.stats.renames == 1

@@ -16,10 +16,12 @@ from endpoint_agent.collect.proc_events import (
     CN_IDX_PROC,
     CN_VAL_PROC,
     NLMSG_DONE,
+    PROC_EVENT_COMM,
     PROC_EVENT_EXEC,
     PROC_EVENT_EXIT,
     PROC_EVENT_FORK,
     PROC_EVENT_NONE,
+    CommEvent,
     ExecEvent,
     ExitEvent,
     ForkEvent,
@@ -65,9 +67,15 @@ def test_several_messages_in_one_datagram_are_all_decoded() -> None:
 
 def test_other_event_kinds_and_foreign_connectors_are_ignored() -> None:
     uid_change = event(0x00000004, struct.pack("=iiII", 1, 1, 0, 0))
-    comm_change = event(0x00000200, struct.pack("=ii", 1, 1) + b"evil\0")
     other_connector = event(PROC_EVENT_EXEC, struct.pack("=ii", 1, 1), idx=CN_IDX_PROC + 1)
-    assert parse_datagram(uid_change + comm_change + other_connector + EXEC) == parse_datagram(EXEC)
+    assert parse_datagram(uid_change + other_connector + EXEC) == parse_datagram(EXEC)
+
+
+def test_a_rename_is_decoded_with_its_new_name() -> None:
+    [renamed] = parse_datagram(event(PROC_EVENT_COMM, struct.pack("=ii", 7, 7) + b"qbittorrent\0junk"))
+    assert renamed == CommEvent(pid=7, tgid=7, timestamp_ns=123_456_789, comm="qbittorrent")
+    [thread] = parse_datagram(event(PROC_EVENT_COMM, struct.pack("=ii", 8, 7) + b"\xff\xfe\0"))
+    assert isinstance(thread, CommEvent) and thread.is_thread and thread.comm == "\udcff\udcfe"
 
 
 def test_ack_is_decoded_but_never_mistaken_for_an_event() -> None:
