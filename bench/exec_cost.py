@@ -122,15 +122,8 @@ def run(args: argparse.Namespace) -> list[Target]:
     never = f"ea-bench-nx-{secrets.token_hex(3)}"  # unique on this machine, <= 15 chars (comm)
     with tempfile.TemporaryDirectory(prefix="ea-bench-exec-cost-") as tmp, ProcessReaper() as reaper:
         agent = start_agent(Path(tmp), quiet_policy(never), agent_config(), reaper=reaper, name="service")
-        status = agent.wait_scans(1)
-        mode = status.get("process_events", {}).get("mode")
-        if mode != "events":
-            agent.stop()
-            raise RuntimeError(f"process events are not available here (mode {mode!r}); needs Linux and root")
-        time.sleep(SETTLE)
-        cpu0, t0 = agent.cpu_seconds(), time.monotonic()
-        time.sleep(IDLE_WINDOW)
-        idle_rate = (agent.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        agent.wait_events()
+        idle_rate = agent.idle_rate(SETTLE, IDLE_WINDOW)
         windows = [
             measured(agent, "one by one", n // 2, sequential),
             measured(agent, f"bursts of {BURST}", n - n // 2, bursts),

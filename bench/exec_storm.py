@@ -118,15 +118,8 @@ def storm(agent: AgentUnderTest, seconds: int, reaper: ProcessReaper) -> tuple[i
 def measure(label: str, policy: str, seconds: int) -> Storm:
     with tempfile.TemporaryDirectory(prefix="ea-bench-exec-storm-") as tmp, ProcessReaper() as reaper:
         agent = start_agent(Path(tmp), policy, agent_config(), reaper=reaper, name="service")
-        status = agent.wait_scans(1)
-        mode = status.get("process_events", {}).get("mode")
-        if mode != "events":
-            agent.stop()
-            raise RuntimeError(f"process events are not available here (mode {mode!r}); needs Linux and root")
-        time.sleep(SETTLE)
-        cpu0, t0 = agent.cpu_seconds(), time.monotonic()
-        time.sleep(IDLE_WINDOW)
-        idle_rate = (agent.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        agent.wait_events()
+        idle_rate = agent.idle_rate(SETTLE, IDLE_WINDOW)
         execs, window, cpu, workload = storm(agent, seconds, reaper)
         agent.stop()
     return Storm(label, execs, window, cpu, idle_rate, workload)

@@ -66,6 +66,20 @@ class AgentUnderTest:
         t = psutil.Process(self.pid).cpu_times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def wait_events(self) -> None:
+        """After the first scan: raise unless exec events drive the reaction (Linux, root)."""
+        mode = self.wait_scans(1).get("process_events", {}).get("mode")
+        if mode != "events":
+            self.stop()
+            raise RuntimeError(f"process events are not available here (mode {mode!r}); needs Linux and root")
+
+    def idle_rate(self, settle: float, window: float) -> float:
+        """CPU seconds per second over `window` seconds of quiet, after `settle` seconds."""
+        time.sleep(settle)
+        cpu0, t0 = self.cpu_seconds(), time.monotonic()
+        time.sleep(window)
+        return (self.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 

@@ -15,16 +15,13 @@ process hold a socket yet.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
+from endpoint_agent.collect.cmdline import read_cmdline
 from endpoint_agent.collect.proc_stat import ProcStat, read_stat
 
 _COMM_LEN = 15  # the kernel truncates comm; psutil then takes the name from argv[0]
 _DELETED = " (deleted)"
-_ENCODING = sys.getfilesystemencoding()
-_ERRORS = sys.getfilesystemencodeerrors()
-_CMDLINE_MAX = 1 << 16
 _SOCKET_PREFIX = "socket:["
 
 
@@ -76,11 +73,9 @@ def identify(pid: int, *, proc_root: str = "/proc") -> Identified | None:
 
 
 def command_line(pid: int, *, proc_root: str = "/proc") -> str | None:
-    """The space-joined command line (ProcessInfo.cmdline_str); None: gone, unreadable or very long."""
-    data = _read(f"{proc_root}/{pid}/cmdline")
-    if data is None or len(data) >= _CMDLINE_MAX:
-        return None  # gone, or longer than read: the caller checks the process fully
-    return data.rstrip(b"\0").replace(b"\0", b" ").decode(_ENCODING, _ERRORS)
+    """The space-joined, bounded command line the engine sees (ProcessInfo.cmdline_str); None: gone."""
+    args = read_cmdline(pid, proc_root=proc_root)
+    return None if args is None else " ".join(args)
 
 
 def holds_socket(pid: int, *, proc_root: str = "/proc") -> bool:
@@ -100,23 +95,8 @@ def holds_socket(pid: int, *, proc_root: str = "/proc") -> bool:
 
 
 def _argv0(pid: int, proc_root: str) -> str | None:
-    data = _read(f"{proc_root}/{pid}/cmdline")
-    if not data:
-        return None
-    return data.split(b"\0", 1)[0].decode(_ENCODING, _ERRORS)
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, _CMDLINE_MAX)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    args = read_cmdline(pid, proc_root=proc_root)
+    return args[0] if args else None
 
 
 __all__ = ["ExecIdentity", "Identified", "command_line", "holds_socket", "identify"]
