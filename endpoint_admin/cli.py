@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -20,18 +21,21 @@ from endpoint_admin.client import PAGE_LIMIT, AdminClient
 from endpoint_admin.durations import parse_duration
 from endpoint_admin.errors import AdminError, AdminInputError
 from endpoint_admin.keygen import write_keypair
-from endpoint_admin.output import FORMATS, write_hosts, write_table, write_violations
+from endpoint_admin.output import FORMATS, write_hosts, write_policies, write_table, write_violations
 from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, PolicySignatureError
 from endpoint_agent.policy import load_policy_file
+from endpoint_agent.settings import read_secret_file
 from endpoint_agent.sync.envelope import (
     load_private_key,
     load_public_key,
     sign_policy,
     verify_envelope,
 )
+from endpoint_agent.types import Outcome
 
 TOKEN_ENV = "ENDPOINT_ADMIN_TOKEN"
+ACTIONS = tuple(o.value for o in Outcome)
 DEFAULT_FLEET = "default"
 PROG = "endpoint-admin"
 
@@ -57,6 +61,21 @@ def _page_size(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected 1-1000")
     return int(text)
+
+
+def _action(text: str) -> str:
+    """A violation's `action`: one of the fixed values (a typo is an error, not an empty listing)."""
+    if text not in ACTIONS:
+        raise argparse.ArgumentTypeError(f"invalid action {text!r}: expected one of {', '.join(ACTIONS)}")
+    return text
+
+
+def _event_type(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid type {text!r}: expected an agent event type such as circuit_open, policy_unsafe"
+        )
+    return text
 
 
 def _duration(text: str) -> timedelta:
@@ -89,8 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", required=True, type=Path, action="append", help="trusted key (repeatable)")
 
     def server_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-        p.add_argument("--token", help=f"API token (default: ${TOKEN_ENV})")
+        p.add_argument(
+            "--server",
+            required=True,
+            help="server URL, e.g. https://policy.example.com (with or without /api/v1)",
+        )
+        p.add_argument(
+            "--token", help=f"API token (default: ${TOKEN_ENV}); visible in ps, prefer --token-file"
+        )
+        p.add_argument("--token-file", type=Path, help="file holding the API token on one line")
 
     p = sub.add_parser("publish", help="sign a policy and publish it to the server")
     signing_flags(p)
@@ -111,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="host id or hostname")
     p.add_argument("--rule-id")
     p.add_argument("--category")
-    p.add_argument("--action")
+    p.add_argument("--action", type=_action, help=f"one of {', '.join(ACTIONS)}")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument(
         "--page-size", type=_page_size, default=PAGE_LIMIT, help=f"items per request ({PAGE_LIMIT})"
@@ -124,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since")
     p.add_argument("--until")
     p.add_argument("--host")
-    p.add_argument("--type")
+    p.add_argument("--type", type=_event_type, help="circuit_open, policy_unsafe, events_dropped, ...")
     p.add_argument(
         "--page-size", type=_page_size, default=PAGE_LIMIT, help=f"items per request ({PAGE_LIMIT})"
     )
@@ -133,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     server_flags(p)
     p.add_argument("--format", choices=FORMATS, default="table")
 
-    p = sub.add_parser("summary", help="violation counts by rule, category and host")
+    p = sub.add_parser("policies", help="list published policy versions, newest first")
+    server_flags(p)
+    p.add_argument("--format", choices=FORMATS, default="table")
+
+    p = sub.add_parser("summary", help="violation counts by rule, category, action and host")
     server_flags(p)
     p.add_argument("--since", help="ISO 8601 time or relative like 24h, 7d")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
@@ -193,11 +223,22 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
+def _token(args: argparse.Namespace) -> str:
+    if args.token and args.token_file:
+        raise AdminInputError("--token and --token-file: give the token one way only")
+    if args.token_file is not None:
+        try:
+            return read_secret_file(args.token_file)
+        except ValueError as exc:
+            raise AdminInputError(f"--token-file: {exc}") from exc
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
-        raise AdminInputError(f"no API token: pass --token or set {TOKEN_ENV}")
-    return AdminClient(args.server, token)
+        raise AdminInputError(f"no API token: pass --token-file FILE or set {TOKEN_ENV}")
+    return str(token)
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.server, _token(args))
 
 
 def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
@@ -265,16 +306,24 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_policies(args: argparse.Namespace, out: TextIO) -> int:
+    with _client(args) as client:
+        write_policies(client.policy_versions(), args.format, out)
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
     with _client(args) as client:
         result = client.summary(args.since)
     if args.json:
         out.write(json.dumps(result, sort_keys=True, indent=2) + "\n")
         return 0
-    out.write(f"violations since {result.get('since') or 'the beginning'}: {result.get('total', 0)}\n")
+    since, until = result.get("since") or "the beginning", result.get("until") or "now"
+    out.write(f"violations from {since} to {until}: {result.get('total', 0)}\n")
     for title, key, label in (
         ("BY RULE", "by_rule", "rule_id"),
         ("BY CATEGORY", "by_category", "category"),
+        ("BY ACTION", "by_action", "action"),
         ("BY HOST", "by_host", "hostname"),
     ):
         out.write(f"\n{title}\n")
@@ -293,6 +342,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "violations": cmd_violations,
     "agent-events": cmd_agent_events,
     "hosts": cmd_hosts,
+    "policies": cmd_policies,
     "summary": cmd_summary,
 }
 

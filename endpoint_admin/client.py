@@ -27,7 +27,8 @@ class AdminClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._sleep = sleep
-        base = server.rstrip("/")
+        # The server's base URL, or its API URL: both work (the prefix is added here once).
+        base = server.rstrip("/").removesuffix(API_PREFIX)
         if not base.startswith(("http://", "https://")):
             raise AdminInputError(f"--server: expected an http:// or https:// URL, got {server!r}")
         headers = {"Accept": "application/json"}
@@ -75,6 +76,12 @@ class AdminClient:
         items = self._json("GET", "/hosts").get("items")
         if not isinstance(items, list):
             raise AdminServerError("server answered /hosts without an item list")
+        return items
+
+    def policy_versions(self) -> list[dict[str, Any]]:
+        items = self._json("GET", "/policy/versions").get("items")
+        if not isinstance(items, list):
+            raise AdminServerError("server answered /policy/versions without an item list")
         return items
 
     def summary(self, since: str | None) -> dict[str, Any]:

@@ -27,6 +27,11 @@ _VIOLATION_TABLE = [
     ("REASON", "reason", 0),
 ]
 
+POLICY_COLUMNS = [
+    "version", "policy_name", "fleet_id", "rollout_percent", "key_id", "published_at", "rolled_back_at",
+    "etag",
+]  # fmt: skip
+
 HOST_COLUMNS = ["hostname", "host_id", "last_seen", "stale", "agent_version", "policy_version", "mode"]
 
 
@@ -45,6 +50,8 @@ def write_violations(items: Iterable[dict[str, Any]], fmt: str, out: TextIO) -> 
             out.write(json.dumps(item, sort_keys=True) + "\n")
             count += 1
     elif fmt == "csv":
+        # Every page first: a failure half way must not leave a header and half a file behind.
+        items = list(items)
         writer = csv.DictWriter(out, fieldnames=VIOLATION_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for item in items:
@@ -87,6 +94,35 @@ def write_hosts(items: list[dict[str, Any]], fmt: str, out: TextIO) -> None:
     write_table(["HOSTNAME", "HOST_ID", "LAST_SEEN", "STATE", "AGENT", "POLICY", "MODE"], rows, out)
 
 
+def write_policies(items: list[dict[str, Any]], fmt: str, out: TextIO) -> None:
+    if fmt == "ndjson":
+        for item in items:
+            out.write(json.dumps(item, sort_keys=True) + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=POLICY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for item in items:
+            writer.writerow({k: _csv_cell(item.get(k)) for k in POLICY_COLUMNS})
+        return
+    if not items:
+        out.write("(no policy published)\n")
+        return
+    rows = [
+        [
+            _cell(p.get("version")),
+            _cell(p.get("policy_name")),
+            _cell(p.get("fleet_id")),
+            f"{_cell(p.get('rollout_percent'))}%",
+            _cell(p.get("published_at")),
+            "rolled back " + _cell(p.get("rolled_back_at")) if p.get("rolled_back_at") else "",
+            _cell(p.get("key_id")),
+        ]
+        for p in items
+    ]
+    write_table(["VERSION", "POLICY", "FLEET", "ROLLOUT", "PUBLISHED", "STATE", "KEY"], rows, out)
+
+
 def write_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     widths[-1] = 0
@@ -120,6 +156,8 @@ def _cell(value: Any) -> str:
 def _csv_cell(value: Any) -> str:
     # Process names and command lines are chosen by whoever runs the process: keep a spreadsheet
     # from reading one as a formula (CSV injection).
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = _cell(value)
     if isinstance(value, str) and text[:1] in ("=", "+", "-", "@", "\t"):
         return "'" + text

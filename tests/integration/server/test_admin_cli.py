@@ -159,7 +159,7 @@ def test_violations_in_three_formats_streams_every_page(live_server: LiveServer)
     assert [json.loads(e)["type"] for e in events] == ["events_dropped"]
 
     summary = admin("summary", "--server", live_server.base_url, "--since", "7d", token=token).stdout
-    assert "violations since" in summary and ": 7" in summary.splitlines()[0] and "ws-2" in summary
+    assert "violations from" in summary and ": 7" in summary.splitlines()[0] and "ws-2" in summary
 
 
 def test_hosts_marks_stale_ones(tmp_path: Path) -> None:
@@ -170,3 +170,125 @@ def test_hosts_marks_stale_ones(tmp_path: Path) -> None:
         assert "ws-stale" in out[1] and "STALE" in out[1]
         as_json = admin("hosts", "--server", server.base_url, "--format", "ndjson", token=server.reader_token)
         assert json.loads(as_json.stdout)["stale"] is True
+
+
+# --- day one for an administrator ---------------------------------------------------------------
+
+
+def test_fixed_value_filters_are_checked_before_asking(tmp_path: Path) -> None:
+    # no server at all: a typo is found before any request
+    for args, fragment in (
+        (
+            ("violations", "--action", "kiled"),
+            "invalid action 'kiled': expected one of reported, would_block",
+        ),
+        (("agent-events", "--type", "Circuit Open"), "invalid type 'Circuit Open'"),
+        (("hosts", "--format", "xml"), "invalid choice: 'xml'"),
+    ):
+        result = admin(*args, "--server", "http://127.0.0.1:9", token="t", check_code=2)
+        one_line_error(result, fragment)
+        assert result.stdout == ""
+
+
+def test_server_url_with_or_without_api_prefix_token_file_and_policies(
+    live_server: LiveServer, tmp_path: Path, policy_file: Path
+) -> None:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(live_server.admin_token + "\n")
+    for server in (live_server.base_url, live_server.api_url, live_server.api_url + "/"):
+        admin(
+            "policies", "--server", server, "--token-file", str(token_file), "--format", "ndjson"
+        )  # both spellings reach the API
+    policy_file.write_text(policy_yaml(1))
+    admin(
+        "publish", str(policy_file), "--key", str(live_server.private_key), "--server", live_server.api_url,
+        "--token-file", str(token_file), "--rollout", "25",
+    )  # fmt: skip
+    policy_file.write_text(policy_yaml(2))
+    admin(
+        "publish", str(policy_file), "--key", str(live_server.private_key), "--server", live_server.base_url,
+        "--token-file", str(token_file),
+    )  # fmt: skip
+    table = admin("policies", "--server", live_server.base_url, "--token-file", str(token_file)).stdout
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["VERSION", "POLICY", "FLEET", "ROLLOUT"]
+    assert [line.split()[0] for line in lines[1:]] == ["2", "1"]
+    assert "100%" in lines[1] and "25%" in lines[2]
+    rows = list(csv.DictReader(io.StringIO(admin(
+        "policies", "--server", live_server.base_url, "--token-file", str(token_file), "--format", "csv"
+    ).stdout)))  # fmt: skip
+    assert [(r["version"], r["rollout_percent"]) for r in rows] == [("2", "100"), ("1", "25")]
+    one_line_error(
+        admin(
+            "policies", "--server", live_server.base_url, "--token-file", str(tmp_path / "nope"), check_code=2
+        ),
+        "--token-file",
+    )
+    one_line_error(
+        admin("policies", "--server", live_server.base_url, "--token", "x", "--token-file", str(token_file),
+              check_code=2),
+        "one way only",
+    )  # fmt: skip
+
+
+def test_summary_text_shows_what_json_shows(live_server: LiveServer) -> None:
+    host = live_server.enroll("ws-sum")
+    post(
+        live_server,
+        host,
+        [violation(rule_id="r-a", action="killed"), violation(rule_id="r-b", action="reported")],
+    )
+    common = ("summary", "--server", live_server.base_url, "--since", "2020-01-01T00:00:00Z")
+    data = json.loads(admin(*common, "--json", token=live_server.reader_token).stdout)
+    text = admin(*common, token=live_server.reader_token).stdout
+    assert text.splitlines()[0] == f"violations from {data['since']} to {data.get('until') or 'now'}: 2"
+    for key, label in (("by_rule", "rule_id"), ("by_category", "category"), ("by_action", "action"),
+                       ("by_host", "hostname")):  # fmt: skip
+        assert data[key], key
+        for row in data[key]:
+            assert any(
+                line.split()[:2] == [str(row[label]), str(row["count"])] for line in text.splitlines()
+            ), (key, row, text)
+
+
+def test_hosts_csv_has_clean_values(tmp_path: Path) -> None:
+    with run_server(tmp_path / "s", extra_args=["--stale-after", "0"]) as server:
+        server.enroll("ws-csv")
+        out = admin("hosts", "--server", server.base_url, "--format", "csv", token=server.reader_token).stdout
+        (row,) = csv.DictReader(io.StringIO(out))
+        assert row["hostname"] == "ws-csv" and row["stale"] == "true"
+        assert row["agent_version"] == row["policy_version"] == row["mode"] == ""
+
+
+def test_a_failure_after_the_first_page_leaves_no_half_csv(tmp_path: Path) -> None:
+    """A server that answers page 1 and fails on page 2: nothing on stdout, one line, exit 1."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    first = {"items": [violation(rule_id="r1")], "next_cursor": "c2"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            second = "cursor=c2" in self.path
+            body = json.dumps({"error": "database unavailable"} if second else first).encode()
+            self.send_response(503 if second else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        result = admin("violations", "--server", url, "--format", "csv", token="t", check_code=1)
+        assert result.stdout == ""
+        one_line_error(result, "503 database unavailable")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
