@@ -118,6 +118,7 @@ def start_agent(
     policy_path = base / "policy.yaml"
     policy_path.write_text(policy)
     config_path = base / "agent.yaml"
+    config = {"exec_gate": "off", **config}  # the machine's execs are gated only by bench/gate.py's own agent
     config_path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
     state = base / "state"
     log = base / "agent.log"

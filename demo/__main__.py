@@ -183,7 +183,9 @@ class Demo:
         # unsafe_kill_share 1.0: the dry-run safety check must not veto the one rule that matches the stand-in
         # alone (checked by demo.policy.check_safe) on a machine or container with very few processes.
         self.config.write_text(
-            f"notify: false\nbreak_glass_file: {self.tmp / 'break-glass'}\nunsafe_kill_share: 1.0\n",
+            f"notify: false\nbreak_glass_file: {self.tmp / 'break-glass'}\nunsafe_kill_share: 1.0\n"
+            # the demo never gates the machine's execs (the exec gate marks every local mount)
+            "exec_gate: off\n",
             encoding="utf-8",
         )
         args = [

@@ -339,6 +339,27 @@ class Agent:
     def circuit_open(self) -> bool:
         return self._circuit.state.is_open
 
+    # -- exec gate: a denied exec counts against the same kill-rate budget as a stop --
+    def admit_gate_denial(self, policy_version: int) -> list[dict[str, object]]:
+        """Count one exec the gate denied as a stop; the `circuit_open` agent events it caused."""
+        with self._lock:
+            admission = self._circuit.admit(policy_version)
+            if admission is Admission.ALLOWED:
+                self._circuit.record_stop(policy_version)
+                return []
+            if admission is not Admission.TRIPPED:
+                return []
+            self._stage.trips.clear()
+            self._stage._tripped(policy_version)
+            now = self._clock.now()
+            events = [self._agent_event(trip, now) for trip in self._stage.trips]
+            self._stage.trips.clear()
+            return events
+
+    def gate_circuit_open(self, policy_version: int) -> bool:
+        with self._lock:
+            return self._circuit.is_open(policy_version)
+
     def close(self, timeout: float = 5.0) -> None:
         """Let queued user notifications go out (bounded); the store belongs to the caller."""
         self._notifier.close(timeout)

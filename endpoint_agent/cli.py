@@ -55,6 +55,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-interval", help="seconds between policy polls (default 60)")
     p.add_argument("--upload-interval", help="seconds between uploads/heartbeats (default 60)")
     p.add_argument("--policy", help="standalone mode: enforce this local policy file, no server")
+    p.add_argument(
+        "--exec-gate",
+        choices=["auto", "on", "off"],
+        help="judge programs before they run (Linux, root; default auto: where the kernel allows)",
+    )
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 

@@ -40,6 +40,7 @@ from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStor
 from endpoint_agent.settings import AgentSettings
 
 if TYPE_CHECKING:
+    from endpoint_agent.gate.service import ExecGate  # exec gate
     from endpoint_agent.report.job import ReportJob  # report (issue 5)
     from endpoint_agent.sync.service import PolicySyncService  # policy sync (issue 4)
     from endpoint_agent.watch import ExecWatcher  # event-driven reaction (issue 7)
@@ -219,6 +220,7 @@ class Service:
         self._identity = _process_identity()
         self.report: ReportJob | None = None  # report (issue 5): upload + heartbeat, in server mode
         self.reaction: ExecWatcher | None = None  # issue 7: exec events between scans (None: polling)
+        self.gate: ExecGate | None = None  # exec gate: programs judged before they run (None: off)
 
     @property
     def agent(self) -> Agent:
@@ -238,6 +240,7 @@ class Service:
             "scan_interval": self.scan_interval,
             # -- event-driven reaction (issue 7) --
             "process_events": self.reaction.status() if self.reaction is not None else {"mode": "polling"},
+            "exec_gate": self.gate.status() if self.gate is not None else {"state": "off"},
             "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
         # -- policy sync (issue 4): polls, 304s, rejections, the active envelope --
@@ -310,6 +313,15 @@ def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
                 "exec-watcher", reaction.ensure_running, 60.0, run_at_start=False, at_shutdown=reaction.stop
             )
         )
+    # -- exec gate: its supervisor restarted if it ever died; status.json kept current --
+    if service.gate is not None:
+        gate = service.gate
+
+        def gate_job() -> None:
+            gate.ensure_running()
+            service.write_status("running")
+
+        jobs.append(JobSpec("exec-gate", gate_job, 5.0, run_at_start=False, at_shutdown=gate.stop))
     # -- policy sync (issue 4): the poll thread, started at once and restarted if it ever died --
     sync = _policy_sync(service.agent)
     if sync is not None:
@@ -319,7 +331,11 @@ def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
 
         counters = sync.sync.counters
         report = build_report_job(
-            settings, service.agent, sync.client, policy_rejections=lambda: counters["rejected"]
+            settings,
+            service.agent,
+            sync.client,
+            policy_rejections=lambda: counters["rejected"],
+            extra_counters=service.gate.counters if service.gate is not None else None,
         )
         service.report = report
         jobs.append(JobSpec("report", report.tick, report_tick_seconds(settings), at_shutdown=report.flush))
@@ -368,6 +384,10 @@ def run_service(settings: AgentSettings) -> int:
         from endpoint_agent.watch import start_reaction
 
         service.reaction = start_reaction(settings, agent, rescan=service.scan)
+        # -- exec gate: None where off; `exec_gate: on` where impossible raises (exit 2) --
+        from endpoint_agent.gate.service import start_gate
+
+        service.gate = start_gate(settings, agent)
         sync = _policy_sync(agent)
         if sync is not None:
             sync.on_activated = service.scan  # a new policy applies to what already runs, at once
@@ -381,6 +401,8 @@ def run_service(settings: AgentSettings) -> int:
     finally:
         if service is not None and service.reaction is not None:  # issue 7: idempotent
             service.reaction.stop()
+        if service is not None and service.gate is not None:  # exec gate: idempotent
+            service.gate.stop()
         if store is not None:
             with contextlib.suppress(AgentError):
                 store.close()

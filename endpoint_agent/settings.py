@@ -103,6 +103,8 @@ class AgentSettings(BaseModel):
     # Listen for process starts (Linux kernel process connector, root) and judge each new program
     # at once; off: periodic scans only.
     process_events: bool = True
+    # -- exec gate: judge programs before they run (fanotify, Linux, root); auto: where possible --
+    exec_gate: Literal["auto", "on", "off"] = "auto"
     # Tests and benchmarks only: nothing but descendants of this process may be signalled
     # (enforce/scope.py); everything else is treated as protected. Only ever narrows enforcement.
     enforce_scope_pid: int | None = Field(None, ge=1)
@@ -177,6 +179,14 @@ class AgentSettings(BaseModel):
         if self.scan_interval is not None:
             return self.scan_interval
         return SCAN_INTERVAL_WITH_EVENTS if events else SCAN_INTERVAL_POLLING
+
+    @field_validator("exec_gate", mode="before")
+    @classmethod
+    def _gate_word(cls, value: object) -> object:
+        # YAML 1.1 reads bare on/off as booleans
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ class Outcome(StrEnum):
     KILL_FAILED = "kill_failed"
     PROTECTED = "protected"
     CONNECTION_BLOCKED = "connection_blocked"  # refused by the DNS filter or the agent's nftables table
+    DENIED = "denied"  # the exec gate refused the program before it ran
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,33 @@ class Guard:
             return Protection(f"local protected name {hit!r}")
         return None
 
+    # -- exec gate: the same protections for a program about to run (no process exists yet) --
+    def check_program(self, path: str, st: os.stat_result, *, uid: int | None) -> Protection | None:
+        """Protection for the file `path` (stat `st`) that user `uid` (None: unknown) executes.
+
+        As for a process: a local protected path; a protected name when the file is a system file
+        (root-owned, not writable by group or others), or root executes it, or the user is unknown
+        (fail safe).
+        """
+        for pattern in self._extra_paths:
+            if _path_match(path, pattern):
+                return Protection(f"local protected path {pattern!r}")
+        base = _normalize(_basename(path))
+        system = (
+            stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        )
+        if system or uid is None or uid == 0:
+            if _any_match(base, self._names):
+                return Protection(f"system component {base!r}")
+            if _any_match(base, self._extra_names):
+                return Protection(f"local protected name {base!r}")
+        return None
+
+    def names_program(self, path: str) -> bool:
+        """Whether the file's name is a protected one (whoever owns it)."""
+        base = _normalize(_basename(path))
+        return _any_match(base, self._names) or _any_match(base, self._extra_names)
+
     def _name_match(self, proc: ProcessInfo, exe: str | None, patterns: Sequence[str]) -> str | None:
         if not patterns:
             return None

@@ -61,6 +61,8 @@ class Notification:
     @property
     def title(self) -> str:
         verb = "suspended" if self.outcome is Outcome.SUSPENDED else "stopped"
+        if self.outcome is Outcome.DENIED:  # the exec gate: it never ran
+            verb = "blocked from starting"
         return f"{self.process_name} was {verb}"
 
     @property

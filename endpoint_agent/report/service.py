@@ -10,7 +10,7 @@ when a round is due: every `upload_interval` while the server answers, backing o
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from endpoint_agent import __version__
@@ -30,7 +30,11 @@ class ReportClient(EventSink, HeartbeatSink, Protocol):
 
 
 def agent_heartbeat(
-    agent: Agent, uploader: Uploader, *, policy_rejections: Callable[[], int] | None = None
+    agent: Agent,
+    uploader: Uploader,
+    *,
+    policy_rejections: Callable[[], int] | None = None,
+    extra_counters: Callable[[], Mapping[str, int]] | None = None,
 ) -> Heartbeat:
     last = agent.last
     try:
@@ -53,6 +57,7 @@ def agent_heartbeat(
             rejected_events=uploader.rejected_count(),
             queue_pending=pending,
             policy_rejections=policy_rejections() if policy_rejections else None,
+            **(extra_counters() if extra_counters else {}),  # e.g. the exec gate's state
         ),
     )
 
@@ -67,6 +72,7 @@ def build_report_job(
     client: ReportClient,
     *,
     policy_rejections: Callable[[], int] | None = None,
+    extra_counters: Callable[[], Mapping[str, int]] | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
 ) -> ReportJob:
@@ -78,7 +84,9 @@ def build_report_job(
     return ReportJob(
         uploader,
         client,
-        heartbeat=lambda: agent_heartbeat(agent, uploader, policy_rejections=policy_rejections),
+        heartbeat=lambda: agent_heartbeat(
+            agent, uploader, policy_rejections=policy_rejections, extra_counters=extra_counters
+        ),
         schedule=schedule,
         clock=clock,
     )

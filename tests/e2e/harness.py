@@ -190,6 +190,7 @@ class Agent:
             "store_min_free_bytes": 0,  # a nearly full test disk must not change what is kept
             # The namespace holds a handful of processes: stopping one is a large share of them.
             "unsafe_kill_share": 1.0,
+            "exec_gate": "off",  # the post-exec path; tests of the exec gate turn it on
             **extra,
         }
         self.config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))

@@ -72,6 +72,7 @@ class Harness:
             "notify": False,  # no desktop here; the log line is still written
             "break_glass_file": str(self.break_glass),
             "kill_grace_seconds": 2,
+            "exec_gate": "off",  # these tests are about the post-exec path (the gate has its own)
             **extra,
         }
         self.config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
