@@ -165,7 +165,12 @@ class Service:
         self.state = tmp / "state"
         self.log = tmp / "agent.log"
         (tmp / "policy.yaml").write_text(policy_yaml(blocked))
-        config = {"notify": False, "break_glass_file": str(tmp / "break-glass"), **settings}
+        config = {
+            "notify": False,
+            "break_glass_file": str(tmp / "break-glass"),
+            "exec_gate": "off",
+            **settings,
+        }
         (tmp / "agent.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
         self.argv = [
             sys.executable, "-m", "endpoint_agent", "run", "--config", str(tmp / "agent.yaml"),
