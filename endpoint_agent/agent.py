@@ -340,21 +340,14 @@ class Agent:
         return self._circuit.state.is_open
 
     # -- exec gate: a denied exec counts against the same kill-rate budget as a stop --
-    def admit_gate_denial(self, policy_version: int) -> list[dict[str, object]]:
-        """Count one exec the gate denied as a stop; the `circuit_open` agent events it caused."""
+    def admit_gate_denial(self, policy_version: int, finding: Finding) -> list[dict[str, object]]:
+        """Count one exec the gate denied as a stop; the circuit's agent events (open/closed) to record."""
         with self._lock:
-            admission = self._circuit.admit(policy_version)
-            if admission is Admission.ALLOWED:
-                self._circuit.record_stop(policy_version)
-                return []
-            if admission is not Admission.TRIPPED:
-                return []
-            self._stage.trips.clear()
-            self._stage._tripped(policy_version)
+            target = StopTarget.of(finding.rule_id, finding.process)
+            if self._circuit.admit(policy_version, target) is Admission.ALLOWED:
+                self._circuit.record_stop(policy_version, target)
             now = self._clock.now()
-            events = [self._agent_event(trip, now) for trip in self._stage.trips]
-            self._stage.trips.clear()
-            return events
+            return [self._agent_event(t, now) for t in self._circuit.take_transitions()]
 
     def gate_circuit_open(self, policy_version: int) -> bool:
         with self._lock:

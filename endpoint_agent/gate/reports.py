@@ -49,7 +49,8 @@ def _who(report: Report) -> tuple[int | None, str | None]:
     return uid, name
 
 
-def violation_of(report: Report) -> Violation:
+def violation_of(report: Report) -> tuple[Violation, Finding]:
+    """The violation to record, and the finding behind it (for the circuit breaker)."""
     exe = report.exe
     uid, username = _who(report)
     proc = ProcessInfo(
@@ -81,7 +82,7 @@ def violation_of(report: Report) -> Violation:
     extra: dict[str, object] = {"detail": detail}
     if report.sha256:
         extra["sha256"] = report.sha256
-    return Violation.from_finding(
+    violation = Violation.from_finding(
         finding,
         outcome,
         event_id=str(uuid.uuid4()),
@@ -89,6 +90,7 @@ def violation_of(report: Report) -> Violation:
         policy_version=report.policy_version,
         extra=extra,
     )
+    return violation, finding
 
 
 class GateReports:
@@ -132,11 +134,11 @@ class GateReports:
                 logger.exception("exec gate: could not record a report")
 
     def record(self, report: Report) -> Violation:
-        violation = violation_of(report)
+        violation, finding = violation_of(report)
         now = self._clock.now()
         events = [NewEvent(violation.event_id, "violation", now, violation.to_json())]
         if violation.action is Outcome.DENIED:
-            for trip in self._agent.admit_gate_denial(report.policy_version):
+            for trip in self._agent.admit_gate_denial(report.policy_version, finding):
                 events.append(NewEvent(str(trip["event_id"]), "agent", now, trip))
         try:
             self._store.append(events)

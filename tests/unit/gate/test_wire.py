@@ -53,7 +53,7 @@ def test_a_denial_report_becomes_a_denied_violation() -> None:
         "denied", "no-tool", "p2p", "process name 'tool' matched 'tool'", "Not allowed.", None, 4242, 1000,
         "ann", "/tmp/x/tool", "ab" * 32, [["name", "tool", "tool"]], 7, 1.7e9,
     )  # fmt: skip
-    v = violation_of(report)
+    v, _ = violation_of(report)
     data = v.to_json()
     assert v.action is Outcome.DENIED and data["action"] == "denied" and data["rule_id"] == "no-tool"
     assert data["exe"] == "/tmp/x/tool" and data["process_name"] == "tool" and data["username"] == "ann"
