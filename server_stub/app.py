@@ -10,16 +10,20 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from endpoint_agent import __version__
 from endpoint_agent.errors import SettingsError, StoreError
-from server_stub.auth import Authenticator
+from server_stub.apidocs import document_errors, render_docs
+from server_stub.auth import Authenticator, Reader
 from server_stub.config import ServerConfig
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
-from server_stub.middleware import BodyLimitMiddleware, RateLimitMiddleware, error_response
+from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server_stub.metrics import Metrics, RequestCountMiddleware
+from server_stub.middleware import UNLIMITED_PATHS, BodyLimitMiddleware, RateLimitMiddleware, error_response
 from server_stub.models import Ok
 from server_stub.ratelimit import RateLimiter
 from server_stub.routes import admin, agent, reports
@@ -47,7 +51,8 @@ def open_store(config: ServerConfig) -> Store:
 def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     """The application; opens (and migrates) the store now, so a bad database fails at start."""
     store = store if store is not None else open_store(config)
-    ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store))
+    metrics = Metrics(store, config.stale_after, config.clock)
+    ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store), metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +63,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         title="endpoint-server",
         version=__version__,
         description="Signed policy distribution and violation reports for endpoint agents.",
-        docs_url=None,  # the docs pages load scripts from a CDN; /openapi.json is what tools need
+        docs_url=None,  # the stock pages load scripts from a CDN: /docs is rendered here instead
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -66,6 +71,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(config.rate_limit, config.rate_burst))
+    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s and 429s too
 
     @app.get(f"{API_PREFIX}/healthz", response_model=Ok, tags=["health"])
     def healthz() -> Ok:
@@ -73,7 +79,34 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
 
     for router in (agent.router, admin.router, reports.router):
         app.include_router(router, prefix=API_PREFIX)
+    _install_docs_and_metrics(app, metrics)
     return app
+
+
+def _install_docs_and_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    def prometheus_metrics(_: Reader) -> PlainTextResponse:
+        """Prometheus metrics: ingest rate, agents' queue depths, hosts by state (server_stub/metrics.py)."""
+        return PlainTextResponse(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(render_docs(app.openapi()))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            app.openapi_schema = document_errors(schema, UNLIMITED_PATHS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:

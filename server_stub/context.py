@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
+from server_stub.metrics import Metrics
 from server_stub.store import Store
 
 
@@ -18,6 +19,7 @@ class ServerContext:
     config: ServerConfig
     store: Store
     auth: Authenticator
+    metrics: Metrics
 
     def now(self) -> datetime:
         return self.config.clock()

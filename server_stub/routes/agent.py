@@ -5,8 +5,11 @@ After enrolment a host is known only by its node key; no request body can claim 
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 
+from endpoint_agent.logfmt import log_fields
 from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
 from server_stub.context import Ctx
 from server_stub.errors import NotFound, PayloadTooLarge
@@ -23,6 +26,7 @@ from server_stub.models import (
 from server_stub.store import Heartbeat, NewEvent
 
 router = APIRouter(tags=["agent"])
+log = logging.getLogger(__name__)
 
 
 @router.post("/enroll", response_model=EnrollResponse)
@@ -96,6 +100,23 @@ def post_events(
     if len(batch.events) > ctx.config.max_events:
         raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(batch.events)}")
     ctx.store.events.insert_batch(principal.host_id, [_new_event(ev) for ev in batch.events], ctx.now())
+    for kind in ("violation", "agent"):
+        count = sum(1 for ev in batch.events if ev.kind == kind)
+        if count:
+            ctx.metrics.events_received(kind, count)
+    for ev in batch.events:  # the audit trail, one line per event (JSON logs: fields to filter on)
+        if isinstance(ev, ViolationEvent):
+            log.info(
+                "violation %s from host %s: rule %s, pid %d, %s",
+                ev.event_id,
+                principal.host_id,
+                ev.rule_id,
+                ev.pid,
+                ev.action.value,
+                extra=log_fields(
+                    host_id=principal.host_id, rule_id=ev.rule_id, pid=ev.pid, event_id=ev.event_id
+                ),
+            )
     return EventsAck(acked=list(dict.fromkeys(ev.event_id for ev in batch.events)))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.reaper import die_with_parent
+from tests.support.tls import TlsFiles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1"
@@ -54,6 +56,7 @@ class LiveServer:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    ca: Path | None = None  # served over https with a certificate of this CA
 
     @property
     def api_url(self) -> str:
@@ -65,7 +68,8 @@ class LiveServer:
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.api_url, headers=headers, timeout=30.0)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=30.0, verify=verify)
 
     def admin(self) -> httpx.Client:
         return self.client(self.admin_token)
@@ -131,6 +135,7 @@ def run_server(
     extra_args: Sequence[str] = (),
     public_keys: Sequence[Path] = (),
     secrets_env: dict[str, str] | None = None,
+    tls: TlsFiles | None = None,
 ) -> Iterator[LiveServer]:
     """Start the server, wait for /healthz, yield it; always stop it (and show its log on failure)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +153,8 @@ def run_server(
     for _attempt in range(3):
         port = free_port()
         cmd = server_command(port, data_dir, [public_key, *public_keys], db_url) + list(extra_args)
+        if tls is not None:
+            cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -159,7 +166,7 @@ def run_server(
                 preexec_fn=die_with_parent(),
             )
         server = LiveServer(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
             admin_token=tokens["ENDPOINT_SERVER_ADMIN_TOKEN"],
             reader_token=tokens["ENDPOINT_SERVER_READER_TOKEN"],
             enroll_secret=tokens["ENDPOINT_SERVER_ENROLL_SECRET"],
@@ -168,9 +175,10 @@ def run_server(
             data_dir=data_dir,
             log_path=log_path,
             process=proc,
+            ca=tls.ca if tls else None,
         )
         try:
-            if wait_healthy(proc, server.base_url):
+            if wait_healthy(proc, server.base_url, ca=server.ca):
                 yield server
                 return
             last_log = server.log()
@@ -181,10 +189,13 @@ def run_server(
     raise RuntimeError(f"endpoint-server did not start; its output:\n{last_log}")
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, timeout: float = STARTUP_TIMEOUT) -> bool:
+def wait_healthy(
+    proc: subprocess.Popen[bytes], base_url: str, timeout: float = STARTUP_TIMEOUT, ca: Path | None = None
+) -> bool:
     """True once GET /api/v1/healthz answers 200; False if the process exits or time runs out."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0) as http:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+    with httpx.Client(timeout=2.0, verify=verify) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False
