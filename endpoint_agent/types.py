@@ -135,6 +135,8 @@ class P2PFeatures:
     tcp_udp_peers: int = 0  # remote IPs it reached over both TCP and (connected) UDP on peer ports
     bittorrent_ports: tuple[int, ...] = ()  # well-known BitTorrent ports it used, local or remote
     lpd: bool = False  # a socket on the BitTorrent local peer discovery port/group
+    peer_networks: int = 0  # distinct networks (IPv4 /16, IPv6 /32) of the peers, either direction
+    two_way_peers: int = 0  # remote IPs it both connected to and accepted, on peer ports
     sample_peers: tuple[str, ...] = ()  # a few peers, for the evidence
 
 

@@ -16,6 +16,7 @@ only processes with network activity in the window are kept, each per-scan set i
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,25 @@ def observe(connections: Iterable[Connection]) -> ScanObservation:
     return obs
 
 
+def network_of(ip: str) -> str:
+    """The network a peer address belongs to, coarsely: its IPv4 /16 or its IPv6 /32.
+
+    Servers a program depends on (a cluster, a gateway's backends, a scrape fleet) sit in a few
+    networks; the peers of a swarm come from everywhere. /16 and /32 are wide enough that one
+    site's subnets fold into one network, narrow enough that two internet hosts rarely share one.
+    """
+    if ":" in ip:
+        if ip.startswith("::ffff:") and "." in ip:
+            return network_of(ip[7:])
+        try:
+            packed = ipaddress.IPv6Address(ip).packed
+        except ValueError:
+            return ip
+        return packed[:4].hex()
+    head, _, rest = ip.partition(".")
+    return f"{head}.{rest.partition('.')[0]}"
+
+
 def _format_peer(peer: tuple[str, int]) -> str:
     return str(Endpoint(*peer))
 
@@ -169,10 +189,11 @@ def summarize(window: Iterable[ScanObservation]) -> P2PFeatures:
         lpd = lpd or obs.lpd
     outbound_ips = {ip for ip, _ in outbound}
     inbound_ips = {ip for ip, _ in inbound}
+    peer_ips = outbound_ips | inbound_ips | udp_ips
     samples = sorted(outbound)[:_SAMPLE_PEERS] + sorted(inbound)[:_SAMPLE_PEERS]
     return P2PFeatures(
         scans=scans,
-        peers=len(outbound_ips | inbound_ips | udp_ips),
+        peers=len(peer_ips),
         outbound_peers=len(outbound),
         outbound_peer_ips=len(outbound_ips),
         outbound_peer_ports=len({port for _, port in outbound}),
@@ -184,6 +205,8 @@ def summarize(window: Iterable[ScanObservation]) -> P2PFeatures:
         tcp_udp_peers=len(tcp_ips & udp_ips),
         bittorrent_ports=tuple(sorted(bittorrent)),
         lpd=lpd,
+        peer_networks=len({network_of(ip) for ip in peer_ips}),
+        two_way_peers=len(outbound_ips & inbound_ips),
         sample_peers=tuple(_format_peer(p) for p in samples[:_SAMPLE_PEERS]),
     )
 
@@ -271,6 +294,7 @@ __all__ = [
     "BehaviourTracker",
     "ScanObservation",
     "is_peer_port",
+    "network_of",
     "observe",
     "summarize",
 ]

@@ -40,7 +40,7 @@ from endpoint_agent.policy.fields import (
 from endpoint_agent.types import Direction, Enforce, RuleAction
 
 UNAPPROVED_RULE_ID = "unapproved-app"
-P2P_MAX_SCORE = 7  # all signals of policy/p2p.py at once
+P2P_MAX_SCORE = 9  # all signals of policy/p2p.py at once
 P2P_MAX_WINDOW_SCANS = 20  # collect.behaviour.MAX_WINDOW_SCANS
 DEFAULT_MESSAGE = "This application is not allowed on company machines by the acceptable-use policy."
 
@@ -139,7 +139,7 @@ class P2PConditions(_Model):
     """Peer-to-peer behaviour over the last scans (collect.behaviour; signals in policies/README.md)."""
 
     min_score: StrictInt = Field(
-        default=3, ge=1, le=P2P_MAX_SCORE, description="Points of P2P evidence needed (of 7)."
+        default=3, ge=1, le=P2P_MAX_SCORE, description="Points of P2P evidence needed (of 9)."
     )
     min_peers: StrictInt = Field(
         default=8, ge=1, description="Distinct remote peers (addresses on non-service high ports) needed."

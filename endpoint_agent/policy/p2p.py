@@ -1,20 +1,24 @@
 """Scoring peer-to-peer behaviour: P2PFeatures (collect.behaviour) -> points, with the evidence.
 
 Pure. Each signal is one point (local peer discovery two), and a rule's `network.p2p` matches
-when the process met at least `min_peers` peers and scored at least `min_score`. Why these
-signals, and why no single one of them is enough, is in policies/README.md ("P2P behaviour").
+when the process met at least `min_peers` peers, scored at least `min_score`, and showed at
+least one *peer* signal (marked * below). Why these signals, and why no single one of them is
+enough, is in policies/README.md ("P2P behaviour").
 
     signal                                              points  what it separates
     connects to >= 3 peers on non-service high ports       1    a client of many hosts, off the service ports
     accepts >= 2 peers on a listening high port            1    a server of many hosts
     one connection per peer, ports as many as addresses    1    Karagiannis {IP, port}: peers, not web clients
-    TCP and UDP on one port / to the same peers            1    Karagiannis TCP/UDP: uTP and DHT beside TCP
-    a well-known BitTorrent port                           1    6881-6889, 6969, 51413 (program-chosen only)
-    local peer discovery                                   2    239.192.152.143:6771 is BitTorrent's alone
+  * peers in >= 4 networks (IPv4 /16, IPv6 /32)            1    a swarm is scattered; servers sit in few networks
+  * >= 2 peers met in both directions                      1    Karagiannis: a peer is client and server at once
+  * TCP and UDP on one port / to the same peers            1    Karagiannis TCP/UDP: uTP and DHT beside TCP
+  * a well-known BitTorrent port                           1    6881-6889, 6969, 51413 (program-chosen only)
+  * local peer discovery                                   2    239.192.152.143:6771 is BitTorrent's alone
 
 A web server with many clients, a browser with QUIC, a metrics scraper or a database score at
-most 2: being a client of many hosts AND a server to many hosts, with one connection per peer,
-is what a swarm member does.
+most 2. A gateway or proxy (clients in, backends out on distinct high ports) reaches 3 with the
+fan-out signals alone, which is why a peer signal is required: its backends sit in one or two
+networks and are never the hosts that call it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ PATTERN_MIN_IPS = 3
 OUTBOUND_MIN_PORT_RATIO = 0.5
 INBOUND_MAX_PORT_RATIO = 2.0
 LPD_POINTS = 2
+SCATTERED_MIN_NETWORKS = 4
+TWO_WAY_MIN_IPS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +44,10 @@ class P2PScore:
     score: int
     peers: int
     signals: tuple[str, ...]  # one human phrase per signal that scored
+    peer_signal: bool = False  # one of the signals fan-out alone does not produce
 
     def meets(self, min_score: int, min_peers: int) -> bool:
-        return self.peers >= min_peers and self.score >= min_score
+        return self.peer_signal and self.peers >= min_peers and self.score >= min_score
 
 
 def _list(items: tuple[object, ...] | list[str], limit: int = 3) -> str:
@@ -51,6 +58,7 @@ def _list(items: tuple[object, ...] | list[str], limit: int = 3) -> str:
 def score(f: P2PFeatures) -> P2PScore:
     points = 0
     signals: list[str] = []
+    peer_signal = False
     if f.outbound_peer_ips >= OUTBOUND_MIN_IPS:
         points += 1
         signals.append(
@@ -75,17 +83,28 @@ def score(f: P2PFeatures) -> P2PScore:
         if in_pattern:
             parts.append(f"{f.inbound_peer_ips} addresses from {f.inbound_peer_ports} ports in")
         signals.append(f"one connection per peer ({' and '.join(parts)})")
+    if f.peer_networks >= SCATTERED_MIN_NETWORKS:
+        points += 1
+        peer_signal = True
+        signals.append(f"peers scattered over {f.peer_networks} networks")
+    if f.two_way_peers >= TWO_WAY_MIN_IPS:
+        points += 1
+        peer_signal = True
+        signals.append(f"{f.two_way_peers} peers met in both directions")
     if f.tcp_udp_ports or f.tcp_udp_peers:
         points += 1
+        peer_signal = True
         what = f"on port {_list(f.tcp_udp_ports)}" if f.tcp_udp_ports else f"to {f.tcp_udp_peers} peers"
         signals.append(f"TCP and UDP {what}")
     if f.bittorrent_ports:
         points += 1
+        peer_signal = True
         signals.append(f"BitTorrent port {_list(f.bittorrent_ports)}")
     if f.lpd:
         points += LPD_POINTS
+        peer_signal = True
         signals.append("BitTorrent local peer discovery (239.192.152.143:6771)")
-    return P2PScore(score=points, peers=f.peers, signals=tuple(signals))
+    return P2PScore(score=points, peers=f.peers, signals=tuple(signals), peer_signal=peer_signal)
 
 
 def p2p_reason(result: P2PScore, f: P2PFeatures, *, min_score: int, min_peers: int) -> str:

@@ -101,6 +101,39 @@ def test_inbound_peers_on_a_listening_high_port() -> None:
     assert f.peers == 2
 
 
+@pytest.mark.parametrize(
+    ("ip", "network"),
+    [
+        ("198.51.100.7", "198.51"),
+        ("127.31.4.9", "127.31"),
+        ("::ffff:203.0.113.5", "203.0"),
+        ("2001:db8:1:2::5", "20010db8"),
+        ("2001:db8:ffff::1", "20010db8"),
+        ("fe80::1%eth0", "fe800000"),
+        ("zz::", "zz::"),  # not an address: itself
+    ],
+)
+def test_network_of_folds_a_site_into_one_network(ip: str, network: str) -> None:
+    assert behaviour.network_of(ip) == network
+
+
+def test_peer_networks_and_peers_met_both_ways() -> None:
+    obs = observe(
+        [
+            tcp_listen(1, 40100),
+            tcp_out(1, ("198.51.100.1", 40001)),
+            tcp_out(1, ("203.0.113.2", 40002)),
+            tcp_out(1, ("192.0.2.3", 40003)),
+            tcp_in(1, 40100, ("198.51.100.1", 50001)),  # dialled and dialling: a peer both ways
+            tcp_in(1, 40100, ("198.51.7.4", 50002)),  # same /16 as the first
+        ]
+    )
+    f = summarize([obs])
+    assert f.peers == 4
+    assert f.peer_networks == 3
+    assert f.two_way_peers == 1
+
+
 def test_tcp_and_udp_on_one_port_and_to_one_peer() -> None:
     obs = observe(
         [

@@ -67,13 +67,15 @@ LISTENER = Connection(7, "ipv4", "tcp", Endpoint("0.0.0.0", 40002), None, "LISTE
 
 
 def test_each_signal_scores_and_explains_itself() -> None:
-    result = score(replace(SWARM, bittorrent_ports=(6881,), lpd=True))
-    assert result.score == P2P_MAX_SCORE == 7
+    result = score(replace(SWARM, bittorrent_ports=(6881,), lpd=True, peer_networks=9, two_way_peers=3))
+    assert result.score == P2P_MAX_SCORE == 9
     assert result.peers == 12
     assert result.signals == (
         "connects to 6 peers on 6 non-service high ports",
         "accepts 6 peers on listening port 40002",
         "one connection per peer (6 addresses on 6 ports out and 6 addresses from 6 ports in)",
+        "peers scattered over 9 networks",
+        "3 peers met in both directions",
         "TCP and UDP on port 40002",
         "BitTorrent port 6881",
         "BitTorrent local peer discovery (239.192.152.143:6771)",
@@ -96,6 +98,46 @@ def test_each_signal_scores_and_explains_itself() -> None:
 )
 def test_benign_shapes_score_low(features: P2PFeatures, points: int) -> None:
     assert score(features).score == points
+
+
+GATEWAY = replace(
+    QUIET,
+    peers=30,
+    outbound_peers=10,
+    outbound_peer_ips=10,
+    outbound_peer_ports=10,
+    inbound_peers=20,
+    inbound_peer_ips=20,
+    inbound_peer_ports=20,
+    listening_ports=(18443,),
+    peer_networks=1,
+)
+EVASIVE_LEECHER = replace(
+    QUIET, peers=10, outbound_peers=10, outbound_peer_ips=10, outbound_peer_ports=10, peer_networks=10
+)
+
+
+def test_a_gateway_scores_on_fan_out_alone_and_is_not_a_peer() -> None:
+    """Clients in, backends out on distinct high ports, all in one network: 3 points, no peer signal."""
+    result = score(GATEWAY)
+    assert result.score == 3
+    assert not result.peer_signal
+    assert not result.meets(3, 8)
+
+
+def test_a_tracker_only_leecher_is_a_peer_by_its_scattered_peers() -> None:
+    """Renamed, tracker only, no inbound, no UDP, no BitTorrent port: scattered peers give it away."""
+    result = score(EVASIVE_LEECHER)
+    assert result.score == 3
+    assert result.peer_signal
+    assert result.meets(3, 8)
+    assert "peers scattered over 10 networks" in result.signals
+
+
+def test_peers_met_both_ways_are_a_peer_signal() -> None:
+    result = score(replace(GATEWAY, two_way_peers=5))
+    assert result.score == 4
+    assert result.peer_signal
 
 
 def test_meets_needs_both_score_and_peers() -> None:
