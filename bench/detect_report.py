@@ -7,11 +7,14 @@ namespace that has nothing but loopback:
 * real BitTorrent clients (transmission-cli seeding, aria2c leeching, real data) under their
   own names and ports, then renamed with every port moved, seen by an agent inside the
   namespace and by one on the host;
+* the same clients evading: renamed, tracker only, random high ports, a leecher nobody dials;
 * the benign corpus, which must give no P2P finding.
 
-For each case: what was expected, which P2P rules fired, and the time to detection in scans
+For each case: what was expected, which P2P rules fired, the time to detection in scans
 (counted from the first scan that saw the process connected to a peer; 1 = that very scan)
-and in seconds since the process started. Needs root; exit 1 when a case misses.
+and in seconds since the process started, and the behaviour score with the signals behind it
+(for a benign case, the highest score any of its processes reached). Needs root; exit 1 when a
+P2P case is missed or a benign case is flagged (CI runs it).
 
     python -m bench.detect_report [--only p2p|benign]
 """
@@ -19,6 +22,7 @@ and in seconds since the process started. Needs root; exit 1 when a case misses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -27,9 +31,11 @@ from pathlib import Path
 
 from bench.detect.benign_cases import CASES, missing_packages, run_benign
 from bench.detect.clients import missing_clients
-from bench.detect.observe import REPO, Watched
-from bench.detect.p2p_cases import NAMED, RENAMED, SwarmRun, run_swarm
+from bench.detect.observe import REPO, Observer, Watched
+from bench.detect.p2p_cases import EVASIVE, NAMED, RENAMED, SwarmRun, run_swarm
 from bench.detect.sandbox import missing_requirements
+from endpoint_agent.policy.p2p import P2PScore, score
+from endpoint_agent.types import P2PFeatures
 
 POLICY = REPO / "policies" / "default.yaml"
 BEHAVIOUR_RULE = "p2p-behaviour"
@@ -44,6 +50,31 @@ class Row:
     seconds: str
     ok: bool
     note: str = ""
+    breakdown: str = "-"
+
+
+def _features(raw: dict[str, object]) -> P2PFeatures:
+    fields = {f.name: f for f in dataclasses.fields(P2PFeatures)}
+    return P2PFeatures(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})  # type: ignore[arg-type]
+
+
+def best_score(observer: Observer, pids: set[int] | None = None) -> P2PScore | None:
+    """The highest behaviour score any (or one of `pids`) process reached in any scan."""
+    best: P2PScore | None = None
+    for line in observer.lines:
+        for proc in line["processes"]:
+            if proc.get("features") is None or (pids is not None and proc["pid"] not in pids):
+                continue
+            result = score(_features(proc["features"]))
+            if best is None or result.score > best.score:
+                best = result
+    return best
+
+
+def _breakdown(result: P2PScore | None) -> str:
+    if result is None or result.score == 0:
+        return "0"
+    return f"{result.score}: {'; '.join(result.signals)}"
 
 
 def _detection(w: Watched) -> tuple[str, str]:
@@ -56,7 +87,7 @@ def _detection(w: Watched) -> tuple[str, str]:
     return str(n), seconds
 
 
-def _p2p_row(case: str, w: Watched, *, by: str, payload_ok: bool) -> Row:
+def _p2p_row(case: str, w: Watched, observer: Observer, *, by: str, payload_ok: bool) -> Row:
     found = ", ".join(w.rule_ids) or "-"
     scans, seconds = _detection(w)
     if by == "name":
@@ -64,23 +95,26 @@ def _p2p_row(case: str, w: Watched, *, by: str, payload_ok: bool) -> Row:
     else:  # behaviour alone: no name or port rule may be what caught it
         ok = w.rule_ids == (BEHAVIOUR_RULE,)
     return Row(
-        case, f"p2p by {by}", found, scans, seconds, ok and payload_ok, "" if payload_ok else "no data"
-    )
+        case, f"p2p by {by}", found, scans, seconds, ok and payload_ok, "" if payload_ok else "no data",
+        _breakdown(best_score(observer, {w.pid})),
+    )  # fmt: skip
 
 
 def p2p_rows(workdir: Path) -> list[Row]:
     named = run_swarm(NAMED, POLICY, workdir / "named")
     renamed = run_swarm(RENAMED, POLICY, workdir / "renamed", places=("inside", "host"))
+    evasive = run_swarm(EVASIVE, POLICY, workdir / "evasive")
     rows: list[Row] = []
 
     def add(run: SwarmRun, place: str, by: str, suffix: str = "") -> None:
         view = run.views[place]
         for w in (view.seeder, view.leecher):
-            rows.append(_p2p_row(f"{w.label}{suffix}", w, by=by, payload_ok=run.payload_ok))
+            rows.append(_p2p_row(f"{w.label}{suffix}", w, view.observer, by=by, payload_ok=run.payload_ok))
 
     add(named, "inside", "name")
     add(renamed, "inside", "behaviour")
     add(renamed, "host", "behaviour", " from host netns")
+    add(evasive, "inside", "behaviour", ", evasive")
     return rows
 
 
@@ -93,16 +127,21 @@ def benign_rows(workdir: Path) -> list[Row]:
             continue
         run = run_benign(case, POLICY, workdir / case.name)
         found = "; ".join(run.flagged) or "-"
-        active = run.max_peers >= 1
-        note = f"max {run.max_peers} peers/process" if active else "saw no connection"
-        rows.append(Row(case.name, "none", found, "-", "-", not run.flagged and active, note))
+        note = f"max {run.max_peers} peers, {run.max_udp_sockets} UDP sockets/process"
+        if not run.active:
+            note = "saw no connection"
+        rows.append(
+            Row(case.name, "none", found, "-", "-", not run.flagged and run.active, note,
+                _breakdown(best_score(run.observer)))
+        )  # fmt: skip
     return rows
 
 
 def render(rows: list[Row]) -> str:
-    header = ("case", "expected", "found (p2p rules)", "scans", "seconds", "ok", "note")
+    header = ("case", "expected", "found (p2p rules)", "scans", "seconds", "ok", "note", "behaviour score")
     table = [header] + [
-        (r.case, r.expected, r.found, r.scans, r.seconds, "yes" if r.ok else "NO", r.note) for r in rows
+        (r.case, r.expected, r.found, r.scans, r.seconds, "yes" if r.ok else "NO", r.note, r.breakdown)
+        for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
@@ -142,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "scans: from the first scan that saw the process connected to a peer (1 = that scan; "
         "'at start': flagged by name before any peer); seconds: since the process started. "
-        "P2P cases scan every 1 s, benign cases every 0.5 s."
+        "P2P cases scan every 1 s, benign cases every 0.5 s. behaviour score: the highest reached, "
+        "with its signals (a match needs 3 points, 8 peers and one peer signal)."
     )
     return 0 if all(r.ok for r in rows) else 1
 

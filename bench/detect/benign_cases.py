@@ -4,7 +4,10 @@ Each case runs in its own loopback-only namespace with the report-only probe ins
 cases are chosen to sit close to the P2P signals: many distinct client addresses with one
 connection each on a high port (the {IP, port} pattern of a P2P listener), TCP and UDP to the
 same hosts (QUIC on 443), many hosts on one high port (metrics scraping), many high ports on
-one host (dev servers), long-lived sessions (ssh, database), bulk transfers (git, pip).
+one host (dev servers), long-lived sessions (ssh, database), bulk transfers (git, pip), and the
+shapes closest to a swarm: a gateway that is a server to many and a client of many backends on
+distinct high ports, a cluster client, a media call over UDP, tunnels, a build cache's short
+connections, rsync to ten hosts, a browser across many networks, LAN multicast discovery.
 """
 
 from __future__ import annotations
@@ -79,8 +82,7 @@ def metrics_scraper(ns: LoopbackNamespace, workdir: Path) -> None:
     )
 
 
-def ssh_sessions(ns: LoopbackNamespace, workdir: Path) -> None:
-    """sshd on a non-standard port and three ssh sessions from three addresses."""
+def _ssh_keys(workdir: Path) -> Path:
     keys = workdir / "ssh"
     keys.mkdir(parents=True, exist_ok=True)
     for key in ("host", "user"):
@@ -88,11 +90,15 @@ def ssh_sessions(ns: LoopbackNamespace, workdir: Path) -> None:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True, timeout=30
         )
     shutil.copyfile(keys / "user.pub", keys / "authorized_keys")
+    return keys
+
+
+def _start_sshd(ns: LoopbackNamespace, workdir: Path, keys: Path, listen: list[str]) -> None:
     config = keys / "sshd_config"
     config.write_text(
         "\n".join(
             [
-                "ListenAddress 127.0.0.1:2222",
+                *(f"ListenAddress {address}" for address in listen),
                 f"HostKey {keys / 'host'}",
                 f"AuthorizedKeysFile {keys / 'authorized_keys'}",
                 "PidFile none",
@@ -101,6 +107,7 @@ def ssh_sessions(ns: LoopbackNamespace, workdir: Path) -> None:
                 "KbdInteractiveAuthentication no",
                 "PermitRootLogin prohibit-password",
                 "StrictModes no",
+                "MaxStartups 100",
                 "",
             ]
         )
@@ -108,6 +115,12 @@ def ssh_sessions(ns: LoopbackNamespace, workdir: Path) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     ns.popen([sshd, "-D", "-e", "-f", str(config)], log=workdir / "sshd.log")
+
+
+def ssh_sessions(ns: LoopbackNamespace, workdir: Path) -> None:
+    """sshd on a non-standard port and three ssh sessions from three addresses."""
+    keys = _ssh_keys(workdir)
+    _start_sshd(ns, workdir, keys, ["127.0.0.1:2222"])
     for source in _addresses("127.0.4", 3):
         argv = [
             "ssh", "-F", "/dev/null", "-i", str(keys / "user"), "-b", source, "-p", "2222",
@@ -211,6 +224,95 @@ def redis_clients(ns: LoopbackNamespace, workdir: Path) -> None:
     )  # fmt: skip
 
 
+def _endpoints(pairs: list[tuple[str, int]], flag: str) -> list[str]:
+    out: list[str] = []
+    for host, port in pairs:
+        out += [flag, f"{host}:{port}"]
+    return out
+
+
+def api_gateway(ns: LoopbackNamespace, workdir: Path) -> None:
+    """An API gateway on a high port: 20 clients in, 10 backends out on distinct addresses and ports."""
+    backends = [(f"127.0.8.{i}", 20000 + 17 * i) for i in range(1, 11)]
+    _workload(ns, workdir, "backends", "tcp-echo", *_endpoints(backends, "--listen"))
+    _workload(ns, workdir, "gateway", "gateway", "--port", "18443", *_endpoints(backends, "--backend"))
+    _workload(
+        ns, workdir, "gateway-clients", "clients", "--target", "127.0.0.1:18443", "--protocol", "http",
+        "--sources", *_addresses("127.0.6", 20),
+    )  # fmt: skip
+
+
+def cluster_client(ns: LoopbackNamespace, workdir: Path) -> None:
+    """A Cassandra/Kafka-style client: a connection to each node of a 9-node cluster on one port."""
+    nodes = [(f"127.0.9.{i}", 9042) for i in range(1, 10)]
+    _workload(ns, workdir, "cluster", "tcp-echo", *_endpoints(nodes, "--listen"))
+    _workload(
+        ns, workdir, "cluster-client", "clients", "--sources", "127.0.0.1", "127.0.0.2",
+        *_endpoints(nodes, "--target"),
+    )  # fmt: skip
+
+
+def media_call(ns: LoopbackNamespace, workdir: Path) -> None:
+    """A WebRTC-like call: UDP media to 3 peers in 3 networks on high ports, STUN keepalives."""
+    peers = [("127.12.0.1", 40100), ("127.13.0.1", 41200), ("127.14.0.1", 42300)]
+    stun = ("127.15.0.1", 3478)
+    _workload(ns, workdir, "media-peers", "udp-echo", *_endpoints([*peers, stun], "--bind"))
+    _workload(ns, workdir, "call", "media", "--stun", f"{stun[0]}:{stun[1]}", *_endpoints(peers, "--peer"))
+
+
+def port_forwards(ns: LoopbackNamespace, workdir: Path) -> None:
+    """`kubectl port-forward` style tunnels: 4 local ports, 3 clients each, all over the API server."""
+    _workload(ns, workdir, "api-server", "tcp-echo", "--listen", "127.0.0.1:6443")
+    ports = [str(p) for p in range(18001, 18005)]
+    _workload(
+        ns, workdir, "port-forward", "tunnels", "--upstream", "127.0.0.1:6443",
+        *[a for p in ports for a in ("--port", p)],
+    )  # fmt: skip
+    _workload(
+        ns, workdir, "tunnel-clients", "clients", "--sources", *_addresses("127.0.0", 3),
+        *[a for p in ports for a in ("--target", f"127.0.0.1:{p}")],
+    )  # fmt: skip
+
+
+def build_cache(ns: LoopbackNamespace, workdir: Path) -> None:
+    """A build-cache client: hundreds of short connections to one cache server on a high port."""
+    _workload(ns, workdir, "cache", "http-server", "--port", "19090")
+    _workload(ns, workdir, "cache-client", "short-connections", "--target", "127.0.0.1:19090")
+
+
+def rsync_hosts(ns: LoopbackNamespace, workdir: Path) -> None:
+    """rsync over ssh to 10 hosts at once (a deploy), throttled so each copy stays on the wire."""
+    hosts = _addresses("127.0.10", 10)
+    keys = _ssh_keys(workdir)
+    _start_sshd(ns, workdir, keys, [f"{h}:22" for h in hosts])
+    payload = workdir / "payload.bin"
+    payload.write_bytes(os.urandom(2 * 1024 * 1024))
+    ssh = (
+        f"ssh -F /dev/null -i {keys / 'user'} -o BatchMode=yes -o StrictHostKeyChecking=no "
+        "-o UserKnownHostsFile=/dev/null"
+    )
+    for host in hosts:
+        target = workdir / f"copy-{host}"
+        _workload(
+            ns, workdir, f"rsync-{host}", "repeat", "--seconds", "60", "--scratch", str(target), "--",
+            "rsync", "-q", "--bwlimit=256", "-e", ssh, str(payload), f"root@{host}:{target}",
+        )  # fmt: skip
+
+
+def browser(ns: LoopbackNamespace, workdir: Path) -> None:
+    """A browser: 60 HTTPS connections to hosts all over the internet, and QUIC (UDP 443) to them."""
+    _workload(ns, workdir, "web", "sink", "--port", "443", "--udp")
+    hosts = [f"127.{n}.1.1" for n in range(100, 160)]
+    _workload(ns, workdir, "browser-tabs", "clients", "--udp", *_targets(hosts, 443))
+
+
+def lan_discovery(ns: LoopbackNamespace, workdir: Path) -> None:
+    """mDNS (224.0.0.251:5353) and SSDP (239.255.255.250:1900) announcing on the LAN groups."""
+    ns.run(["ip", "link", "set", "lo", "multicast", "on"])
+    ns.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"])
+    _workload(ns, workdir, "avahi-like", "multicast")
+
+
 @dataclass(frozen=True)
 class BenignCase:
     name: str
@@ -228,6 +330,7 @@ PACKAGES = {
     "ssh-keygen": "openssh-client",
     "git": "git",
     "redis-server": "redis-server",
+    "rsync": "rsync",
 }
 
 CASES: tuple[BenignCase, ...] = (
@@ -239,6 +342,14 @@ CASES: tuple[BenignCase, ...] = (
     BenignCase("git", git_clones, ("git",)),
     BenignCase("pip", pip_downloads),
     BenignCase("redis", redis_clients, ("redis-server",)),
+    BenignCase("api-gateway", api_gateway),
+    BenignCase("cluster-client", cluster_client),
+    BenignCase("media-call", media_call),
+    BenignCase("port-forwards", port_forwards),
+    BenignCase("build-cache", build_cache),
+    BenignCase("rsync-10-hosts", rsync_hosts, ("sshd", "ssh", "ssh-keygen", "rsync")),
+    BenignCase("browser", browser),
+    BenignCase("lan-discovery", lan_discovery),
 )
 
 
@@ -263,6 +374,16 @@ class BenignRun:
     def max_peers(self) -> int:
         """The most established TCP connections one of its processes had in a scan (activity check)."""
         return max((w.max_peers for w in self.observer.others.values()), default=0)
+
+    @property
+    def max_udp_sockets(self) -> int:
+        """The most UDP sockets one of its processes held in a scan (activity check for UDP cases)."""
+        return max((w.max_udp_sockets for w in self.observer.others.values()), default=0)
+
+    @property
+    def active(self) -> bool:
+        """The agent saw the case's traffic at all (a case that saw nothing proves nothing)."""
+        return self.max_peers >= 1 or self.max_udp_sockets >= 1
 
 
 def run_benign(case: BenignCase, policy: Path, workdir: Path, *, scans: int = SCANS) -> BenignRun:

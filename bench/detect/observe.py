@@ -31,6 +31,7 @@ class Watched:
     detection_scan: int | None = None
     detection_at: float | None = None
     max_peers: int = 0
+    max_udp_sockets: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -76,6 +77,7 @@ class Observer:
                 )
             peers = [p for p in proc["established"] if p not in item.ignore_peers]
             item.max_peers = max(item.max_peers, len(peers))
+            item.max_udp_sockets = max(item.max_udp_sockets, proc.get("udp_sockets", 0))
             if peers and item.first_peer_scan is None:
                 item.first_peer_scan, item.first_peer_at = line["scan"], line["at"]
             p2p = [v for v in proc["violations"] if v["category"] == P2P_CATEGORY]

@@ -5,16 +5,20 @@ Layout of a swarm (all inside one `LoopbackNamespace`):
     tracker   127.0.0.1:<tracker port>   bench.detect.tracker (HTTP, bencoded compact peer lists)
     seeder    127.0.0.2:<port>           transmission-cli with the payload made by mktorrent
     leecher   127.0.0.3:<port>           aria2c, downloads the payload from the seeder (real data)
-    members   127.0.1.1-12:<ports>       bench.detect.swarm: idle peers that make it a swarm
+    members   127.<n>.x.y:<port> (12)    bench.detect.swarm: idle peers that make it a swarm, each in
+                                         its own /16 as internet peers are (127/8 is all loopback)
 
 The named layout keeps the clients' names and the classic ports (tracker 6969, 51413, 6881);
 the renamed layout runs copies of the same binaries under unrelated names with every port moved
-off the well-known ones, so only behaviour can give them away.
+off the well-known ones, so only behaviour can give them away. The evasive layout goes further,
+as a user hiding a client would: renamed, tracker only, every port a random high one, and no
+peer ever dials the leecher (it only dials out, as behind a NAT).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -46,6 +50,8 @@ class SwarmLayout:
     leecher: tuple[str, int]
     seeder_name: str | None = None  # run a copy of transmission-cli under this name
     leecher_name: str | None = None  # run a copy of aria2c under this name
+    members: tuple[tuple[str, int], ...] = ()  # () = member_endpoints()
+    members_dial_leecher: bool = True  # False: the leecher only dials out
 
 
 NAMED = SwarmLayout("named", 6969, ("127.0.0.2", 51413), ("127.0.0.3", 6881))
@@ -59,9 +65,26 @@ RENAMED = SwarmLayout(
 )
 
 
-def member_endpoints(count: int = MEMBERS) -> list[tuple[str, int]]:
-    """Distinct addresses, and ports that differ as they do in a real swarm."""
-    return [(f"127.0.1.{i}", 41000 + 37 * i) for i in range(1, count + 1)]
+def member_endpoints(count: int = MEMBERS, seed: int = 7) -> tuple[tuple[str, int], ...]:
+    """Members as an internet swarm has them: each in its own network, on a random high port."""
+    rng = random.Random(seed)
+    networks = rng.sample(range(1, 255), count)  # the /16 of each member: 127.<n>.x.y
+    return tuple(
+        (f"127.{n}.{rng.randrange(0, 256)}.{rng.randrange(1, 255)}", rng.randrange(20000, 65000))
+        for n in networks
+    )
+
+
+EVASIVE = SwarmLayout(
+    "evasive",
+    27315,
+    ("127.0.0.2", 37211),
+    ("127.0.0.3", 46617),
+    seeder_name="notes-sync",
+    leecher_name="photo-backup",
+    members=member_endpoints(seed=11),
+    members_dial_leecher=False,
+)
 
 
 def _ep(addr: tuple[str, int]) -> str:
@@ -101,7 +124,7 @@ def run_swarm(
         raise ValueError(f"places must be among {PLACES}")
     workdir.mkdir(parents=True, exist_ok=True)
     tracker_ep = ("127.0.0.1", layout.tracker_port)
-    members = member_endpoints()
+    members = list(layout.members) or member_endpoints()
     with LoopbackNamespace() as ns:
         torrent = make_torrent(workdir, f"http://{_ep(tracker_ep)}/announce")
         tracker_argv = [sys.executable, "-m", "bench.detect.tracker", "--port", str(layout.tracker_port)]
@@ -114,7 +137,9 @@ def run_swarm(
         swarm_argv = [sys.executable, "-m", "bench.detect.swarm", "--info-hash", torrent.info_hash.hex()]
         for member in members:
             swarm_argv += ["--member", _ep(member)]
-        swarm_argv += ["--dial", _ep(layout.seeder), "--dial", _ep(layout.leecher)]
+        swarm_argv += ["--dial", _ep(layout.seeder)]
+        if layout.members_dial_leecher:
+            swarm_argv += ["--dial", _ep(layout.leecher)]
         swarm = LineReader(
             ns.popen(swarm_argv, stdout_pipe=True, cwd=REPO, log=workdir / "swarm.err"), "swarm"
         )
@@ -122,7 +147,12 @@ def run_swarm(
 
         probes = {
             place: Probe(
-                ns, policy, inside=place == "inside", scans=MAX_SCANS, log=workdir / f"probe-{place}.err"
+                ns,
+                policy,
+                inside=place == "inside",
+                scans=MAX_SCANS,
+                interval=SCAN_INTERVAL,
+                log=workdir / f"probe-{place}.err",
             )
             for place in places
         }

@@ -5,6 +5,11 @@
     python -m bench.detect.workloads sink --host 0.0.0.0 --port 443 [--udp]
     python -m bench.detect.workloads throttled-http --root DIR --port 18090 --rate 65536
     python -m bench.detect.workloads repeat --seconds 20 -- git clone ...
+    python -m bench.detect.workloads gateway --port 18443 --backend 127.0.8.1:20001 ...
+    python -m bench.detect.workloads short-connections --target 127.0.0.1:19090
+    python -m bench.detect.workloads tunnels --port 18001 ... --upstream 127.0.0.1:6443
+    python -m bench.detect.workloads media --peer 127.0.12.1:40100 ... --stun 127.0.12.9:3478
+    python -m bench.detect.workloads multicast
 
 Each prints "ready" once it listens or is connected, then runs until killed (`repeat`: until
 its time is up). Every address must be a loopback one.
@@ -129,6 +134,162 @@ def sink(args: argparse.Namespace) -> None:
     servers[0].serve_forever()
 
 
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+
+
+def _serve_tcp(host: str, port: int, handle: Any) -> threading.Thread:
+    listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+
+    def accept() -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return thread
+
+
+def gateway(args: argparse.Namespace) -> None:
+    """An API gateway: clients in on one high port; a pooled keep-alive connection to each backend,
+    requests forwarded round-robin (backends on distinct addresses and distinct high ports)."""
+    pool = [_connect(backend, None, socket.SOCK_STREAM) for backend in args.backend]
+    locks = [threading.Lock() for _ in pool]
+    turn = iter(range(1 << 62))
+
+    def handle(client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                i = next(turn) % len(pool)
+                with locks[i]:
+                    pool[i].sendall(data)
+                    reply = pool[i].recv(65536)
+                client.sendall(reply)
+
+    _serve_tcp(args.host, args.port, handle)
+    print("ready", flush=True)
+    while True:  # health checks on the pooled connections, as a gateway does
+        for i, backend in enumerate(pool):
+            with locks[i], contextlib.suppress(OSError):
+                backend.sendall(b"health\n")
+                backend.recv(65536)
+        time.sleep(1.0)
+
+
+def tunnels(args: argparse.Namespace) -> None:
+    """`kubectl port-forward` style: local listeners, each tunnelled over a connection to one
+    upstream (the API server) per accepted client."""
+
+    def handle(client: socket.socket) -> None:
+        upstream = _connect(args.upstream, None, socket.SOCK_STREAM)
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
+
+    for port in args.port:
+        _serve_tcp("127.0.0.1", port, handle)
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def short_connections(args: argparse.Namespace) -> None:
+    """A build-cache client: 8 workers, each fetching artifacts over a new connection every time."""
+
+    def worker() -> None:
+        while True:
+            with contextlib.suppress(OSError), _connect(args.target, None, socket.SOCK_STREAM) as sock:
+                sock.sendall(_request("http", "cache"))
+                sock.recv(65536)
+                time.sleep(0.05)  # reading the artifact
+
+    for _ in range(8):
+        threading.Thread(target=worker, daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def media(args: argparse.Namespace) -> None:
+    """A WebRTC-like call: one UDP socket, media to each peer every 20 ms, STUN keepalives."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((args.host, 0))
+    sock.setblocking(False)
+    print("ready", flush=True)
+    tick = 0
+    while True:
+        for peer in args.peer:
+            with contextlib.suppress(OSError):
+                sock.sendto(b"rtp" * 100, peer)
+        if tick % 50 == 0:
+            with contextlib.suppress(OSError):
+                sock.sendto(b"stun-binding", args.stun)
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+        tick += 1
+        time.sleep(0.02)
+
+
+MDNS = ("224.0.0.251", 5353)
+SSDP = ("239.255.255.250", 1900)
+
+
+def multicast(args: argparse.Namespace) -> None:
+    """mDNS and SSDP: bound to 5353 and 1900, joined to their groups, announcing now and then."""
+    socks = []
+    for group, port in (MDNS, SSDP):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        membership = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sock.setblocking(False)
+        socks.append((sock, (group, port)))
+    print("ready", flush=True)
+    while True:
+        for sock, dest in socks:
+            with contextlib.suppress(OSError):
+                sock.sendto(b"announce", dest)
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+        time.sleep(0.5)
+
+
+def tcp_echo(args: argparse.Namespace) -> None:
+    """Answer every read on each --listen address:port (backends, cluster nodes, an API server)."""
+
+    def handle(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                conn.sendall(b"ok\n")
+
+    for host, port in args.listen:
+        _serve_tcp(host, port, handle)
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def udp_echo(args: argparse.Namespace) -> None:
+    """Answer every datagram on each --bind address:port (media peers, a STUN server)."""
+    import select
+
+    socks = []
+    for host, port in args.bind:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((host, port))
+        socks.append(sock)
+    print("ready", flush=True)
+    while True:
+        readable, _, _ = select.select(socks, [], [])
+        for sock in readable:
+            with contextlib.suppress(OSError):
+                data, peer = sock.recvfrom(65536)
+                sock.sendto(data[:16], peer)
+
+
 # -- clients --------------------------------------------------------------------------------
 
 
@@ -205,6 +366,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=["http", "redis", "raw"], default="raw")
     p.add_argument("--udp", action="store_true", help="also a connected UDP socket per pair (QUIC-like)")
     p.set_defaults(run=clients)
+    p = sub.add_parser("gateway")
+    p.add_argument("--host", type=_loopback, default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--backend", action="append", required=True, type=_endpoint)
+    p.set_defaults(run=gateway)
+    p = sub.add_parser("tunnels")
+    p.add_argument("--port", type=int, action="append", required=True)
+    p.add_argument("--upstream", required=True, type=_endpoint)
+    p.set_defaults(run=tunnels)
+    p = sub.add_parser("short-connections")
+    p.add_argument("--target", required=True, type=_endpoint)
+    p.set_defaults(run=short_connections)
+    p = sub.add_parser("media")
+    p.add_argument("--host", type=_loopback, default="127.0.0.1")
+    p.add_argument("--peer", action="append", required=True, type=_endpoint)
+    p.add_argument("--stun", required=True, type=_endpoint)
+    p.set_defaults(run=media)
+    p = sub.add_parser("tcp-echo")
+    p.add_argument("--listen", action="append", required=True, type=_endpoint)
+    p.set_defaults(run=tcp_echo)
+    p = sub.add_parser("udp-echo")
+    p.add_argument("--bind", action="append", required=True, type=_endpoint)
+    p.set_defaults(run=udp_echo)
+    p = sub.add_parser("multicast")
+    p.set_defaults(run=multicast)
     p = sub.add_parser("repeat")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--scratch", help="directory removed before each run")

@@ -9,8 +9,8 @@ enough, is in policies/README.md ("P2P behaviour").
     connects to >= 3 peers on non-service high ports       1    a client of many hosts, off the service ports
     accepts >= 2 peers on a listening high port            1    a server of many hosts
     one connection per peer, ports as many as addresses    1    Karagiannis {IP, port}: peers, not web clients
-  * peers in >= 4 networks (IPv4 /16, IPv6 /32)            1    a swarm is scattered; servers sit in few networks
-  * >= 2 peers met in both directions                      1    Karagiannis: a peer is client and server at once
+  * peers in >= 4 networks (IPv4 /16, IPv6 /32)            1    swarms are scattered; servers sit in few nets
+  * >= 2 peers met in both directions                      1    Karagiannis: a peer is client and server
   * TCP and UDP on one port / to the same peers            1    Karagiannis TCP/UDP: uTP and DHT beside TCP
   * a well-known BitTorrent port                           1    6881-6889, 6969, 51413 (program-chosen only)
   * local peer discovery                                   2    239.192.152.143:6771 is BitTorrent's alone

@@ -7,7 +7,10 @@ and twelve idle swarm members on loopback make it a swarm (bench.detect.p2p_case
   (a) flag the clients by name with policies/default.yaml;
   (b) flag copies of the same binaries under unrelated names, with every port moved off the
       well-known ones, by behaviour (transmission within 3 scans of its first peer connection);
-  (c) see the renamed swarm from the host namespace, and say which namespace it is in.
+  (c) see the renamed swarm from the host namespace, and say which namespace it is in;
+  (d) flag an evasive swarm by behaviour -- renamed, tracker only, random high ports, a leecher
+      that nobody dials (no inbound peer, no UDP, no BitTorrent port) -- seeder and leecher
+      within 3 scans, by the scattered networks its peers come from.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 
 from bench.detect.clients import missing_clients
 from bench.detect.observe import Watched
-from bench.detect.p2p_cases import NAMED, RENAMED, SwarmRun, run_swarm
+from bench.detect.p2p_cases import EVASIVE, NAMED, RENAMED, SwarmRun, run_swarm
 from bench.detect.sandbox import missing_requirements
 from tests.integration.ci_skip import require
 
@@ -48,6 +51,12 @@ def renamed_swarm(tmp_path_factory: pytest.TempPathFactory) -> SwarmRun:
     return run_swarm(
         RENAMED, DEFAULT_POLICY, tmp_path_factory.mktemp("renamed-swarm"), places=("inside", "host")
     )
+
+
+@pytest.fixture(scope="module")
+def evasive_swarm(tmp_path_factory: pytest.TempPathFactory) -> SwarmRun:
+    _require_everything()
+    return run_swarm(EVASIVE, DEFAULT_POLICY, tmp_path_factory.mktemp("evasive-swarm"))
 
 
 def _reason(watched: Watched, rule_id: str) -> str:
@@ -94,3 +103,14 @@ def test_client_in_another_namespace_is_flagged_from_the_host(renamed_swarm: Swa
         v for v in renamed_swarm.views["inside"].seeder.violations if v["rule_id"] == BEHAVIOUR_RULE
     )
     assert "netns" not in inside.get("connection", {})
+
+
+def test_evasive_tracker_only_swarm_is_flagged_by_behaviour(evasive_swarm: SwarmRun) -> None:
+    assert evasive_swarm.payload_ok, "the evasive leecher did not receive the payload intact"
+    view = evasive_swarm.views["inside"]
+    for watched in (view.seeder, view.leecher):
+        _assert_flagged_by_behaviour_in_time(watched)
+    leecher = _reason(view.leecher, BEHAVIOUR_RULE)
+    assert "peers scattered over" in leecher, leecher
+    assert "accepts" not in leecher and "TCP and UDP" not in leecher, leecher  # nothing but fan-out
+    assert "peers scattered over" in _reason(view.seeder, BEHAVIOUR_RULE)
