@@ -24,13 +24,14 @@ rules:
 
 
 def _pair() -> list[socket.socket]:
-    """Connections to three loopback addresses (three peers on high ports), both ends held."""
+    """Connections to three loopback addresses (three peers on high ports), both ends held: each
+    address is dialled and dials back, so they are peers met both ways (a peer signal)."""
     socks: list[socket.socket] = []
     for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
         server = socket.socket()
         server.bind((ip, 0))
         server.listen()
-        client = socket.create_connection(server.getsockname())
+        client = socket.create_connection(server.getsockname(), source_address=(ip, 0))
         accepted, _ = server.accept()
         socks += [server, client, accepted]
     return socks
