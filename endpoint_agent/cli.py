@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from endpoint_agent.cliversion import add_version
+from endpoint_agent.display import printable
 from endpoint_agent.errors import AgentError
 
 EXIT_OK = 0
@@ -175,12 +176,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     return show_violations(settings, as_json=args.json)
 
 
+def _one_line_warnings() -> None:
+    """Warnings of the one-shot commands (scan --enforce) as escaped lines; `run` sets its own logging."""
+    from endpoint_agent.logfmt import TextLineFormatter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(TextLineFormatter("endpoint-agent: %(levelname)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         return _dispatch(args)
     except AgentError as exc:
-        print(f"endpoint-agent: error: {exc}", file=sys.stderr)
+        print(f"endpoint-agent: error: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -190,5 +204,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except Exception as exc:  # last resort: one line, never a traceback, for a user-facing tool
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
-        print(f"endpoint-agent: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"endpoint-agent: internal error: {type(exc).__name__}: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR

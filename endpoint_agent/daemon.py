@@ -35,7 +35,8 @@ import psutil
 from endpoint_agent import __version__
 from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, build_agent
 from endpoint_agent.errors import AgentError, SettingsError
-from endpoint_agent.logfmt import JsonLineFormatter
+from endpoint_agent.lockfile import foreign_holders, open_lock_file, replace_lock_file
+from endpoint_agent.logfmt import JsonLineFormatter, TextLineFormatter
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
 
@@ -60,7 +61,7 @@ def configure_logging(settings: AgentSettings, stream: IO[str] | None = None) ->
     if settings.log_format == "json":
         handler.setFormatter(JsonLineFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextLineFormatter())  # user-chosen names cannot forge a line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -85,24 +86,36 @@ class InstanceLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self._path)  # 0600, O_NOFOLLOW: no other user can hold it (lockfile.py)
         except OSError as exc:
             raise SettingsError(f"state_dir: cannot create lock file {self._path}: {exc.strerror}") from exc
         try:
             _lock_exclusive(fd)
         except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f" (pid {holder})" if holder else ""
-            raise AlreadyRunning(
-                f"another agent is already running{who} with state dir {self._path.parent}"
-            ) from None
+            fd = self._take_over(fd)
         except OSError as exc:
             os.close(fd)
             raise SettingsError(f"state_dir: cannot lock {self._path}: {exc.strerror}") from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def _take_over(self, fd: int) -> int:
+        """The lock is busy: an agent of ours holds it (AlreadyRunning), or only other users do."""
+        holders = foreign_holders(fd)
+        if holders is None:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise AlreadyRunning(f"another agent is already running{who} with state dir {self._path.parent}")
+        os.close(fd)
+        logger.warning("lock %s held by other users' processes %s: replaced", self._path, holders)
+        try:
+            fd = replace_lock_file(self._path)
+            _lock_exclusive(fd)  # a fresh 0600 file only this user can open
+        except OSError as exc:
+            raise SettingsError(f"state_dir: cannot replace lock file {self._path}: {exc.strerror}") from exc
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -3,7 +3,11 @@
     logger.info("violation ...", extra=log_fields(rule_id="p2p-x", pid=4242))
     set_log_context(host_id="h-1")      # once known; added to every later line
 
-Each line: time, level, logger, message, then the fields a log pipeline filters on (`rule_id`,
+Text lines (`TextLineFormatter`) show the message through `display.printable`: a process name
+with a newline cannot forge a line, and traceback lines are marked `| `. JSON lines are safe as
+JSON (every control character escaped).
+
+Each JSON line: time, level, logger, message, then the fields a log pipeline filters on (`rule_id`,
 `pid`, `host_id`, `event_id`, ...) as top-level keys, and the traceback as `exception`.
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+
+from endpoint_agent.display import printable
 
 # Fields a log line may carry as top-level keys (passed with `extra=`), in this order.
 FIELDS = ("host_id", "rule_id", "pid", "event_id", "action", "process_name", "method", "path", "status")
@@ -49,3 +55,21 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class TextLineFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, one line per record whatever the message holds."""
+
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        flat = logging.makeLogRecord(record.__dict__)
+        flat.msg, flat.args = printable(record.getMessage()), None
+        flat.exc_info, flat.exc_text, flat.stack_info = None, None, None
+        line = super().format(flat)
+        if record.exc_info:
+            # Each line of the traceback marked and escaped: its text may quote what a user chose.
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n| {printable(t)}" for t in trace)
+        return line

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from endpoint_agent.display import printable
 from endpoint_agent.errors import AgentError, PolicyLoadError, PolicySignatureError, PolicyValidationError
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.policy.load import DecodeEnvelope
@@ -141,9 +142,10 @@ def print_table(violations: Sequence[Violation], out: TextIO) -> None:
     header = f"{'ACTION':<12} {'RULE':<28} {'PID':>7} {'PROCESS':<20} {'USER':<10} REASON"
     print(header, file=out)
     for v in violations:
-        line = (
-            f"{v.action.value:<12} {v.rule_id[:28]:<28} {v.pid:>7} {v.process_name[:20]:<20} "
-            f"{(v.username or '?')[:10]:<10} {v.reason}"
+        line = (  # names and reasons quote what a user chose: printable() (no terminal escapes)
+            f"{v.action.value:<12} {printable(v.rule_id)[:28]:<28} {v.pid:>7} "
+            f"{printable(v.process_name)[:20]:<20} "
+            f"{printable(v.username or '?')[:10]:<10} {printable(v.reason)}"
         )
         print(line if out is not sys.stdout or not out.isatty() else line[:width], file=out)
     print(f"{len(violations)} finding(s).", file=out)

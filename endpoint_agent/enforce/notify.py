@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from endpoint_agent.clock import Clock
+from endpoint_agent.display import printable
 from endpoint_agent.types import Outcome
 
 logger = logging.getLogger(__name__)
@@ -58,17 +59,18 @@ class Notification:
     message: str
     help_url: str | None = None
 
+    # Title and body through display.printable: the process name is whatever the user chose.
     @property
     def title(self) -> str:
         verb = "suspended" if self.outcome is Outcome.SUSPENDED else "stopped"
         if self.outcome is Outcome.DENIED:  # the exec gate: it never ran
             verb = "blocked from starting"
-        return f"{self.process_name} was {verb}"
+        return f"{printable(self.process_name)} was {verb}"
 
     @property
     def body(self) -> str:
-        text = self.message or "This application is not allowed on this machine."
-        return f"{text}\n{self.help_url}" if self.help_url else text
+        text = printable(self.message or "This application is not allowed on this machine.")
+        return f"{text}\n{printable(self.help_url)}" if self.help_url else text
 
 
 def log_notification(n: Notification) -> None:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from endpoint_agent.display import printable
 from endpoint_agent.report.store import StoredEvent, ViolationStore
 from endpoint_agent.settings import AgentSettings
 
@@ -56,11 +57,16 @@ def _table(records: Sequence[dict[str, Any]], out: TextIO) -> None:
         file=out,
     )
     for r in records:
-        detected = str(r.get("detected_at", ""))[:19].replace("T", " ")
+        # Every cell through printable(): names and reasons quote what a user chose (ESC, newlines).
+        cell = {
+            k: printable(r.get(k) or "")
+            for k in ("detected_at", "action", "rule_id", "process_name", "reason")
+        }
+        detected = cell["detected_at"][:19].replace("T", " ")
         line = (
-            f"{detected:<20} {r.get('action', '?'):<12} {str(r.get('rule_id', ''))[:24]:<24} "
-            f"{r.get('pid', 0):>7} {str(r.get('process_name', ''))[:18]:<18} "
-            f"{str(r.get('username') or '?')[:10]:<10} {r.get('reason', '')}"
+            f"{detected:<20} {cell['action'] or '?':<12} {cell['rule_id'][:24]:<24} "
+            f"{printable(r.get('pid', 0)):>7} {cell['process_name'][:18]:<18} "
+            f"{printable(r.get('username') or '?')[:10]:<10} {cell['reason']}"
         )
         print(line[:width] if tty else line, file=out)
     print(f"{len(records)} violation(s).", file=out)

@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.ci_skip import require
-from tests.integration.test_service import Harness, policy_yaml, unique, wait_exit
+from tests.integration.test_service import REPO, Harness, clean_env, policy_yaml, unique, wait_exit
 from tests.support.enforce_procs import NsProcess, PidNamespace, is_dead, pid_namespaces_available
 from tests.support.spawn import named_executable, shared_exe_dir
 
@@ -50,6 +51,12 @@ def as_nobody(h: Harness, argv: list[str]) -> NsProcess:
     return h.ns.spawn([*AS_NOBODY, *argv])
 
 
+def as_nobody_soon(h: Harness, argv: list[str]) -> NsProcess:
+    """`argv` as nobody, exec'd a moment after the test knows its PID (a running agent may stop
+    it within milliseconds of the exec)."""
+    return as_nobody(h, ["sh", "-c", 'sleep 0.3; exec "$0" "$@"', *argv])
+
+
 def circuit_events(h: Harness) -> list[str]:
     return [e["type"] for e in h.agent_events() if str(e.get("type", "")).startswith("circuit")]
 
@@ -67,7 +74,7 @@ def test_a_users_flood_of_one_blocked_client_does_not_switch_enforcement_off(
     for i in range(6):
         directory = shared_dir / f"c{i}"
         directory.mkdir(mode=0o755)
-        copies.append(as_nobody(h, [str(named_executable("qbittorrent", directory, "sleep")), "600"]))
+        copies.append(as_nobody_soon(h, [str(named_executable("qbittorrent", directory, "sleep")), "600"]))
         time.sleep(1.5)
     for copy in copies:
         assert wait_exit(copy, h) == -signal.SIGTERM
@@ -81,7 +88,7 @@ def test_a_users_flood_of_one_blocked_client_does_not_switch_enforcement_off(
     assert wait_exit(agent, h) == 0
     again = h.start_agent(h.agent_argv(interval=0.5))
     h.wait_scans(1, again)
-    late = as_nobody(h, [str(shared_dir / "c0" / "qbittorrent"), "600"])
+    late = as_nobody_soon(h, [str(shared_dir / "c0" / "qbittorrent"), "600"])
     assert wait_exit(late, h) == -signal.SIGTERM  # still enforcing after the restart
     assert circuit_events(h) == []
 
@@ -131,3 +138,59 @@ def test_the_circuit_closes_after_its_window_across_a_restart(harness: Harness) 
             s.wait(10)
     assert all(is_dead(s.pid) for s in standins)  # enforcing again
     assert circuit_events(h) == ["circuit_open", "circuit_closed"]
+
+
+@pytest.mark.parametrize("fixed_mode", [False, True], ids=["left-0644", "made-0600-after-taken"])
+def test_a_lock_held_by_another_user_cannot_stop_a_restart(
+    harness: Harness, shared_dir: Path, fixed_mode: bool
+) -> None:
+    h = harness
+    h.state = shared_dir / "state"  # reachable by nobody, as a state dir under /tmp would be
+    h.state.mkdir(mode=0o755)
+    lock = h.state / "agent.lock"
+    lock.write_text("4242\n")
+    lock.chmod(0o644)  # as older agents left it: anyone may open it, and flock works read-only
+    squatter = as_nobody(h, ["flock", "--nonblock", str(lock), "sleep", "600"])
+    deadline = time.monotonic() + 10
+    while f":{lock.stat().st_ino} " not in Path("/proc/locks").read_text():
+        assert time.monotonic() < deadline and squatter.alive(), "nobody never took the lock"
+        time.sleep(0.05)
+    if fixed_mode:
+        lock.chmod(0o600)  # too late: nobody's descriptor keeps the lock
+    h.policy.write_text(policy_yaml([("p2p-standin", "block", unique("ea-p2p"))]))
+    h.start_agent()
+    status = h.wait_scans(1)
+    assert status["state"] == "running" and squatter.alive()
+    assert lock.stat().st_mode & 0o777 == 0o600 and lock.stat().st_uid == 0
+    # A 0644 file is replaced on sight; a private one held only by another user's process too.
+    assert ("held by other users' processes" in h.log_text()) is fixed_mode
+
+
+def test_names_cannot_forge_log_lines_or_escape_into_the_admins_terminal(
+    harness: Harness, shared_dir: Path
+) -> None:
+    h = harness
+    name = "q\x1b[2J\nFORGED"  # comm keeps all 12 bytes
+    h.policy.write_text(policy_yaml([("p2p-q", "block", "q*")]))
+    agent = h.start_agent()
+    h.wait_scans(1, agent)
+    victim = as_nobody_soon(h, [str(named_executable(name, shared_dir, "sleep")), "600"])
+    assert wait_exit(victim, h) == -signal.SIGTERM
+    h.wait_status(lambda s: s.get("stops_total", 0) >= 1)
+    agent.signal(signal.SIGTERM)
+    wait_exit(agent, h)
+    log = h.log_text()
+    assert "q\\x1b[2J\\nFORGED" in log and "\x1b" not in log
+    assert not any(line.startswith("FORGED") for line in log.splitlines())
+    [record] = h.violations()
+    assert record["process_name"] == name  # the record itself is exact
+    table = subprocess.run(
+        [sys.executable, "-m", "endpoint_agent", "violations"],
+        env=clean_env(ENDPOINT_AGENT_STATE_DIR=str(h.state)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
+    assert table.returncode == 0 and "\x1b" not in table.stdout
+    assert len(table.stdout.splitlines()) == 3 and "q\\x1b[2J\\nFORGED" in table.stdout

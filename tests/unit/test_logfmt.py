@@ -22,6 +22,7 @@ def lines() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     saved = dict(logfmt._context)
+    logfmt._context.clear()  # what earlier tests' clients set (host_id) must not leak in
     try:
         yield log, out
     finally:
