@@ -353,6 +353,20 @@ class Agent:
         with self._lock:
             return self._circuit.is_open(policy_version)
 
+    # -- the DNS filter (endpoint_agent/dns): its records and its view of connections --
+    def record(self, violations: Sequence[Violation], agent_events: Sequence[dict[str, object]] = ()) -> None:
+        """Store violations and agent events found outside a tick (the DNS filter's), durably."""
+        with self._lock:
+            now = self._clock.now()
+            events = [self._agent_event(dict(e), now) for e in agent_events]
+            self._commit(now, violations, events, live=None)
+            self.violations_total += len(violations)
+
+    def use_source(self, source: SnapshotSource) -> None:
+        """Replace the snapshot source (e.g. with one that annotates connections with domains)."""
+        with self._lock:
+            self._source = source
+
     def close(self, timeout: float = 5.0) -> None:
         """Let queued user notifications go out (bounded); the store belongs to the caller."""
         self._notifier.close(timeout)

@@ -61,6 +61,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         choices=["auto", "on", "off"],
         help="judge programs before they run (Linux, root; default auto: where the kernel allows)",
     )
+    p.add_argument(
+        "--dns-filter",
+        choices=["auto", "on", "off"],
+        help="local DNS filter for domain rules (default auto: on while the policy has domain rules)",
+    )
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
@@ -90,7 +95,7 @@ def _add_remaining_settings(p: argparse.ArgumentParser) -> None:
 
 # Settings for tests and benchmarks only: config file or env, never advertised as a flag.
 _INTERNAL_SETTINGS = frozenset({"enforce_scope_pid"})
-_LIST_SETTINGS = frozenset({"protected_extra"})
+_LIST_SETTINGS = frozenset({"protected_extra", "dns_upstreams"})
 
 
 def _shown_default(field: object) -> str:

@@ -41,6 +41,7 @@ from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStor
 from endpoint_agent.settings import AgentSettings
 
 if TYPE_CHECKING:
+    from endpoint_agent.dns.service import NetGuard  # DNS filter and connection blocking
     from endpoint_agent.gate.service import ExecGate  # exec gate
     from endpoint_agent.report.job import ReportJob  # report (issue 5)
     from endpoint_agent.sync.service import PolicySyncService  # policy sync (issue 4)
@@ -234,6 +235,7 @@ class Service:
         self.report: ReportJob | None = None  # report (issue 5): upload + heartbeat, in server mode
         self.reaction: ExecWatcher | None = None  # issue 7: exec events between scans (None: polling)
         self.gate: ExecGate | None = None  # exec gate: programs judged before they run (None: off)
+        self.netguard: NetGuard | None = None  # DNS filter and nftables table, following the policy
 
     @property
     def agent(self) -> Agent:
@@ -263,6 +265,9 @@ class Service:
         # -- report (issue 5): how uploads and heartbeats go --
         if self.report is not None:
             data["report"] = self.report.status()
+        # -- DNS filter and nftables table --
+        if self.netguard is not None:
+            data.update(self.netguard.status())
         try:
             write_status(self._settings.status_path, data)
         except OSError as exc:
@@ -277,6 +282,9 @@ class Service:
         try:
             self._agent.tick()
         finally:
+            last = self._agent.last
+            if self.netguard is not None and last is not None:
+                self.netguard.update(last.policy, last.mode)  # the filter follows the policy and mode
             self.write_status("running")
 
     def run(self, stop: threading.Event, jobs: Sequence[JobSpec]) -> None:
@@ -393,6 +401,7 @@ def run_service(settings: AgentSettings) -> int:
         policy = build_policy_provider(settings, store)  # server mode records policy events in the store
         agent = build_agent(settings, store=store, policy=policy)
         service = Service(settings, agent)
+        service.netguard = start_netguard(settings, agent)
         # -- event-driven reaction (issue 7): None where process events are off or unavailable --
         from endpoint_agent.watch import start_reaction
 
@@ -416,10 +425,25 @@ def run_service(settings: AgentSettings) -> int:
             service.reaction.stop()
         if service is not None and service.gate is not None:  # exec gate: idempotent
             service.gate.stop()
+        if service is not None and service.netguard is not None:  # resolver restored, table removed
+            service.netguard.stop()
         if store is not None:
             with contextlib.suppress(AgentError):
                 store.close()
         lock.release()
+
+
+def start_netguard(settings: AgentSettings, agent: Agent) -> NetGuard | None:
+    """The DNS filter and nftables part (None with `--dns-filter off` and no nft); undoes what a
+    killed agent left first. Its connections carry learned domains from the first scan on."""
+    from endpoint_agent.clock import SystemClock
+    from endpoint_agent.dns.addrmap import AnnotatingSource
+    from endpoint_agent.dns.service import NetGuard
+
+    guard = NetGuard(settings, clock=SystemClock(), record=agent.record)
+    guard.recover_left_over()
+    agent.use_source(AnnotatingSource(agent.source, guard.addresses))
+    return guard
 
 
 def open_store(settings: AgentSettings) -> ViolationStore:

@@ -126,6 +126,22 @@ class AgentSettings(BaseModel):
     notify_timeout_seconds: float = Field(5.0, gt=0, le=120)
     notify_interval_seconds: float = Field(60.0, ge=0, le=86400)
 
+    # -- DNS filter and connection blocking (endpoint_agent/dns, enforce/netfilter.py) --
+    # auto: on while the active policy has domain conditions (Linux, root); on: always; off: never.
+    dns_filter: Literal["auto", "on", "off"] = "auto"
+    dns_listen: str = Field(
+        "127.0.0.153:53", description="loopback address:port of the DNS filter (resolv.conf needs port 53)"
+    )
+    dns_upstreams: tuple[str, ...] = Field(
+        (), description="DNS servers the filter forwards to (default: those the machine used before)"
+    )
+    dns_sinkhole: str | None = Field(
+        None, description="answer blocked A/AAAA queries with this address (a block page) instead of NXDOMAIN"
+    )
+    dns_report_interval: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="seconds between records of one (process, domain)"
+    )
+
     # Local violation store (outbox).
     store_max_events: int = Field(100_000, ge=100)
     store_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
@@ -180,7 +196,7 @@ class AgentSettings(BaseModel):
             return self.scan_interval
         return SCAN_INTERVAL_WITH_EVENTS if events else SCAN_INTERVAL_POLLING
 
-    @field_validator("exec_gate", mode="before")
+    @field_validator("exec_gate", "dns_filter", mode="before")
     @classmethod
     def _gate_word(cls, value: object) -> object:
         # YAML 1.1 reads bare on/off as booleans
@@ -188,12 +204,44 @@ class AgentSettings(BaseModel):
             return "on" if value else "off"
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("dns_listen")
+    @classmethod
+    def _dns_listen(cls, value: str) -> str:
+        from endpoint_agent.dns.endpoints import parse_server
+
+        endpoint = parse_server(value)
+        if not endpoint.ip.startswith("127.") and endpoint.ip != "::1":
+            raise ValueError("must be a loopback address (the filter serves this machine only)")
+        return value
+
+    @field_validator("dns_upstreams")
+    @classmethod
+    def _dns_upstreams(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from endpoint_agent.dns.endpoints import parse_server
+
+        for item in value:
+            parse_server(item)
+        return value
+
+    @field_validator("dns_sinkhole")
+    @classmethod
+    def _dns_sinkhole(cls, value: str | None) -> str | None:
+        import ipaddress
+
+        if value is not None:
+            try:
+                ipaddress.ip_address(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+            return value.strip()
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("public_keys", "protected_extra", mode="before")
+    @field_validator("public_keys", "protected_extra", "dns_upstreams", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str | Path) else value
@@ -230,7 +278,7 @@ class AgentSettings(BaseModel):
 
 
 _FIELDS = frozenset(AgentSettings.model_fields)
-_LIST_FIELDS = frozenset({"public_keys", "protected_extra"})
+_LIST_FIELDS = frozenset({"public_keys", "protected_extra", "dns_upstreams"})
 _PATH_FIELDS = frozenset(
     {"state_dir", "policy", "break_glass_file", "public_keys", "enroll_secret_file", "ca_bundle"}
 )

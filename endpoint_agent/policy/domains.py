@@ -14,8 +14,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import idna
-
 MAX_NAME_LENGTH = 253
 WILDCARD_PREFIX = "*."
 # DNS allows more than hostnames do (underscores in SRV/DMARC names), so ASCII labels are
@@ -31,6 +29,8 @@ def normalize_name(name: str) -> str:
     if text.isascii():
         text = text.lower()
     else:
+        import idna  # only for non-ASCII names; its tables are not worth loading otherwise
+
         try:
             text = idna.encode(text, uts46=True).decode("ascii")
         except (idna.IDNAError, UnicodeError) as exc:
