@@ -81,10 +81,15 @@ def _read(path: Path) -> str:
 def _write_atomic(path: Path, text: str) -> None:
     """Replace `path` by rename; a mount point (a bind-mounted file) is rewritten in place instead."""
     if _is_mount_point(path):
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Overwrite, then cut: a reader never finds the file empty (no O_TRUNC first).
+        data = text.encode("utf-8", errors="surrogateescape")
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
