@@ -122,6 +122,9 @@ def _human(d: dict[str, Any]) -> list[str]:
             f"process starts: {events.get('mode')} ({events.get('execs', 0)} execs seen, "
             f"{events.get('processes_checked', 0)} checked, {events.get('overruns', 0)} overruns)"
         )
+    gate = d.get("exec_gate")
+    if isinstance(gate, dict):
+        lines.append(_gate_line(gate))
     lines.append(f"processes stopped: {d.get('stops_total', 0)}")
     if d.get("last_error"):
         lines.append(f"last error: {d['last_error']}")
@@ -155,6 +158,23 @@ def _human(d: dict[str, Any]) -> list[str]:
             lines.append(f"policy sync error: {sync['last_error']}")
     lines.append(f"updated: {d.get('updated_at')}")
     return lines
+
+
+def _gate_line(g: dict[str, Any]) -> str:
+    """exec gate: on (1204 decisions, 3 denied, cache hit rate 99.1%, p50 0.04 ms, p99 0.3 ms, ...)."""
+    state = str(g.get("state"))
+    if state in ("off", "stopped") or "decisions" not in g:
+        detail = f": {g['detail']}" if g.get("detail") else ""
+        return f"exec gate: {state}{detail}"
+    rate = g.get("cache_hit_rate")
+    shown = f"{rate * 100:.1f}%" if isinstance(rate, int | float) else "n/a"
+    line = (
+        f"exec gate: {state} ({g.get('decisions', 0)} decisions, {g.get('denied', 0)} denied, "
+        f"{g.get('would_block', 0)} would block, cache hit rate {shown}, p50 {g.get('p50_ms')} ms, "
+        f"p99 {g.get('p99_ms')} ms, {g.get('deadline_misses', 0)} deadline misses, "
+        f"{g.get('restarts', 0)} restarts)"
+    )
+    return f"{line}; {g['detail']}" if g.get("detail") else line
 
 
 __all__ = ["collect_status", "is_running", "read_status", "show_status"]

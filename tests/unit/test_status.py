@@ -69,3 +69,22 @@ def test_a_damaged_status_file_is_an_error(tmp_path: Path) -> None:
     settings.status_path.write_text("{not json")
     with pytest.raises(AgentError, match="not valid JSON"):
         show_status(settings, as_json=True, out=io.StringIO())
+
+
+def test_the_exec_gate_line(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    gate = {
+        "state": "on", "decisions": 1204, "denied": 3, "would_block": 0, "cache_hit_rate": 0.991,
+        "p50_ms": 0.04, "p99_ms": 0.3, "deadline_misses": 1, "restarts": 2, "detail": "",
+    }  # fmt: skip
+    write_status(
+        settings.status_path, {**sample(os.getpid(), psutil.Process().create_time()), "exec_gate": gate}
+    )
+    text = str(status_of(settings, as_json=False))
+    assert "exec gate: on (1204 decisions, 3 denied, 0 would block, cache hit rate 99.1%, p50 0.04 ms" in text
+    assert "1 deadline misses, 2 restarts)" in text
+    failed = {"state": "failed", "detail": "left off after 5 failure(s): the gate did not answer a ping"}
+    write_status(
+        settings.status_path, {**sample(os.getpid(), psutil.Process().create_time()), "exec_gate": failed}
+    )
+    assert "exec gate: failed: left off after 5 failure(s)" in str(status_of(settings, as_json=False))
