@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "bench.memory",
     "exec_cost": "bench.exec_cost",
     "exec_storm": "bench.exec_storm",
+    "gate": "bench.gate",
 }
 DEFAULT = ("scan", "footprint", "reaction", "memory")
 

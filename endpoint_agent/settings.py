@@ -105,6 +105,9 @@ class AgentSettings(BaseModel):
     process_events: bool = True
     # -- exec gate: judge programs before they run (fanotify, Linux, root); auto: where possible --
     exec_gate: Literal["auto", "on", "off"] = "auto"
+    # Whose mounts the gate marks: `own` (the agent's mount namespace) or `init` (the machine's, for a
+    # service that systemd runs in a mount namespace of its own: PrivateTmp=, ProtectSystem=, ...).
+    exec_gate_mounts: Literal["own", "init"] = "own"
     # Tests and benchmarks only: nothing but descendants of this process may be signalled
     # (enforce/scope.py); everything else is treated as protected. Only ever narrows enforcement.
     enforce_scope_pid: int | None = Field(None, ge=1)

@@ -83,16 +83,26 @@ def read_mounts(path: str = MOUNTINFO) -> list[Mount]:
 
 
 class MountWatch:
-    """The mount table's pollable descriptor and the local mounts not marked yet."""
+    """The mount table's pollable descriptor and the local mounts not marked yet.
 
-    def __init__(self, path: str = MOUNTINFO) -> None:
-        self._path = path
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    `pid` None: the gate's own mount namespace. Otherwise the namespace of process `pid` (1: the
+    machine's, when the service runs in a namespace of its own, as systemd's ProtectSystem= and
+    PrivateTmp= make it); its mounts are reached through /proc/PID/root (`mark_path`).
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self._path = MOUNTINFO if pid is None else f"/proc/{pid}/mountinfo"
+        self._root = "" if pid is None else f"/proc/{pid}/root"
+        self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         self._seen: set[int] = set()
 
     @property
     def fd(self) -> int:
         return self._fd
+
+    def mark_path(self, mount: Mount) -> str:
+        """The path that reaches `mount` from the gate's namespace."""
+        return self._root + mount.mount_point if self._root else mount.mount_point
 
     def new_local_mounts(self) -> list[Mount]:
         """Local mounts that appeared since the last call (all of them the first time)."""
@@ -113,8 +123,16 @@ class MountWatch:
         self._seen = {m.mount_id for m in current}
         return out
 
+
+def same_namespace(pid: int) -> bool | None:
+    """Whether process `pid` shares the caller's mount namespace (None: cannot tell)."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
     def close(self) -> None:
         os.close(self._fd)
 
 
-__all__ = ["MOUNTINFO", "Mount", "MountWatch", "is_local", "parse_mountinfo", "read_mounts"]
+__all__ = ["MOUNTINFO", "Mount", "MountWatch", "is_local", "parse_mountinfo", "read_mounts", "same_namespace"]

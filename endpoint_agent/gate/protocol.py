@@ -33,6 +33,8 @@ class GateConfig:
     unsafe_share: float = 0.10
     ignore_marks: bool = True  # let the kernel skip system files already allowed
     report_interval_s: float = 60.0  # at most one report per (rule, file, user) in this time
+    # Whose mount namespace to mark: None, the gate's own; 1, the machine's (exec_gate_mounts: init).
+    mounts_of_pid: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -104,6 +104,7 @@ class _Source:
                 mode_reason=mode.reason,
                 protected_extra=self.settings.protected_extra,
                 unsafe_share=self.settings.unsafe_kill_share,
+                mounts_of_pid=1 if self.settings.exec_gate_mounts == "init" else None,
             )
             self._cached = (id(active), config)
             return config

@@ -133,6 +133,7 @@ class GateSupervisor:
             "cache_hit_rate",
             "p50_ms",
             "p99_ms",
+            "max_ms",
             "deadline_misses",
             "reports_dropped",
             "mounts_marked",
@@ -143,6 +144,8 @@ class GateSupervisor:
                 out[key] = self.stats[key]
         if self.ready:
             out["dry_run"] = {k: self.ready.get(k) for k in ("safe", "reason", "programs", "would_deny")}
+            out["namespace"] = self.ready.get("namespace")
+            out["covers_machine"] = self.ready.get("covers_init")
         return out
 
     # -- the thread ------------------------------------------------------------------------------
@@ -228,6 +231,11 @@ class GateSupervisor:
             self.state = "on"
             self.detail = "" if msg.get("safe") else f"monitor only: policy unsafe: {msg.get('reason')}"
             logger.info("exec gate on (pid %s): %s", self.pid, msg.get("reason"))
+            if msg.get("covers_init") is False:
+                logger.warning(
+                    "exec gate: the agent runs in a mount namespace of its own; execs outside it are not "
+                    "gated (set exec_gate_mounts: init)"
+                )
             if not msg.get("safe"):
                 logger.error("exec gate: %s", self.detail)
                 self._on_event(

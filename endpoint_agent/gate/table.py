@@ -80,10 +80,12 @@ class GateStats:
     ignore_marks: int = 0
     _timings: array = field(default_factory=lambda: array("q", [0] * _TIMINGS))
     _timed: int = 0
+    _longest: int = 0
 
     def time(self, nanoseconds: int) -> None:
         self._timings[self._timed % _TIMINGS] = nanoseconds
         self._timed += 1
+        self._longest = max(self._longest, nanoseconds)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -94,6 +96,7 @@ class GateStats:
         out["p99_ms"] = (
             round(samples[min(len(samples) - 1, len(samples) * 99 // 100)] / 1e6, 3) if samples else None
         )
+        out["max_ms"] = round(self._longest / 1e6, 3)  # the longest any exec was held
         return out
 
 

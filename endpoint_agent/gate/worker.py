@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.gate.facts import FactsReader, FileFacts, package_index
 from endpoint_agent.gate.fanotify import ExecEvent, FanotifyGroup, GateUnavailable
-from endpoint_agent.gate.mounts import MountWatch
+from endpoint_agent.gate.mounts import MountWatch, same_namespace
 from endpoint_agent.gate.protocol import GateConfig, Report, decode, encode
 from endpoint_agent.gate.table import Answer, DryRunResult, FileJob, FileKey, Table, Wait, assess
 from endpoint_agent.policy.exec_time import ExecTimePolicy, ExecUser
 
 logger = logging.getLogger(__name__)
 
-_POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+GATE_NICE = -10
 
 
 @dataclass(slots=True, eq=False)
@@ -142,7 +142,7 @@ class Gate:
 
     def open(self) -> None:
         self._group = FanotifyGroup.open()
-        self._mounts = MountWatch()
+        self._mounts = MountWatch(self._config.mounts_of_pid)
         self._judge.start()
         self._mark_new_mounts()
         if self.table.stats.mounts_marked == 0:
@@ -166,7 +166,7 @@ class Gate:
         assert self._group is not None and self._mounts is not None
         for mount in self._mounts.new_local_mounts():
             try:
-                self._group.mark_mount(mount.mount_point)
+                self._group.mark_mount(self._mounts.mark_path(mount))
             except GateUnavailable:
                 raise
             except OSError:
@@ -342,6 +342,13 @@ class Gate:
                 "would_deny": result.denied,
                 "exec_rules": self.exec_policy.rule_count,
                 "can_deny": self.exec_policy.can_deny,
+                "namespace": "own"
+                if self._config.mounts_of_pid is None
+                else f"of pid {self._config.mounts_of_pid}",
+                # False: execs outside the marked namespace (e.g. the machine's) are not gated
+                "covers_init": same_namespace(1)
+                if self._config.mounts_of_pid is None
+                else self._config.mounts_of_pid == 1,
             }
         )
 
@@ -411,6 +418,9 @@ def _interpreter_files() -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="gate: %(levelname)s %(message)s")
+    # Every exec of the machine may wait on this process: it runs ahead of ordinary work.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, GATE_NICE)
     ctrl = socket.socket(fileno=int(args[0]))
     try:
         config = GateConfig.from_json(sys.stdin.read())

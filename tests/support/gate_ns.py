@@ -46,10 +46,16 @@ def unavailable() -> str | None:
 
 class GateNamespace:
     def __init__(
-        self, policy_yaml: str, *, enforce: bool = True, env: Mapping[str, str] | None = None
+        self,
+        policy_yaml: str,
+        *,
+        enforce: bool = True,
+        env: Mapping[str, str] | None = None,
+        mounts_of_pid: int | None = None,
     ) -> None:
         self._policy_yaml = policy_yaml
         self._enforce = enforce
+        self._mounts_of_pid = mounts_of_pid
         self._env = {**os.environ, **(env or {})}
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
@@ -63,7 +69,7 @@ class GateNamespace:
             cwd=REPO,
             env=self._env,
         )
-        self.call("start", policy=self._policy_yaml, enforce=self._enforce)
+        self.call("start", policy=self._policy_yaml, enforce=self._enforce, mounts_of_pid=self._mounts_of_pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -127,6 +133,22 @@ class GateNamespace:
         return result
 
 
+def shell_loops(program: str, count: int, loops: int = 1) -> dict[str, float]:
+    """Run `loops` parallel `bash` loops of `count` execs of `program`; wall seconds and their CPU."""
+    import resource
+
+    script = f'i=0; while [ "$i" -lt {int(count)} ]; do {program}; i=$((i + 1)); done'
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    procs = [subprocess.Popen(["bash", "-c", script]) for _ in range(loops)]
+    for proc in procs:
+        proc.wait()
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "execs": float(count * loops)}
+
+
 # -- the helper, inside the namespace ---------------------------------------------------------------
 
 
@@ -137,14 +159,18 @@ class _Helper:
         self.config: Any = None
         self.supervisor: Any = None
 
-    def start(self, policy: str, enforce: bool) -> dict[str, Any]:
+    def start(self, policy: str, enforce: bool, mounts_of_pid: int | None = None) -> dict[str, Any]:
         from endpoint_agent.gate.protocol import GateConfig
         from endpoint_agent.gate.supervisor import GateSupervisor
         from endpoint_agent.policy import parse_policy
 
         parsed = parse_policy(policy, "test policy")
         self.config = GateConfig(
-            policy=parsed.model_dump(mode="json"), agent_pid=os.getpid(), enforce=enforce, mode_reason="test"
+            policy=parsed.model_dump(mode="json"),
+            agent_pid=os.getpid(),
+            enforce=enforce,
+            mode_reason="test",
+            mounts_of_pid=mounts_of_pid,
         )
         self.supervisor = GateSupervisor(
             lambda: self.config,
@@ -187,6 +213,23 @@ class _Helper:
     def mount_tmpfs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "gatetest", path], check=True)
+
+    def loop(self, program: str, count: int, loops: int = 1) -> dict[str, float]:
+        """`loops` shell loops running `program` `count` times each, in parallel: wall and CPU seconds."""
+        return shell_loops(program, count, loops)
+
+    def cpu(self) -> float:
+        """CPU seconds of the gate's side of the agent: this supervisor and the gate process."""
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        total = usage.ru_utime + usage.ru_stime
+        pid = self.supervisor.pid if self.supervisor is not None else None
+        if pid is not None:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def copy(self, src: str, dst: str) -> None:
         shutil.copy2(src, dst)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -199,3 +200,33 @@ def test_a_huge_binary_is_allowed_first_then_denied(tmp_path: Path) -> None:
             assert gate.status()["deadline_misses"] >= 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_gate_can_mark_another_namespaces_mounts(bin_dir: Path) -> None:
+    """exec_gate_mounts: init (a service in a namespace of its own gates the machine's execs), shown
+    with two private namespaces: the gate lives in one and marks the other's mounts through
+    /proc/PID/root; the machine's own mounts are never marked."""
+    other = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sleep", "600"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{other.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare never entered its namespace"
+            time.sleep(0.05)
+        with GateNamespace(policy(bin_dir), mounts_of_pid=other.pid) as gate:
+            status = gate.wait_ready()
+            assert status["covers_machine"] is False
+            inside_other = [
+                "nsenter",
+                f"--target={other.pid}",
+                "--mount",
+                "--",
+                str(bin_dir / "gatetest-byname"),
+            ]
+            refused = subprocess.run(inside_other, capture_output=True, text=True, timeout=30, check=False)
+            assert refused.returncode != 0 and "not permitted" in refused.stderr, refused
+            assert gate.run([str(bin_dir / "gatetest-byname")])["rc"] == 0  # its own namespace: not marked
+    finally:
+        other.kill()
+        other.wait()
