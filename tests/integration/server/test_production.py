@@ -69,6 +69,7 @@ def test_agent_reaches_a_tls_server_through_its_ca_bundle_with_json_logs(
                 "--log-format", "json", "--no-process-events", "--no-notify", "--scan-interval", "0.5",
                 "--sync-interval", "0.5", "--upload-interval", "0.5",
                 "--break-glass-file", str(tmp_path / "bg"),
+                "--exec-gate", "off",  # this agent runs in the machine's mount namespace: never gate it
             ]  # fmt: skip
             with log.open("wb") as out:
                 return subprocess.Popen(argv, stdout=out, stderr=out, env=agent_env(), cwd=REPO_ROOT)
