@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint detect-report clean venv schema
+.PHONY: demo test bench lint detect-report clean venv schema deb
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ detect-report: $(STAMP)
 
 schema: $(STAMP)
 	@$(BIN)/python -m endpoint_agent.policy.schema > policies/schema.json
+
+# Debian package (dpkg-deb): a venv under /opt/endpoint-agent, the unit, the default config; see packaging/README.md.
+DEB_DIR ?= dist
+deb: $(STAMP)
+	@PIP="$${PIP:-$(BIN)/pip}" bash packaging/deb/build.sh $(DEB_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -141,12 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     violations = sub.add_parser("violations", help="violations recorded on this machine")
     _add_state_flags(violations)
     violations.add_argument("--json", action="store_true", help="one JSON object per violation per line")
+    inst = sub.add_parser(
+        "install", help="put the service in place: systemd unit (launchd plist), config, policy, state dir"
+    )
+    inst.add_argument("--root", default="/", help="install under this directory instead of / (staging)")
+    inst.add_argument("--start", action="store_true", help="then enable and start the service")
+    uninst = sub.add_parser("uninstall", help="undo install (an edited config is kept unless --purge)")
+    uninst.add_argument("--root", default="/", help="the directory install used")
+    uninst.add_argument("--purge", action="store_true", help="also remove the config and the state dir")
     add_version(parser, "endpoint-agent")
     return parser
 
 
 # argparse's own keys, which are not settings.
 _NOT_SETTINGS = frozenset({"command", "json"})
+_INSTALL_COMMANDS = frozenset({"install", "uninstall"})
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -164,6 +173,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from endpoint_agent.scan import check_policy_command
 
         return check_policy_command(args.file, public_keys=args.public_keys)
+    if args.command in _INSTALL_COMMANDS:
+        from pathlib import Path
+
+        from endpoint_agent.install import install, uninstall
+
+        if args.command == "install":
+            return install(Path(args.root), start=args.start)
+        return uninstall(Path(args.root), purge=args.purge)
 
     from endpoint_agent.settings import load_settings
 
