@@ -58,6 +58,7 @@ _PLAN_OUTCOME = {
 }
 _STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
 CIRCUIT_META_KEY = "circuit"
+MAX_UNSAVED_EVENTS = 1000  # events kept in memory while the store cannot be written (disk full)
 
 
 # -- the seams -------------------------------------------------------------------------------
@@ -269,11 +270,25 @@ class _Unsaved:
     events: list[NewEvent] = field(default_factory=list)
     upserts: dict[SeenKey, SeenEntry] = field(default_factory=dict)
     deletes: set[SeenKey] = field(default_factory=set)
+    dropped: int = 0  # events dropped while the disk stayed full; counted in the store when it works
+
+    def bound(self, limit: int = MAX_UNSAVED_EVENTS) -> None:
+        """A full disk must not make the agent hold every event in memory: the oldest go, counted."""
+        over = len(self.events) - limit
+        if over > 0:
+            del self.events[:over]
+            self.dropped += over
+            logger.error(
+                "store unwritable: dropped the %d oldest unsaved event(s) (%d so far)", over, self.dropped
+            )
+        if len(self.deletes) > limit:  # stale dedup rows only: forgotten, not wrong
+            self.deletes = set(sorted(self.deletes)[-limit:])
 
     def clear(self) -> None:
         self.events.clear()
         self.upserts.clear()
         self.deletes.clear()
+        self.dropped = 0
 
 
 class Agent:
@@ -293,6 +308,7 @@ class Agent:
         block_action: BlockAction = BlockAction.TERMINATE,
         enforce_allowed: bool = True,
         react_evaluate: Evaluator = _evaluate,
+        max_unsaved: int = MAX_UNSAVED_EVENTS,
     ) -> None:
         self._policy = policy
         self._source = source
@@ -312,6 +328,7 @@ class Agent:
         self._decider = Decider(guard, self._dedup)
         self._stage = EnforceStage(enforcer, circuit, block_action)
         self._unsaved = _Unsaved()
+        self._max_unsaved = max_unsaved
         self.started_at = clock.now()
         self.scans = 0
         self.scan_errors = 0
@@ -490,6 +507,7 @@ class Agent:
         pending = self._unsaved
         pending.events.extend(NewEvent(v.event_id, "violation", now, v.to_json()) for v in violations)
         pending.events.extend(NewEvent(str(e["event_id"]), "agent", now, e) for e in agent_events)
+        pending.bound(self._max_unsaved)
         # A partial snapshot's live set only grows, so nothing departs: with no new event and no
         # dedup entry to write, changes() would hand out nothing (and it costs a pass over the set).
         idle = skip_if_idle and not pending.events and not self._dedup.dirty
@@ -505,6 +523,7 @@ class Agent:
                 seen_upserts=list(pending.upserts.values()),
                 seen_deletes=sorted(pending.deletes),
                 meta={CIRCUIT_META_KEY: self._circuit.state.to_json()},
+                dropped=pending.dropped,  # reported as events_dropped by the uploader
             )
         except StoreError:
             logger.error("could not record %d event(s); they stay queued in memory", len(pending.events))
@@ -549,6 +568,7 @@ class Agent:
             "reactions": self.reactions,  # issue 7: fast-path runs on new processes
             "queue": queue,
             "unsaved_events": len(self._unsaved.events),
+            "unsaved_dropped": self._unsaved.dropped,
         }
 
 
@@ -588,6 +608,7 @@ def build_agent(
         break_glass=BreakGlass(settings.break_glass_file),
         clock=clock,
         block_action=BlockAction(settings.block_action),
+        max_unsaved=settings.store_max_unsaved_events,
     )
 
 

@@ -37,6 +37,7 @@ from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, buil
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.lockfile import foreign_holders, open_lock_file, replace_lock_file
 from endpoint_agent.logfmt import JsonLineFormatter, TextLineFormatter
+from endpoint_agent.report.salvage import requeue_damaged
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
 
@@ -458,7 +459,9 @@ def open_store(settings: AgentSettings) -> ViolationStore:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-        return ViolationStore.open(path, limits)
+        store = ViolationStore.open(path, limits)
+        requeue_damaged(store, aside, str(exc))  # what is lost is said: a store_damaged agent event
+        return store
 
 
 def _prepare_state_dir(path: Path) -> None:

@@ -149,6 +149,8 @@ class AgentSettings(BaseModel):
     store_max_events: int = Field(100_000, ge=100)
     store_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     store_min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # Events held in memory while the store cannot be written (full disk); older ones dropped, counted.
+    store_max_unsaved_events: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("server")
     @classmethod

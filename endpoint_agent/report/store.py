@@ -263,8 +263,12 @@ class ViolationStore:
         seen_upserts: Sequence[SeenEntry] = (),
         seen_deletes: Iterable[SeenKey] = (),
         meta: dict[str, object] | None = None,
+        dropped: int = 0,
     ) -> None:
-        """Everything one scan produced, in one transaction: durable when this returns."""
+        """Everything one scan produced, in one transaction: durable when this returns.
+
+        `dropped`: events the caller had to drop before they could be written (a full disk); added
+        to the dropped-events counter the uploader reports."""
         self._writable()
         rows = [
             (e.event_id, e.kind, _iso(e.created_at), text, len(text.encode()))
@@ -308,6 +312,8 @@ class ViolationStore:
             )
             for key, value in (meta or {}).items():
                 self._set_meta(key, value)
+            if dropped > 0:
+                self._count_dropped(dropped)
             if rows:
                 self._enforce_limits(before, new_count=len(rows), new_bytes=sum(r[4] for r in rows))
 
@@ -464,10 +470,12 @@ class ViolationStore:
         cur.close()
         self._conn.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in victims])
         if dropped:
-            previous = self._conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
-            total_dropped = (int(previous[0]) if previous else 0) + dropped
-            self._set_meta("dropped", total_dropped)
+            self._count_dropped(dropped)
             logger.warning("violation store full: dropped the %d oldest pending event(s)", dropped)
+
+    def _count_dropped(self, dropped: int) -> None:
+        previous = self._conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
+        self._set_meta("dropped", (int(previous[0]) if previous else 0) + dropped)
 
 
 def _iso(when: datetime) -> str:

@@ -7,6 +7,7 @@ where the only processes are the ones the test started.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,15 @@ def as_nobody_soon(h: Harness, argv: list[str]) -> NsProcess:
     """`argv` as nobody, exec'd a moment after the test knows its PID (a running agent may stop
     it within milliseconds of the exec)."""
     return as_nobody(h, ["sh", "-c", 'sleep 0.3; exec "$0" "$@"', *argv])
+
+
+def ns_run(h: Harness, argv: list[str]) -> int:
+    """A short command inside the namespace (its mounts), waited for."""
+    return subprocess.run([*nsenter(h), *argv], capture_output=True, timeout=60, check=False).returncode
+
+
+def nsenter(h: Harness) -> list[str]:
+    return ["nsenter", f"--target={h.ns.init_pid}", "--pid", "--mount", "--"]
 
 
 def circuit_events(h: Harness) -> list[str]:
@@ -194,3 +204,42 @@ def test_names_cannot_forge_log_lines_or_escape_into_the_admins_terminal(
     )
     assert table.returncode == 0 and "\x1b" not in table.stdout
     assert len(table.stdout.splitlines()) == 3 and "q\\x1b[2J\\nFORGED" in table.stdout
+
+
+def test_a_full_disk_holds_few_events_in_memory_and_counts_the_dropped(harness: Harness) -> None:
+    """The state dir on a small tmpfs in the namespace's private mounts, filled while the agent runs."""
+    h = harness
+    h.state.mkdir()
+    assert ns_run(h, ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(h.state)]) == 0
+    state = h.state
+    argv = h.agent_argv()  # the agent's own view of the state dir: on the tmpfs
+    h.state = Path(f"/proc/{h.ns.init_pid}/root{state}")  # the test reads it through the namespace
+    h.configure(store_max_unsaved_events=3, store_min_free_bytes=0)
+    prefix = unique("ea-seen")
+    h.policy.write_text(policy_yaml([("seen-standin", "report", f"{prefix}-*")]))
+    agent = h.start_agent(argv)
+    h.wait_scans(2, agent)
+    assert ns_run(h, ["dd", "if=/dev/zero", f"of={state}/filler", "bs=4k"]) != 0  # stopped: disk full
+    standins = [h.standin(f"{prefix}-{i}") for i in range(6)]
+    deadline = time.monotonic() + 30
+    while "oldest unsaved event" not in h.log_text():
+        assert time.monotonic() < deadline, h.log_text()
+        time.sleep(0.1)
+    assert all(s.alive() for s in standins)
+    assert ns_run(h, ["rm", f"{state}/filler"]) == 0
+    status = h.wait_status(
+        lambda s: s.get("unsaved_events") == 0 and (s.get("queue") or {}).get("dropped", 0) > 0
+    )
+    listing = subprocess.run(  # as an admin would, inside the namespace (where the tmpfs is)
+        [*nsenter(h), sys.executable, "-m", "endpoint_agent", "violations", "--json"],
+        env=clean_env(ENDPOINT_AGENT_STATE_DIR=str(state)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
+    assert listing.returncode == 0, listing.stderr
+    recorded = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert {v["rule_id"] for v in recorded} == {"seen-standin"}
+    assert status["queue"]["dropped"] + len(recorded) == 6  # every violation stored or counted
+    assert len(recorded) <= 3 + 1  # at most the bound (and one a tick may have written before the fill)

@@ -7,6 +7,8 @@ import logging
 import stat
 import sys
 import threading
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from endpoint_agent.daemon import (
     write_status,
 )
 from endpoint_agent.errors import SettingsError
-from endpoint_agent.report.store import ViolationStore
+from endpoint_agent.report.store import NewEvent, ViolationStore
 from endpoint_agent.settings import AgentSettings
 
 
@@ -130,3 +132,45 @@ def test_a_damaged_store_is_kept_aside_and_replaced(tmp_path: Path) -> None:
     [aside] = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert aside.read_bytes().startswith(b"garbage")
     assert ViolationStore.open_existing(settings.store_path) is not None
+
+
+def test_a_damaged_store_is_reported_with_what_could_and_could_not_be_recovered(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    now = datetime.now(UTC)
+    ids = [str(uuid.uuid4()) for _ in range(400)]
+    with ViolationStore.open(settings.store_path) as store:
+        store.commit_tick([NewEvent(i, "violation", now, {"event_id": i, "pad": "x" * 900}) for i in ids])
+        store.ack(ids[:50])  # on the server already: not re-queued
+    raw = bytearray(settings.store_path.read_bytes())
+    page = 4096
+    row = raw.index(f'{{"event_id": "{ids[200]}", "pad"'.encode())  # in a table page, not an index
+    middle = row // page * page
+    raw[middle + 8 : middle + page] = b"\xa5" * (page - 8)  # one leaf page of events destroyed
+    settings.store_path.write_bytes(bytes(raw))
+
+    store = open_store(settings)
+    try:
+        events = store.events()
+    finally:
+        store.close()
+    [damage] = [e.payload for e in events if e.kind == "agent"]
+    detail = damage["type"], damage["detail"]
+    assert detail[0] == "store_damaged"
+    recovered = [e.event_id for e in events if e.kind == "violation"]
+    assert set(recovered) <= set(ids[50:]) and 0 < len(recovered) < 350
+    assert detail[1]["recovered_pending_events"] == len(recovered)
+    assert detail[1]["unreadable_events"] and ".corrupt-" in detail[1]["moved_to"]
+    assert any("dedup" in line for line in detail[1]["lost"])
+
+
+def test_an_unreadable_store_is_reported_as_everything_pending_lost(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    settings.store_path.write_bytes(b"garbage, not SQLite" * 200)
+    store = open_store(settings)
+    try:
+        [event] = store.events(kind="agent")
+    finally:
+        store.close()
+    assert event.payload["type"] == "store_damaged"
+    assert event.payload["detail"]["unreadable_events"] is None
+    assert "every event not yet uploaded" in event.payload["detail"]["lost"][0]

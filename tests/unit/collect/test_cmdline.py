@@ -73,7 +73,7 @@ def test_ordinary_processes_read_as_psutil_reads_them() -> None:
     with ProcessReaper() as reaper:
         proc = reaper.track(
             subprocess.Popen(
-                ["sleep", "60", "with space", ""],
+                ["sh", "-c", "sleep 60; :", "with space", ""],
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
