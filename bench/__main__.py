@@ -27,7 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "exec_storm": "bench.exec_storm",
     "gate": "bench.gate",
 }
-DEFAULT = ("scan", "footprint", "reaction", "memory")
+DEFAULT = ("scan", "footprint", "reaction", "memory", "gate")
 
 
 def _load(name: str) -> ModuleType:

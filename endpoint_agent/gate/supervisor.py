@@ -36,6 +36,7 @@ PING_SECONDS = 0.25
 STALL_SECONDS = 1.0
 START_SECONDS = 15.0  # the first answer may take an interpreter start and a policy compile
 HEALTHY_SECONDS = 60.0
+STATS_EVERY = 4  # pings: the gate's statistics about once a second
 MAX_FAILURES = 5
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -66,6 +67,7 @@ class GateSupervisor:
         ping_seconds: float = PING_SECONDS,
         max_failures: int = MAX_FAILURES,
         backoff: tuple[float, ...] = BACKOFF,
+        start_seconds: float = START_SECONDS,
         python: str = sys.executable,
     ) -> None:
         self._config_source = config_source
@@ -75,6 +77,7 @@ class GateSupervisor:
         self._ping = ping_seconds
         self._max_failures = max_failures
         self._backoff = backoff
+        self._start_seconds = start_seconds
         self._python = python
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,9 +188,9 @@ class GateSupervisor:
             self._mode = mode
         self._seq += 1
         seq = self._seq
-        self._send(gate, {"op": "ping", "seq": seq})
+        self._send(gate, {"op": "ping", "seq": seq, "stats": seq % STATS_EVERY == 0 or not self.stats})
         waited_from = time.monotonic()
-        limit = self._stall if self.ready or self.state == "on" else START_SECONDS
+        limit = self._stall if self.ready or self.state == "on" else self._start_seconds
         answered = False
         while not self._stop.is_set():
             left = waited_from + (limit if not answered else self._ping) - time.monotonic()

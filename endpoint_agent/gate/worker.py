@@ -51,6 +51,7 @@ class _Held:
     st: os.stat_result
     started: int  # perf_counter_ns
     deadline: float  # monotonic
+    waited: bool = False  # not answered from the table at once (facts had to be read)
 
 
 @dataclass
@@ -243,6 +244,7 @@ class Gate:
                 self._judge.submit(result)
         else:
             waiting.append(held)
+        held.waited = True
         self._held.append(held)
 
     def _answer(self, held: _Held, answer: Answer) -> None:
@@ -252,7 +254,7 @@ class Gate:
         if answer.ignorable and self._config.ignore_marks and group.ignore_inode(held.fd):
             stats.ignore_marks += 1
         group.respond(held.fd, allow=answer.allow)
-        stats.time(time.perf_counter_ns() - held.started)
+        stats.time(time.perf_counter_ns() - held.started, cached=not held.waited)
         if answer.allow:
             stats.allowed += 1
         else:
@@ -378,7 +380,9 @@ class Gate:
             return
         op = msg.get("op")
         if op == "ping":
-            self._send({"op": "pong", "seq": msg.get("seq"), "stats": self.status()})
+            # the statistics (a sort of the timing samples) only when asked: about once a second
+            pong = {"op": "pong", "seq": msg.get("seq")}
+            self._send({**pong, "stats": self.status()} if msg.get("stats") else pong)
         elif op == "mode":
             self.table.set_mode(bool(msg.get("enforce")), str(msg.get("reason") or ""))
         elif op == "stop":

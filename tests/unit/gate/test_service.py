@@ -84,3 +84,23 @@ def test_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert gate_wanted(AgentSettings(state_dir=tmp_path))
     assert not gate_wanted(AgentSettings(state_dir=tmp_path, enforce_scope_pid=os.getpid()))
     assert not gate_wanted(AgentSettings(state_dir=tmp_path, exec_gate="off"))
+
+
+def test_heartbeat_counters_say_whether_the_gate_is_on_or_left_off() -> None:
+    from endpoint_agent.gate.protocol import GateConfig
+    from endpoint_agent.gate.service import ExecGate
+    from endpoint_agent.gate.supervisor import GateSupervisor
+    from endpoint_agent.report.heartbeat import Heartbeat
+
+    config = GateConfig(policy={"name": "p", "version": 1}, agent_pid=1, enforce=True)
+    sup = GateSupervisor(lambda: config, on_report=lambda r: None, on_event=lambda t, d: None)
+    gate = ExecGate(sup, None)  # type: ignore[arg-type]
+    sup.state, sup.restarts, sup.stats = "failed", 5, {"denied": 7}
+    counters = gate.counters()
+    assert counters == {
+        "exec_gate_on": 0,
+        "exec_gate_failed": 1,
+        "exec_gate_denials": 7,
+        "exec_gate_restarts": 5,
+    }
+    Heartbeat(agent_version="0", counters=counters)  # names and values the server accepts
