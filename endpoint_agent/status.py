@@ -143,10 +143,7 @@ def _human(d: dict[str, Any]) -> list[str]:
                 f"last success {report.get('last_success_at')}"
             )
         else:
-            lines.append(
-                f"server: last upload and heartbeat {report.get('last_success_at') or 'not yet'} "
-                f"({report.get('uploaded_since_start', 0)} events uploaded since start)"
-            )
+            lines.append(_server_line(report))
     sync = d.get("policy_sync")
     if isinstance(sync, dict):
         lines.append(
@@ -158,6 +155,18 @@ def _human(d: dict[str, Any]) -> list[str]:
             lines.append(f"policy sync error: {sync['last_error']}")
     lines.append(f"updated: {d.get('updated_at')}")
     return lines
+
+
+def _server_line(report: dict[str, Any]) -> str:
+    """Upload and heartbeat are separate requests: each is named with its own time."""
+    uploaded = report.get("uploaded_since_start", 0)
+    upload = report.get("last_upload_at") or report.get("last_success_at")
+    heartbeat = report.get("last_success_at")
+    return (
+        f"server: {uploaded} events uploaded since start"
+        + (f" (last upload {upload})" if upload else " (no upload yet)")
+        + f"; last heartbeat {heartbeat or 'pending'}"
+    )
 
 
 def _gate_line(g: dict[str, Any]) -> str:

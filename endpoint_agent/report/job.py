@@ -53,6 +53,9 @@ class ReportJob:
         self._clock = clock
         self._lock = threading.Lock()  # a final flush at shutdown may race the scheduled run
         self.last_success_at: datetime | None = None
+        # Upload and heartbeat are two requests: status tells each apart (an upload may be done
+        # while its heartbeat is still in flight or failing).
+        self.last_upload_at: datetime | None = None
         self.last_error: str | None = None
 
     def run(self, *, force: bool = False) -> RoundOutcome | None:
@@ -81,6 +84,7 @@ class ReportJob:
         stage: Literal["upload", "heartbeat"] = "upload"
         try:
             result = self._uploader.upload()
+            self.last_upload_at = self._clock.now()
             if result.acked or result.rejected:
                 logger.info(
                     "uploaded %d event(s) in %d request(s)%s",
@@ -124,6 +128,7 @@ class ReportJob:
         """For status.json: how reporting to the server goes."""
         return {
             "last_success_at": _iso(self.last_success_at) if self.last_success_at else None,
+            "last_upload_at": _iso(self.last_upload_at) if self.last_upload_at else None,
             "last_error": self.last_error,
             "failures_in_a_row": self._schedule.failures,
             "next_attempt_in_seconds": round(self._schedule.seconds_until_due(), 1),

@@ -88,3 +88,24 @@ def test_the_exec_gate_line(tmp_path: Path) -> None:
         settings.status_path, {**sample(os.getpid(), psutil.Process().create_time()), "exec_gate": failed}
     )
     assert "exec gate: failed: left off after 5 failure(s)" in str(status_of(settings, as_json=False))
+
+
+def test_the_server_line_never_contradicts_itself(tmp_path: Path) -> None:
+    """An upload done while its heartbeat is still in flight: not "not yet (1 events uploaded)"."""
+    settings = AgentSettings(state_dir=tmp_path)
+    status = sample(os.getpid(), psutil.Process().create_time())
+    status["report"] = {
+        "last_success_at": None, "last_upload_at": "2024-05-01T12:00:04Z", "last_error": None,
+        "uploaded_since_start": 1,
+    }  # fmt: skip
+    write_status(settings.status_path, status)
+    text = str(status_of(settings, as_json=False))
+    assert (
+        "server: 1 events uploaded since start (last upload 2024-05-01T12:00:04Z); last heartbeat pending"
+        in text
+    )
+    status["report"] = {"last_success_at": None, "last_error": None, "uploaded_since_start": 0}
+    write_status(settings.status_path, status)
+    assert "server: 0 events uploaded since start (no upload yet); last heartbeat pending" in str(
+        status_of(settings, as_json=False)
+    )
