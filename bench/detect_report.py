@@ -8,6 +8,8 @@ namespace that has nothing but loopback:
   own names and ports, then renamed with every port moved, seen by an agent inside the
   namespace and by one on the host;
 * the same clients evading: renamed, tracker only, random high ports, a leecher nobody dials;
+* the other families (eDonkey, Direct Connect, Tor, I2P for real; Gnutella, Soulseek, IPFS as
+  stand-ins, also renamed) and approved P2P (Syncthing);
 * the benign corpus, which must give no P2P finding.
 
 For each case: what was expected, which P2P rules fired, the time to detection in scans
@@ -16,7 +18,7 @@ and in seconds since the process started, and the behaviour score with the signa
 (for a benign case, the highest score any of its processes reached). Needs root; exit 1 when a
 P2P case is missed or a benign case is flagged (CI runs it).
 
-    python -m bench.detect_report [--only p2p|benign]
+    python -m bench.detect_report [--only p2p|families|benign]
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 
 from bench.detect.benign_cases import CASES, missing_packages, run_benign
 from bench.detect.clients import missing_clients
+from bench.detect.family_cases import CASES as FAMILY_CASES
+from bench.detect.family_cases import missing_package, run_family
 from bench.detect.observe import REPO, Observer, Watched
 from bench.detect.p2p_cases import EVASIVE, NAMED, RENAMED, SwarmRun, run_swarm
 from bench.detect.sandbox import missing_requirements
@@ -118,6 +122,28 @@ def p2p_rows(workdir: Path) -> list[Row]:
     return rows
 
 
+def family_rows(workdir: Path) -> list[Row]:
+    rows: list[Row] = []
+    for case in FAMILY_CASES:
+        expected = "approved: none" if case.approved else f"{case.family}"
+        if case.exact:
+            expected += " by behaviour"
+        missing = missing_package(case)
+        if missing:
+            rows.append(Row(case.name, expected, "skipped", "-", "-", False, f"missing {missing}"))
+            continue
+        run = run_family(case, POLICY, workdir / case.name.split()[0])
+        found = ", ".join(f"{rule} ({run.actions[rule]})" for rule in sorted(run.found)) or "-"
+        pids = {w.pid for w in run.seen}
+        note = "" if run.active else "never showed a socket"
+        rows.append(
+            Row(
+                case.name, expected, found, "-", "-", run.ok, note, _breakdown(best_score(run.observer, pids))
+            )
+        )
+    return rows
+
+
 def benign_rows(workdir: Path) -> list[Row]:
     rows: list[Row] = []
     for case in CASES:
@@ -151,7 +177,7 @@ def render(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.detect_report", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["p2p", "benign"])
+    parser.add_argument("--only", choices=["p2p", "families", "benign"])
     args = parser.parse_args(argv)
     reason = missing_requirements()
     if reason:
@@ -161,20 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="detect-report-") as tmp:
         work = Path(tmp)
-        if args.only != "benign":
+        if args.only in (None, "p2p"):
             missing = missing_clients()
             if missing:
                 print(f"detect-report: P2P cases skipped, missing Debian packages: {' '.join(missing)}")
             else:
                 rows += p2p_rows(work / "p2p")
-        if args.only != "p2p":
+        if args.only in (None, "families"):
+            rows += family_rows(work / "families")
+        if args.only in (None, "benign"):
             rows += benign_rows(work / "benign")
     print(render(rows))
-    p2p = [r for r in rows if r.expected != "none"]
-    benign = [r for r in rows if r.expected == "none"]
+    p2p = [r for r in rows if r.expected not in ("none", "approved: none")]
+    benign = [r for r in rows if r.expected in ("none", "approved: none")]
     false_alarms = sum(1 for r in benign if r.found not in ("-", "skipped"))
     print(
-        f"\nP2P detected as expected: {sum(r.ok for r in p2p)}/{len(p2p)}; "
+        f"\nP2P and anonymity networks detected as expected: {sum(r.ok for r in p2p)}/{len(p2p)}; "
         f"benign false alarms: {false_alarms}/{len(benign)}; "
         f"policy {POLICY.relative_to(REPO)}; {time.monotonic() - started:.0f} s"
     )

@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,26 @@ def renamed_copy(program: str, name: str, directory: Path) -> Path:
     shutil.copyfile(source, target)
     target.chmod(0o755)
     return target
+
+
+def named_python(name: str, directory: Path) -> Path:
+    """This interpreter copied under `name` (its own inode): a stand-in the agent sees as `name`."""
+    target = directory / name
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(os.path.realpath(sys.executable), target)
+        target.chmod(0o755)
+    return target
+
+
+def python_env() -> dict[str, str]:
+    """Environment for a copied interpreter: it cannot find its stdlib from its own location."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    env["PYTHONHOME"] = f"{sys.base_prefix}:{sys.base_exec_prefix}"
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        env["LD_LIBRARY_PATH"] = str(libdir)
+    return env
 
 
 def transmission_settings(bind_ip: str) -> dict[str, object]:

@@ -32,6 +32,7 @@ class Watched:
     detection_at: float | None = None
     max_peers: int = 0
     max_udp_sockets: int = 0
+    max_listening: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -54,7 +55,8 @@ class Watched:
 class Observer:
     """Folds probe scan lines into `Watched` records; `everyone` also catches unexpected processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, categories: tuple[str, ...] = (P2P_CATEGORY,)) -> None:
+        self.categories = categories  # the violations it keeps
         self.watched: dict[int, Watched] = {}
         self.others: dict[int, Watched] = {}  # processes of the namespace nobody registered
         self.scans = 0
@@ -78,13 +80,18 @@ class Observer:
             peers = [p for p in proc["established"] if p not in item.ignore_peers]
             item.max_peers = max(item.max_peers, len(peers))
             item.max_udp_sockets = max(item.max_udp_sockets, proc.get("udp_sockets", 0))
+            item.max_listening = max(item.max_listening, proc.get("listening", 0))
             if peers and item.first_peer_scan is None:
                 item.first_peer_scan, item.first_peer_at = line["scan"], line["at"]
-            p2p = [v for v in proc["violations"] if v["category"] == P2P_CATEGORY]
+            p2p = [v for v in proc["violations"] if v["category"] in self.categories]
             if p2p and item.detection_scan is None:
                 item.detection_scan, item.detection_at = line["scan"], line["at"]
             seen = {v["rule_id"] for v in item.violations}
             item.violations.extend(v for v in p2p if v["rule_id"] not in seen)
+
+    def by_name(self, name: str) -> list[Watched]:
+        """Every process of that name it saw (watched or not)."""
+        return [w for w in (*self.watched.values(), *self.others.values()) if w.label == name]
 
     def flagged_others(self) -> list[Watched]:
         return [w for w in self.others.values() if w.violations]

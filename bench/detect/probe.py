@@ -4,8 +4,9 @@ Each scan: snapshot (the collector, with package ownership) -> P2P behaviour ove
 window and evaluate (collect.machine.BehaviourEvaluator, as in the agent) -> report-only
 violations. Nothing is ever signalled.
 One JSON line per scan describes the processes of one network namespace (the case's): their
-established TCP peers, how many UDP sockets they hold, and the violations found for them, so a
-harness can tell when a client made its first peer connection and when the agent flagged it.
+established TCP peers, how many UDP and listening TCP sockets they hold, and the violations
+found for them, so a harness can tell when a client made its first peer connection and when the
+agent flagged it.
 
 Run it inside the case's namespace (it then sees that namespace like an agent in a container
 would) or in the host namespace with `--all-namespaces` (the agent on the host must see the
@@ -46,16 +47,19 @@ def describe(
         by_pid.setdefault(v.pid, []).append(v)
     peers: dict[int, list[str]] = {}
     udp: dict[int, int] = {}
+    listening: dict[int, int] = {}
     for conn in snapshot.connections:
         if conn.pid is None:
             continue
         if conn.proto == "tcp" and conn.status == "ESTABLISHED" and conn.raddr:
             peers.setdefault(conn.pid, []).append(str(conn.raddr))
+        elif conn.proto == "tcp" and conn.status == "LISTEN":
+            listening[conn.pid] = listening.get(conn.pid, 0) + 1
         elif conn.proto == "udp":
             udp[conn.pid] = udp.get(conn.pid, 0) + 1
     out: list[dict[str, Any]] = []
     for pid, proc in sorted(snapshot.processes.items()):
-        if pid in exclude or (pid not in peers and pid not in udp and pid not in by_pid):
+        if pid in exclude or not (pid in peers or pid in udp or pid in listening or pid in by_pid):
             continue
         if netns_of(pid) != netns:
             continue
@@ -67,6 +71,7 @@ def describe(
                 "exe": proc.exe,
                 "established": sorted(peers.get(pid, []))[:MAX_PEERS_LISTED],
                 "udp_sockets": udp.get(pid, 0),
+                "listening": listening.get(pid, 0),
                 "features": dataclasses.asdict(features) if features else None,
                 "violations": [v.to_json() for v in by_pid.get(pid, [])],
             }

@@ -125,11 +125,13 @@ class LoopbackNamespace:
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         stdout_pipe: bool = False,
+        stdin_pipe: bool = False,
         inside: bool = True,
     ) -> subprocess.Popen[bytes]:
         """Start a long-running program inside the namespace, tracked by the reaper.
 
-        Output goes to `log` (or nowhere); `stdout_pipe` gives the caller its stdout instead.
+        Output goes to `log` (or nowhere); `stdout_pipe` gives the caller its stdout instead;
+        `stdin_pipe` lets the caller type into it (an interactive client's commands).
         `inside=False` starts it in the host namespace instead (still reaped with the rest).
         """
         out: IO[bytes] | int = subprocess.DEVNULL
@@ -138,7 +140,7 @@ class LoopbackNamespace:
         try:
             popen = subprocess.Popen(
                 self._enter(argv) if inside else list(argv),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout_pipe else out,
                 stderr=out,
                 env=dict(env) if env is not None else None,
