@@ -21,12 +21,17 @@ import pytest
 from tests.integration.ci_skip import require
 from tests.integration.test_service import REPO, Harness, clean_env, policy_yaml, unique, wait_exit
 from tests.support.enforce_procs import NsProcess, PidNamespace, is_dead, pid_namespaces_available
+from tests.support.hostile import (
+    AS_NOBODY,
+    MB,
+    MemoryCgroup,
+    big_argument_script,
+    memory_cgroup_available,
+    rss_bytes,
+)
 from tests.support.spawn import named_executable, shared_exe_dir
 
 pytestmark = pytest.mark.root
-
-NOBODY = 65534
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
 
 
 @pytest.fixture
@@ -243,3 +248,21 @@ def test_a_full_disk_holds_few_events_in_memory_and_counts_the_dropped(harness: 
     assert {v["rule_id"] for v in recorded} == {"seen-standin"}
     assert status["queue"]["dropped"] + len(recorded) == 6  # every violation stored or counted
     assert len(recorded) <= 3 + 1  # at most the bound (and one a tick may have written before the fill)
+
+
+def test_megabytes_of_arguments_do_not_grow_the_agent(harness: Harness) -> None:
+    """150 processes of nobody with 15 arguments of 128 KiB each: the agent's RSS moves by <= 10 MB,
+    and, held to its unit's MemoryMax (256M) in a memory cgroup, it never reaches it."""
+    h = harness
+    require(memory_cgroup_available())
+    h.policy.write_text(policy_yaml([("p2p-standin", "block", unique("ea-p2p"))]))
+    with MemoryCgroup(256 * MB) as cgroup:
+        agent = h.start_agent(cgroup.wrap(h.agent_argv(interval=0.5)))
+        status = h.wait_scans(6)
+        before, processes = rss_bytes(agent.pid), status["last_scan"]["processes"]
+        as_nobody(h, big_argument_script(150, 15))
+        status = h.wait_status(lambda s: s["last_scan"]["processes"] >= processes + 150, timeout=60)
+        h.wait_scans(status["scans"] + 4)
+        grown = rss_bytes(agent.pid) - before
+        assert grown <= 10 * MB, f"RSS grew by {grown / MB:.1f} MB"
+        assert not cgroup.limit_reached() and cgroup.peak() < cgroup.limit
