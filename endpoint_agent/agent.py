@@ -594,11 +594,13 @@ def build_agent(
         source = IncrementalCollector(clock=clock) if linux_procfs_available() else machine_collector()
     state = CircuitState.from_json(store.get_meta(CIRCUIT_META_KEY))
     from endpoint_agent.collect.machine import BehaviourEvaluator
+    from endpoint_agent.findings_memo import FindingsMemo
 
     return Agent(
         policy=policy,
         source=source,
-        evaluate=BehaviourEvaluator(),  # the policy engine plus the P2P behaviour window
+        # The policy engine plus the P2P behaviour window; an unchanged quiet process is not re-evaluated.
+        evaluate=BehaviourEvaluator(evaluate=FindingsMemo()),
         react_evaluate=_evaluate_alone,  # issue 7: a new process's behaviour from its own snapshot only
         guard=guard,
         enforcer=enforcer or make_enforcer(settings, guard),

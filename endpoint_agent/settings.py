@@ -108,6 +108,15 @@ class AgentSettings(BaseModel):
     # Whose mounts the gate marks: `own` (the agent's mount namespace) or `init` (the machine's, for a
     # service that systemd runs in a mount namespace of its own: PrivateTmp=, ProtectSystem=, ...).
     exec_gate_mounts: Literal["own", "init"] = "own"
+    # While process events keep the process set current, scans re-read each process only once per
+    # this many seconds (a slice of them per scan, never all at once); what that finds wrong is
+    # counted as a repair in `status`.
+    rewalk_interval: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="seconds in which every process is read again while events track them",
+    )
     # Tests and benchmarks only: nothing but descendants of this process may be signalled
     # (enforce/scope.py); everything else is treated as protected. Only ever narrows enforcement.
     enforce_scope_pid: int | None = Field(None, ge=1)

@@ -122,6 +122,13 @@ def _human(d: dict[str, Any]) -> list[str]:
             f"process starts: {events.get('mode')} ({events.get('execs', 0)} execs seen, "
             f"{events.get('processes_checked', 0)} checked, {events.get('overruns', 0)} overruns)"
         )
+        tracking = events.get("tracking")
+        if isinstance(tracking, dict):  # scans trust the events; a non-zero repair count is a bug signal
+            lines.append(
+                f"process tracking: {tracking.get('repairs', 0)} repairs by the re-walk"
+                f" (every process re-read within {tracking.get('rewalk_scans')} scans),"
+                f" {tracking.get('full_walks', 0)} full walks"
+            )
     gate = d.get("exec_gate")
     if isinstance(gate, dict):
         lines.append(_gate_line(gate))

@@ -120,7 +120,8 @@ class ExecWatcher:
         forget: Callable[[int], object] = lambda pid: None,
         triage: Triage | None = None,
         probe: Callable[[int], bool] = holds_socket,
-        renamed: Callable[[int], object] = lambda pid: None,
+        changed: Callable[[int], object] = lambda pid: None,
+        lost: Callable[[], object] = lambda: None,
         reopen: SourceOpener | None = None,
         rechecks: Sequence[float] = DEFAULT_RECHECKS,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -139,7 +140,8 @@ class ExecWatcher:
         self._forget = forget
         self._triage = triage
         self._probe = probe
-        self._renamed = renamed
+        self._changed = changed  # a process exec'd or renamed itself: what is cached about it is stale
+        self._lost = lost  # events were lost: whatever they kept current must be read again
         self._reopen = reopen
         self._rechecks = tuple(sorted(rechecks))
         self._max_pending = max_pending
@@ -160,6 +162,7 @@ class ExecWatcher:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # start/stop and the source swap
         self.stats = WatchStats()
+        self.tracking: Callable[[], object] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -207,6 +210,8 @@ class ExecWatcher:
         stats = getattr(self._triage, "stats", None)
         if stats is not None:
             out["triage"] = stats.to_json()  # what the per-binary answers spared
+        if self.tracking is not None:
+            out["tracking"] = self.tracking()  # what scans trusting the events skipped or repaired
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -246,6 +251,7 @@ class ExecWatcher:
                 self.stats.execs += 1
                 self._generation[event.tgid] = self._generation.get(event.tgid, 0) + 1
                 started.append(event.tgid)
+                self._call(functools.partial(self._changed, event.tgid), f"exec of pid {event.tgid}")
             elif isinstance(event, ExitEvent):
                 if not event.is_thread:
                     self._exited(event.pid)
@@ -254,11 +260,12 @@ class ExecWatcher:
                     self.stats.renames += 1
                     self._generation[event.pid] = self._generation.get(event.pid, 0) + 1
                     started.append(event.pid)
-                    self._call(functools.partial(self._renamed, event.pid), f"rename of pid {event.pid}")
+                    self._call(functools.partial(self._changed, event.pid), f"rename of pid {event.pid}")
             elif isinstance(event, Overrun):
                 self.stats.overruns += 1
                 logger.warning("process events were lost (receive buffer overrun); scanning everything")
                 self._rescan_wanted = True
+                self._call(self._lost, "marking events lost")
         # One look per process of the batch, after its exits: one that is already gone needs none.
         pids = [pid for pid in dict.fromkeys(started) if pid in self._generation]
         if pids:
@@ -269,6 +276,7 @@ class ExecWatcher:
             self._queue.clear()
             self._generation.clear()
             self._rescan_wanted = True
+            self._call(self._lost, "marking checks dropped")
 
     def run_due(self) -> None:
         now = self._clock()
@@ -376,6 +384,7 @@ class ExecWatcher:
         source.close()
         self._queue.clear()
         self._generation.clear()
+        self._call(self._lost, "marking the source failed")
 
     def _degraded(self, max_wait: float | None) -> None:
         """No event source: poll with full scans, and try to get the source back now and then."""
@@ -391,6 +400,7 @@ class ExecWatcher:
                     self._source = source
                 logger.info("process events are back")
                 self._rescan_wanted = True  # whatever started meanwhile
+                self._call(self._lost, "marking events resumed")
                 self.run_due()
                 return
         if now - self._last_rescan >= self._poll:
@@ -416,12 +426,34 @@ def start_reaction(
     if snapshot_of is None or forget is None:
         logger.warning("this collector cannot look at single processes; polling only")
         return None
-    return open_reaction(
+    watcher = open_reaction(
         react=lambda pids: agent.react(lambda: snapshot_of(pids)),
         rescan=rescan,
         forget=forget,
         triage=_triage_for(agent),
+        lost=getattr(source, "distrust", None),
     )
+    track = getattr(source, "track", None)
+    if watcher is not None and track is not None:
+        # Scans stop re-reading every process while the events keep the collector's cache current.
+        scans = settings.rewalk_interval / settings.effective_scan_interval(True)
+        track(
+            rewalk_scans=max(1, math.ceil(scans)),
+            trusted=lambda: watcher.events_live,
+            sockets_wanted=_sockets_wanted(agent),
+        )
+        watcher.tracking = lambda: getattr(source, "tracking", None)
+    return watcher
+
+
+def _sockets_wanted(agent: Agent) -> Callable[[], bool]:
+    provider = agent.policy_provider
+
+    def wanted() -> bool:
+        active = provider.current()
+        return active is None or bool(getattr(active.compiled, "uses_connections", True))
+
+    return wanted
 
 
 def _triage_for(agent: Agent) -> Triage | None:
@@ -448,6 +480,7 @@ def open_reaction(
     rescan: Callable[[], object],
     forget: Callable[[int], object],
     triage: Triage | None = None,
+    lost: Callable[[], object] | None = None,
     opener: SourceOpener = open_event_source,
     start: bool = True,
 ) -> ExecWatcher | None:
@@ -461,7 +494,8 @@ def open_reaction(
         rescan=rescan,
         forget=forget,
         triage=triage,
-        renamed=forget,  # what the collector cached under the old name is read again
+        changed=forget,  # what the collector cached before the exec or rename is read again
+        lost=lost or (lambda: None),
         reopen=opener,
         batch_seconds=DEFAULT_BATCH_SECONDS,
     )

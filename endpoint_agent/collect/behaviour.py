@@ -246,8 +246,11 @@ class BehaviourTracker:
         for pid, proc in snapshot.processes.items():
             key = proc.key
             seen.add(key)
-            obs = observe(by_pid.get(pid, ()))
+            conns = by_pid.get(pid)
             history = self._history.get(key)
+            if conns is None and history is None:
+                continue  # no sockets now or in the window: nothing to observe (most processes)
+            obs = observe(conns or ())
             if history is None:
                 if obs.empty():
                     continue  # never had sockets: nothing to remember

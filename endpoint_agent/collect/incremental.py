@@ -23,6 +23,8 @@ exec watcher share one collector).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import pwd
 import threading
@@ -37,14 +39,21 @@ from endpoint_agent.collect.cmdline import read_cmdline
 from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, HashCache, HashStats
 from endpoint_agent.collect.hashing import DEFAULT_MAX_ENTRIES as DEFAULT_HASH_ENTRIES
 from endpoint_agent.collect.heap import release_free_memory
-from endpoint_agent.collect.netns import group_by_netns, netns_of
+from endpoint_agent.collect.netns import netns_of
 from endpoint_agent.collect.package_trust import PackageResolver, system_package_resolver
 from endpoint_agent.collect.proc_stat import ProcStat, boot_time, create_time, list_pids, read_stat
-from endpoint_agent.collect.process_cache import DEFAULT_MAX_ENTRIES, CachedProcess, ProcessCache
+from endpoint_agent.collect.process_cache import (
+    DEFAULT_MAX_ENTRIES,
+    CachedProcess,
+    ProcessCache,
+    same_program,
+)
 from endpoint_agent.collect.socket_owners import DEFAULT_REWALK_EVERY, SocketOwners
 from endpoint_agent.collect.socket_tables import NamespaceTables, SocketTables, read_texts
 from endpoint_agent.errors import CollectError
 from endpoint_agent.types import Connection, ProcessInfo, Snapshot
+
+logger = logging.getLogger(__name__)
 
 _COMM_LEN = 15  # the kernel truncates comm; psutil then takes the name from argv[0]
 _DENIED: Any = object()
@@ -129,6 +138,13 @@ class IncrementalCollector:
         self._users: dict[int, str] = {}  # uid -> name, for one scan (accounts can be renamed)
         self._details_read = 0
         self._boot: float | None = None
+        self._tracking: _Tracking | None = None
+        self._walk_all = False
+        self._sockets_read = True
+        self._scans = 0
+        self._full_walks = 0
+        self._untracked_read = 0
+        self._repairs = 0
 
     @property
     def cache(self) -> ProcessCache:
@@ -166,6 +182,42 @@ class IncrementalCollector:
             self._cache.forget(pid)
             self._owners.forget(pid)
 
+    # -- tracking: process events keep the cache current -------------------------------------
+
+    def track(
+        self, *, rewalk_scans: int, trusted: Callable[[], bool], sockets_wanted: Callable[[], bool]
+    ) -> None:
+        """Scans trust the cache while `trusted()` (exec, exit and rename events reach `forget`).
+
+        Every process is read again once per `rewalk_scans` scans, a slice per scan; what that
+        finds wrong is counted (`repairs`). `sockets_wanted()`: whether the active policy looks
+        at connections at all (no socket tables are read while it does not).
+        """
+        if rewalk_scans < 1:
+            raise ValueError("rewalk_scans must be >= 1")
+        with self._lock:
+            self._tracking = _Tracking(rewalk_scans, trusted, sockets_wanted)
+
+    def distrust(self) -> None:
+        """Events were lost (an overrun, checks dropped, the source failed): the next scan walks all."""
+        with self._lock:
+            self._walk_all = True
+
+    @property
+    def tracking(self) -> dict[str, int | bool] | None:
+        """What `status` shows of tracking (None: every scan walks every process)."""
+        with self._lock:
+            t = self._tracking
+            if t is None:
+                return None
+            return {
+                "trusted": t.trusted(),
+                "rewalk_scans": t.rewalk_scans,
+                "full_walks": self._full_walks,
+                "untracked_read": self._untracked_read,
+                "repairs": self._repairs,
+            }
+
     # -- full scan ---------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
@@ -175,15 +227,37 @@ class IncrementalCollector:
             pids = list_pids(proc_root=self._proc)
             if not pids:
                 raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
-            stats = {pid: st for pid in pids if (st := read_stat(pid, proc_root=self._proc)) is not None}
-            entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
+            self._scans += 1
+            tracking = self._tracking
+            trusted = tracking is not None and tracking.trusted() and not self._walk_all
+            rewalk: set[int] | None = None
+            if tracking is not None and trusted:
+                entries, stats, rewalk = self._tracked_entries(pids, tracking.rewalk_scans)
+            else:
+                stats = {pid: st for pid in pids if (st := read_stat(pid, proc_root=self._proc)) is not None}
+                entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
+                self._full_walks += 1
+                self._walk_all = False
             self._cache.retain(entries.keys())
-            names = {pid: _name(stats[pid].comm, e) for pid, e in entries.items()}
-            processes = {pid: self._info(stats[pid], e, names, boot) for pid, e in entries.items()}
-            try:
-                connections = self._all_sockets(processes, stats)
-            except OSError as exc:
-                raise CollectError(f"cannot list network connections: {exc}") from exc
+            names = {
+                pid: _name(stats[pid].comm, e) if pid in stats else _known(e).name
+                for pid, e in entries.items()
+            }
+            processes = {
+                pid: self._info(stats[pid], e, names, boot) if pid in stats else self._reused(e, names)
+                for pid, e in entries.items()
+            }
+            connections: tuple[Connection, ...] = ()
+            # Trusting events, the tables are read only when some rule looks at connections.
+            wanted = not trusted or tracking is None or tracking.sockets_wanted()
+            if wanted:
+                if not self._sockets_read:
+                    rewalk = set(entries)  # the holders' fds went unread meanwhile: read them all once
+                try:
+                    connections = self._all_sockets(processes, entries, stats, rewalk)
+                except OSError as exc:
+                    raise CollectError(f"cannot list network connections: {exc}") from exc
+            self._sockets_read = wanted
             self._hashes.end_scan()
             self._users.clear()
             # A scan allocates and frees megabytes (the tables' text, the first scan everything):
@@ -191,26 +265,90 @@ class IncrementalCollector:
             release_free_memory()
             return Snapshot(taken_at=taken_at, processes=processes, connections=connections)
 
+    def _tracked_entries(
+        self, pids: list[int], slices: int
+    ) -> tuple[dict[int, CachedProcess], dict[int, ProcStat], set[int]]:
+        """The consistency check: /proc's PID list against the cache, reading only what differs.
+
+        Read: PIDs the cache does not hold (started without an exec event the triage kept, or
+        forked), records an event made stale (`forget`), processes whose parent is gone
+        (re-parented), records still incomplete, and this scan's slice of the re-walk.
+        """
+        listed = set(pids)
+        turn = self._scans % slices
+        entries: dict[int, CachedProcess] = {}
+        stats: dict[int, ProcStat] = {}
+        rewalk: set[int] = set()
+        for pid in pids:
+            cached = self._cache.get(pid)
+            due = pid % slices == turn
+            if due:
+                rewalk.add(pid)
+            if cached is not None and cached.info is not None and not due and not cached.retry_due:
+                ppid = cached.info.ppid
+                if ppid == 0 or ppid in listed:
+                    entries[pid] = cached
+                    continue
+            st = read_stat(pid, proc_root=self._proc)
+            if st is None:
+                continue
+            if cached is None:
+                self._untracked_read += 1
+            elif due and not cached.retry_due and _stale(cached, st):
+                self._repairs += 1  # an exec, rename or exit the events did not tell
+                logger.info("re-walk repaired pid %d (%s): the events missed a change", pid, st.comm)
+            entry = self._entry(st)
+            if entry is not None:
+                entries[pid] = entry
+                stats[pid] = st
+        return entries, stats, rewalk
+
+    def _reused(self, entry: CachedProcess, names: Mapping[int, str]) -> ProcessInfo:
+        """The record of a process events say is unchanged; only its parent's name may have moved."""
+        info = _known(entry)
+        parent_name = names.get(info.ppid) if info.ppid != info.pid else None
+        if parent_name != info.parent_name:
+            entry.info = info = dataclasses.replace(info, parent_name=parent_name)
+        return info
+
     def _all_sockets(
-        self, processes: Mapping[int, ProcessInfo], stats: Mapping[int, ProcStat]
+        self,
+        processes: Mapping[int, ProcessInfo],
+        entries: Mapping[int, CachedProcess],
+        stats: Mapping[int, ProcStat],
+        rewalk: set[int] | None,
     ) -> tuple[Connection, ...]:
         host = netns_of("self", proc_root=self._proc)
         read: list[tuple[list[int], NamespaceTables]] = []
-        for ns, members in sorted(group_by_netns(processes.keys(), proc_root=self._proc).items()):
+        for ns, members in sorted(self._by_netns(entries, stats, rewalk).items()):
             tables = self._tables.read(ns, None if ns == host else ns, members)
             if tables is not None:  # None: every process in it exited meanwhile
                 read.append((members, tables))
         read.sort(key=lambda item: item[1].label is not None)  # the agent's own namespace first
         self._tables.retain(tables.netns_id for _, tables in read)
         owners = self._owners.resolve(
-            {pid: stats[pid].start_ticks for pid in processes},
+            {pid: entries[pid].start_ticks for pid in processes},
             [(members, tables.records) for members, tables in read],
             {pid: p.uid for pid, p in processes.items()},
+            rewalk=rewalk,
         )
         out: list[Connection] = []
         for _, tables in read:
             out.extend(self._tables.connections(tables, owners))
         return tuple(out)
+
+    def _by_netns(
+        self, entries: Mapping[int, CachedProcess], stats: Mapping[int, ProcStat], rewalk: set[int] | None
+    ) -> dict[str, list[int]]:
+        """netns -> member PIDs; a tracked process keeps the namespace it had (setns without exec is rare)."""
+        groups: dict[str, list[int]] = {}
+        for pid in sorted(entries):
+            entry = entries[pid]
+            if rewalk is None or pid in stats or entry.netns is None:
+                entry.netns = netns_of(pid, proc_root=self._proc)
+            if entry.netns is not None:
+                groups.setdefault(entry.netns, []).append(pid)
+        return groups
 
     # -- fast path ---------------------------------------------------------------------------
 
@@ -368,6 +506,26 @@ class IncrementalCollector:
                 name = str(uid)  # as psutil: an account that no longer exists
             self._users[uid] = name
         return name
+
+
+@dataclass(frozen=True, slots=True)
+class _Tracking:
+    rewalk_scans: int
+    trusted: Callable[[], bool]
+    sockets_wanted: Callable[[], bool]
+
+
+def _known(entry: CachedProcess) -> ProcessInfo:
+    assert entry.info is not None  # every record a scan keeps has had its info built
+    return entry.info
+
+
+def _stale(entry: CachedProcess, st: ProcStat) -> bool:
+    """Whether a fresh stat shows a change the record (and the events) missed."""
+    info = entry.info
+    if not same_program(entry, st) or entry.comm != st.comm:
+        return True
+    return info is not None and info.ppid != st.ppid
 
 
 def _name(comm: str, entry: CachedProcess | None) -> str:

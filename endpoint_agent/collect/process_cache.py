@@ -54,6 +54,7 @@ class CachedProcess:
     attempts: int = 1
     # The record the last scan built from this entry; reused while ppid/name/parent/boot time hold.
     info: ProcessInfo | None = None
+    netns: str | None = None  # its network namespace when last read (kept while events track it)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -142,10 +143,22 @@ class ProcessCache:
         return len(gone)
 
 
+def same_program(entry: CachedProcess, stat: ProcStat) -> bool:
+    """Whether `stat` shows the instance and program `entry` was read for (no PID reuse, no exec)."""
+    return entry.start_ticks == stat.start_ticks and _same_program(entry, stat)
+
+
 def _same_program(entry: CachedProcess, stat: ProcStat) -> bool:
     if stat.image_known or any(entry.image):
         return entry.image == stat.image
     return entry.comm == stat.comm  # layout hidden from us: a new name is the best sign of an exec
 
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "MAX_ATTEMPTS", "CacheStats", "CachedProcess", "ProcessCache"]
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "MAX_ATTEMPTS",
+    "CacheStats",
+    "CachedProcess",
+    "ProcessCache",
+    "same_program",
+]

@@ -12,7 +12,12 @@ were last read, and reads fds again only where that can have changed:
   changed since their last walk (`st_size` of /proc/<pid>/fd, Linux >= 6.2), those of the
   socket's owning uid -- until every such inode is found;
 * every `rewalk_every` scans: all processes, so an fd passed over a unix socket, or a copy of
-  a shared socket that one holder closed, cannot stay misattributed for long.
+  a shared socket that one holder closed, cannot stay misattributed for long. While process
+  events keep the process set current, the caller passes `rewalk` instead: a slice of the
+  processes to read on every scan, so the same coverage never costs one big scan; and the
+  search for an unknown socket's owner stops at the processes whose number of fds changed
+  (a socket that appeared without that, or was closed before it was found, waits for its
+  holder's slice instead of a walk of every process on every scan).
 
 Inodes that no process holds (kernel sockets, or a holder the agent may not inspect) are
 remembered as ownerless while they stay in the tables, so they are not searched for again
@@ -24,7 +29,7 @@ Not thread-safe: the collector that owns it serialises access.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from endpoint_agent.collect.proc_net import SocketRecord, socket_inodes_of
@@ -81,20 +86,25 @@ class SocketOwners:
         live: Mapping[int, int],
         namespaces: Sequence[tuple[Sequence[int], Sequence[SocketRecord]]],
         uids: Mapping[int, int | None],
+        *,
+        rewalk: Collection[int] | None = None,
     ) -> dict[int, list[int]]:
         """inode -> PIDs holding it (ascending), for the sockets of one full scan.
 
         `live`: pid -> start_ticks of every process the scan saw; `namespaces`: per network
-        namespace, its member PIDs and its socket records; `uids`: pid -> real uid (a hint).
+        namespace, its member PIDs and its socket records; `uids`: pid -> real uid (a hint);
+        `rewalk`: this scan's slice of processes to read again (None: all of them every
+        `rewalk_every` scans).
         """
         self._scans += 1
         for pid in [p for p, w in self._walked.items() if live.get(p) != w.start_ticks]:
             del self._walked[pid]  # exited, or the PID now belongs to another instance
-        full = self._scans % self._rewalk_every == 0
+        full = rewalk is None and self._scans % self._rewalk_every == 0
         if full:
             self.stats.full_walks += 1
+        again = rewalk if rewalk is not None else ()
         for pid, start in live.items():
-            if full or pid not in self._walked:
+            if full or pid not in self._walked or pid in again:
                 self.walk(pid, start)
         owners = self._owner_map()
         present: set[int] = set()
@@ -104,7 +114,7 @@ class SocketOwners:
             unknown = {i for i in inodes if i not in owners and i not in self._ownerless}
             if unknown:
                 self.stats.searches += 1
-                self._search(unknown, members, records, live, uids, owners)
+                self._search(unknown, members, records, live, uids, owners, everyone=rewalk is None)
         self._ownerless &= present
         for holders in owners.values():
             holders.sort()
@@ -125,16 +135,21 @@ class SocketOwners:
         live: Mapping[int, int],
         uids: Mapping[int, int | None],
         owners: dict[int, list[int]],
+        *,
+        everyone: bool = True,
     ) -> None:
         socket_uids = {r.uid for r in records if r.inode in unknown}
         inside = set(members)
         candidates = []
-        # Every process, most likely first: in the socket's namespace (a socket can be passed to a
-        # process elsewhere), with a changed number of fds, of the socket's owner.
+        # Every process (or, with `everyone` off, those whose fds changed), most likely first: in the
+        # socket's namespace (a socket can be passed to a process elsewhere), with a changed number
+        # of fds, of the socket's owner.
         for pid, walked in self._walked.items():
             if pid not in live:
                 continue
             fds_changed = walked.fd_count == 0 or self._fd_count(pid) != walked.fd_count
+            if not fds_changed and not everyone:
+                continue
             candidates.append((pid not in inside, not fds_changed, uids.get(pid) not in socket_uids, pid))
         candidates.sort()
         for *_, pid in candidates:

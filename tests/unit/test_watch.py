@@ -263,10 +263,10 @@ def test_a_failing_triage_checks_everything() -> None:
 def test_a_renamed_process_is_triaged_again() -> None:
     renamed: list[int] = []
     sorter = Sorter({8: Verdict.SKIP})
-    rig = Rig(Script(execs(8)), triage=sorter, renamed=renamed.append)
+    rig = Rig(Script(execs(8)), triage=sorter, changed=renamed.append)
     rig.step()
     sorter.verdicts[8] = Verdict.CHECK  # its new name is one a rule names
     rig.watcher.handle([CommEvent(pid=8, tgid=8, timestamp_ns=0, comm="qbittorrent")])
     rig.watcher.handle([CommEvent(pid=9, tgid=8, timestamp_ns=0, comm="worker")])  # a thread: ignored
     rig.watcher.run_due()
-    assert rig.reacted == [[8]] and renamed == [8] and rig.watcher.stats.renames == 1
+    assert rig.reacted == [[8]] and renamed == [8, 8] and rig.watcher.stats.renames == 1  # exec, rename

@@ -29,9 +29,9 @@ class FakeProc:
         self.root = root
         (root / "stat").write_text(f"cpu 1 2 3\nbtime {BOOT}\n")
 
-    def put(self, pid: int, *, start: int, comm: str, image: int = 7, flags: int = 0) -> None:
+    def put(self, pid: int, *, start: int, comm: str, image: int = 7, flags: int = 0, ppid: int = 1) -> None:
         (self.root / str(pid)).mkdir(exist_ok=True)
-        after = ["S", "1"] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(start)] + ["0"] * 3
+        after = ["S", str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(start)] + ["0"] * 3
         after += [str(image)] * 3 + ["0"] * 19 + [str(image)] * 4 + ["0"]
         (self.root / str(pid) / "stat").write_text(f"{pid} ({comm}) {' '.join(after)}\n")
 
