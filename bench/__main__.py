@@ -26,8 +26,9 @@ BENCHMARKS: dict[str, str] = {
     "exec_cost": "bench.exec_cost",
     "exec_storm": "bench.exec_storm",
     "gate": "bench.gate",
+    "idle": "bench.idle",
 }
-DEFAULT = ("scan", "footprint", "reaction", "memory", "gate")
+DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle")
 
 
 def _load(name: str) -> ModuleType:

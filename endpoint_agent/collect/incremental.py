@@ -145,6 +145,7 @@ class IncrementalCollector:
         self._full_walks = 0
         self._untracked_read = 0
         self._repairs = 0
+        self._suspects: set[int] = set()
 
     @property
     def cache(self) -> ProcessCache:
@@ -181,6 +182,7 @@ class IncrementalCollector:
         with self._lock:
             self._cache.forget(pid)
             self._owners.forget(pid)
+            self._suspects.discard(pid)  # the event came after all
 
     # -- tracking: process events keep the cache current -------------------------------------
 
@@ -228,6 +230,8 @@ class IncrementalCollector:
             if not pids:
                 raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
             self._scans += 1
+            self._repairs += len(self._suspects)  # the events never told of these changes
+            self._suspects.clear()
             tracking = self._tracking
             trusted = tracking is not None and tracking.trusted() and not self._walk_all
             rewalk: set[int] | None = None
@@ -295,8 +299,10 @@ class IncrementalCollector:
             if cached is None:
                 self._untracked_read += 1
             elif due and not cached.retry_due and _stale(cached, st):
-                self._repairs += 1  # an exec, rename or exit the events did not tell
-                logger.info("re-walk repaired pid %d (%s): the events missed a change", pid, st.comm)
+                # An exec or rename no event told of -- or one whose event is still on its way (the
+                # watcher reads in batches): it counts as a repair unless that event comes by the next scan.
+                self._suspects.add(pid)
+                logger.info("re-walk re-read pid %d (%s): changed without an event so far", pid, st.comm)
             entry = self._entry(st)
             if entry is not None:
                 entries[pid] = entry
@@ -521,11 +527,11 @@ def _known(entry: CachedProcess) -> ProcessInfo:
 
 
 def _stale(entry: CachedProcess, st: ProcStat) -> bool:
-    """Whether a fresh stat shows a change the record (and the events) missed."""
-    info = entry.info
-    if not same_program(entry, st) or entry.comm != st.comm:
-        return True
-    return info is not None and info.ppid != st.ppid
+    """Whether a fresh stat shows an exec, a reused PID or a rename the record (and the events) missed.
+
+    A new parent is not one: re-parenting follows the parent's exit, which scans check themselves.
+    """
+    return not same_program(entry, st) or entry.comm != st.comm
 
 
 def _name(comm: str, entry: CachedProcess | None) -> str:

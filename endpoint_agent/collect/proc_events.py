@@ -364,8 +364,14 @@ def _ns_inode(name: str) -> int | None:
         return None
 
 
-def open_event_source(*, rcvbuf: int = DEFAULT_RCVBUF, ack_timeout: float = 1.0) -> ProcEventSource | None:
-    """Subscribe to process events; None (with the reason logged) where they are unavailable."""
+def open_event_source(
+    *, rcvbuf: int = DEFAULT_RCVBUF, ack_timeout: float = 1.0, essential: bool = False
+) -> ProcEventSource | None:
+    """Subscribe to process events; None (with the reason logged) where they are unavailable.
+
+    `essential`: the kernel itself drops every event but execs, and exits and renames of whole
+    processes (`essential_filter`), so forks and threads never wake the reader.
+    """
     reason = _unavailable_reason()
     if reason is not None:
         logger.warning("process events unavailable: %s", reason)
@@ -376,6 +382,8 @@ def open_event_source(*, rcvbuf: int = DEFAULT_RCVBUF, ack_timeout: float = 1.0)
         logger.warning("process events unavailable: no netlink connector in this kernel (%s)", exc)
         return None
     try:
+        if essential:
+            _attach_filter(sock, essential_filter())
         source = _subscribe(sock, rcvbuf, ack_timeout)
     except OSError as exc:
         logger.warning("process events unavailable: %s", _describe(exc))
@@ -383,6 +391,47 @@ def open_event_source(*, rcvbuf: int = DEFAULT_RCVBUF, ack_timeout: float = 1.0)
     if source is None:
         sock.close()
     return source
+
+
+# Classic BPF on the netlink datagram (it starts at the nlmsghdr): loads are big-endian words.
+_BPF_LD_ABS, _BPF_ST, _BPF_LDX_MEM, _BPF_JEQ_K, _BPF_JEQ_X, _BPF_RET_K = 0x20, 0x02, 0x61, 0x15, 0x1D, 0x06
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+_WHAT_AT = _NLMSGHDR.size + _CN_MSG.size  # proc_event.what
+_PID_AT = _FAST_EVENT_AT  # exec/exit/comm: process_pid, then process_tgid
+_ACCEPT = 0xFFFF  # bytes kept of an accepted datagram (all of it)
+
+
+def _word(value: int) -> int:
+    """A host-order u32 field as a BPF absolute load sees it (network order)."""
+    return int.from_bytes(struct.pack("=I", value), "big")
+
+
+def essential_filter() -> bytes:
+    """The program of `open_event_source(essential=True)`, as struct sock_filter entries."""
+    program = [
+        (_BPF_LD_ABS, 0, 0, _WHAT_AT),
+        (_BPF_JEQ_K, 10, 0, _word(PROC_EVENT_EXEC)),  # -> accept
+        (_BPF_JEQ_K, 9, 0, _word(PROC_EVENT_NONE)),  # the subscription ack -> accept
+        (_BPF_JEQ_K, 2, 0, _word(PROC_EVENT_COMM)),  # -> whole process?
+        (_BPF_JEQ_K, 1, 0, _word(PROC_EVENT_EXIT)),  # -> whole process?
+        (_BPF_RET_K, 0, 0, 0),  # forks, uid/gid/sid/ptrace/coredump changes: dropped
+        (_BPF_LD_ABS, 0, 0, _PID_AT + 4),  # tgid
+        (_BPF_ST, 0, 0, 0),
+        (_BPF_LDX_MEM, 0, 0, 0),
+        (_BPF_LD_ABS, 0, 0, _PID_AT),  # pid
+        (_BPF_JEQ_X, 1, 0, 0),  # pid == tgid -> accept
+        (_BPF_RET_K, 0, 0, 0),  # a thread: dropped
+        (_BPF_RET_K, 0, 0, _ACCEPT),
+    ]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+def _attach_filter(sock: socket.socket, program: bytes) -> None:
+    import ctypes
+
+    code = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(code))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
 def _unavailable_reason() -> str | None:

@@ -22,6 +22,7 @@ from endpoint_agent.collect.proc_events import (
     NETLINK_CONNECTOR,
     NLMSG_DONE,
     PROC_EVENT_EXEC,
+    CommEvent,
     Event,
     ExecEvent,
     ExitEvent,
@@ -92,6 +93,28 @@ def test_spawned_processes_produce_fork_exec_and_exit_events(source: ProcEventSo
         assert exit_.exit_code == 3 << 8  # wait status: exit code in the high byte
         # Kernel timestamps are CLOCK_MONOTONIC, the clock of time.monotonic_ns().
         assert started <= fork.timestamp_ns <= execs[0].timestamp_ns <= exit_.timestamp_ns <= finished
+
+
+THREADED_RENAMER = (
+    "import ctypes, threading, time\n"
+    "t = threading.Thread(target=time.sleep, args=(0.05,)); t.start(); t.join()\n"
+    "ctypes.CDLL(None).prctl(15, b'ea-renamed', 0, 0, 0)  # PR_SET_NAME\n"
+)
+
+
+def test_the_essential_source_gets_execs_renames_and_exits_of_processes_only() -> None:
+    src = open_event_source(essential=True)
+    assert src is not None
+    with src:
+        child = subprocess.Popen([sys.executable, "-S", "-c", THREADED_RENAMER])
+        child.wait(10)
+        events = collect_until(
+            src, lambda evs: any(isinstance(e, ExitEvent) and e.pid == child.pid for e in evs)
+        )
+    mine = [e for e in events if getattr(e, "tgid", None) == child.pid]
+    assert [type(e) for e in mine] == [ExecEvent, CommEvent, ExitEvent]  # no thread's start or end
+    assert isinstance(mine[1], CommEvent) and mine[1].comm == "ea-renamed"
+    assert not any(isinstance(e, ForkEvent) for e in events)  # forks never reach the reader
 
 
 def test_a_burst_larger_than_the_buffer_is_reported_as_an_overrun_and_reading_goes_on() -> None:

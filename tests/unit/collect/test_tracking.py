@@ -118,3 +118,17 @@ def test_socket_tables_are_read_only_when_the_policy_looks_at_connections(spawn:
     assert listener.pid in quiet.processes and quiet.connections == ()
     wanted[0] = True  # a network rule arrived
     assert any(c.pid == listener.pid for c in collector.snapshot().connections)
+
+
+def test_an_event_arriving_just_after_the_re_walk_is_not_a_repair(tmp_path: Path) -> None:
+    proc, details, collector = tracked(tmp_path, slices=4)
+    proc.put(A, start=100, comm="bash")
+    details.now[A] = Details(None, ("bash",), 1000, False)
+    collector.snapshot()
+    proc.put(A, start=100, comm="make", image=9)
+    details.now[A] = Details(None, ("make",), 1000, False)
+    for _ in range(3):  # the third is A's slice: the exec is seen before its event is handled
+        collector.snapshot()
+    collector.forget(A)  # the exec event, read a few milliseconds late
+    collector.snapshot()
+    assert collector.tracking is not None and collector.tracking["repairs"] == 0

@@ -1,0 +1,138 @@
+"""Idle CPU of the service as the process count grows: 300, 1,500 and 3,000 processes, nothing starting.
+
+`endpoint-agent run` with default settings (exec events, a full scan every 30 s) and a one-rule
+policy; this benchmark adds sleeping processes (named copies of `sleep`, reaped by PID at the
+end) until the machine has about 300, then 1,500, then 3,000. At each size, after the scans
+that read the new processes, a window of whole scan intervals is measured from the end of one
+scan to the end of another: the agent's own CPU time (user + system, from the kernel) and the
+CPU time of its exec-watcher thread (what processes started meanwhile by others on this
+machine cost it; on an idle machine that is zero). The idle figure is the difference.
+
+Targets: with ~1,500 processes over >= 2 minutes, <= 0.25% of one core; with 3,000 processes
+<= 1.5x the figure with 300. The agent's total CPU is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.exec_cost import quiet_policy
+from bench.load import machine_load, raise_nofile_limit
+from bench.report import Target, targets_block
+from bench.service import AgentUnderTest, start_agent
+from tests.support import ProcessReaper
+
+SUMMARY = "idle CPU of the service with 300, 1,500 and 3,000 sleeping processes (nothing starting)"
+CORE_PERCENT_TARGET = 0.25
+GROWTH_TARGET = 1.5
+SIZES = (300, 1500, 3000)
+NO_BREAK_GLASS = "/nonexistent/ea-bench-idle-break-glass"
+SETTLE_SCANS = 2  # after a top-up: the scan reading the newcomers, then one to start the window on
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("idle")
+    group.add_argument(
+        "--idle-window", type=float, default=120.0, help="seconds measured at 1,500 (default 120)"
+    )
+    group.add_argument(
+        "--idle-ratio-window", type=float, default=60.0, help="seconds measured at 300 and 3,000 (default 60)"
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    processes: int
+    seconds: float
+    scans: int
+    execs: int
+    agent_cpu: float
+    watcher_cpu: float
+    repairs: int
+
+    @property
+    def idle_percent(self) -> float:
+        return 100 * max(0.0, self.agent_cpu - self.watcher_cpu) / self.seconds
+
+    @property
+    def total_percent(self) -> float:
+        return 100 * self.agent_cpu / self.seconds
+
+    def line(self) -> str:
+        return (
+            f"  {self.processes:>5} processes, {self.seconds:.0f}s, {self.scans} scans:"
+            f" agent {self.total_percent:.3f}% of a core, exec watcher"
+            f" {100 * self.watcher_cpu / self.seconds:.3f}% ({self.execs} execs by others),"
+            f" idle {self.idle_percent:.3f}%; repairs so far {self.repairs}"
+        )
+
+
+def _events(status: dict[str, Any]) -> dict[str, Any]:
+    events = status.get("process_events")
+    return events if isinstance(events, dict) else {}
+
+
+def measure(agent: AgentUnderTest, seconds: float) -> Window:
+    interval = float(agent.status().get("scan_interval") or 30.0)
+    scans = max(1, round(seconds / interval))
+    start = agent.status().get("scans", 0)
+    first = agent.wait_scans(start + SETTLE_SCANS, timeout=SETTLE_SCANS * interval + 60)
+    cpu0, t0 = agent.cpu_seconds(), time.monotonic()
+    last = agent.wait_scans(first["scans"] + scans, timeout=scans * interval + 60)
+    cpu1, t1 = agent.cpu_seconds(), time.monotonic()
+    before, after = _events(first), _events(last)
+    return Window(
+        processes=int((last.get("last_scan") or {}).get("processes") or 0),
+        seconds=t1 - t0,
+        scans=last["scans"] - first["scans"],
+        execs=int(after.get("execs", 0)) - int(before.get("execs", 0)),
+        agent_cpu=cpu1 - cpu0,
+        watcher_cpu=float(after.get("cpu_seconds", 0.0)) - float(before.get("cpu_seconds", 0.0)),
+        repairs=int((after.get("tracking") or {}).get("repairs", 0)),
+    )
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    window, ratio_window = float(args.idle_window), float(args.idle_ratio_window)
+    print(f"idle: the service with {', '.join(map(str, SIZES))} processes, nothing started by it", flush=True)
+    raise_nofile_limit(4096)
+    results: dict[int, Window] = {}
+    with (
+        contextlib.ExitStack() as loads,
+        tempfile.TemporaryDirectory(prefix="ea-bench-idle-") as tmp,
+        ProcessReaper() as reaper,
+    ):
+        config = {
+            "enforce_scope_pid": os.getpid(),
+            "notify": False,
+            "break_glass_file": "/nonexistent/ea-idle",
+        }
+        agent = start_agent(
+            Path(tmp), quiet_policy("ea-bench-nx-idle"), config, reaper=reaper, name="service"
+        )
+        agent.wait_events()
+        for size in SIZES:
+            missing = size - len(psutil.pids())
+            if missing > 0:
+                loads.enter_context(machine_load(missing, 0, progress=False))
+            results[size] = measure(agent, window if size == 1500 else ratio_window)
+            print(results[size].line(), flush=True)
+        agent.stop()
+    low, mid, high = (results[s] for s in SIZES)
+    growth = high.idle_percent / low.idle_percent if low.idle_percent > 0 else float("inf")
+    print(f"  ~1,500 processes: agent total {mid.total_percent:.3f}% of a core (exec watcher included)")
+    targets = [
+        Target("idle CPU, ~1,500 processes (% of one core)", mid.idle_percent, CORE_PERCENT_TARGET),
+        Target("idle CPU, 3,000 / 300 processes", growth, GROWTH_TARGET),
+    ]
+    print("\n" + targets_block(targets))
+    return targets
