@@ -72,11 +72,10 @@ class Policy:
         return self.active
 
 
-@pytest.fixture
-def watcher_rig(
-    tmp_path: Path,
-) -> Iterator[tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, str]]:
-    blocked = unique("ea-react")
+def recording_agent(
+    tmp_path: Path, blocked: str
+) -> tuple[Agent, IncrementalCollector, RecordingEnforcer, ViolationStore]:
+    """An in-process agent on the real collector; stops are only recorded. The caller closes the store."""
     collector = IncrementalCollector()
     enforcer = RecordingEnforcer()
     store = ViolationStore.open(tmp_path / "violations.sqlite3")
@@ -92,6 +91,15 @@ def watcher_rig(
         break_glass=BreakGlass(tmp_path / "break-glass"),
         clock=clock,
     )
+    return agent, collector, enforcer, store
+
+
+@pytest.fixture
+def watcher_rig(
+    tmp_path: Path,
+) -> Iterator[tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, str]]:
+    blocked = unique("ea-react")
+    agent, collector, enforcer, store = recording_agent(tmp_path, blocked)
     source = open_event_source()
     assert source is not None, "process events unavailable although running as root (see the log)"
     watcher = ExecWatcher(

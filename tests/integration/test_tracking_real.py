@@ -18,17 +18,11 @@ from pathlib import Path
 import pytest
 
 from endpoint_agent.agent import Agent
-from endpoint_agent.clock import SystemClock
 from endpoint_agent.collect.incremental import IncrementalCollector
 from endpoint_agent.collect.proc_events import Event, ExecEvent, Overrun, ProcEventSource, open_event_source
-from endpoint_agent.enforce.breakglass import BreakGlass
-from endpoint_agent.enforce.circuit import CircuitBreaker
-from endpoint_agent.enforce.notify import RecordingNotifier
-from endpoint_agent.enforce.scope import ScopedGuard
 from endpoint_agent.enforce.terminate import RecordingEnforcer
-from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.watch import ExecWatcher
-from tests.integration.test_reaction_real import NOT_THE_AGENT, Policy, policy_yaml, unique, wait_for
+from tests.integration.test_reaction_real import recording_agent, unique, wait_for
 from tests.support import SpawnFn
 
 pytestmark = [
@@ -68,21 +62,7 @@ Rig = tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, Lossy, 
 
 def rig(tmp_path: Path, *, tell: bool) -> Iterator[Rig]:
     blocked = unique("ea-lost")
-    collector = IncrementalCollector()
-    enforcer = RecordingEnforcer()
-    store = ViolationStore.open(tmp_path / "violations.sqlite3")
-    clock = SystemClock()
-    agent = Agent(
-        policy=Policy(policy_yaml(blocked)),
-        source=collector,
-        guard=ScopedGuard(os.getpid(), agent_pid=NOT_THE_AGENT),
-        enforcer=enforcer,
-        notifier=RecordingNotifier(),
-        store=store,
-        circuit=CircuitBreaker(clock=clock),
-        break_glass=BreakGlass(tmp_path / "break-glass"),
-        clock=clock,
-    )
+    agent, collector, enforcer, store = recording_agent(tmp_path, blocked)
     real = open_event_source()
     assert real is not None, "process events unavailable although running as root (see the log)"
     lossy = Lossy(real, tell=tell)
