@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "reaction": "bench.reaction",
     "memory": "bench.memory",
     "exec_cost": "bench.exec_cost",
+    "dns": "bench.dns",
     "exec_storm": "bench.exec_storm",
     "gate": "bench.gate",
     "idle": "bench.idle",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import psutil
 
@@ -33,6 +34,12 @@ UNKNOWN_NAME = "unknown"
 class Asker:
     process: ProcessInfo  # a stand-in (pid 0, name "unknown") when `known` is False
     known: bool
+
+
+class AskerSource(Protocol):
+    """Who holds the socket a query came from (a double lives in the tests)."""
+
+    def find(self, proto: str, client: Endpoint) -> Asker: ...
 
 
 class AskerLookup:
@@ -147,4 +154,4 @@ def _user(uid: int | None) -> str | None:
         return str(uid)
 
 
-__all__ = ["Asker", "AskerLookup"]
+__all__ = ["Asker", "AskerLookup", "AskerSource"]

@@ -65,6 +65,10 @@ class AnswerCache:
         with self._lock:
             self._entries.clear()
 
+    def spelled_as_cached(self, key: CacheKey, query: DNSRecord) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and str(query.q.qname) == entry.qname_text
+
     def put(self, key: CacheKey, response: DNSRecord) -> None:
         ttl = cache_ttl(response)
         if not ttl or ttl <= 0:
@@ -77,8 +81,11 @@ class AnswerCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def answer(self, key: CacheKey, query: DNSRecord, raw_id: bytes) -> bytes | None:
-        """The packed answer to `query` (its id `raw_id`, 2 bytes) from the cache, or None."""
+    def answer(self, key: CacheKey, query: DNSRecord | None, raw_id: bytes) -> bytes | None:
+        """The packed answer to `query` (its id `raw_id`, 2 bytes) from the cache, or None.
+
+        `query` None: a repeat of a query already answered from this entry, spelled the same.
+        """
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
@@ -92,14 +99,14 @@ class AnswerCache:
             return None
         self.hits += 1
         whole = int(age)
-        same_case = str(query.q.qname) == entry.qname_text
+        same_case = query is None or str(query.q.qname) == entry.qname_text
         with entry.lock:
             if not same_case or entry.packed_age != whole:
                 record = entry.record
                 for rr, ttl in zip((*record.rr, *record.auth, *record.ar), entry.ttls, strict=True):
                     rr.ttl = ttl if rr.rtype == QTYPE.OPT else max(ttl - whole, 0)  # OPT: flags
                 saved = record.questions
-                if not same_case:
+                if query is not None and not same_case:
                     record.questions = query.questions  # echo the asker's spelling (0x20 case)
                 packed = record.pack()
                 record.questions = saved

@@ -39,6 +39,7 @@ PROBE_NAME = "endpoint-agent-probe.invalid"  # answered by the forwarder itself 
 DEFAULT_TIMEOUT = 1.5
 MAX_PENDING = 4096
 MAX_TCP_CLIENTS = 64
+MAX_REPEATS = 10_000
 SINKHOLE_TTL = 60
 _BATCH = 64
 
@@ -52,9 +53,13 @@ class Verdict:
     block: bool = False
     learn: bool = False  # resolve upstream anyway, to learn the blocked name's addresses
     sinkhole: str | None = None
+    # True when no rule names the domain: the verdict holds for every repeat of the query until
+    # the judge's generation changes (so a repeat may skip the judge).
+    final: bool = True
 
 
 ALLOW = Verdict()
+ALLOW_JUDGED = Verdict(final=False)  # allowed, but some rule names the domain: judge every query
 
 
 class QueryJudge(Protocol):
@@ -64,6 +69,11 @@ class QueryJudge(Protocol):
 
     def learned(self, name: str, answers: list[tuple[str, int]]) -> None:
         """An upstream answered `name` with these (address, ttl)."""
+        ...
+
+    @property
+    def generation(self) -> object:
+        """Changes whenever a verdict may change (a new policy or mode): repeats are re-judged."""
         ...
 
 
@@ -160,6 +170,10 @@ class Forwarder:
         self._sockets: _Sockets | None = None
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._dual = False
+        # The bytes of a query after its id -> its cache key and the judge's generation when it
+        # was let through: an identical repeat is answered from the cache without parsing it again
+        # (what most traffic is; the parse is most of a cache hit's cost).
+        self._repeats: dict[bytes, tuple[tuple[str, int, int], object]] = {}
         self.stats = ForwarderStats()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -236,7 +250,7 @@ class Forwarder:
             except OSError:
                 return
             try:
-                answer = self._answer(data, "udp", _endpoint(addr))
+                answer = self.answer(data, "udp", _endpoint(addr))
                 if answer is not None:
                     sock.sendto(answer, addr)
             except OSError:
@@ -245,9 +259,19 @@ class Forwarder:
                 self.stats.errors += 1
                 logger.exception("DNS query from %s failed", addr[0])
 
-    def _answer(self, data: bytes, proto: str, client: tuple[str, int]) -> bytes | None:
+    def answer(self, data: bytes, proto: str, client: tuple[str, int]) -> bytes | None:
         """The immediate answer to a client's query, or None when it was forwarded."""
         self.stats.queries += 1
+        data = bytes(data)
+        repeat = self._repeats.get(data[2:])
+        if repeat is not None and len(data) > 12:
+            key, generation = repeat
+            if generation is self._judge.generation:
+                cached = self.cache.answer(key, None, data[:2])
+                if cached is not None:
+                    self.stats.cache_hits += 1
+                    return cached
+            self._repeats.pop(data[2:], None)
         try:
             query = DNSRecord.parse(data)
         except (DNSError, struct.error, ValueError, IndexError, UnicodeError):
@@ -271,6 +295,10 @@ class Forwarder:
         cached = self.cache.answer(key, query, data[:2])
         if cached is not None:
             self.stats.cache_hits += 1
+            if verdict.final and self.cache.spelled_as_cached(key, query):
+                if len(self._repeats) >= MAX_REPEATS:
+                    self._repeats.clear()
+                self._repeats[data[2:]] = (key, self._judge.generation)
             return cached
         if proto == "tcp":
             return self._forward_tcp(data, name, key, query)
@@ -415,7 +443,7 @@ class Forwarder:
                 message = _read_framed(conn)
                 if message is None:
                     return
-                answer = self._answer(message, "tcp", addr)
+                answer = self.answer(message, "tcp", addr)
                 if answer is None:
                     return
                 conn.sendall(struct.pack("!H", len(answer)) + answer)
@@ -495,6 +523,7 @@ def _read_exact(sock: socket.socket, size: int) -> bytes | None:
 
 __all__ = [
     "ALLOW",
+    "ALLOW_JUDGED",
     "PROBE_NAME",
     "DnsFilterError",
     "Forwarder",

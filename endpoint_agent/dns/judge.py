@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from endpoint_agent.clock import Clock
 from endpoint_agent.dns.addrmap import AddressMap
-from endpoint_agent.dns.asker import AskerLookup
-from endpoint_agent.dns.forwarder import ALLOW, Verdict
+from endpoint_agent.dns.asker import AskerSource
+from endpoint_agent.dns.forwarder import ALLOW, ALLOW_JUDGED, Verdict
 from endpoint_agent.policy.compile import CompiledPolicy
 from endpoint_agent.policy.domains import DomainIndex
 from endpoint_agent.policy.query import evaluate_query, query_rules
@@ -68,7 +68,7 @@ class PolicyJudge:
         clock: Clock,
         listen: Endpoint,
         addresses: AddressMap,
-        asker: AskerLookup,
+        asker: AskerSource,
         record: Recorder,
         learn: Learner | None = None,
         sinkhole: str | None = None,
@@ -97,6 +97,10 @@ class PolicyJudge:
     def state(self) -> FilterState | None:
         return self._state
 
+    @property
+    def generation(self) -> object:
+        return self._state
+
     # -- the forwarder's QueryJudge --------------------------------------------------------
 
     def judge(self, name: str, proto: str, client: Endpoint) -> Verdict:
@@ -121,7 +125,7 @@ class PolicyJudge:
         )
         findings = evaluate_query(state.compiled, proc, query, asker_known=asker.known, candidates=candidates)
         if not findings:
-            return ALLOW
+            return ALLOW_JUDGED
         block = state.enforce and any(f.action is RuleAction.BLOCK for f in findings)
         now = self._clock.now()
         for finding in findings:
@@ -149,9 +153,9 @@ class PolicyJudge:
             except queue.Full:
                 self.dropped_records += 1
         if not block:
-            return ALLOW
+            return ALLOW_JUDGED
         learn = self._learn is not None and any(f.enforce is Enforce.CONNECTION for f in findings)
-        return Verdict(block=True, learn=learn, sinkhole=self._sinkhole)
+        return Verdict(block=True, learn=learn, sinkhole=self._sinkhole, final=False)
 
     def learned(self, name: str, answers: list[tuple[str, int]]) -> None:
         self._addresses.learn(name, answers)

@@ -88,6 +88,7 @@ class NetGuard:
         self._upstreams: tuple[Endpoint, ...] = ()
         self._table: ConnectionTable | None = None
         self._table_key: object = None
+        self._state_key: object = None
         self._supervisor = Supervisor(self, clock=clock)
         self._lock = threading.RLock()
         self._learn_queue: queue.Queue[tuple[int, list[tuple[str, int]]]] = queue.Queue(10_000)
@@ -138,8 +139,13 @@ class NetGuard:
                 self._start_filter()
             elif not wanted and self._forwarder is not None:
                 self._stop_filter()
-            state = FilterState.of(compiled, int(policy.version), enforce) if compiled is not None else None
-            self._judge.update(state)
+            key = (id(compiled), int(policy.version) if policy else 0, enforce)
+            if key != self._state_key:  # a new state makes the forwarder re-judge repeated queries
+                self._state_key = key
+                state = (
+                    FilterState.of(compiled, int(policy.version), enforce) if compiled is not None else None
+                )
+                self._judge.update(state)
             self._update_table(compiled, int(policy.version) if policy else 0, enforce)
 
     def _start_filter(self) -> None:
