@@ -257,6 +257,20 @@ def test_kill_9_leaves_the_resolver_to_the_next_start_which_restores_it(scene: S
     assert scene.box.resolv_conf.read_text() == ORIGINAL
     assert scene.table() is None
 
+    # The service manager's hook (ExecStopPost, uninstall) does the same without an agent.
+    scene.start_agent()
+    _wait(scene.resolver_managed, 30, "the agent to point the resolver at its filter")
+    _wait(lambda: scene.table() is not None, 30, "the nftables table")
+    scene.stop_agent(signal.SIGKILL)
+    hook = [sys.executable, "-m", "endpoint_agent.dns.restore", "--state-dir", str(scene.state)]
+    hook += ["--config", str(scene.tmp / "config.yaml")]
+    done = scene.box.call(hook)
+    assert done.returncode == 0, done.stderr
+    assert scene.box.resolv_conf.read_text() == ORIGINAL
+    assert scene.table() is None
+    again = scene.box.call(hook)
+    assert again.returncode == 0 and scene.box.resolv_conf.read_text() == ORIGINAL  # idempotent
+
 
 def test_fails_open_when_the_upstream_dies(scene: Scene) -> None:
     scene.start_zone()
@@ -271,4 +285,59 @@ def test_fails_open_when_the_upstream_dies(scene: Scene) -> None:
     scene.start_zone()  # the upstream is back: the filter takes over again
     _wait(scene.resolver_managed, 30, "the resolver to point at the filter again")
     assert scene.stop_agent() == 0
+    assert scene.box.resolv_conf.read_text() == ORIGINAL
+
+
+MONITOR_POLICY = """
+name: dns-test-monitor
+version: 1
+mode: monitor
+rules:
+  - id: blocked-sites
+    action: block
+    enforce: connection
+    network: {domain: blocked.test}
+  - id: site-a-over-http
+    action: report
+    network: {domain: site-a.test, remote_port: 80}
+"""
+
+HOLD = (
+    "import socket, sys, time\n"
+    "s = socket.create_connection(('site-a.test', 80), 5)\n"
+    "print('connected', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_monitor_mode_answers_adds_no_table_and_connections_carry_the_domain(scene: Scene) -> None:
+    scene.policy.write_text(MONITOR_POLICY)
+    scene.start_zone()
+    scene.start_web()
+    scene.start_agent()
+    _wait(scene.resolver_managed, 30, "the agent to point the resolver at its filter")
+    scene.wait_running()
+    try:
+        answered = scene.curl("http://blocked.test/")
+        assert answered.returncode == 0 and answered.stdout == b"this is the blocked site"
+        holder = scene.box.popen([sys.executable, "-c", HOLD], stdout_pipe=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"connected"
+
+        def found(rule: str) -> list[dict[str, object]]:
+            return [v for v in scene.violations() if v["rule_id"] == rule]
+
+        _wait(lambda: found("blocked-sites") and found("site-a-over-http"), 30, "both records")
+        [would] = found("blocked-sites")
+        assert (would["action"], would["process_name"]) == ("would_block", "curl")
+        conns = found("site-a-over-http")
+        assert {v["action"] for v in conns} == {"reported"}
+        connections = [v["connection"] for v in conns if v["pid"] == holder.pid]
+        assert len(connections) == 1, conns  # the holder's connection, named by the learned domain
+        connection = connections[0]
+        assert isinstance(connection, dict)
+        assert connection["domain"] == "site-a.test" and connection["raddr"] == "127.0.0.2:80"
+        assert all(v["connection"]["domain"] == "site-a.test" for v in conns)  # type: ignore[index]
+        assert scene.table() is None  # monitor mode adds nothing to nftables
+    finally:
+        assert scene.stop_agent() == 0
     assert scene.box.resolv_conf.read_text() == ORIGINAL
