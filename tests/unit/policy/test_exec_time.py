@@ -114,3 +114,19 @@ def test_every_exec_time_deny_is_a_post_exec_block(path: str) -> None:
         assert judged.rule_id in blocked
     else:
         assert not blocked
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "examples/allowlist.yaml", "examples/remote-access.yaml"])
+def test_shipped_policies_reach_the_gate_intact(name: str) -> None:
+    """The gate process receives the policy as JSON (policy.model_dump) and validates it again."""
+    from pathlib import Path
+
+    from endpoint_agent.policy import Policy, load_policy_file
+
+    policy = load_policy_file(Path(__file__).resolve().parents[3] / "policies" / name)
+    again = Policy.model_validate(policy.model_dump(mode="json"))
+    assert again == policy
+    split = ExecTimePolicy.of(compile_policy(again))
+    # every rule the gate may deny on its own is a block rule of the policy
+    blocks = {r.id for r in policy.rules if r.action is RuleAction.BLOCK and r.enabled}
+    assert set(split.exact_block_rules) <= blocks
