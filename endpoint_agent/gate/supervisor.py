@@ -334,9 +334,5 @@ class GateSupervisor:
         )
 
 
-def kill_quietly(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
-
 
 __all__ = ["GateSupervisor", "policy_key"]
