@@ -343,7 +343,8 @@ def service_jobs(settings: AgentSettings, service: Service) -> list[JobSpec]:
             gate.ensure_running()
             service.write_status("running")
 
-        jobs.append(JobSpec("exec-gate", gate_job, 5.0, run_at_start=False, at_shutdown=gate.stop))
+        # run_at_start: APScheduler adds a job without a first run time paused
+        jobs.append(JobSpec("exec-gate", gate_job, 5.0, at_shutdown=gate.stop))
     # -- policy sync (issue 4): the poll thread, started at once and restarted if it ever died --
     sync = _policy_sync(service.agent)
     if sync is not None:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MAX_MESSAGE = 64 * 1024
+LATE = "late"  # Report.outcome of an exec allowed at its deadline and judged a denial since
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class GateConfig:
 class Report:
     """A denial (or a would-block in monitor mode) for the agent to record and notify."""
 
-    outcome: str  # "denied" | "would_block"
+    # "denied" | "would_block"; "late": allowed at its deadline, judged a denial since (stop it if it runs)
+    outcome: str
     rule_id: str
     category: str
     reason: str
@@ -89,4 +91,4 @@ def decode(data: bytes) -> dict[str, Any] | None:
     return msg if isinstance(msg, dict) and isinstance(msg.get("op"), str) else None
 
 
-__all__ = ["MAX_MESSAGE", "GateConfig", "Report", "decode", "encode"]
+__all__ = ["LATE", "MAX_MESSAGE", "GateConfig", "Report", "decode", "encode"]

@@ -14,15 +14,16 @@ import posixpath
 import queue
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from endpoint_agent.clock import Clock
 from endpoint_agent.enforce.notify import Notification, Notifier
 from endpoint_agent.errors import StoreError
-from endpoint_agent.gate.protocol import Report
+from endpoint_agent.gate.protocol import LATE, Report
 from endpoint_agent.report.store import NewEvent, ViolationStore
-from endpoint_agent.types import Evidence, Finding, Outcome, ProcessInfo, RuleAction, Violation
+from endpoint_agent.types import Evidence, Finding, Outcome, ProcessInfo, RuleAction, Snapshot, Violation
 
 if TYPE_CHECKING:
     from endpoint_agent.agent import Agent
@@ -129,11 +130,33 @@ class GateReports:
     def _run(self) -> None:
         while (report := self._queue.get()) is not None:
             try:
-                self.record(report)
+                self.record(report)  # the store, or (late judgements) the agent's pipeline
             except Exception:
                 logger.exception("exec gate: could not record a report")
 
-    def record(self, report: Report) -> Violation:
+    def stop_late(self, report: Report) -> None:
+        """The post-exec path for a program the gate judged too late: the agent's own pipeline (policy,
+        guard, circuit breaker, dedup, store) on that one process, with the SHA-256 the gate computed
+        (the scan's hash cache may not hash a file that large)."""
+        snapshot_of = getattr(self._agent.source, "snapshot_of", None)
+        if snapshot_of is None:
+            return
+
+        def take() -> Snapshot:
+            snap: Snapshot = snapshot_of([report.pid])
+            proc = snap.processes.get(report.pid)
+            if proc is None or proc.exe != report.exe:
+                return replace(snap, processes={}, connections=())  # gone, or another program now
+            if report.sha256 and not proc.sha256:
+                proc = replace(proc, sha256=report.sha256)
+            return replace(snap, processes={report.pid: proc})
+
+        self._agent.react(take)
+
+    def record(self, report: Report) -> Violation | None:
+        if report.outcome == LATE:
+            self.stop_late(report)
+            return None
         violation, finding = violation_of(report)
         now = self._clock.now()
         events = [NewEvent(violation.event_id, "violation", now, violation.to_json())]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import signal
 import socket
@@ -332,7 +331,6 @@ class GateSupervisor:
             "gate_failed",
             {"reason": reason, "failures": self.failures, "restarts": self.restarts, "left_off": give_up},
         )
-
 
 
 __all__ = ["GateSupervisor", "policy_key"]

@@ -34,7 +34,7 @@ from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.gate.facts import FactsReader, FileFacts, package_index
 from endpoint_agent.gate.fanotify import ExecEvent, FanotifyGroup, GateUnavailable
 from endpoint_agent.gate.mounts import MountWatch, same_namespace
-from endpoint_agent.gate.protocol import GateConfig, Report, decode, encode
+from endpoint_agent.gate.protocol import LATE, GateConfig, Report, decode, encode
 from endpoint_agent.gate.table import Answer, DryRunResult, FileJob, FileKey, Table, Wait, assess
 from endpoint_agent.policy.exec_time import ExecTimePolicy, ExecUser
 
@@ -266,15 +266,22 @@ class Gate:
         if answer.outcome is not None and answer.finding is not None:
             self._report(held, answer)
 
-    def _report(self, held: _Held, answer: Answer) -> None:
+    def _late(self, held: _Held) -> None:
+        """An exec allowed at its deadline turned out to be one to deny: the agent stops it if it runs."""
+        answer = self.table.decide(held.key, held.pid, held.st)
+        if isinstance(answer, Answer) and answer.outcome == "denied" and answer.finding is not None:
+            self._report(held, answer, outcome=LATE)
+
+    def _report(self, held: _Held, answer: Answer, *, outcome: str | None = None) -> None:
         finding = answer.finding
-        assert finding is not None and answer.outcome is not None
+        outcome = outcome or answer.outcome
+        assert finding is not None and outcome is not None
         proc = finding.process
         uid = proc.uid
         now = time.monotonic()
-        key = (answer.outcome, finding.rule_id, proc.exe or "", uid)
+        key = (outcome, finding.rule_id, proc.exe or "", uid)
         last = self._reported.get(key)
-        if last is not None and now - last < self._config.report_interval_s:
+        if outcome != LATE and last is not None and now - last < self._config.report_interval_s:
             self.table.stats.reports_suppressed += 1
             return
         if len(self._reported) > 4096:
@@ -283,7 +290,7 @@ class Gate:
             }
         self._reported[key] = now
         report = Report(
-            outcome=answer.outcome,
+            outcome=outcome,
             rule_id=finding.rule_id,
             category=finding.category,
             reason=finding.reason[:2000],
@@ -332,6 +339,7 @@ class Gate:
                     self._attempt(held)
                 else:
                     self.table.stats.late_judgements += 1
+                    self._late(held)
 
     def _dry_run_done(self, result: DryRunResult) -> None:
         self.table.set_safety(result.safe, result.reason)

@@ -60,3 +60,42 @@ def test_a_denied_exec_reaches_endpoint_admin_violations(server: Server, agent: 
         context=agent.log_text,
     )
     assert status["restarts"] == 0 and status["state"] == "on"
+
+
+def test_a_program_judged_after_its_deadline_is_stopped_by_the_agent(server: Server, agent: Agent) -> None:
+    """A 1 GiB binary under a sha256 rule: its first start runs (hashing outlasts the deadline);
+    once the gate has the digest, the agent stops the running process and records it."""
+    require(pid_namespaces_available() or unavailable())
+    import hashlib
+    import os
+
+    huge = agent.bin / unique("e2e-gate-huge")
+    shutil.copy("/bin/sleep", huge)
+    os.truncate(huge, 1 << 30)  # sparse; still /bin/sleep
+    agent.bin.chmod(0o755)
+    digest = hashlib.sha256()
+    with huge.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    rule = f"  - {{id: huge, category: p2p, action: block, process: {{sha256: '{digest.hexdigest()}'}}}}\n"
+    server.publish(f"name: e2e\nversion: 1\nmode: enforce\nrules:\n{rule}")
+    agent.configure(exec_gate="on")
+    agent.start(scan_interval=3600)  # only the gate's late judgement can stop it in time
+    wait_for(
+        "the exec gate to be on",
+        lambda: (agent.status().get("exec_gate") or {}).get("state") == "on",
+        timeout=120,
+        context=agent.log_text,
+    )
+    started = agent.ns.spawn([str(huge), "600"])
+    from tests.support.enforce_procs import is_dead
+
+    wait_for(
+        "the late judgement to stop it", lambda: is_dead(started.pid), timeout=120, context=agent.log_text
+    )
+    rows = wait_for(
+        "the stop recorded",
+        lambda: [e.payload for e in agent.events("violation") if e.payload.get("rule_id") == "huge"],
+        context=agent.log_text,
+    )
+    assert rows[0]["action"] == "killed"
