@@ -566,6 +566,7 @@ class Agent:
             "last_error": self.last_error,
             "stops_total": self.stops_total,
             "reactions": self.reactions,  # issue 7: fast-path runs on new processes
+            "hashing": _hash_status(self._source),
             "queue": queue,
             "unsaved_events": len(self._unsaved.events),
             "unsaved_dropped": self._unsaved.dropped,
@@ -591,7 +592,11 @@ def build_agent(
         from endpoint_agent.collect.incremental import IncrementalCollector, linux_procfs_available
         from endpoint_agent.collect.machine import machine_collector
 
-        source = IncrementalCollector(clock=clock) if linux_procfs_available() else machine_collector()
+        source = (
+            IncrementalCollector(clock=clock, want_hashes=lambda: _wants_sha256(policy))
+            if linux_procfs_available()
+            else machine_collector()
+        )
     state = CircuitState.from_json(store.get_meta(CIRCUIT_META_KEY))
     from endpoint_agent.collect.machine import BehaviourEvaluator
     from endpoint_agent.findings_memo import FindingsMemo
@@ -612,6 +617,17 @@ def build_agent(
         block_action=BlockAction(settings.block_action),
         max_unsaved=settings.store_max_unsaved_events,
     )
+
+
+def _hash_status(source: SnapshotSource) -> dict[str, object] | None:
+    status = getattr(source, "hash_status", None)
+    return status() if callable(status) else None
+
+
+def _wants_sha256(policy: PolicyProvider) -> bool:
+    """Hash executables only while the active policy has a sha256 condition (collect/hashing.py)."""
+    active = policy.current()
+    return active is not None and bool(getattr(active.compiled, "uses_sha256", True))
 
 
 def make_enforcer(settings: AgentSettings, guard: Guard) -> Enforcer:

@@ -36,7 +36,7 @@ import psutil
 
 from endpoint_agent.clock import Clock, SystemClock
 from endpoint_agent.collect.cmdline import read_cmdline
-from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, HashCache, HashStats
+from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, BudgetedHasher, HashCache, HashStats
 from endpoint_agent.collect.hashing import DEFAULT_MAX_ENTRIES as DEFAULT_HASH_ENTRIES
 from endpoint_agent.collect.heap import release_free_memory
 from endpoint_agent.collect.netns import netns_of
@@ -125,9 +125,13 @@ class IncrementalCollector:
         rewalk_every: int = DEFAULT_REWALK_EVERY,
         details: DetailsReader | None = None,
         proc_root: str = "/proc",
+        want_hashes: Callable[[], bool] | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
-        self._hashes = HashCache(max_bytes=hash_max_bytes, max_entries=hash_max_entries)
+        # Budgeted and queued (collect/hashing.py), and only while the policy has a sha256 rule.
+        self._hashes = BudgetedHasher(HashCache(max_bytes=hash_max_bytes, max_entries=hash_max_entries))
+        self._want_hashes = want_hashes or (lambda: True)
+        self._hashing = True  # asked once per snapshot
         self._packages = packages if packages is not None else system_package_resolver()
         self._cache = ProcessCache(max_entries=max_processes)
         self._owners = SocketOwners(rewalk_every=rewalk_every, proc_root=proc_root)
@@ -166,6 +170,10 @@ class IncrementalCollector:
                 socket_searches=self._owners.stats.searches,
                 hashes=self._hashes.stats,
             )
+
+    def hash_status(self) -> dict[str, object]:
+        """For status.json: whether the policy needs digests, and the hashing queue."""
+        return {"wanted": self._hashing, **self._hashes.status()}
 
     def binary_digest(self, pid: int, exe: str) -> str | None:
         """SHA-256 of what `pid` runs (the shared hash cache), for the per-binary exec triage."""
@@ -224,6 +232,7 @@ class IncrementalCollector:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self._hashing = self._want_hashes()
             taken_at = self._clock.now()
             boot = self._boot_time()
             pids = list_pids(proc_root=self._proc)
@@ -361,6 +370,7 @@ class IncrementalCollector:
     def snapshot_of(self, pids: Iterable[int]) -> Snapshot:
         """Just these processes (the live, non-zombie ones) and their inet sockets."""
         with self._lock:
+            self._hashing = self._want_hashes()
             taken_at = self._clock.now()
             # The full scans' boot time: no read of /proc/stat per exec, and the same process keys.
             boot = self._boot if self._boot is not None else self._boot_time()
@@ -429,6 +439,7 @@ class IncrementalCollector:
         """The cached record of this instance, read (once) when there is none; None if it vanished."""
         cached = self._cache.lookup(st)
         if cached is not None and not cached.retry_due:
+            self._fill_digest(cached)
             return cached
         entry = self._read(st)
         if entry is None:
@@ -453,9 +464,10 @@ class IncrementalCollector:
         hash_failed = False
         package = None
         if details.exe:
-            result = self._hashes.hash_process_exe(st.pid, details.exe)
-            sha256 = result.sha256
-            hash_failed = sha256 is None and not result.too_large
+            if self._hashing:
+                result = self._hashes.hash_process_exe(st.pid, details.exe)
+                sha256 = result.sha256
+                hash_failed = sha256 is None and not result.too_large and not result.pending
             if self._packages is not None:
                 package = self._packages.package_of(st.pid, details.exe)
         return CachedProcess(
@@ -472,6 +484,14 @@ class IncrementalCollector:
             kernel_thread=False,
             partial=details.denied or hash_failed,
         )
+
+    def _fill_digest(self, entry: CachedProcess) -> None:
+        """A digest that was queued, or not wanted when the process was read, once it is known."""
+        if self._hashing and entry.sha256 is None and entry.exe and not entry.kernel_thread:
+            digest = self._hashes.hash_process_exe(entry.pid, entry.exe).sha256
+            if digest is not None:
+                entry.sha256 = digest
+                entry.info = None  # rebuilt with it
 
     def _info(self, st: ProcStat, entry: CachedProcess, names: Mapping[int, str], boot: float) -> ProcessInfo:
         name = names[st.pid]

@@ -178,6 +178,15 @@ class CompiledPolicy:
     connection_rules: tuple[int, ...] = ()
 
     @property
+    def uses_sha256(self) -> bool:
+        """Whether any rule looks at executables' SHA-256 (else the collector does not hash at all)."""
+        return any(
+            (r.rule.process is not None and r.rule.process.sha256 is not None)
+            or (r.rule.unless is not None and r.rule.unless.sha256 is not None)
+            for r in self.rules
+        )
+
+    @property
     def uses_domains(self) -> bool:
         """Whether the DNS filter has anything to judge or learn for this policy."""
         return any(rule.domains for rule in self.rules)

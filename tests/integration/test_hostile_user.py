@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -266,3 +267,31 @@ def test_megabytes_of_arguments_do_not_grow_the_agent(harness: Harness) -> None:
         grown = rss_bytes(agent.pid) - before
         assert grown <= 10 * MB, f"RSS grew by {grown / MB:.1f} MB"
         assert not cgroup.limit_reached() and cgroup.peak() < cgroup.limit
+
+
+def test_forty_huge_executables_do_not_hold_up_the_stop_of_a_blocked_client(
+    harness: Harness, shared_dir: Path
+) -> None:
+    """nobody runs 40 sparse 500 MiB executables, then a blocked client, under a policy with a sha256
+    rule (so hashing is on): the client is stopped while the big files still wait in the hash queue."""
+    h = harness
+    client = unique("ea-p2p")
+    h.policy.write_text(
+        policy_yaml([("p2p-standin", "block", client)])
+        + "  - id: known-bad-binary\n    category: malware\n    action: block\n"
+        + f'    process:\n      sha256: ["{"ab" * 32}"]\n'
+    )
+    agent = h.start_agent(h.agent_argv(interval=1))
+    status = h.wait_scans(2, agent)
+    assert status["hashing"]["wanted"] is True
+    for i in range(40):  # distinct files (inodes), each a copy of sleep made 500 MiB, sparse
+        directory = shared_dir / f"h{i}"
+        directory.mkdir(mode=0o755)
+        os.truncate(named_executable("huge", directory, "sleep"), 500 * MB)  # still runs
+    launcher = " ".join(f"{shared_dir}/h{i}/huge 600 &" for i in range(40))
+    as_nobody(h, ["sh", "-c", f"{launcher} wait"])
+    h.wait_status(lambda s: s["hashing"]["queued_total"] >= 30, timeout=60)
+    victim = as_nobody_soon(h, [str(named_executable(client, shared_dir, "sleep")), "600"])
+    assert wait_exit(victim, h) == -signal.SIGTERM
+    status = h.wait_scans(h.status()["scans"] + 1, agent)
+    assert status["hashing"]["queued"] >= 20  # stopped long before the big files' turn came
