@@ -28,8 +28,9 @@ BENCHMARKS: dict[str, str] = {
     "exec_storm": "bench.exec_storm",
     "gate": "bench.gate",
     "idle": "bench.idle",
+    "hostile": "bench.hostile",
 }
-DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle")
+DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle", "hostile")
 
 
 def _load(name: str) -> ModuleType:
