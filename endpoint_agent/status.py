@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import psutil
 
+from endpoint_agent.display import printable
 from endpoint_agent.errors import AgentError, StoreError
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.settings import AgentSettings
@@ -77,7 +78,7 @@ def show_status(settings: AgentSettings, as_json: bool, out: TextIO | None = Non
         out.write(json.dumps(data, sort_keys=True) + "\n")
     else:
         for line in _human(data):
-            print(line, file=out)
+            print(printable(line), file=out)  # errors and paths may quote what a user chose
     return EXIT_RUNNING if data["running"] else EXIT_NOT_RUNNING
 
 
@@ -133,6 +134,17 @@ def _human(d: dict[str, Any]) -> list[str]:
     if isinstance(gate, dict):
         lines.append(_gate_line(gate))
     lines.append(f"processes stopped: {d.get('stops_total', 0)}")
+    hashing = d.get("hashing")
+    if isinstance(hashing, dict):
+        lines.append(
+            "hashing: "
+            + (
+                f"{hashing.get('files_hashed', 0)} files hashed, {hashing.get('queued', 0)} queued,"
+                f" {hashing.get('deferred', 0)} deferred (rewritten)"
+                if hashing.get("wanted")
+                else "off (no sha256 rule in the policy)"
+            )
+        )
     if d.get("last_error"):
         lines.append(f"last error: {d['last_error']}")
     q = d.get("queue")

@@ -7,6 +7,7 @@ import io
 import logging
 from pathlib import Path
 
+from endpoint_agent.daemon import write_status
 from endpoint_agent.display import printable
 from endpoint_agent.enforce.notify import Notification
 from endpoint_agent.logfmt import TextLineFormatter
@@ -14,6 +15,7 @@ from endpoint_agent.report.listing import show_violations
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.scan import print_table
 from endpoint_agent.settings import AgentSettings
+from endpoint_agent.status import show_status
 from endpoint_agent.types import Outcome
 from tests.unit.report.test_listing import record, violation
 
@@ -74,3 +76,16 @@ def test_notification_title_and_body_are_escaped() -> None:
     assert "\x1b" not in n.title and "\n" not in n.title and n.title.startswith("q\\x1b")
     message, url = n.body.split("\n")  # the one newline is ours, between message and link
     assert no_control_characters(message) and no_control_characters(url)
+
+
+def test_status_lines_show_no_terminal_escapes(tmp_path: Path) -> None:
+    settings = AgentSettings(state_dir=tmp_path)
+    data = {"pid": 1, "state": "stopped", "last_error": f"CollectError: cannot read /tmp/{HOSTILE}",
+            "hashing": {"wanted": True, "files_hashed": 3, "queued": 40, "deferred": 1}}  # fmt: skip
+    write_status(settings.status_path, data)
+    out = io.StringIO()
+    show_status(settings, as_json=False, out=out)
+    text = out.getvalue()
+    assert "\x1b" not in text and no_control_characters(text)
+    assert "last error: CollectError: cannot read /tmp/q\\x1b[2J" in text
+    assert "hashing: 3 files hashed, 40 queued, 1 deferred (rewritten)" in text
