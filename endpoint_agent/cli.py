@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     violations = sub.add_parser("violations", help="violations recorded on this machine")
     _add_state_flags(violations)
     violations.add_argument("--json", action="store_true", help="one JSON object per violation per line")
+    restore = sub.add_parser(
+        "restore-network",
+        help="undo the DNS filter: resolver configuration back, nftables table deleted (stop, uninstall)",
+    )
+    _add_state_flags(restore)
     inst = sub.add_parser(
         "install", help="put the service in place: systemd unit (launchd plist), config, policy, state dir"
     )
@@ -189,6 +194,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from endpoint_agent.daemon import run_service
 
         return run_service(settings)
+    if args.command == "restore-network":  # the DNS filter's resolver change and nftables table
+        from endpoint_agent.dns.restore import restore_network
+
+        return restore_network(settings)
     if args.command == "status":
         from endpoint_agent.status import show_status
 

@@ -187,6 +187,10 @@ def uninstall(root: Path, *, purge: bool = False, out: TextIO | None = None) -> 
         raise InstallError(f"uninstall: nothing installed under {root} (no {state_dir / MANIFEST})")
     if root == Path("/") and shutil.which(lay.stop[0][0]) and (root / lay.service_file).exists():
         _run(lay.stop, out)
+    if root == Path("/") and state_dir.is_dir():  # what a DNS filter changed (resolver, nftables)
+        from endpoint_agent.dns.restore import restore_state_dir
+
+        restore_state_dir(state_dir)
     for relative, digest in sorted(manifest.items()):
         path = root / relative
         try:

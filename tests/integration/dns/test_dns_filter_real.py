@@ -262,7 +262,7 @@ def test_kill_9_leaves_the_resolver_to_the_next_start_which_restores_it(scene: S
     _wait(scene.resolver_managed, 30, "the agent to point the resolver at its filter")
     _wait(lambda: scene.table() is not None, 30, "the nftables table")
     scene.stop_agent(signal.SIGKILL)
-    hook = [sys.executable, "-m", "endpoint_agent.dns.restore", "--state-dir", str(scene.state)]
+    hook = [sys.executable, "-m", "endpoint_agent", "restore-network", "--state-dir", str(scene.state)]
     hook += ["--config", str(scene.tmp / "config.yaml")]
     done = scene.box.call(hook)
     assert done.returncode == 0, done.stderr
