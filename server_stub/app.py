@@ -19,6 +19,7 @@ from endpoint_agent.errors import SettingsError, StoreError
 from server_stub.apidocs import document_errors, render_docs
 from server_stub.auth import Authenticator, Reader
 from server_stub.config import ServerConfig
+from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -26,7 +27,7 @@ from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, BodyLimitMiddleware, RateLimitMiddleware, error_response
 from server_stub.models import Ok
 from server_stub.ratelimit import RateLimiter
-from server_stub.routes import admin, agent, reports
+from server_stub.routes import admin, agent, compliance, reports
 from server_stub.store import Store, sqlite_url
 
 API_PREFIX = "/api/v1"
@@ -77,9 +78,10 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     def healthz() -> Ok:
         return Ok()
 
-    for router in (agent.router, admin.router, reports.router):
+    for router in (agent.router, admin.router, reports.router, compliance.router):
         app.include_router(router, prefix=API_PREFIX)
     _install_docs_and_metrics(app, metrics)
+    mount_console(app)
     return app
 
 

@@ -23,7 +23,9 @@ from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.logfmt import JsonLineFormatter
 from endpoint_agent.sync.envelope import load_public_key
+from server_stub import users_cli
 from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
+from server_stub.errors import ApiError
 
 PROG = "endpoint-server"
 
@@ -64,11 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve https with")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     add_version(parser, PROG)
+    users_cli.add_parser(sub)
     return parser
 
 
 # Modules of the [server] extra: their absence is an installation choice, told in one line.
-_SERVER_EXTRA = frozenset({"fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "prometheus_client"})
+_SERVER_EXTRA = frozenset(
+    {"fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "prometheus_client", "jinja2", "argon2", "multipart"}
+)
 EXTRA_HINT = f"{PROG} needs the [server] extra: pip install 'endpoint-agent[server]'"
 
 
@@ -124,6 +129,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "users":
+        try:
+            return users_cli.run(args, sys.stdout)
+        except AgentError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        except ApiError as exc:  # an existing or unknown user name
+            print(f"{PROG}: {exc.message}", file=sys.stderr)
+            return 2
     _configure_logging(args.log_level, args.log_format)
     try:
         tls = _tls_files(args)

@@ -128,6 +128,7 @@ class HeartbeatRequest(BaseModel):
         default_factory=dict
     )
     circuit_state: Annotated[str, StringConstraints(max_length=32)] | None = None
+    mode_reason: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
 class Ok(BaseModel):
@@ -206,13 +207,51 @@ class CountOut(BaseModel):
     action: str | None = None
     host: str | None = None
     hostname: str | None = None
+    triage: str | None = None
 
 
 class SummaryOut(BaseModel):
     since: datetime | None
     until: datetime | None
     total: int
+    open: int = Field(description="violations nobody has triaged yet")
+    by_triage: list[CountOut]
     by_rule: list[CountOut]
     by_category: list[CountOut]
     by_action: list[CountOut]
     by_host: list[CountOut]
+
+
+# --- triage and audit -------------------------------------------------------------------------
+
+TriageState = Literal["acknowledged", "false_positive", "escalated", "open"]
+
+
+class ViolationKey(_Strict):
+    host: Annotated[str, StringConstraints(min_length=1, max_length=36)]
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=36)]
+
+
+class TriageRequest(_Strict):
+    items: Annotated[list[ViolationKey], Field(min_length=1, max_length=500)]
+    state: TriageState = Field(description="'open' clears the triage")
+    note: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class TriageResponse(BaseModel):
+    changed: int
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str
+    detail: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    next_cursor: str | None

@@ -46,6 +46,7 @@ class Heartbeat:
     last_scan_at: datetime | None = None
     circuit_state: str | None = None  # "open" | "closed"
     counters: Mapping[str, int] = field(default_factory=dict)
+    mode_reason: str | None = None  # why this mode: "break-glass file present", "policy mode is monitor", ...
 
     def __post_init__(self) -> None:
         if not self.agent_version:
@@ -70,6 +71,8 @@ class Heartbeat:
             out["last_scan_at"] = self.last_scan_at.isoformat().replace("+00:00", "Z")
         if self.circuit_state is not None:
             out["circuit_state"] = self.circuit_state
+        if self.mode_reason is not None:
+            out["mode_reason"] = self.mode_reason[:200]
         return out
 
 

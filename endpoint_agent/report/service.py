@@ -46,6 +46,7 @@ def agent_heartbeat(
         agent_version=__version__,
         policy_version=last.policy.version if last and last.policy else None,
         mode=last.mode.mode.value if last and last.mode else None,
+        mode_reason=last.mode.reason if last and last.mode else None,
         last_scan_at=last.at if last else None,
         circuit_state="open" if agent.circuit_open else "closed",
         counters=counters(

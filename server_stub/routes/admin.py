@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from endpoint_agent.errors import PolicySignatureError, PolicyValidationError
 from endpoint_agent.sync.envelope import canonical_json, verify_envelope
 from server_stub.auth import AdminOnly, Reader
-from server_stub.context import Ctx
+from server_stub.context import Ctx, ServerContext
 from server_stub.errors import Unprocessable
 from server_stub.models import (
     PolicyState,
@@ -24,7 +24,7 @@ from server_stub.models import (
     RollbackResponse,
     RolloutRequest,
 )
-from server_stub.store import NewPolicy, PolicyVersion
+from server_stub.store import NewPolicy, PolicyVersion, audit
 
 router = APIRouter(tags=["admin"])
 
@@ -69,14 +69,14 @@ def _envelope_bytes(envelope: dict[str, Any] | str) -> bytes:
         raise Unprocessable("envelope rejected: envelope is not strict JSON") from None
 
 
-@router.put("/policy", response_model=PublishResponse)
-def publish_policy(
-    body: PublishRequest,
-    _: AdminOnly,
-    ctx: Ctx,
-) -> PublishResponse:
-    """Publish a signed envelope; its version must be higher than every version published before."""
-    data = _envelope_bytes(body.envelope)
+TOKEN_ACTOR = "admin token"  # how the audit log names automation using the admin token
+
+
+def publish_envelope(
+    ctx: ServerContext, envelope: dict[str, Any] | str, rollout_percent: int, actor: str
+) -> tuple[PolicyVersion, int | None]:
+    """Verify, store and audit a signed envelope (the API and the console's upload)."""
+    data = _envelope_bytes(envelope)
     try:
         verified = verify_envelope(data, ctx.config.public_keys)
     except (PolicySignatureError, PolicyValidationError) as exc:
@@ -91,9 +91,36 @@ def publish_policy(
         key_id=verified.key_id,
         policy_name=verified.policy.name,
         fleet_id=verified.fleet_id,
-        rollout_percent=body.rollout_percent,
+        rollout_percent=rollout_percent,
     )
     stored, previous = ctx.store.policies.publish(new, now)
+    ctx.store.audit.record(
+        now,
+        actor,
+        "admin",
+        audit.PUBLISH,
+        f"policy version {stored.version}",
+        f"{stored.policy_name!r} fleet {stored.fleet_id!r}, key {stored.key_id}, rollout {rollout_percent}%",
+    )
+    return stored, previous
+
+
+def set_rollout_percent(ctx: ServerContext, percent: int, actor: str) -> PolicyVersion:
+    state = ctx.store.policies.set_rollout(percent)
+    ctx.store.audit.record(
+        ctx.now(), actor, "admin", audit.ROLLOUT, f"policy version {state.version}", f"rollout {percent}%"
+    )
+    return state
+
+
+@router.put("/policy", response_model=PublishResponse)
+def publish_policy(
+    body: PublishRequest,
+    _: AdminOnly,
+    ctx: Ctx,
+) -> PublishResponse:
+    """Publish a signed envelope; its version must be higher than every version published before."""
+    stored, previous = publish_envelope(ctx, body.envelope, body.rollout_percent, TOKEN_ACTOR)
     return PublishResponse(**_state(stored).model_dump(), previous_version=previous)
 
 
@@ -104,7 +131,7 @@ def set_rollout(
     ctx: Ctx,
 ) -> PolicyState:
     """Raise or lower the share of hosts that get the newest version (the others keep the previous)."""
-    return _state(ctx.store.policies.set_rollout(body.percent))
+    return _state(set_rollout_percent(ctx, body.percent, TOKEN_ACTOR))
 
 
 @router.post("/policy/rollback", response_model=RollbackResponse)
@@ -118,6 +145,14 @@ def rollback(
     withdrawn version keep it until a higher version is published.
     """
     withdrawn, current = ctx.store.policies.rollback(ctx.now())
+    ctx.store.audit.record(
+        ctx.now(),
+        TOKEN_ACTOR,
+        "admin",
+        audit.ROLLBACK,
+        f"policy version {withdrawn}",
+        f"version {current.version} current for every host",
+    )
     return RollbackResponse(**_state(current).model_dump(), rolled_back_version=withdrawn)
 
 

@@ -86,6 +86,7 @@ def _new_event(ev: ViolationEvent | AgentEvent) -> NewEvent:
             rule_id=ev.rule_id,
             category=ev.category,
             action=ev.action.value,
+            first_seen=ev.first_seen,
         )
     return NewEvent(event_id=ev.event_id, kind="agent", detected_at=ev.detected_at, data=data, type=ev.type)
 
@@ -133,6 +134,7 @@ def heartbeat(
         last_scan_at=body.last_scan_at,
         counters=dict(body.counters),
         circuit_state=body.circuit_state,
+        mode_reason=body.mode_reason,
     )
     ctx.store.hosts.heartbeat(principal.host_id, beat, ctx.now())
     return Ok()

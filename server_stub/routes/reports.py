@@ -9,15 +9,17 @@ from fastapi import APIRouter, Query
 
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
+from server_stub.errors import BadRequest
 from server_stub.models import CountOut, EventPage, HostList, HostOut, SummaryOut
 from server_stub.pagination import decode_cursor, encode_cursor
 from server_stub.store import EventFilter, StoredEvent
-from server_stub.store.events import AGENT, VIOLATION
+from server_stub.store.events import AGENT, TRIAGE_FILTERS, VIOLATION
 from server_stub.timeparse import parse_time
 
 router = APIRouter(tags=["reports"])
 
 SINCE_DOC = "ISO 8601 time (naive means UTC) or relative to now: 30m, 24h, 7d"
+TRIAGE_DOC = "open (untriaged), triaged (any state), acknowledged, false_positive or escalated"
 MAX_LIMIT = 1000
 
 
@@ -25,15 +27,57 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _item(ev: StoredEvent) -> dict[str, Any]:
+def triage_filter(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in TRIAGE_FILTERS:
+        raise BadRequest(f"triage: {value!r} is not one of {', '.join(TRIAGE_FILTERS)}")
+    return value
+
+
+def event_item(ev: StoredEvent) -> dict[str, Any]:
+    """A stored event as the API shows it (the console's downloads use the same)."""
+    triage = None
+    if ev.triage is not None:
+        t = ev.triage
+        triage = {"state": t.state, "note": t.note, "by": t.by, "at": _iso(t.at)}
     # Server-side facts last: a key in the uploaded event can never pose as another host.
-    return {**ev.data, "host": ev.host_id, "hostname": ev.hostname, "received_at": _iso(ev.received_at)}
+    return {
+        **ev.data,
+        "host": ev.host_id,
+        "hostname": ev.hostname,
+        "received_at": _iso(ev.received_at),
+        "triage": triage,
+    }
+
+
+def violation_filter(
+    ctx: ServerContext,
+    since: str | None,
+    until: str | None,
+    host: str | None,
+    rule_id: str | None,
+    category: str | None,
+    action: str | None,
+    triage: str | None,
+) -> EventFilter:
+    """The filter of the violation list and the summary (and of the console's pages)."""
+    now = ctx.now()
+    return EventFilter(
+        since=parse_time("since", since, now),
+        until=parse_time("until", until, now),
+        host=host or None,
+        rule_id=rule_id or None,
+        category=category or None,
+        action=action or None,
+        triage=triage_filter(triage),
+    )
 
 
 def _page(ctx: ServerContext, kind: str, flt: EventFilter, cursor: str | None, limit: int) -> EventPage:
     items, more = ctx.store.events.page(kind, flt, after_id=decode_cursor(cursor), limit=limit)
     next_cursor = encode_cursor(items[-1].id) if more and items else None
-    return EventPage(items=[_item(ev) for ev in items], next_cursor=next_cursor)
+    return EventPage(items=[event_item(ev) for ev in items], next_cursor=next_cursor)
 
 
 @router.get("/violations", response_model=EventPage)
@@ -46,19 +90,12 @@ def violations(
     rule_id: str | None = None,
     category: str | None = None,
     action: str | None = None,
+    triage: Annotated[str | None, Query(description=TRIAGE_DOC)] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> EventPage:
     """Violations in the order the server received them (stable cursor pagination)."""
-    now = ctx.now()
-    flt = EventFilter(
-        since=parse_time("since", since, now),
-        until=parse_time("until", until, now),
-        host=host,
-        rule_id=rule_id,
-        category=category,
-        action=action,
-    )
+    flt = violation_filter(ctx, since, until, host, rule_id, category, action, triage)
     return _page(ctx, VIOLATION, flt, cursor, limit)
 
 
@@ -113,15 +150,21 @@ def summary(
     ctx: Ctx,
     since: Annotated[str | None, Query(description=SINCE_DOC)] = None,
     until: Annotated[str | None, Query(description=SINCE_DOC)] = None,
+    host: Annotated[str | None, Query(description="host id or hostname")] = None,
+    rule_id: str | None = None,
+    category: str | None = None,
+    action: str | None = None,
+    triage: Annotated[str | None, Query(description=TRIAGE_DOC)] = None,
 ) -> SummaryOut:
-    """Violation counts by rule, category, action and host."""
-    now = ctx.now()
-    flt = EventFilter(since=parse_time("since", since, now), until=parse_time("until", until, now))
-    s = ctx.store.events.summary(flt)
+    """Violation counts by rule, category, action, triage state and host, for the list's filters."""
+    flt = violation_filter(ctx, since, until, host, rule_id, category, action, triage)
+    s = ctx.store.stats.summary(flt)
     return SummaryOut(
         since=flt.since,
         until=flt.until,
         total=s.total,
+        open=s.open,
+        by_triage=[CountOut(triage=c.key, count=c.count) for c in s.by_triage],
         by_rule=[CountOut(rule_id=c.key, count=c.count) for c in s.by_rule],
         by_category=[CountOut(category=c.key, count=c.count) for c in s.by_category],
         by_action=[CountOut(action=c.key, count=c.count) for c in s.by_action],

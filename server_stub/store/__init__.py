@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
+from server_stub.store.audit import AuditRepo
 from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
-from server_stub.store.events import EventFilter, EventRepo, NewEvent, StoredEvent, Summary
+from server_stub.store.events import EventFilter, EventRepo, NewEvent, StoredEvent
 from server_stub.store.hosts import Heartbeat, HostRecord, HostRepo
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
+from server_stub.store.stats import StatsRepo, Summary
+from server_stub.store.users import UserRepo
 
 
 class Store:
@@ -21,6 +24,9 @@ class Store:
         self.hosts = HostRepo(engine)
         self.policies = PolicyRepo(engine)
         self.events = EventRepo(engine)
+        self.stats = StatsRepo(engine)
+        self.users = UserRepo(engine)
+        self.audit = AuditRepo(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:

@@ -16,6 +16,12 @@ from server_stub.store.tables import events, hosts
 VIOLATION = "violation"
 AGENT = "agent"
 
+# Triage states an analyst can set, and the two filter values that are not states.
+TRIAGE_STATES = ("acknowledged", "false_positive", "escalated")
+OPEN = "open"
+TRIAGED = "triaged"
+TRIAGE_FILTERS = (OPEN, TRIAGED, *TRIAGE_STATES)
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
@@ -27,6 +33,7 @@ class NewEvent:
     category: str | None = None
     action: str | None = None
     type: str | None = None
+    first_seen: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,15 @@ class EventFilter:
     category: str | None = None
     action: str | None = None
     type: str | None = None
+    triage: str | None = None  # a triage state, OPEN (untriaged) or TRIAGED (any state)
+
+
+@dataclass(frozen=True, slots=True)
+class Triage:
+    state: str
+    note: str
+    by: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +63,21 @@ class StoredEvent:
     hostname: str
     received_at: datetime
     data: dict[str, Any]
+    triage: Triage | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Count:
-    key: str
-    count: int
-    label: str | None = None  # hostname, for counts by host
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    total: int
-    by_rule: list[Count]
-    by_category: list[Count]
-    by_action: list[Count]
-    by_host: list[Count]
-
-
-def _conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
+def conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
     conds: list[sa.ColumnElement[bool]] = [events.c.kind == kind]
     if flt.since is not None:
         conds.append(events.c.detected_at >= flt.since)
     if flt.until is not None:
         conds.append(events.c.detected_at < flt.until)
     if flt.host is not None:
-        conds.append(sa.or_(events.c.host_id == flt.host, hosts.c.hostname == flt.host))
+        # A subquery, not a join: aggregates over many events then never touch the hosts table.
+        named = sa.select(hosts.c.host_id).where(
+            sa.or_(hosts.c.host_id == flt.host, hosts.c.hostname == flt.host)
+        )
+        conds.append(events.c.host_id.in_(named))
     for column, value in (
         (events.c.rule_id, flt.rule_id),
         (events.c.category, flt.category),
@@ -81,7 +86,21 @@ def _conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
     ):
         if value is not None:
             conds.append(column == value)
+    if flt.triage == OPEN:
+        conds.append(events.c.triage_state.is_(None))
+    elif flt.triage == TRIAGED:
+        conds.append(events.c.triage_state.is_not(None))
+    elif flt.triage is not None:
+        conds.append(events.c.triage_state == flt.triage)
     return conds
+
+
+def _triage(row: Any) -> Triage | None:
+    if row.triage_state is None:
+        return None
+    return Triage(
+        state=row.triage_state, note=row.triage_note or "", by=row.triage_by or "", at=row.triage_at
+    )
 
 
 class EventRepo:
@@ -107,6 +126,7 @@ class EventRepo:
                 "action": ev.action,
                 "type": ev.type,
                 "data": ev.data,
+                "first_seen": ev.first_seen,
             }
             for ev in unique.values()
         ]
@@ -122,39 +142,91 @@ class EventRepo:
     ) -> tuple[list[StoredEvent], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""
         query = (
-            sa.select(events.c.id, events.c.host_id, hosts.c.hostname, events.c.received_at, events.c.data)
+            sa.select(*_EVENT_COLUMNS)
             .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
-            .where(*_conditions(kind, flt), events.c.id > after_id)
+            .where(*conditions(kind, flt), events.c.id > after_id)
             .order_by(events.c.id)
             .limit(limit + 1)
         )
         with db_errors("listing events"), read_connection(self._engine) as conn:
             rows = conn.execute(query).all()
-        items = [
-            StoredEvent(
-                id=r.id, host_id=r.host_id, hostname=r.hostname, received_at=r.received_at, data=r.data
-            )
-            for r in rows[:limit]
-        ]
-        return items, len(rows) > limit
+        return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
-    def summary(self, flt: EventFilter) -> Summary:
-        base = events.join(hosts, events.c.host_id == hosts.c.host_id)
-        conds = _conditions(VIOLATION, flt)
-
-        def counts(*cols: Any) -> list[Any]:
-            n = sa.func.count().label("n")
-            query = (
-                sa.select(*cols, n).select_from(base).where(*conds).group_by(*cols).order_by(n.desc(), *cols)
-            )
-            return list(conn.execute(query).all())
-
-        with db_errors("summarising violations"), read_connection(self._engine) as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(base).where(*conds)).scalar_one()
-            by_rule = [Count(str(r[0]), r.n) for r in counts(events.c.rule_id)]
-            by_category = [Count(str(r[0]), r.n) for r in counts(events.c.category)]
-            by_action = [Count(str(r[0]), r.n) for r in counts(events.c.action)]
-            by_host = [Count(str(r[0]), r.n, label=r[1]) for r in counts(events.c.host_id, hosts.c.hostname)]
-        return Summary(
-            total=int(total), by_rule=by_rule, by_category=by_category, by_action=by_action, by_host=by_host
+    def newest(
+        self, kind: str, flt: EventFilter, *, before_id: int | None, limit: int
+    ) -> tuple[list[StoredEvent], bool]:
+        """Up to `limit` events, newest received first (the console's lists); and whether older follow."""
+        conds = conditions(kind, flt)
+        if before_id is not None:
+            conds.append(events.c.id < before_id)
+        query = (
+            sa.select(*_EVENT_COLUMNS)
+            .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
+            .where(*conds)
+            .order_by(events.c.id.desc())
+            .limit(limit + 1)
         )
+        with db_errors("listing events"), read_connection(self._engine) as conn:
+            rows = conn.execute(query).all()
+        return [_stored(r) for r in rows[:limit]], len(rows) > limit
+
+    def set_triage(
+        self, keys: Sequence[tuple[str, str]], state: str | None, note: str, by: str, role: str, now: datetime
+    ) -> int:
+        """Triage violations named by (host id, event id); state None reopens. Audited in the same
+        transaction. Returns how many violations changed."""
+        from server_stub.store import audit
+
+        if not keys:
+            return 0
+        changed = 0
+        with db_errors("triaging violations"), self._engine.begin() as conn:
+            for host_id, event_id in keys:
+                result = conn.execute(
+                    sa.update(events)
+                    .where(
+                        events.c.host_id == host_id, events.c.event_id == event_id, events.c.kind == VIOLATION
+                    )
+                    .values(
+                        triage_state=state,
+                        triage_note=note if state else None,
+                        triage_by=by if state else None,
+                        triage_at=now if state else None,
+                    )
+                )
+                if result.rowcount:
+                    changed += 1
+                    audit.append(
+                        conn,
+                        now,
+                        by,
+                        role,
+                        audit.TRIAGE,
+                        f"{host_id}/{event_id}",
+                        f"{state or 'reopened'}: {note}",
+                    )
+        return changed
+
+
+_EVENT_COLUMNS = (
+    events.c.id,
+    events.c.host_id,
+    hosts.c.hostname,
+    events.c.received_at,
+    events.c.data,
+    events.c.triage_state,
+    events.c.triage_note,
+    events.c.triage_by,
+    events.c.triage_at,
+)
+
+
+def _stored(r: Any) -> StoredEvent:
+    return StoredEvent(
+        id=r.id,
+        host_id=r.host_id,
+        hostname=r.hostname,
+        received_at=r.received_at,
+        data=r.data,
+        triage=_triage(r),
+    )

@@ -28,6 +28,7 @@ class HostRecord:
     counters: dict[str, int] = field(default_factory=dict)
     circuit_state: str | None = None
     heartbeat_at: datetime | None = None
+    mode_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Heartbeat:
     last_scan_at: datetime | None
     counters: dict[str, int]
     circuit_state: str | None
+    mode_reason: str | None = None
 
 
 def _record(row: Any) -> HostRecord:
@@ -54,6 +56,7 @@ def _record(row: Any) -> HostRecord:
         counters=dict(row.counters or {}),
         circuit_state=row.circuit_state,
         heartbeat_at=row.heartbeat_at,
+        mode_reason=row.mode_reason,
     )
 
 
@@ -106,10 +109,41 @@ class HostRepo:
                     last_scan_at=beat.last_scan_at,
                     counters=beat.counters,
                     circuit_state=beat.circuit_state,
+                    mode_reason=beat.mode_reason,
                     heartbeat_at=now,
                     last_seen=now,
                 )
             )
+
+    def get(self, host: str) -> HostRecord | None:
+        """One host by id or hostname."""
+        with db_errors("reading a host"), read_connection(self._engine) as conn:
+            row = conn.execute(
+                sa.select(hosts).where(sa.or_(hosts.c.host_id == host, hosts.c.hostname == host)).limit(1)
+            ).first()
+        return _record(row) if row is not None else None
+
+    def search(self, text: str, *, offset: int, limit: int) -> tuple[list[HostRecord], int]:
+        """Hosts whose name or id starts with `text`, by name; and how many match in all."""
+        conds = []
+        if text:
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conds.append(
+                sa.or_(
+                    hosts.c.hostname.like(escaped + "%", escape="\\"),
+                    hosts.c.host_id.like(escaped + "%", escape="\\"),
+                )
+            )
+        with db_errors("searching hosts"), read_connection(self._engine) as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(hosts).where(*conds)).scalar_one()
+            rows = conn.execute(
+                sa.select(hosts)
+                .where(*conds)
+                .order_by(hosts.c.hostname, hosts.c.host_id)
+                .offset(max(offset, 0))
+                .limit(limit)
+            ).all()
+        return [_record(r) for r in rows], int(total)
 
     def list_hosts(self) -> list[HostRecord]:
         with db_errors("listing hosts"), read_connection(self._engine) as conn:

@@ -84,7 +84,71 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "hosts, policy versions, events", _v1_initial),)
+def _v2_console(conn: Connection) -> None:
+    """Named console users and their sessions, the audit log, triage and the console's indexes."""
+    md = sa.MetaData()
+    sa.Table(
+        "users",
+        md,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(64), nullable=False, unique=True),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("password_hash", sa.String(256), nullable=False),
+        sa.Column("disabled", sa.Boolean, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("failed_signins", sa.Integer, nullable=False),
+        sa.Column("locked_until", UTCDateTime, nullable=True),
+        sa.Column("last_signin_at", UTCDateTime, nullable=True),
+    )
+    sa.Table(
+        "sessions",
+        md,
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("user_id", BigId, sa.ForeignKey("users.id"), nullable=False, index=True),
+        sa.Column("csrf_token", sa.String(64), nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("expires_at", UTCDateTime, nullable=False),
+    )
+    sa.Table(
+        "audit_log",
+        md,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("at", UTCDateTime, nullable=False, index=True),
+        sa.Column("actor", sa.String(64), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("target", sa.String(256), nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+    for column in (
+        sa.Column("triage_state", sa.String(32), nullable=True),
+        sa.Column("triage_note", sa.Text, nullable=True),
+        sa.Column("triage_by", sa.String(64), nullable=True),
+        sa.Column("triage_at", UTCDateTime, nullable=True),
+        sa.Column("first_seen", UTCDateTime, nullable=True),
+    ):
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE events ADD COLUMN {column.name} {kind}"))
+    # Why a host runs in monitor mode (break-glass, circuit breaker, ...), from its heartbeat.
+    conn.execute(sa.text("ALTER TABLE hosts ADD COLUMN mode_reason VARCHAR(200)"))
+    # The console's aggregates (per day, category, action, rule, host, triage over a period) read
+    # only this index; the host and rule pages walk the second and third by time.
+    conn.execute(
+        sa.text(
+            "CREATE INDEX ix_events_console ON events "
+            "(kind, detected_at, category, action, rule_id, host_id, triage_state)"
+        )
+    )
+    conn.execute(sa.text("CREATE INDEX ix_events_host_detected ON events (host_id, kind, detected_at)"))
+    conn.execute(sa.text("CREATE INDEX ix_events_rule_detected ON events (rule_id, kind, detected_at)"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "hosts, policy versions, events", _v1_initial),
+    Migration(2, "console users, sessions, audit log, triage", _v2_console),
+)
 
 _version_md = sa.MetaData()
 _schema_version = sa.Table(

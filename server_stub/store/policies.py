@@ -159,6 +159,13 @@ class PolicyRepo:
             row = conn.execute(sa.select(*_META).where(policy_versions.c.version == previous)).one()
         return newest, _version(row)
 
+    def envelope(self, version: int) -> bytes | None:
+        with db_errors("reading a policy"), read_connection(self._engine) as conn:
+            text = conn.execute(
+                sa.select(policy_versions.c.envelope).where(policy_versions.c.version == version)
+            ).scalar_one_or_none()
+        return None if text is None else text.encode("utf-8")
+
     def versions(self) -> list[PolicyVersion]:
         with db_errors("listing policy versions"), read_connection(self._engine) as conn:
             rows = conn.execute(sa.select(*_META).order_by(policy_versions.c.version.desc())).all()

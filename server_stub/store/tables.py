@@ -35,6 +35,7 @@ hosts = sa.Table(
     sa.Column("counters", sa.JSON, nullable=True),
     sa.Column("circuit_state", sa.String(32), nullable=True),
     sa.Column("heartbeat_at", UTCDateTime, nullable=True),
+    sa.Column("mode_reason", sa.String(200), nullable=True),
 )
 
 policy_versions = sa.Table(
@@ -67,8 +68,56 @@ events = sa.Table(
     sa.Column("action", sa.String(32), nullable=True),
     sa.Column("type", sa.String(64), nullable=True),
     sa.Column("data", sa.JSON, nullable=False),
+    # Triage by an analyst (acknowledged, false_positive, escalated); NULL while open.
+    sa.Column("triage_state", sa.String(32), nullable=True),
+    sa.Column("triage_note", sa.Text, nullable=True),
+    sa.Column("triage_by", sa.String(64), nullable=True),
+    sa.Column("triage_at", UTCDateTime, nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=True),
     sa.UniqueConstraint("host_id", "event_id", name="uq_events_host_event"),
     sa.Index("ix_events_kind_id", "kind", "id"),
     sa.Index("ix_events_kind_detected", "kind", "detected_at"),
+    sa.Index(
+        "ix_events_console", "kind", "detected_at", "category", "action", "rule_id", "host_id", "triage_state"
+    ),
+    sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at"),
+    sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at"),
+    sqlite_autoincrement=True,
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("failed_signins", sa.Integer, nullable=False),
+    sa.Column("locked_until", UTCDateTime, nullable=True),
+    sa.Column("last_signin_at", UTCDateTime, nullable=True),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
     sqlite_autoincrement=True,
 )
