@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from server_stub.store.migrations import MIGRATIONS
 from tests.integration.server.policies import policy_yaml
 from tests.integration.server.test_events import post, violation
 from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
@@ -113,6 +114,8 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         try:
             with engine.connect() as conn:
-                assert conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar_one() == 1
+                assert conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar_one() == len(
+                    MIGRATIONS
+                )
         finally:
             engine.dispose()

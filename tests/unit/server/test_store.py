@@ -143,12 +143,12 @@ def test_summary_counts_by_rule_category_action_host(store: Store) -> None:
     h2 = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="b" * 64, now=T0)
     store.events.insert_batch(h1, [_violation("a"), _violation("a"), _violation("b", action="reported")], T0)
     store.events.insert_batch(h2, [_violation("a", when=T0 - timedelta(days=2))], T0)
-    s = store.events.summary(EventFilter())
+    s = store.stats.summary(EventFilter())
     assert s.total == 4
     assert [(c.key, c.count) for c in s.by_rule] == [("a", 3), ("b", 1)]
     assert [(c.key, c.count) for c in s.by_action] == [("killed", 3), ("reported", 1)]
     assert [(c.key, c.label, c.count) for c in s.by_host] == [(h1, "ws-1", 3), (h2, "ws-2", 1)]
-    recent = store.events.summary(EventFilter(since=T0 - timedelta(days=1)))
+    recent = store.stats.summary(EventFilter(since=T0 - timedelta(days=1)))
     assert recent.total == 3 and [(c.key, c.count) for c in recent.by_category] == [("p2p", 3)]
 
 
