@@ -65,14 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve https with")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    add_version(parser, PROG)
     users_cli.add_parser(sub)
+    add_version(parser, PROG)
     return parser
 
 
 # Modules of the [server] extra: their absence is an installation choice, told in one line.
 _SERVER_EXTRA = frozenset(
-    {"fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "prometheus_client", "jinja2", "argon2", "multipart"}
+    {
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "sqlalchemy",
+        "psycopg",
+        "prometheus_client",
+        "jinja2",
+        "argon2",
+        "multipart",
+    }
 )
 EXTRA_HINT = f"{PROG} needs the [server] extra: pip install 'endpoint-agent[server]'"
 

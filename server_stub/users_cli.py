@@ -11,9 +11,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from endpoint_agent.errors import SettingsError
 
