@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     server_flags(p)
     p.add_argument("--since", help="ISO 8601 time or relative like 24h, 7d")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    p = sub.add_parser("report", help="the compliance report of a period (printable HTML, or CSV)")
+    server_flags(p)
+    p.add_argument("--since", default="30d", help="start: ISO 8601 time or relative like 30d (30d)")
+    p.add_argument("--until", help="end: ISO 8601 time or relative (now)")
+    p.add_argument("--format", choices=("html", "csv"), default="html")
+    p.add_argument("--out", type=Path, help="write the report here (default: stdout)")
     add_version(parser, PROG)
     return parser
 
@@ -332,6 +339,20 @@ def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    with _client(args) as client:
+        text = client.report(args.since, args.until, args.format)
+    if args.out is None:
+        out.write(text)
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AdminInputError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from exc
+    print(f"report written to {args.out}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "keygen": cmd_keygen,
     "sign": cmd_sign,
@@ -344,6 +365,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "hosts": cmd_hosts,
     "policies": cmd_policies,
     "summary": cmd_summary,
+    "report": cmd_report,
 }
 
 

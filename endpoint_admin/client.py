@@ -87,7 +87,27 @@ class AdminClient:
     def summary(self, since: str | None) -> dict[str, Any]:
         return self._json("GET", "/summary", params={"since": since} if since else None)
 
+    def report(self, since: str | None, until: str | None, fmt: str) -> str:
+        """The compliance report as the server renders it (html or csv)."""
+        params = {k: v for k, v in {"since": since, "until": until, "format": fmt}.items() if v}
+        response = self._request("GET", "/report", params=params)
+        if response.is_error:
+            self._json_error("GET", "/report", response)
+        return response.text
+
     # --- plumbing ---------------------------------------------------------------------------
+
+    def _json_error(self, method: str, path: str, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        message = body.get("error") if isinstance(body, dict) else None
+        detail = message or response.reason_phrase or "error"
+        raise AdminServerError(
+            f"server refused {method} {path}: {response.status_code} {detail}",
+            status_code=response.status_code,
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, **kwargs)
@@ -96,12 +116,7 @@ class AdminClient:
         except ValueError:
             body = None
         if response.is_error:
-            message = body.get("error") if isinstance(body, dict) else None
-            detail = message or response.reason_phrase or "error"
-            raise AdminServerError(
-                f"server refused {method} {path}: {response.status_code} {detail}",
-                status_code=response.status_code,
-            )
+            self._json_error(method, path, response)
         if not isinstance(body, dict):
             raise AdminServerError(f"server answered {method} {path} with something other than a JSON object")
         return body

@@ -70,7 +70,9 @@ def stacked_bars(
     for frac in (0.0, 0.5, 1.0):
         y = top + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        label = round(scale_max * frac)
+        if scale_max * frac != int(scale_max * frac):
+            continue  # no half counts on the axis
+        label = int(scale_max * frac)
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">{label}</text>')
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
@@ -96,7 +98,8 @@ def stacked_bars(
 
 def legend(series: Sequence[Series]) -> str:
     items = "".join(
-        f'<li><span class="swatch" style="background:{s.colour}"></span>{escape(s.key)} <b>{s.total}</b></li>'
+        f'<li><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true"><rect width="10" height="10" rx="2" '
+        f'fill="{s.colour}"/></svg>{escape(s.key)} <b>{s.total}</b></li>'
         for s in series
     )
     return f'<ul class="legend">{items}</ul>'

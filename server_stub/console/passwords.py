@@ -10,8 +10,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 # argon2-cffi's defaults follow RFC 9106's second recommendation (64 MiB, 3 passes, 4 lanes).
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 10
-# Failures allowed before the account waits; then 2, 4, 8, ... seconds, at most 15 minutes.
-FREE_FAILURES = 3
+# Failures allowed before the account waits; then 30 s, 1 min, 2 min, ... at most 15 minutes.
+FREE_FAILURES = 5
+FIRST_DELAY = timedelta(seconds=30)
 MAX_DELAY = timedelta(minutes=15)
 
 
@@ -47,5 +48,5 @@ def lockout_until(failures: int, now: datetime) -> datetime | None:
     """When an account may try again after `failures` consecutive failures (None: at once)."""
     if failures < FREE_FAILURES:
         return None
-    delay = timedelta(seconds=2 ** min(failures - FREE_FAILURES + 1, 20))
+    delay = FIRST_DELAY * 2 ** min(failures - FREE_FAILURES, 10)
     return now + min(delay, MAX_DELAY)
