@@ -63,6 +63,14 @@ ENDPOINTS: list[tuple[str, str, Any, set[str]]] = [
     ("GET", "/agent-events", None, {"admin", "reader"}),
     ("GET", "/hosts", None, {"admin", "reader"}),
     ("GET", "/summary", None, {"admin", "reader"}),
+    ("GET", "/report", None, {"admin", "reader"}),
+    ("GET", "/audit", None, {"admin", "reader"}),
+    (
+        "POST",
+        "/violations/triage",
+        lambda s: {"items": [{"host": "h", "event_id": "e"}], "state": "acknowledged"},
+        {"admin"},
+    ),
 ]
 
 
