@@ -29,8 +29,9 @@ BENCHMARKS: dict[str, str] = {
     "gate": "bench.gate",
     "idle": "bench.idle",
     "hostile": "bench.hostile",
+    "console": "bench.console",
 }
-DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle", "hostile")
+DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle", "hostile", "console")
 
 
 def _load(name: str) -> ModuleType:

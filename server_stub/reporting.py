@@ -95,7 +95,6 @@ def report_json(r: Report) -> dict[str, Any]:
         "detection_to_stop": {
             "stopped": r.stop_times.stopped,
             "average_seconds": r.stop_times.average_seconds,
-            "max_seconds": r.stop_times.max_seconds,
         },
     }
 
@@ -130,6 +129,6 @@ def report_csv(r: Report) -> str:
     for row in v["top_hosts"]:
         w.writerow(["top_hosts", row["hostname"] or row["host"], row["count"]])
     stop = data["detection_to_stop"]
-    for key in ("stopped", "average_seconds", "max_seconds"):
+    for key in ("stopped", "average_seconds"):
         w.writerow(["detection_to_stop", key, "" if stop[key] is None else stop[key]])
     return out.getvalue()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from server_stub.store.engine import db_errors, dialect_insert, read_connection
+from server_stub.store import rollup
+from server_stub.store.engine import db_errors, dialect_insert, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
 
 VIOLATION = "violation"
@@ -131,11 +132,29 @@ class EventRepo:
             for ev in unique.values()
         ]
         with db_errors("storing events"), self._engine.begin() as conn:
-            # A retried upload carries ids already stored: skip them (first copy wins).
+            # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
+            # names only the rows really inserted, so the rollups count each violation once.
             stmt = dialect_insert(conn, events).on_conflict_do_nothing(
                 index_elements=[events.c.host_id, events.c.event_id]
             )
-            conn.execute(stmt, rows)
+            inserted = set(conn.execute(stmt.returning(events.c.event_id), rows).scalars().all())
+            rollup.apply(
+                conn,
+                [
+                    rollup.Fact(
+                        detected_at=ev.detected_at,
+                        host_id=host_id,
+                        rule_id=ev.rule_id or "",
+                        category=ev.category or "",
+                        action=ev.action or "",
+                        triage=rollup.OPEN,
+                        stop_seconds=_stop_seconds(ev),
+                    )
+                    for ev in unique.values()
+                    if ev.kind == VIOLATION and ev.event_id in inserted
+                ],
+                +1,
+            )
 
     def page(
         self, kind: str, flt: EventFilter, *, after_id: int, limit: int
@@ -181,7 +200,16 @@ class EventRepo:
             return 0
         changed = 0
         with db_errors("triaging violations"), self._engine.begin() as conn:
+            serialize_writers(conn, "endpoint-server:triage")  # old and new state counted once each
             for host_id, event_id in keys:
+                where = (
+                    events.c.host_id == host_id,
+                    events.c.event_id == event_id,
+                    events.c.kind == VIOLATION,
+                )
+                before = conn.execute(sa.select(*rollup.FACT_COLUMNS).where(*where)).first()
+                if before is None:
+                    continue
                 result = conn.execute(
                     sa.update(events)
                     .where(
@@ -196,6 +224,10 @@ class EventRepo:
                 )
                 if result.rowcount:
                     changed += 1
+                    if before.triage_state != state:
+                        old = rollup.fact(before)
+                        rollup.apply(conn, [old], -1)
+                        rollup.apply(conn, [replace(old, triage=state or rollup.OPEN)], +1)
                     audit.append(
                         conn,
                         now,
@@ -230,3 +262,9 @@ def _stored(r: Any) -> StoredEvent:
         data=r.data,
         triage=_triage(r),
     )
+
+
+def _stop_seconds(ev: NewEvent) -> float:
+    if ev.action not in rollup.STOPPED or ev.first_seen is None:
+        return 0.0
+    return max(0.0, (ev.detected_at - ev.first_seen).total_seconds())

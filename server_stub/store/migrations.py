@@ -121,6 +121,26 @@ def _v2_console(conn: Connection) -> None:
         sa.Column("detail", sa.Text, nullable=False),
         sqlite_autoincrement=True,
     )
+    for name, bucket in (("violation_daily", "day"), ("violation_hourly", "hour")):
+        sa.Table(
+            name,
+            md,
+            sa.Column(bucket, sa.String(13 if bucket == "hour" else 10), primary_key=True),
+            sa.Column("rule_id", sa.String(200), primary_key=True),
+            sa.Column("category", sa.String(200), primary_key=True),
+            sa.Column("action", sa.String(32), primary_key=True),
+            sa.Column("triage", sa.String(32), primary_key=True),
+            sa.Column("n", sa.BigInteger, nullable=False),
+            sa.Column("stop_seconds", sa.Float, nullable=False),
+        )
+    sa.Table(
+        "host_daily",
+        md,
+        sa.Column("day", sa.String(10), primary_key=True),
+        sa.Column("host_id", sa.String(36), primary_key=True),
+        sa.Column("triage", sa.String(32), primary_key=True),
+        sa.Column("n", sa.BigInteger, nullable=False),
+    )
     md.create_all(conn)
     for column in (
         sa.Column("triage_state", sa.String(32), nullable=True),
@@ -143,6 +163,11 @@ def _v2_console(conn: Connection) -> None:
     )
     conn.execute(sa.text("CREATE INDEX ix_events_host_detected ON events (host_id, kind, detected_at)"))
     conn.execute(sa.text("CREATE INDEX ix_events_rule_detected ON events (rule_id, kind, detected_at)"))
+    # Counts by host over a period read the day's rows of every host: this index groups them by host.
+    conn.execute(sa.text("CREATE INDEX ix_host_daily_host ON host_daily (host_id, day, triage, n)"))
+    from server_stub.store.rollup import rebuild  # reads only the columns added above
+
+    rebuild(conn)
 
 
 MIGRATIONS: tuple[Migration, ...] = (

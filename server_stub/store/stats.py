@@ -1,25 +1,27 @@
 """Aggregates for the summary, the console and the compliance report: counted by the database.
 
-Every figure is one GROUP BY over the events in a period, which the covering index
-ix_events_console (kind, detected_at, category, action, rule_id, host_id, triage_state) answers
-without reading the rows; Python only shapes the (small) results.
+Counts over a period read the rollups (server_stub/store/rollup.py: whole days, whole hours,
+then the leftover minutes from the events), so their cost does not grow with the number of
+stored violations; a filter by host reads that host's events through its index. Python only
+shapes the (small) grouped results.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from server_stub.store import rollup
 from server_stub.store.engine import db_errors, is_postgres, read_connection
 from server_stub.store.events import VIOLATION, EventFilter, conditions
-from server_stub.store.tables import events, hosts
+from server_stub.store.tables import events, host_daily, hosts, violation_daily, violation_hourly
 
 # What counts as "stopped" for the detection-to-stop time.
-STOPPED_ACTIONS = ("killed", "suspended", "denied", "connection_blocked")
+STOPPED_ACTIONS = rollup.STOPPED
 TOP = 10
 
 
@@ -53,7 +55,6 @@ class DayCount:
 class StopTimes:
     stopped: int
     average_seconds: float | None
-    max_seconds: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,105 @@ def _day(conn: Connection) -> Any:
     return sa.func.substr(events.c.detected_at, 1, 10)  # stored as 'YYYY-MM-DD HH:MM:SS' in UTC
 
 
-def _seconds_between(conn: Connection, later: Any, earlier: Any) -> Any:
-    if is_postgres(conn):
-        return sa.func.extract("epoch", later - earlier)
-    return (sa.func.julianday(later) - sa.func.julianday(earlier)) * 86400.0
+def _rollup_filters(table: Any, flt: EventFilter) -> list[Any]:
+    given = (("rule_id", flt.rule_id), ("category", flt.category), ("action", flt.action))
+    conds = [table.c[name] == value for name, value in given if value is not None]
+    return conds + rollup.triage_condition(table.c.triage, flt.triage)
+
+
+def _raw_dim(conn: Connection, dim: str) -> Any:
+    if dim == "day":
+        return _day(conn)
+    if dim == "triage":
+        return sa.func.coalesce(events.c.triage_state, rollup.OPEN)
+    if dim == "host_id":
+        return events.c.host_id
+    return sa.func.coalesce(events.c[dim], "")
+
+
+def _counts(conn: Connection, flt: EventFilter, dims: list[str]) -> list[Any]:
+    """Rows of (*dims, n, s): violation counts (and stop seconds) over the filter's period.
+
+    Whole days come from violation_daily, the whole hours at the ends from violation_hourly,
+    the minutes left from the events (see server_stub/store/rollup.py).
+    """
+    sp = rollup.split(flt.since, flt.until)
+    parts: list[Any] = []
+    for table, bucket, ranges in (
+        (violation_daily, "day", [sp.days] if sp.days else []),
+        (violation_hourly, "hour", sp.hours),
+    ):
+        for first, end in ranges:
+            cols = [
+                (sa.func.substr(table.c.hour, 1, 10) if bucket == "hour" else table.c.day)
+                if d == "day"
+                else table.c[d]
+                for d in dims
+            ]
+            parts.append(
+                sa.select(*[c.label(d) for c, d in zip(cols, dims, strict=True)],
+                          sa.func.sum(table.c.n).label("n"), sa.func.sum(table.c.stop_seconds).label("s"))
+                .where(*rollup.key_range(table.c[bucket], first, end), *_rollup_filters(table, flt))
+                .group_by(*cols)
+            )  # fmt: skip
+    if sp.raw:
+        raw_flt = EventFilter(
+            rule_id=flt.rule_id, category=flt.category, action=flt.action, triage=flt.triage
+        )
+        cols = [_raw_dim(conn, d) for d in dims]
+        parts.append(
+            sa.select(*[c.label(d) for c, d in zip(cols, dims, strict=True)],
+                      sa.func.count().label("n"), sa.func.sum(rollup.stop_expr(conn)).label("s"))
+            .where(*conditions(VIOLATION, raw_flt), sa.or_(*[rollup.raw_range(lo, hi) for lo, hi in sp.raw]))
+            .group_by(*cols)
+        )  # fmt: skip
+    if not parts:
+        return []
+    u = sa.union_all(*parts).subquery("parts")
+    n = sa.func.sum(u.c.n).label("n")
+    query = sa.select(*[u.c[d] for d in dims], n, sa.func.sum(u.c.s).label("s")).group_by(
+        *[u.c[d] for d in dims]
+    )
+    return [r for r in conn.execute(query.order_by(n.desc(), *[u.c[d] for d in dims])) if r.n]
+
+
+def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[Any]:
+    """(host_id, n) over the period: host_daily for whole days, events for the ends."""
+    sp = rollup.split(flt.since, flt.until)
+    parts: list[Any] = []
+    raw: list[tuple[datetime | None, datetime | None]] = []
+    if sp.days:
+        parts.append(
+            sa.select(host_daily.c.host_id, sa.func.sum(host_daily.c.n).label("n"))
+            .where(
+                *rollup.key_range(host_daily.c.day, *sp.days),
+                *rollup.triage_condition(host_daily.c.triage, flt.triage),
+            )
+            .group_by(host_daily.c.host_id)
+        )  # fmt: skip
+        lo_day = rollup.day_start(sp.days[0])
+        hi_day = rollup.day_start(sp.days[1])
+        if flt.since is not None and lo_day is not None and flt.since < lo_day:
+            raw.append((flt.since, lo_day))
+        if hi_day is not None and (flt.until is None or hi_day < flt.until):
+            raw.append((hi_day, flt.until))
+    else:
+        raw.append((flt.since, flt.until))
+    if raw:
+        parts.append(
+            sa.select(events.c.host_id, sa.func.count().label("n"))
+            .where(
+                *conditions(VIOLATION, EventFilter(triage=flt.triage)),
+                sa.or_(*[rollup.raw_range(a, b) for a, b in raw]),
+            )
+            .group_by(events.c.host_id)
+        )  # fmt: skip
+    u = sa.union_all(*parts).subquery("parts")
+    n = sa.func.sum(u.c.n).label("n")
+    query = sa.select(u.c.host_id, n).group_by(u.c.host_id).order_by(n.desc(), u.c.host_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [r for r in conn.execute(query) if r.n]
 
 
 class StatsRepo:
@@ -95,6 +191,54 @@ class StatsRepo:
 
     def summary(self, flt: EventFilter, *, top: int | None = None) -> Summary:
         """Counts by rule, category, action, triage state and host (the `top` largest, or all)."""
+        if flt.host is not None:
+            return self._summary_raw(flt, top=top)
+        with db_errors("summarising violations"), read_connection(self._engine) as conn:
+            rows = _counts(conn, flt, ["rule_id", "category", "action", "triage"])
+
+            def by(dim: str) -> list[Count]:
+                totals: dict[str, int] = {}
+                for r in rows:
+                    totals[r._mapping[dim]] = totals.get(r._mapping[dim], 0) + int(r.n)
+                return [Count(k, v) for k, v in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+            if top == 0:
+                hosts_rows: list[Any] = []
+            elif flt.rule_id or flt.category or flt.action:
+                hosts_rows = self._hosts_raw(conn, flt, top)
+            else:
+                hosts_rows = _host_counts(conn, flt, top)
+            by_host = [Count(str(r.host_id), int(r.n)) for r in hosts_rows]
+            names = self._names(conn, [c.key for c in by_host])
+        by_triage = by("triage")
+        return Summary(
+            total=sum(c.count for c in by_triage),
+            open=sum(c.count for c in by_triage if c.key == rollup.OPEN),
+            by_rule=by("rule_id"),
+            by_category=by("category"),
+            by_action=by("action"),
+            by_host=[Count(c.key, c.count, names.get(c.key)) for c in by_host],
+            by_triage=by_triage,
+        )
+
+    def _names(self, conn: Connection, host_ids: list[str]) -> dict[str, str]:
+        if not host_ids:
+            return {}
+        query = sa.select(hosts.c.host_id, hosts.c.hostname).where(hosts.c.host_id.in_(host_ids))
+        return {r.host_id: r.hostname for r in conn.execute(query)}
+
+    def _hosts_raw(self, conn: Connection, flt: EventFilter, top: int | None) -> list[Any]:
+        n = sa.func.count().label("n")
+        query = (
+            sa.select(events.c.host_id, n)
+            .where(*conditions(VIOLATION, flt))
+            .group_by(events.c.host_id)
+            .order_by(n.desc(), events.c.host_id)
+        )
+        return list(conn.execute(query.limit(top) if top is not None else query))
+
+    def _summary_raw(self, flt: EventFilter, *, top: int | None) -> Summary:
+        """Straight from the events: for a filter by host (a few rows through its index)."""
         conds = conditions(VIOLATION, flt)
 
         def counts(conn: Connection, col: Any, limit: int | None = None) -> list[Count]:
@@ -106,20 +250,12 @@ class StatsRepo:
 
         with db_errors("summarising violations"), read_connection(self._engine) as conn:
             by_action = counts(conn, events.c.action)
-            by_triage = counts(conn, sa.func.coalesce(events.c.triage_state, "open"))
-            by_host = counts(conn, events.c.host_id, top)
-            names = {}
-            if by_host:
-                names = dict(
-                    conn.execute(
-                        sa.select(hosts.c.host_id, hosts.c.hostname).where(
-                            hosts.c.host_id.in_([c.key for c in by_host])
-                        )
-                    ).all()
-                )
+            by_triage = counts(conn, sa.func.coalesce(events.c.triage_state, rollup.OPEN))
+            by_host = counts(conn, events.c.host_id, top) if top != 0 else []
+            names = self._names(conn, [c.key for c in by_host])
             summary = Summary(
                 total=sum(c.count for c in by_action),
-                open=sum(c.count for c in by_triage if c.key == "open"),
+                open=sum(c.count for c in by_triage if c.key == rollup.OPEN),
                 by_rule=counts(conn, events.c.rule_id),
                 by_category=counts(conn, events.c.category),
                 by_action=by_action,
@@ -131,6 +267,10 @@ class StatsRepo:
     def per_day(self, flt: EventFilter) -> list[DayCount]:
         """Violations per UTC day, category and action, oldest day first."""
         with db_errors("counting violations per day"), read_connection(self._engine) as conn:
+            if flt.host is None:
+                rows = _counts(conn, flt, ["day", "category", "action"])
+                out = [DayCount(str(r.day), str(r.category), str(r.action), int(r.n)) for r in rows]
+                return sorted(out, key=lambda d: (d.day, d.category, d.action))
             day = _day(conn).label("day")
             n = sa.func.count().label("n")
             query = (
@@ -144,22 +284,13 @@ class StatsRepo:
             ]
 
     def stop_times(self, flt: EventFilter) -> StopTimes:
-        """How long stopped violations ran from first detection (first_seen) to the stop."""
-        conds = [*conditions(VIOLATION, flt), events.c.action.in_(STOPPED_ACTIONS)]
+        """How long stopped violations ran from first detection (first_seen) to the stop, on average."""
+        stopped_flt = replace(flt, host=None)
         with db_errors("timing stops"), read_connection(self._engine) as conn:
-            secs = _seconds_between(
-                conn, events.c.detected_at, sa.func.coalesce(events.c.first_seen, events.c.detected_at)
-            )
-            row = conn.execute(
-                sa.select(
-                    sa.func.count().label("n"), sa.func.avg(secs).label("avg"), sa.func.max(secs).label("max")
-                ).where(*conds)
-            ).one()
-        return StopTimes(
-            stopped=int(row.n),
-            average_seconds=None if row.avg is None else max(0.0, round(float(row.avg), 1)),
-            max_seconds=None if row.max is None else max(0.0, round(float(row.max), 1)),
-        )
+            rows = [r for r in _counts(conn, stopped_flt, ["action"]) if r.action in STOPPED_ACTIONS]
+        n = sum(int(r.n) for r in rows)
+        seconds = sum(float(r.s or 0.0) for r in rows)
+        return StopTimes(stopped=n, average_seconds=round(seconds / n, 1) if n else None)
 
     def fleet(
         self, now: datetime, stale_after: float, current_version: int | None, *, held_limit: int = 50

@@ -1,0 +1,237 @@
+"""Console pages at fleet scale: 1 M stored violations from 10,000 hosts, SQLite and PostgreSQL.
+
+Fills a database straight through the store's tables (bulk inserts, what a year of uploads
+leaves behind, compressed into 30 days), then renders every console page in-process through the
+real application (session cookie, templates, SQL aggregates) and times the server side. The
+target is each page's median against the 300 ms budget (value = median / 300 ms).
+PostgreSQL runs when ENDPOINT_TEST_PG_URL (or --console-pg) names a server; a throwaway database
+is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench.report import Target, targets_block, timing_table
+from bench.timing import Timing, measure
+
+SUMMARY = "console pages (overview, lists, host, rule, report) at 1 M violations / 10,000 hosts"
+BUDGET_S = 0.300
+RULES = [(f"rule-{i:02d}", ("p2p", "remote-access", "mining", "vpn", "unapproved")[i % 5]) for i in range(24)]
+ACTIONS = ("reported", "reported", "would_block", "killed", "killed", "suspended", "kill_failed", "denied")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("console")
+    g.add_argument(
+        "--console-violations", type=int, default=1_000_000, help="violations to store (1,000,000)"
+    )
+    g.add_argument("--console-hosts", type=int, default=10_000, help="hosts to enroll (10,000)")
+    g.add_argument("--console-repeat", type=int, default=5, help="timed renders per page (5)")
+    g.add_argument("--console-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
+
+
+def _fill(engine: sa.engine.Engine, hosts_n: int, violations_n: int, now: datetime) -> list[str]:
+    from server_stub.store.rollup import rebuild
+    from server_stub.store.tables import events, hosts
+
+    rnd = random.Random(7)
+    host_ids = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(hosts_n)]
+    with engine.begin() as conn:
+        conn.execute(
+            hosts.insert(),
+            [
+                {
+                    "host_id": h,
+                    "machine_id": f"m-{i}",
+                    "hostname": f"ws-{i:05d}",
+                    "node_key_hash": f"{i:064x}",
+                    "enrolled_at": now - timedelta(days=60),
+                    "last_seen": now - timedelta(seconds=rnd.choice((30, 60, 120, 900, 86400))),
+                    "agent_version": "0.1.0",
+                    "policy_version": rnd.choice((1, 2, 2, 2)),
+                    "mode": rnd.choice(("enforce", "enforce", "enforce", "monitor")),
+                    "mode_reason": None,
+                    "circuit_state": "closed",
+                    "counters": {"scans": 100},
+                }
+                for i, h in enumerate(host_ids)
+            ],
+        )
+    # A few hosts are noisy: most violations come from a tenth of the fleet.
+    noisy = host_ids[: max(1, hosts_n // 10)]
+    chunk = 20_000
+    done = 0
+    while done < violations_n:
+        rows = []
+        for i in range(done, min(done + chunk, violations_n)):
+            rule, category = RULES[min(int(rnd.expovariate(0.25)), len(RULES) - 1)]
+            action = ACTIONS[i % len(ACTIONS)]
+            detected = now - timedelta(seconds=rnd.randrange(30 * 86400))
+            host = rnd.choice(noisy) if i % 4 else rnd.choice(host_ids)
+            triaged = i % 10 == 0
+            rows.append(
+                {
+                    "host_id": host,
+                    "event_id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                    "kind": "violation",
+                    "received_at": detected + timedelta(seconds=5),
+                    "detected_at": detected,
+                    "first_seen": detected - timedelta(seconds=i % 3),
+                    "rule_id": rule,
+                    "category": category,
+                    "action": action,
+                    "type": None,
+                    "data": {
+                        "rule_id": rule,
+                        "category": category,
+                        "action": action,
+                        "pid": 1000 + i % 30000,
+                        "process_name": rule.replace("rule", "proc"),
+                        "reason": "bench",
+                        "detected_at": detected.isoformat(),
+                        "policy_version": 2,
+                    },
+                    "triage_state": "acknowledged" if triaged else None,
+                    "triage_note": "bench" if triaged else None,
+                    "triage_by": "bench" if triaged else None,
+                    "triage_at": now if triaged else None,
+                }
+            )
+        with engine.begin() as conn:
+            conn.execute(events.insert(), rows)
+        done += len(rows)
+    with engine.begin() as conn:
+        rebuild(conn)  # what the store keeps in step on every upload, computed once for the bulk load
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    return host_ids
+
+
+def _publish(store: Any, keys_dir: Path) -> Any:
+    """Policy versions 1 and 2 signed with a fresh key; returns the public key."""
+    from endpoint_admin.keygen import write_keypair
+    from endpoint_agent.policy import parse_policy
+    from endpoint_agent.sync.envelope import load_private_key, load_public_key, sign_policy
+    from server_stub.store import NewPolicy
+
+    pair = write_keypair(keys_dir)
+    rules = "\n".join(
+        f"  - id: {r}\n    category: {c}\n    action: report\n    process: {{name: [{r}-proc]}}"
+        for r, c in RULES
+    )
+    for version in (1, 2):
+        policy = parse_policy(f"name: bench\nversion: {version}\nrules:\n{rules}\n", "<bench>")
+        env = sign_policy(policy, [load_private_key(pair.private_key)], "default")
+        store.policies.publish(
+            NewPolicy(version, env.decode(), f'"{version}"', "k", "bench", "default", 100), datetime.now(UTC)
+        )
+    return load_public_key(pair.public_key)
+
+
+def _pages(host_id: str) -> list[tuple[str, str]]:
+    return [
+        ("overview (30 days)", "/?since=30d"),
+        ("violations list (30 days)", "/violations?since=30d"),
+        ("violations filtered (rule, open)", "/violations?since=30d&rule_id=rule-03&triage=open"),
+        ("host page", f"/hosts/{host_id}?since=30d"),
+        ("hosts list", "/hosts"),
+        ("rules (hits and unused)", "/rules?since=30d"),
+        ("rule page", "/rules/rule-01?since=30d"),
+        ("policies", "/policies"),
+        ("compliance report", "/report?since=30d"),
+        ("audit log", "/audit"),
+    ]
+
+
+@contextmanager
+def _database(kind: str, url: str | None, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    from tests.support.server import fresh_pg_database
+
+    assert url is not None
+    with fresh_pg_database(url) as db:
+        yield db
+
+
+def _run_one(kind: str, url: str | None, args: argparse.Namespace) -> list[Timing]:
+    from fastapi.testclient import TestClient
+
+    from server_stub.app import create_app
+    from server_stub.config import ServerConfig
+    from server_stub.console.passwords import hash_password
+    from server_stub.store import Store
+
+    with TemporaryDirectory(prefix="bench-console-") as tmpdir, ExitStack() as stack:
+        tmp = Path(tmpdir)
+        db = stack.enter_context(_database(kind, url, tmp))
+        store = Store.open(db)
+        stack.callback(store.close)
+        now = datetime.now(UTC)
+        started = time.monotonic()
+        host_ids = _fill(store.engine, args.console_hosts, args.console_violations, now)
+        print(f"  {kind}: stored {args.console_violations:,} violations from {args.console_hosts:,} hosts "
+              f"in {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        public_key = _publish(store, tmp / "keys")
+        store.users.add("bench", "admin", hash_password("bench password 123"), now)
+        config = ServerConfig(
+            data_dir=tmp,
+            public_keys=(public_key,),
+            admin_token="a" * 32,
+            enroll_secret="e" * 32,
+            rate_limit=1e6,
+            rate_burst=1_000_000,
+        )
+        client = stack.enter_context(TestClient(create_app(config, store=store)))
+        form = client.get("/signin").text
+        token = form.split('name="csrf_token" value="')[1].split('"')[0]
+        signed = client.post(
+            "/signin", data={"csrf_token": token, "name": "bench", "password": "bench password 123"}
+        )
+        assert signed.status_code in (200, 303), signed.text
+
+        def get(path: str) -> None:
+            r = client.get(path)
+            if r.status_code != 200:
+                raise RuntimeError(f"{path}: {r.status_code}")
+
+        return [
+            measure(f"{kind}: {label}", lambda p=path: get(p), repeat=args.console_repeat)  # type: ignore[misc]
+            for label, path in _pages(host_ids[0])
+        ]
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    pg = args.console_pg or os.environ.get("ENDPOINT_TEST_PG_URL")
+    kinds = [("sqlite", None)] + ([("postgresql", pg)] if pg and pg != "none" else [])
+    if len(kinds) == 1:
+        print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --console-pg")
+    timings: list[Timing] = []
+    for kind, url in kinds:
+        timings += _run_one(kind, url, args)
+    print(timing_table(timings))
+    worst: dict[str, Timing] = {}
+    for t in timings:
+        kind = t.label.split(":")[0]
+        if kind not in worst or t.median > worst[kind].median:
+            worst[kind] = t
+    targets = [
+        Target(f"{kind} slowest page / 300 ms ({t.label.split(': ')[1]})", t.median / BUDGET_S, 1.0)
+        for kind, t in worst.items()
+    ]
+    print(targets_block(targets))
+    return targets

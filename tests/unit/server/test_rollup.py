@@ -1,0 +1,104 @@
+"""The rollups give exactly what counting the events gives, for any period, filter and triage."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from server_stub.store import EventFilter, NewEvent, Store
+from server_stub.store.rollup import rebuild, split
+
+T0 = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
+RULES = [("p2p-a", "p2p"), ("p2p-b", "p2p"), ("remote", "remote-access"), ("miner", "mining")]
+ACTIONS = ["killed", "reported", "would_block", "kill_failed", "suspended"]
+
+
+def _load(store: Store, rnd: random.Random) -> list[str]:
+    hosts = [
+        store.hosts.enroll(machine_id=f"m{i}", hostname=f"ws-{i}", node_key_hash=f"{i:064x}", now=T0)
+        for i in range(4)
+    ]
+    for host in hosts:
+        batch = []
+        for _ in range(60):
+            rule, category = rnd.choice(RULES)
+            when = T0 - timedelta(minutes=rnd.randrange(6 * 24 * 60))
+            action = rnd.choice(ACTIONS)
+            event_id = str(uuid.uuid4())
+            first = when - timedelta(seconds=rnd.randrange(5))
+            batch.append(NewEvent(event_id, "violation", when, {"event_id": event_id}, rule_id=rule,
+                                  category=category, action=action, first_seen=first))  # fmt: skip
+        store.events.insert_batch(host, batch, T0)
+        store.events.insert_batch(host, batch[:10], T0)  # a retried upload is not counted twice
+    return hosts
+
+
+def _raw_total(store: Store, flt: EventFilter) -> int:
+    total, after = 0, 0
+    while True:
+        items, more = store.events.page("violation", flt, after_id=after, limit=1000)
+        total += len(items)
+        if not more:
+            return total
+        after = items[-1].id
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rollup_counts_equal_the_events(store: Store, seed: int) -> None:
+    rnd = random.Random(seed)
+    hosts = _load(store, rnd)
+    some = store.events.page("violation", EventFilter(), after_id=0, limit=500)[0]
+    for ev in rnd.sample(some, 25):
+        store.events.set_triage(
+            [(ev.host_id, ev.data["event_id"])],
+            rnd.choice(["acknowledged", "escalated"]),
+            "n",
+            "t",
+            "analyst",
+            T0,
+        )
+    for ev in rnd.sample(some, 5):  # reopened, or triaged again
+        store.events.set_triage(
+            [(ev.host_id, ev.data["event_id"])], rnd.choice([None, "false_positive"]), "", "t", "analyst", T0
+        )
+    periods = [(None, None), (T0 - timedelta(days=30), None), (T0 - timedelta(hours=2, minutes=17), None)]
+    for _ in range(6):
+        lo = T0 - timedelta(minutes=rnd.randrange(7 * 24 * 60))
+        periods.append((lo, lo + timedelta(minutes=rnd.randrange(3 * 24 * 60))))
+    for since, until in periods:
+        for extra in ({}, {"rule_id": "p2p-a"}, {"category": "p2p", "action": "killed"}, {"triage": "open"},
+                      {"triage": "escalated"}, {"triage": "triaged"}):  # fmt: skip
+            flt = EventFilter(since=since, until=until, **extra)
+            s = store.stats.summary(flt)
+            assert s.total == _raw_total(store, flt), (since, until, extra)
+            assert sum(c.count for c in s.by_host) == s.total
+            for c in s.by_rule:
+                assert c.count == _raw_total(
+                    store, EventFilter(since=since, until=until, **{**extra, "rule_id": c.key})
+                )
+            for c in s.by_host[:2]:
+                assert (
+                    c.count
+                    == store.stats.summary(EventFilter(since=since, until=until, host=c.key, **extra)).total
+                )
+            assert sum(d.count for d in store.stats.per_day(flt)) == s.total
+    before = store.stats.summary(EventFilter())
+    with store.engine.begin() as conn:
+        rebuild(conn)
+    assert store.stats.summary(EventFilter()) == before
+    assert len(hosts) == 4
+
+
+def test_split_covers_the_period_once() -> None:
+    lo = datetime(2030, 1, 1, 10, 30, tzinfo=UTC)
+    hi = datetime(2030, 1, 4, 5, 15, tzinfo=UTC)
+    sp = split(lo, hi)
+    assert sp.days == ("2030-01-02", "2030-01-04")
+    assert sp.hours == [("2030-01-01 11", "2030-01-02 00"), ("2030-01-04 00", "2030-01-04 05")]
+    assert sp.raw == [(lo, datetime(2030, 1, 1, 11, tzinfo=UTC)), (datetime(2030, 1, 4, 5, tzinfo=UTC), hi)]
+    assert split(None, None).days == (None, None) and split(None, None).raw == []
+    inside = split(lo, lo + timedelta(minutes=20))
+    assert inside.days is None and inside.hours == [] and inside.raw == [(lo, lo + timedelta(minutes=20))]
