@@ -14,6 +14,7 @@ its temporary directory removed, also on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -89,8 +90,12 @@ class Demo:
         return text.replace(str(self.tmp), "$DEMO").replace(str(ROOT) + os.sep, "")
 
     def run(self, tool: str, args: Sequence[str], *, token: str | None = None, show: bool = True) -> str:
-        """Run `endpoint-admin`/`endpoint-agent` ARGS, print the command and its indented output."""
-        module = {"endpoint-admin": "endpoint_admin", "endpoint-agent": "endpoint_agent"}[tool]
+        """Run one of the three tools with ARGS, print the command and its indented output."""
+        module = {
+            "endpoint-admin": "endpoint_admin",
+            "endpoint-agent": "endpoint_agent",
+            "endpoint-server": "server_stub",
+        }[tool]
         env = dict(self.env, **({"ENDPOINT_ADMIN_TOKEN": token} if token else {}))
         print(f"    $ {tool} {self.short(' '.join(args))}", flush=True)
         done = subprocess.run(
@@ -244,6 +249,28 @@ class Demo:
         step("Security team: endpoint-admin hosts")
         self.run("endpoint-admin", ["hosts", "--server", self.url], token=self.reader_token)
 
+    def console(self) -> None:
+        step("Security team: the web console (a named admin user, password from a 0600 file)")
+        password = secrets.token_urlsafe(12)
+        secret = self.tmp / "console-password"
+        secret.touch(mode=0o600)
+        secret.write_text(password + "\n")
+        self.run(
+            "endpoint-server",
+            ["users", "add", "demo", "--role", "admin", "--password-file", str(secret),
+             "--data-dir", str(self.tmp / "server")],
+        )  # fmt: skip
+        say(f"console: {self.url}/")
+        say(f"sign in: user demo, password {password}")
+
+
+def hold_open() -> None:
+    """In a terminal, keep everything running until Enter; scripts and CI go straight on."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return
+    with contextlib.suppress(EOFError):
+        input("\n    Press Enter to stop the demo (server, agent) and clean up... ")
+
 
 def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
@@ -263,6 +290,8 @@ def main() -> int:
         agent = demo.start_agent()
         demo.watch_enforcement(standin, agent)
         demo.report()
+        demo.console()
+        hold_open()
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         code = 130

@@ -38,6 +38,10 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     assert re.search(r"demo-standin\s+killed\s+\d+\s+qbt-demo-[0-9a-f]{6}", table), table
     assert "agent: running" in text and "mode: enforce" in text
     assert "stopped endpoint-agent" in text and "stopped endpoint-server" in text
+    # The console's address and a sign-in the demo created; without a terminal it did not wait for Enter.
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/", text), text
+    assert re.search(r"sign in: user demo, password \S{12,}", text), text
+    assert "Press Enter" not in text
     [removed] = re.findall(r"removed (\S+)", text)
     assert not Path(removed).exists()
     assert leftovers == []
