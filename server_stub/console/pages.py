@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.datastructures import FormData
 
 from endpoint_agent.errors import PolicySignatureError, PolicyValidationError
 from endpoint_agent.sync.envelope import verify_envelope
@@ -116,12 +117,20 @@ async def signin(request: Request) -> Response:
     return response
 
 
+async def _posted(request: Request, level: Level, refusal: str) -> tuple[Viewer, FormData]:
+    """The signed-in viewer and the form of a POST: CSRF token checked first, then the role."""
+    viewer = auth.require(get_context(request), request)
+    form = await request.form()
+    auth.check_csrf(viewer.csrf_token, form.get("csrf_token"))
+    if not viewer.can(level):
+        raise ConsoleDenied(f"your role ({viewer.role}) {refusal}")
+    return viewer, form
+
+
 @router.post("/signout")
 async def signout(request: Request) -> Response:
     ctx = get_context(request)
-    viewer = auth.require(ctx, request)
-    form = await request.form()
-    auth.check_csrf(viewer.csrf_token, form.get("csrf_token"))
+    viewer, _ = await _posted(request, Level.READER, "may not sign out")
     response = RedirectResponse("/signin", status_code=303)
     auth.end_session(ctx, viewer, response)
     return response
@@ -266,11 +275,9 @@ def download(request: Request) -> Response:
 @router.post("/violations/triage")
 async def triage(request: Request) -> Response:
     ctx = get_context(request)
-    viewer = auth.require(ctx, request)
-    form = await request.form()
-    auth.check_csrf(viewer.csrf_token, form.get("csrf_token"))
-    if not viewer.can(Level.ANALYST):
-        raise ConsoleDenied(f"your role ({viewer.role}) may read but not triage; ask an analyst or an admin")
+    viewer, form = await _posted(
+        request, Level.ANALYST, "may read but not triage; ask an analyst or an admin"
+    )
     state = str(form.get("state", ""))
     if state not in (*TRIAGE_STATES, "open"):
         raise ConsoleDenied("choose a triage state", status=400)
@@ -433,11 +440,7 @@ def _back_to_policies(message: str | None = None, error: str | None = None) -> R
 @router.post("/policies/publish")
 async def publish(request: Request) -> Response:
     ctx = get_context(request)
-    viewer = auth.require(ctx, request)
-    form = await request.form()
-    auth.check_csrf(viewer.csrf_token, form.get("csrf_token"))
-    if not viewer.can(Level.ADMIN):
-        raise ConsoleDenied(f"your role ({viewer.role}) may not publish policies")
+    viewer, form = await _posted(request, Level.ADMIN, "may not publish policies")
     upload = form.get("envelope")
     if upload is None or isinstance(upload, str):
         return _back_to_policies(
@@ -457,11 +460,7 @@ async def publish(request: Request) -> Response:
 @router.post("/policies/rollout")
 async def rollout(request: Request) -> Response:
     ctx = get_context(request)
-    viewer = auth.require(ctx, request)
-    form = await request.form()
-    auth.check_csrf(viewer.csrf_token, form.get("csrf_token"))
-    if not viewer.can(Level.ADMIN):
-        raise ConsoleDenied(f"your role ({viewer.role}) may not change the rollout")
+    viewer, form = await _posted(request, Level.ADMIN, "may not change the rollout")
     percent = _int(str(form.get("percent", "")), -1)
     if not 0 <= percent <= 100:
         return _back_to_policies(error="rollout must be a percent from 0 to 100")

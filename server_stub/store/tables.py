@@ -85,30 +85,24 @@ events = sa.Table(
     sqlite_autoincrement=True,
 )
 
-# Rollups of violations (server_stub/store/rollup.py): counts per day or hour and dimension.
-violation_daily = sa.Table(
-    "violation_daily",
-    metadata,
-    sa.Column("day", sa.String(10), primary_key=True),
-    sa.Column("rule_id", sa.String(200), primary_key=True),
-    sa.Column("category", sa.String(200), primary_key=True),
-    sa.Column("action", sa.String(32), primary_key=True),
-    sa.Column("triage", sa.String(32), primary_key=True),
-    sa.Column("n", sa.BigInteger, nullable=False),
-    sa.Column("stop_seconds", sa.Float, nullable=False),
-)
 
-violation_hourly = sa.Table(
-    "violation_hourly",
-    metadata,
-    sa.Column("hour", sa.String(13), primary_key=True),
-    sa.Column("rule_id", sa.String(200), primary_key=True),
-    sa.Column("category", sa.String(200), primary_key=True),
-    sa.Column("action", sa.String(32), primary_key=True),
-    sa.Column("triage", sa.String(32), primary_key=True),
-    sa.Column("n", sa.BigInteger, nullable=False),
-    sa.Column("stop_seconds", sa.Float, nullable=False),
-)
+# Rollups of violations (server_stub/store/rollup.py): counts per day or hour and dimension.
+def _rollup_table(name: str, bucket: str, width: int) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(bucket, sa.String(width), primary_key=True),
+        sa.Column("rule_id", sa.String(200), primary_key=True),
+        sa.Column("category", sa.String(200), primary_key=True),
+        sa.Column("action", sa.String(32), primary_key=True),
+        sa.Column("triage", sa.String(32), primary_key=True),
+        sa.Column("n", sa.BigInteger, nullable=False),
+        sa.Column("stop_seconds", sa.Float, nullable=False),
+    )
+
+
+violation_daily = _rollup_table("violation_daily", "day", 10)
+violation_hourly = _rollup_table("violation_hourly", "hour", 13)
 
 host_daily = sa.Table(
     "host_daily",

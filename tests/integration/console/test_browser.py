@@ -221,3 +221,22 @@ def test_admin_publishes_a_signed_envelope_and_rolls_out(
     shot(page, artifacts, "audit")
     audit = console.api("/audit", action="publish")["items"]
     assert audit[0]["actor"] == "adam" and audit[0]["target"] == "policy version 2"
+
+
+def test_report_page_prints_the_api_figures(page: Any, console: Console, artifacts: Path) -> None:
+    sign_in(page, "rita", PASSWORD)
+    page.goto("/report?since=30d")
+    report = console.api("/report", since="30d")
+    shown = figures(page.content())
+    assert shown["violations.total"] == str(report["violations"]["total"])
+    assert shown["fleet.enrolled"] == str(report["fleet"]["enrolled"])
+    shot(page, artifacts, "report")
+    page.emulate_media(media="print")
+    assert not page.locator("header.top").is_visible()  # print styles drop the navigation
+    assert page.locator("h1.printonly").is_visible()
+    shot(page, artifacts, "report-print")
+    with page.expect_download() as info:
+        page.goto("/report?since=30d")
+        page.click("text=CSV")
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+    assert {"section": "violations", "key": "total", "value": str(report["violations"]["total"])} in rows
