@@ -235,6 +235,7 @@ def test_report_page_prints_the_api_figures(page: Any, console: Console, artifac
     assert not page.locator("header.top").is_visible()  # print styles drop the navigation
     assert page.locator("h1.printonly").is_visible()
     shot(page, artifacts, "report-print")
+    page.emulate_media(media="screen")
     with page.expect_download() as info:
         page.goto("/report?since=30d")
         page.click("text=CSV")
