@@ -31,7 +31,18 @@ BENCHMARKS: dict[str, str] = {
     "hostile": "bench.hostile",
     "console": "bench.console",
 }
-DEFAULT = ("scan", "footprint", "reaction", "memory", "gate", "exec_storm", "idle", "hostile", "console")
+DEFAULT = (
+    "scan",
+    "footprint",
+    "reaction",
+    "memory",
+    "gate",
+    "exec_storm",
+    "idle",
+    "hostile",
+    "console",
+    "dns",
+)
 
 
 def _load(name: str) -> ModuleType:

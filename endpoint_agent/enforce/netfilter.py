@@ -210,25 +210,20 @@ class NftCli:
         return shutil.which("nft") is not None or shutil.which("/usr/sbin/nft") is not None
 
     def run(self, script: str) -> None:
-        try:
-            done = subprocess.run(
-                [self._binary, "-f", "-"],
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=_NFT_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise NetfilterError(f"cannot run nft: {exc}") from exc
+        done = self._nft(["-f", "-"], script)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
             raise NetfilterError(f"nft failed ({done.returncode}): {first}")
 
     def list_table(self) -> str | None:
+        done = self._nft(["-j", "list", "table", FAMILY, TABLE])
+        return done.stdout if done.returncode == 0 else None
+
+    def _nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            done = subprocess.run(
-                [self._binary, "-j", "list", "table", FAMILY, TABLE],
+            return subprocess.run(
+                [self._binary, *args],
+                input=stdin,
                 capture_output=True,
                 text=True,
                 timeout=_NFT_TIMEOUT,
@@ -236,7 +231,6 @@ class NftCli:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise NetfilterError(f"cannot run nft: {exc}") from exc
-        return done.stdout if done.returncode == 0 else None
 
 
 class ConnectionTable:

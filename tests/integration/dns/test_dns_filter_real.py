@@ -196,6 +196,18 @@ def test_blocks_by_domain_records_the_asker_refuses_the_address_and_restores_the
         assert site_a.returncode == 0, site_a.stderr
         assert site_a.stdout == b"this is site a"
 
+        # Over TCP too (what resolvers fall back to for large answers).
+        ask_tcp = (
+            "import sys; from dnslib import DNSRecord\n"
+            "raw = DNSRecord.question(sys.argv[1]).send('127.0.0.153', 53, tcp=True, timeout=5)\n"
+            "r = DNSRecord.parse(raw)\n"
+            "print(r.header.rcode, *[str(rr.rdata) for rr in r.rr])\n"
+        )
+        tcp = [
+            scene.box.call([sys.executable, "-c", ask_tcp, name]) for name in ("site-a.test", "blocked.test")
+        ]
+        assert [t.stdout.decode().split() for t in tcp] == [["0", "127.0.0.2"], ["3"]], tcp
+
         blocked = scene.curl("http://blocked.test/")
         assert blocked.returncode == 6, blocked  # curl: could not resolve host
         assert scene.curl("http://www.blocked.test/").returncode == 6
@@ -212,9 +224,10 @@ def test_blocks_by_domain_records_the_asker_refuses_the_address_and_restores_the
         def recorded() -> list[dict[str, object]]:
             return [v for v in scene.violations() if v["rule_id"] == "blocked-sites"]
 
-        _wait(lambda: len(recorded()) >= 2, 15, "the blocked queries to be recorded")
-        found = recorded()
-        assert {v["process_name"] for v in found} == {"curl"}
+        _wait(lambda: len(recorded()) >= 3, 15, "the blocked queries to be recorded")
+        over_tcp = [v for v in recorded() if str(v["process_name"]).startswith("python")]
+        assert [v["connection"]["proto"] for v in over_tcp] == ["tcp"]  # type: ignore[index]
+        found = [v for v in recorded() if v["process_name"] == "curl"]
         assert {v["action"] for v in found} == {"connection_blocked"}
         domains = {v["connection"]["domain"] for v in found}  # type: ignore[index]
         assert domains == {"blocked.test", "www.blocked.test"}
