@@ -133,6 +133,9 @@ def _human(d: dict[str, Any]) -> list[str]:
     gate = d.get("exec_gate")
     if isinstance(gate, dict):
         lines.append(_gate_line(gate))
+    dns = d.get("dns_filter")
+    if isinstance(dns, dict):
+        lines.append(_dns_line(dns, d.get("netfilter")))
     lines.append(f"processes stopped: {d.get('stops_total', 0)}")
     hashing = d.get("hashing")
     if isinstance(hashing, dict):
@@ -186,6 +189,23 @@ def _server_line(report: dict[str, Any]) -> str:
         + (f" (last upload {upload})" if upload else " (no upload yet)")
         + f"; last heartbeat {heartbeat or 'pending'}"
     )
+
+
+def _dns_line(dns: dict[str, Any], table: object) -> str:
+    """DNS filter: serving on 127.0.0.153:53 (120 queries, 80 from cache, 2 blocked); nftables: 1 rule."""
+    line = f"DNS filter: {dns.get('state')} ({dns.get('setting')})"
+    stats = dns.get("stats")
+    if isinstance(stats, dict):
+        line = (
+            f"DNS filter: {dns.get('state')} on {dns.get('listen')} ({stats.get('queries', 0)} queries, "
+            f"{stats.get('cache_hits', 0)} from cache, {stats.get('blocked', 0)} blocked, "
+            f"{stats.get('upstream_timeouts', 0)} upstream timeouts)"
+        )
+    if dns.get("last_error"):
+        line += f"; last error: {dns['last_error']}"
+    if isinstance(table, dict) and table.get("active"):
+        line += f"; nftables table inet endpoint_agent: {table.get('rules', 0)} rule(s)"
+    return line
 
 
 def _gate_line(g: dict[str, Any]) -> str:

@@ -241,6 +241,17 @@ def test_blocks_by_domain_records_the_asker_refuses_the_address_and_restores_the
         status = scene.status()
         assert status["dns_filter"]["state"] == "serving"  # type: ignore[index]
         assert status["netfilter"]["active"] is True  # type: ignore[index]
+        env = {**os.environ, "ENDPOINT_AGENT_CONFIG": str(scene.tmp / "config.yaml")}
+        shown = subprocess.run(
+            [sys.executable, "-m", "endpoint_agent", "status", "--state-dir", str(scene.state)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert "DNS filter: serving on 127.0.0.153:53" in shown.stdout, shown
+        assert "nftables table inet endpoint_agent: 1 rule(s)" in shown.stdout
     finally:
         code = scene.stop_agent()
     assert code == 0, scene.agent_log()[-3000:]
