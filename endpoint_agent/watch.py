@@ -19,9 +19,9 @@
 * the event source failing at run time -> the watcher falls back to polling (a full scan
   every `poll_seconds`) and tries to reopen the source every `reopen_seconds`.
 
-Events are read in batches: while they keep coming, at most every `batch_seconds`, so a storm
-of execs costs a wake-up per batch, not per event. Execs that arrive together are triaged and
-checked together (one snapshot for the batch). The queue of
+Events are read in batches: sparse ones as they come, but once a read brings several, the next
+comes `batch_seconds` later, so a storm of execs costs a wake-up per batch, not per event. Execs
+that arrive together are triaged and checked together (one snapshot for the batch). The queue of
 pending checks is bounded (`max_pending`); past it, the checks are dropped for one full scan.
 Every callback failure is logged with its traceback and the loop goes on.
 
@@ -65,6 +65,7 @@ DEFAULT_RECHECKS: tuple[float, ...] = (0.25, 1.0)
 DEFAULT_MAX_PENDING = 4096
 DEFAULT_RECHECK_SLOT = 0.05
 DEFAULT_BATCH_SECONDS = 0.025  # events are read at most this often while they keep coming
+_BURST = 4  # events in one read that make it a storm (sparse events are read as they come)
 
 
 class EventSource(Protocol):
@@ -243,7 +244,7 @@ class ExecWatcher:
         except AgentError as exc:
             self._source_failed(source, exc)
             return
-        if events:
+        if len(events) >= _BURST:  # a storm: read the next batch only after `batch_seconds`
             self._last_events = self._clock()
         self.handle(events)
         self.run_due()
@@ -346,7 +347,7 @@ class ExecWatcher:
             return True
 
     def _pace(self, max_wait: float | None) -> None:
-        """While events keep coming, read them at most every `batch_seconds`: a storm is read in batches."""
+        """While events pour in, read them at most every `batch_seconds`: a storm is read in batches."""
         if self._batch <= 0:
             return
         wait = self._last_events + self._batch - self._clock()

@@ -12,6 +12,15 @@ sockets of every network namespace labelled with their namespace), at a fraction
   scans (collect.socket_owners), so file descriptors are read for new processes and for
   sockets no known process holds, not for every process on every scan.
 
+While process events track the processes (`track`, wired by endpoint_agent/watch.py: exec,
+exit and rename events reach `forget`), a scan trusts its records instead of re-reading
+/proc/<pid>/stat for each: it lists /proc once and reads only PIDs it holds no record for,
+records an event dropped, processes whose parent is gone, and a rotating slice of all of them
+(every process once within `rewalk_scans` scans: a change found there that no event told of
+by the next scan is counted in `tracking["repairs"]`); each process keeps the network
+namespace it was read in, and the socket tables are read only when the policy looks at
+connections. Lost events (`distrust`) make the next scan read everything again.
+
 `snapshot_of(pids)` is the event-driven fast path: a snapshot of just those processes (a new
 process right after its exec) and their sockets. Their fds are always read afresh; the tables
 of their namespace are read only when they hold sockets, and parsed only when one of those
@@ -225,6 +234,7 @@ class IncrementalCollector:
                 "rewalk_scans": t.rewalk_scans,
                 "full_walks": self._full_walks,
                 "untracked_read": self._untracked_read,
+                "files_hashed": self._hashes.stats.files_hashed,
                 "repairs": self._repairs,
             }
 
@@ -311,7 +321,7 @@ class IncrementalCollector:
                 # An exec or rename no event told of -- or one whose event is still on its way (the
                 # watcher reads in batches): it counts as a repair unless that event comes by the next scan.
                 self._suspects.add(pid)
-                logger.info("re-walk re-read pid %d (%s): changed without an event so far", pid, st.comm)
+                logger.debug("re-walk re-read pid %d (%s): changed without an event so far", pid, st.comm)
             entry = self._entry(st)
             if entry is not None:
                 entries[pid] = entry
