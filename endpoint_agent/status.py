@@ -124,7 +124,7 @@ def _human(d: dict[str, Any]) -> list[str]:
             f"{events.get('processes_checked', 0)} checked, {events.get('overruns', 0)} overruns)"
         )
         tracking = events.get("tracking")
-        if isinstance(tracking, dict):  # scans trust the events; a non-zero repair count is a bug signal
+        if isinstance(tracking, dict):  # scans trust the events; repairs are what the events missed
             lines.append(
                 f"process tracking: {tracking.get('repairs', 0)} repairs by the re-walk"
                 f" (every process re-read within {tracking.get('rewalk_scans')} scans),"

@@ -559,8 +559,11 @@ def _known(entry: CachedProcess) -> ProcessInfo:
 def _stale(entry: CachedProcess, st: ProcStat) -> bool:
     """Whether a fresh stat shows an exec, a reused PID or a rename the record (and the events) missed.
 
-    A new parent is not one: re-parenting follows the parent's exit, which scans check themselves.
+    A new parent is not one: re-parenting follows the parent's exit, which scans check themselves;
+    nor is a kernel worker's name (the kernel shows the work it is doing in it).
     """
+    if entry.kernel_thread:
+        return entry.start_ticks != st.start_ticks
     return not same_program(entry, st) or entry.comm != st.comm
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from endpoint_agent.collect.incremental import Details, IncrementalCollector
+from endpoint_agent.collect.proc_stat import PF_KTHREAD
 from tests.support import Listen, SpawnFn
 from tests.unit.collect.test_incremental import FakeDetails, FakeProc, fake_collector
 
@@ -131,4 +132,14 @@ def test_an_event_arriving_just_after_the_re_walk_is_not_a_repair(tmp_path: Path
         collector.snapshot()
     collector.forget(A)  # the exec event, read a few milliseconds late
     collector.snapshot()
+    assert collector.tracking is not None and collector.tracking["repairs"] == 0
+
+
+def test_a_kernel_worker_showing_other_work_in_its_name_is_not_a_repair(tmp_path: Path) -> None:
+    proc, _, collector = tracked(tmp_path, slices=2)
+    proc.put(A, start=5, comm="kworker/1:2-events", image=0, flags=PF_KTHREAD, ppid=0)
+    collector.snapshot()
+    proc.put(A, start=5, comm="kworker/1:2-writeback", image=0, flags=PF_KTHREAD, ppid=0)
+    for _ in range(3):
+        collector.snapshot()
     assert collector.tracking is not None and collector.tracking["repairs"] == 0
