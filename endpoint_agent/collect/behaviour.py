@@ -240,6 +240,8 @@ class BehaviourTracker:
         return len(self._history)
 
     def update(self, snapshot: Snapshot) -> dict[tuple[int, float], P2PFeatures]:
+        if not snapshot.connections and not self._history:
+            return {}  # nothing observed now or in the window (a policy without network rules)
         by_pid = _group_by_pid(snapshot.connections, snapshot.processes)
         seen: set[tuple[int, float]] = set()
         features: dict[tuple[int, float], P2PFeatures] = {}

@@ -262,12 +262,16 @@ class IncrementalCollector:
                 self._full_walks += 1
                 self._walk_all = False
             self._cache.retain(entries.keys())
-            names = {
-                pid: _name(stats[pid].comm, e) if pid in stats else _known(e).name
-                for pid, e in entries.items()
-            }
+            # Names of the processes read now, and of their parents; a reused record keeps its own.
+            names = {pid: _name(st.comm, entries[pid]) for pid, st in stats.items() if pid in entries}
+            for st in stats.values():
+                parent = entries.get(st.ppid)
+                if st.ppid not in names and parent is not None:
+                    names[st.ppid] = _known(parent).name
             processes = {
-                pid: self._info(stats[pid], e, names, boot) if pid in stats else self._reused(e, names)
+                pid: self._info(stats[pid], e, names, boot)
+                if pid in stats
+                else self._reused(e, names, entries)
                 for pid, e in entries.items()
             }
             connections: tuple[Connection, ...] = ()
@@ -328,10 +332,15 @@ class IncrementalCollector:
                 stats[pid] = st
         return entries, stats, rewalk
 
-    def _reused(self, entry: CachedProcess, names: Mapping[int, str]) -> ProcessInfo:
+    def _reused(
+        self, entry: CachedProcess, fresh: Mapping[int, str], entries: Mapping[int, CachedProcess]
+    ) -> ProcessInfo:
         """The record of a process events say is unchanged; only its parent's name may have moved."""
         info = _known(entry)
-        parent_name = names.get(info.ppid) if info.ppid != info.pid else None
+        ppid = info.ppid
+        if ppid != info.pid and ppid not in fresh and ppid in entries and entries[ppid].info is not None:
+            return info  # the parent is reused too: its name is the one this record has
+        parent_name = fresh.get(ppid) if ppid != info.pid else None
         if parent_name != info.parent_name:
             entry.info = info = dataclasses.replace(info, parent_name=parent_name)
         return info
