@@ -139,9 +139,11 @@ class FanotifyGroup:
         """The queued events (non-blocking group: [] when none); overflow notices are skipped."""
         try:
             buf = os.read(self._fd, _READ_SIZE)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return []
-        except InterruptedError:
+        except OSError:
+            # EMFILE/ENFILE: the kernel could not open the event's file for us and answered that
+            # exec itself (the gate bounds its descriptors so this stays an accident).
             return []
         return list(parse_events(buf))
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import queue
+import resource
 import select
 import socket
 import sys
@@ -41,6 +42,7 @@ from endpoint_agent.policy.exec_time import ExecTimePolicy, ExecUser
 logger = logging.getLogger(__name__)
 
 GATE_NICE = -10
+MAX_JOBS = 256  # files waiting for the judge thread; past it new files are allowed at once
 
 
 @dataclass(slots=True, eq=False)
@@ -229,6 +231,11 @@ class Gate:
             self._answer(held, result)
             return
         waiting = self._waiting.get(result)
+        if waiting is None and self._judge.jobs.qsize() >= MAX_JOBS:
+            # a flood of new files (each job holds a descriptor): allow now rather than queue more
+            self.table.stats.deadline_misses += 1
+            self._answer(held, Answer(True))
+            return
         if waiting is None:
             self._waiting[result] = [held]
             if isinstance(result, FileJob):
@@ -430,6 +437,10 @@ def _interpreter_files() -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="gate: %(levelname)s %(message)s")
+    # Descriptors: one per exec being answered and per file being judged.
+    with contextlib.suppress(OSError, ValueError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     # Every exec of the machine may wait on this process: it runs ahead of ordinary work.
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, 0, GATE_NICE)
