@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ class PidNamespace:
             preexec_fn=die_with_parent(),
         )
         self._spawned: list[NsProcess] = []
+        self._gate_dir = Path(tempfile.mkdtemp(prefix="ea-ns-gates-"))
         try:
             self.init_pid = _child_of(self._unshare, timeout=10)
         except BaseException:
@@ -164,8 +166,12 @@ class PidNamespace:
         stderr: int | None = subprocess.DEVNULL,
         cwd: str | None = None,
     ) -> NsProcess:
+        # The program starts only once its PID is known here: a running agent may stop it within
+        # milliseconds of its exec, before a poll for nsenter's child could see it (`_gated`).
+        gate = self._gate_dir / f"gate-{len(self._spawned)}"
+        os.mkfifo(gate)
         outer = subprocess.Popen(
-            ["nsenter", f"--target={self.init_pid}", "--pid", "--mount", "--", *argv],
+            ["nsenter", f"--target={self.init_pid}", "--pid", "--mount", "--", *_gated(gate, argv)],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -173,8 +179,14 @@ class PidNamespace:
             cwd=cwd,
             preexec_fn=die_with_parent(),
         )
-        proc = NsProcess(outer, _child_of(outer, timeout=10))
+        try:
+            proc = NsProcess(outer, _child_of(outer, timeout=10))
+        except BaseException:
+            _open_gate(gate, None)
+            raise
+        _open_gate(gate, proc)
         self._spawned.append(proc)
+        _wait_exec(proc.pid, argv[0])
         return proc
 
     def close(self) -> None:
@@ -189,6 +201,48 @@ class PidNamespace:
         for proc in self._spawned:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.outer.wait(10)
+        shutil.rmtree(self._gate_dir, ignore_errors=True)
+
+
+_GATE = 'read _ < "$0"; exec "$@"'
+
+
+def _gated(gate: Path, argv: Sequence[str]) -> list[str]:
+    """`argv`, exec'd by a shell once `gate` (a FIFO) is opened and written to."""
+    return ["sh", "-c", _GATE, str(gate), *argv]
+
+
+def _open_gate(gate: Path, proc: NsProcess | None, timeout: float = 10.0) -> None:
+    """Let the gated shell go: it may not have opened the FIFO yet (retry), or be gone (give up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no reader has it open
+        except OSError:
+            if proc is None or proc.outer.poll() is not None or time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+            continue
+        try:
+            os.write(fd, b"go\n")
+        finally:
+            os.close(fd)
+        return
+
+
+def _wait_exec(pid: int, program: str, timeout: float = 10.0) -> None:
+    """Until the gate's shell has exec'd `program` (or is gone), so callers see the program itself."""
+    name = os.path.basename(program)[:15]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if comm == name or not cmdline.startswith(b"sh\0-c\0" + _GATE.encode()):
+            return
+        time.sleep(0.002)
 
 
 def _child_of(popen: subprocess.Popen[bytes], timeout: float) -> int:
