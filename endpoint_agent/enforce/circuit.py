@@ -7,12 +7,12 @@ So the breaker measures *breadth*, not the number of stops:
 * Every stop has a `StopTarget`: the rule, the user, and the program -- where the program is
   something that user cannot mint. An unprivileged user's own files (copies, renames, symlinks
   to anything) are one target per rule and user; a system package's binary run under its own
-  name is a target of its own; a system account's program (root, daemons) is a target of its
-  own and weighs double, because stopping those is what a bad policy does and what no
-  unprivileged user can cause.
+  name is a target of its own; a system account's program (root, daemons) is always a target
+  of its own (never collapsed): stopping those is what a bad policy does (the protected
+  processes' neighbours) and what no unprivileged user can cause.
 * Stopping a target already stopped in the window is always admitted: that is enforcement
   working, however often it happens.
-* A stop that would take the summed weight of distinct targets in the window past `max_kills`
+* A stop that would take the number of distinct targets in the window past `max_kills`
   is refused and *opens* the circuit: the agent drops to monitor mode (block findings are
   recorded as `would_block`) and reports `circuit_open` with the targets that tripped it.
 * The circuit *closes* again `window_seconds` after it opened (also across restarts, from the
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 # Accounts below this are system accounts (login.defs UID_MIN on Linux; 501 on macOS).
 FIRST_USER_UID = 501 if sys.platform == "darwin" else 1000
 NOBODY_UIDS = frozenset({65534, 4294967294})  # nobody (and nfsnobody): anyone can run as it
-SYSTEM_WEIGHT = 2
 _MAX_TARGETS_LISTED = 16
 _MAX_STOPS_KEPT = 1000  # for the status's count only; a flood of one target must not grow the state
 
@@ -56,14 +55,13 @@ class StopTarget:
     rule_id: str
     uid: int | None
     program: str  # "" for "whatever this user runs from their own files"
-    weight: int = 1
 
     @classmethod
     def of(cls, rule_id: str, process: ProcessInfo) -> StopTarget:
         uid = process.uid
         program = process.exe or process.name
         if uid is None or (uid < FIRST_USER_UID and uid not in NOBODY_UIDS):
-            return cls(rule_id, uid, program, SYSTEM_WEIGHT)  # protected-adjacent: a system account
+            return cls(rule_id, uid, program)  # protected-adjacent: a system account's program
         exe = process.exe or ""
         if process.package and _basename(exe) == process.name:
             return cls(rule_id, uid, exe)  # an installed program, under its own name
@@ -75,7 +73,7 @@ class StopTarget:
 
     def to_json(self) -> dict[str, object]:
         program = self.program or None
-        return {"rule_id": self.rule_id, "uid": self.uid, "program": program, "weight": self.weight}
+        return {"rule_id": self.rule_id, "uid": self.uid, "program": program}
 
 
 def _basename(path: str) -> str:
@@ -115,9 +113,8 @@ class CircuitState:
             for t in data.get("targets") or []:
                 uid = t.get("uid")
                 target = StopTarget(
-                    str(t["rule_id"]), int(uid) if uid is not None else None, str(t.get("program") or ""),
-                    int(t.get("weight") or 1),
-                )  # fmt: skip
+                    str(t["rule_id"]), int(uid) if uid is not None else None, str(t.get("program") or "")
+                )
                 targets.append((target, datetime.fromisoformat(t["at"])))
             return cls(
                 policy_version=int(version) if version is not None else None,
@@ -171,7 +168,7 @@ class CircuitBreaker:
         return sum(1 for s in self._state.stops if s > cutoff)
 
     def breadth(self) -> int:
-        return sum(t.weight for t, _ in self._recent_targets())
+        return len(self._recent_targets())
 
     def admit(self, policy_version: int, target: StopTarget) -> Admission:
         """Ask before each stop; call `record_stop` after one succeeded."""
@@ -181,7 +178,7 @@ class CircuitBreaker:
         recent = self._recent_targets()
         if any(t.key == target.key for t, _ in recent):
             return Admission.ALLOWED  # the same target again: enforcement working
-        if sum(t.weight for t, _ in recent) + target.weight > self._max:
+        if len(recent) + 1 > self._max:
             self._open(policy_version, recent, target)
             return Admission.TRIPPED
         return Admission.ALLOWED
@@ -204,9 +201,9 @@ class CircuitBreaker:
     def _open(self, version: int, recent: list[tuple[StopTarget, datetime]], refused: StopTarget) -> None:
         now = self._clock.now()
         self._state = replace(self._state, opened_at=now, targets=tuple(recent))
-        breadth = sum(t.weight for t, _ in recent) + refused.weight
+        breadth = len(recent) + 1
         reason = (
-            f"stopping {len(recent) + 1} distinct targets (breadth {breadth}) "
+            f"stopping {breadth} distinct targets (program, user and rule) "
             f"within {self.window_seconds:g}s exceeds {self._max}; "
             f"monitor mode for policy version {version} until {_iso(now + self._window)}"
         )

@@ -141,7 +141,7 @@ def test_the_circuit_closes_after_its_window_across_a_restart(harness: Harness) 
     h.configure(circuit_max_kills=2, circuit_window_seconds=4)
     prefix = unique("ea-p2p")
     h.policy.write_text(policy_yaml([("p2p-standin", "block", f"{prefix}-*")]))
-    standins = [h.standin(f"{prefix}-{i}") for i in range(2)]  # root's programs: double weight
+    standins = [h.standin(f"{prefix}-{i}") for i in range(3)]  # root's distinct programs: 3 targets
     agent = h.start_agent()
     h.wait_status(lambda s: s.get("circuit", {}).get("open") is True)
     agent.signal(signal.SIGKILL)
