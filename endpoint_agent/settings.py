@@ -312,6 +312,11 @@ def _secure_url(url: str) -> bool:
         return True
     host = url.removeprefix("http://").split("/", 1)[0].rsplit("@", 1)[-1]
     host = host[1:].split("]", 1)[0] if host.startswith("[") else host.split(":", 1)[0]
+    return is_loopback_host(host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or an address of 127.0.0.0/8 or ::1."""
     if host.lower() == "localhost":
         return True
     try:

@@ -22,6 +22,7 @@ from typing import NoReturn
 from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.logfmt import JsonLineFormatter
+from endpoint_agent.settings import is_loopback_host
 from endpoint_agent.sync.envelope import load_public_key
 from server_stub import users_cli
 from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
@@ -165,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{EXTRA_HINT} (missing: {exc.name})", file=sys.stderr)
         return 2
+    if not tls and not is_loopback_host(args.host):
+        logging.getLogger(__name__).warning(
+            "serving plain http on %s: agents refuse it unless given --insecure-http; "
+            "use --tls-cert/--tls-key or a TLS reverse proxy",
+            args.host,
+        )
     uvicorn.run(
         app,
         host=args.host,
