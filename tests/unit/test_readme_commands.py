@@ -46,8 +46,12 @@ def commands(doc: str) -> Iterator[tuple[str, list[str]]]:
                 if starts and word in PARSERS:
                     args: list[str] = []
                     for arg in words[i + 1 :]:
-                        if arg in _SEPARATORS or arg.endswith(")"):
-                            break
+                        if (
+                            arg in _SEPARATORS
+                            or arg.endswith(")")
+                            or arg.lstrip("12&").startswith((">", "<"))
+                        ):
+                            break  # the end of this command, or a redirection
                         args.append(arg)
                     yield word, args
 
