@@ -74,8 +74,18 @@ def _filters(request: Request) -> dict[str, str]:
     return {k: v for k in FILTER_KEYS if (v := request.query_params.get(k, "").strip())}
 
 
+def _before(request: Request) -> int | None:
+    try:
+        return decode_cursor(request.query_params.get("before")) or None
+    except ApiError as exc:
+        raise ConsoleDenied(exc.message, status=400) from None
+
+
 def _flt(ctx: ServerContext, given: dict[str, str]) -> EventFilter:
-    return violation_filter(ctx, *(given.get(k) for k in FILTER_KEYS))
+    try:
+        return violation_filter(ctx, *(given.get(k) for k in FILTER_KEYS))
+    except ApiError as exc:  # a bad since/until/triage in the address: a page, not JSON
+        raise ConsoleDenied(exc.message, status=400) from None
 
 
 # --- sign-in ----------------------------------------------------------------------------------
@@ -193,7 +203,7 @@ def violations(request: Request) -> HTMLResponse:
     given = _filters(request)
     given.setdefault("since", "30d")
     flt = _flt(ctx, given)
-    before = decode_cursor(request.query_params.get("before")) or None
+    before = _before(request)
     items, more = ctx.store.events.newest(VIOLATION, flt, before_id=before, limit=PAGE_SIZE)
     summary = ctx.store.stats.summary(flt, top=0)
     older = urlencode({**given, "before": encode_cursor(items[-1].id)}) if more and items else None
@@ -476,7 +486,7 @@ def audit_page(request: Request) -> HTMLResponse:
     ctx = get_context(request)
     viewer = auth.require(ctx, request)
     action = request.query_params.get("action") or None
-    before = decode_cursor(request.query_params.get("before")) or None
+    before = _before(request)
     entries, more = ctx.store.audit.entries(action=action, before_id=before, limit=100)
     older = (
         urlencode({k: v for k, v in {"action": action, "before": encode_cursor(entries[-1].id)}.items() if v})

@@ -241,3 +241,17 @@ def test_report_page_prints_the_api_figures(page: Any, console: Console, artifac
         page.click("text=CSV")
     rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
     assert {"section": "violations", "key": "total", "value": str(report["violations"]["total"])} in rows
+
+
+def test_bad_addresses_get_a_page_not_a_traceback(page: Any, console: Console, artifacts: Path) -> None:
+    sign_in(page, "rita", PASSWORD)
+    for path, status, text in (
+        ("/violations?since=yesterday-ish", 400, "neither an ISO 8601 time"),
+        ("/violations?triage=maybe", 400, "triage"),
+        ("/hosts/no-such-host", 404, "no host"),
+        ("/violations?before=%00%ff", 400, "cursor"),
+    ):
+        response = page.goto(path)
+        assert response is not None and response.status == status, path
+        assert text in page.locator("p.error").inner_text(), path
+    shot(page, artifacts, "bad-address")
