@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--token", help=f"API token (default: ${TOKEN_ENV}); visible in ps, prefer --token-file"
         )
         p.add_argument("--token-file", type=Path, help="file holding the API token on one line")
+        p.add_argument(
+            "--ca-bundle", type=Path, help="PEM file of the CA(s) that sign the server's certificate"
+        )
 
     p = sub.add_parser("publish", help="sign a policy and publish it to the server")
     signing_flags(p)
@@ -245,7 +248,7 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.server, _token(args))
+    return AdminClient(args.server, _token(args), ca_bundle=args.ca_bundle)
 
 
 def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from endpoint_admin.errors import AdminInputError, AdminServerError
+from endpoint_agent.errors import SettingsError
+from endpoint_agent.sync.client import tls_context
 
 API_PREFIX = "/api/v1"
 PAGE_LIMIT = 500
@@ -25,6 +29,7 @@ class AdminClient:
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         self._sleep = sleep
         # The server's base URL, or its API URL: both work (the prefix is added here once).
@@ -35,7 +40,11 @@ class AdminClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=base + API_PREFIX, headers=headers, timeout=timeout, transport=transport
+            base_url=base + API_PREFIX,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=_verify(ca_bundle),
         )
 
     def __enter__(self) -> AdminClient:
@@ -132,6 +141,13 @@ class AdminClient:
                 return response
             self._sleep(_retry_after(response))
         raise AssertionError("unreachable")
+
+
+def _verify(ca_bundle: Path | None) -> ssl.SSLContext:
+    try:
+        return tls_context(ca_bundle)
+    except SettingsError as exc:
+        raise AdminInputError(f"--ca-bundle: {exc}") from exc
 
 
 def _retry_after(response: httpx.Response) -> float:

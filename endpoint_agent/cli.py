@@ -189,6 +189,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from endpoint_agent.settings import load_settings
 
+    if getattr(args, "enroll_secret", None):
+        print(
+            "endpoint-agent: warning: --enroll-secret is visible to every local user (ps); "
+            "use --enroll-secret-file FILE or ENDPOINT_AGENT_ENROLL_SECRET",
+            file=sys.stderr,
+        )
     settings = load_settings(_settings_overrides(args))
     if args.command == "run":
         from endpoint_agent.daemon import run_service

@@ -130,6 +130,16 @@ def test_enroll_secret_from_a_file_and_never_two_ways(tmp_path: Path) -> None:
     )
 
 
+def test_a_secret_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
+    done = tool(
+        "endpoint_agent", "run", "--enroll-secret", "s3cret-0123456789abcdef", "--server", "http://10.9.9.9"
+    )
+    assert done.returncode == 2
+    warning, error = done.stderr.strip().splitlines()
+    assert warning.startswith("endpoint-agent: warning: --enroll-secret is visible to every local user (ps)")
+    assert "s3cret" not in done.stderr and "invalid setting server" in error
+
+
 def test_a_config_file_holding_a_secret_must_be_private(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path}\nenroll_secret: s3cret-0123456789abcdef\n")

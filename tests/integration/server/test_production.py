@@ -85,6 +85,16 @@ def test_agent_reaches_a_tls_server_through_its_ca_bundle_with_json_logs(
             stop_server(wrong)
         with srv.reader() as reader:
             assert reader.get("/hosts").json()["items"] == []
+        # the admin tool trusts the internal CA the same way, and refuses a server its CA did not sign
+        for ca, code in ((tls.ca, 0), (other_ca, 1)):
+            admin = subprocess.run(
+                [sys.executable, "-m", "endpoint_admin", "hosts", "--server", srv.base_url,
+                 "--ca-bundle", str(ca)],
+                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+                env=subprocess_env({"ENDPOINT_ADMIN_TOKEN": srv.reader_token}),
+            )  # fmt: skip
+            assert admin.returncode == code, admin.stderr
+            assert "HOSTNAME" in admin.stdout if code == 0 else "CERTIFICATE_VERIFY_FAILED" in admin.stderr
 
         log = tmp_path / "agent.log"
         good = agent(tmp_path / "state", tls.ca, log)
