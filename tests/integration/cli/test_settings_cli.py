@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from endpoint_admin.cli import build_parser as admin_parser
 from endpoint_agent.cli import _settings_overrides, build_parser
+from endpoint_agent.cli import build_parser as agent_parser
 from endpoint_agent.settings import load_settings
+from server_stub.cli import build_parser as server_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
@@ -39,25 +43,32 @@ def refused(done: subprocess.CompletedProcess[str], *needles: str) -> str:
     return lines[0]
 
 
-COMMANDS = {
-    "endpoint_agent": ["", "scan", "check-policy", "run", "status", "violations"],
-    "endpoint_admin": ["", "keygen", "sign", "publish", "violations", "hosts", "summary"],
-    "server_stub": ["", "serve"],
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of a tool, from its own parser: (), ("scan",), ("users", "add"), ..."""
+    found = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*prefix, name))
+    return found
+
+
+TOOLS = {"endpoint_agent": agent_parser, "endpoint_admin": admin_parser, "server_stub": server_parser}
+PROGS = {
+    "endpoint_agent": "endpoint-agent",
+    "endpoint_admin": "endpoint-admin",
+    "server_stub": "endpoint-server",
 }
+COMMANDS = [(module, path) for module, build in TOOLS.items() for path in _commands(build())]
 
 
 @pytest.mark.parametrize(
-    ("module", "command"), [(m, c) for m, cs in COMMANDS.items() for c in cs], ids=lambda v: v or "-"
+    ("module", "command"), COMMANDS, ids=[f"{m}:{' '.join(c) or '-'}" for m, c in COMMANDS]
 )
-def test_every_command_answers_version(module: str, command: str) -> None:
-    prog = {
-        "endpoint_agent": "endpoint-agent",
-        "endpoint_admin": "endpoint-admin",
-        "server_stub": "endpoint-server",
-    }
-    done = tool(module, *([command] if command else []), "--version")
+def test_every_command_answers_version(module: str, command: tuple[str, ...]) -> None:
+    done = tool(module, *command, "--version")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"{prog[module]} 0.1.0"
+    assert done.stdout.strip() == f"{PROGS[module]} 0.1.0"
 
 
 def test_policy_and_server_together_are_refused_naming_both_sources(tmp_path: Path) -> None:
