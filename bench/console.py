@@ -124,7 +124,7 @@ def _publish(store: Any, keys_dir: Path) -> Any:
     """Policy versions 1 and 2 signed with a fresh key; returns the public key."""
     from endpoint_admin.keygen import write_keypair
     from endpoint_agent.policy import parse_policy
-    from endpoint_agent.sync.envelope import load_private_key, load_public_key, sign_policy
+    from endpoint_contract.envelope import load_private_key, load_public_key, sign_policy
     from server_stub.store import NewPolicy
 
     pair = write_keypair(keys_dir)

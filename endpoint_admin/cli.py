@@ -24,15 +24,15 @@ from endpoint_admin.keygen import write_keypair
 from endpoint_admin.output import FORMATS, write_hosts, write_policies, write_table, write_violations
 from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, PolicySignatureError
-from endpoint_agent.policy import load_policy_file
+from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.settings import read_secret_file
-from endpoint_agent.sync.envelope import (
+from endpoint_agent.types import Outcome
+from endpoint_contract.envelope import (
     load_private_key,
     load_public_key,
     sign_policy,
     verify_envelope,
 )
-from endpoint_agent.types import Outcome
 
 TOKEN_ENV = "ENDPOINT_ADMIN_TOKEN"
 ACTIONS = tuple(o.value for o in Outcome)
@@ -220,7 +220,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except OSError as exc:
         raise AdminInputError(f"{args.envelope}: cannot read envelope: {exc.strerror or exc}") from exc
     try:
-        verified = verify_envelope(data, keys)
+        verified = verify_envelope(data, keys, Policy)
     except PolicySignatureError as exc:
         print(f"{PROG}: {args.envelope}: verification FAILED: {exc}", file=sys.stderr)
         return 1

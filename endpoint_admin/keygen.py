@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from endpoint_admin.errors import AdminInputError
-from endpoint_agent.sync.envelope import (
+from endpoint_contract.envelope import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     key_id,

@@ -47,6 +47,7 @@ from endpoint_agent.logfmt import log_fields
 from endpoint_agent.report.store import NewEvent, SeenEntry, SeenKey, ViolationStore
 from endpoint_agent.settings import AgentSettings, load_settings
 from endpoint_agent.types import Finding, Outcome, Snapshot, Violation
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +210,9 @@ class EnforceStage:
         return Acted(d, result.outcome, result.detail)
 
 
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
-
-
 def violation_for(acted: Acted, entry: SeenEntry, policy_version: int, detected_at: datetime) -> Violation:
     f = acted.decision.finding
-    extra: dict[str, object] = {"first_seen": _iso(entry.first_seen), "create_time": f.process.create_time}
+    extra: dict[str, object] = {"first_seen": iso_utc(entry.first_seen), "create_time": f.process.create_time}
     if acted.detail:
         extra["detail"] = acted.detail
     return Violation.from_finding(
@@ -493,7 +490,7 @@ class Agent:
             self._live.update(p.key for p in snapshot.processes.values())
 
     def _agent_event(self, body: dict[str, object], now: datetime) -> dict[str, object]:
-        return {"event_id": str(uuid.uuid4()), "kind": "agent", "detected_at": _iso(now), **body}
+        return {"event_id": str(uuid.uuid4()), "kind": "agent", "detected_at": iso_utc(now), **body}
 
     def _commit(
         self,
@@ -540,14 +537,14 @@ class Agent:
             queue = None
         return {
             "agent_version": __version__,
-            "started_at": _iso(self.started_at),
+            "started_at": iso_utc(self.started_at),
             "policy": last.policy.to_json() if last and last.policy else None,
             "mode": last.mode.to_json() if last and last.mode else None,
             "break_glass": self.last_break_glass.to_json() if self.last_break_glass else None,
             "circuit": {
                 "open": circuit.is_open,
                 "policy_version": circuit.policy_version,
-                "opened_at": _iso(circuit.opened_at) if circuit.opened_at else None,
+                "opened_at": iso_utc(circuit.opened_at) if circuit.opened_at else None,
                 "stops_in_window": self._circuit.kills_in_window(),
                 "max_kills": self._circuit.max_kills,
                 "window_seconds": self._circuit.window_seconds,
@@ -555,7 +552,7 @@ class Agent:
             "last_scan": None
             if last is None
             else {
-                "at": _iso(last.at),
+                "at": iso_utc(last.at),
                 "duration_ms": round(last.duration_seconds * 1000, 1),
                 "processes": last.processes,
                 "findings": last.findings,

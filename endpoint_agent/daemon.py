@@ -40,6 +40,7 @@ from endpoint_agent.logfmt import JsonLineFormatter, TextLineFormatter
 from endpoint_agent.report.salvage import requeue_damaged
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
+from endpoint_contract.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from endpoint_agent.dns.service import NetGuard  # DNS filter and connection blocking
@@ -257,7 +258,7 @@ class Service:
             # -- event-driven reaction (issue 7) --
             "process_events": self.reaction.status() if self.reaction is not None else {"mode": "polling"},
             "exec_gate": self.gate.status() if self.gate is not None else {"state": "off"},
-            "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "updated_at": iso_utc(datetime.now(UTC)),
         }
         # -- policy sync (issue 4): polls, 304s, rejections, the active envelope --
         sync = _policy_sync(self._agent)

@@ -1,7 +1,8 @@
 """Every failure the agent reports, in one tree.
 
     AgentError                      base; carries a one-line, user-facing message
-    ├── PolicyError                 a policy cannot be used
+    ├── PolicyError                 a policy cannot be used (the branch shared with the server and admin
+    │   │                           tool: defined in endpoint_contract/errors.py, re-exported here)
     │   ├── PolicyLoadError         file missing, a directory, too large, unreadable, not YAML
     │   ├── PolicyValidationError   YAML parsed but a rule or field is wrong (names file, rule, field)
     │   └── PolicySignatureError    envelope unsigned, tampered, or signed by an unknown key
@@ -19,27 +20,13 @@ touches the library; nothing above that module sees a foreign exception.
 
 from __future__ import annotations
 
-
-class AgentError(Exception):
-    """Base of all errors the agent reports; `str(err)` is one line for a human."""
-
-
-class PolicyError(AgentError):
-    pass
-
-
-class PolicyLoadError(PolicyError):
-    pass
-
-
-class PolicyValidationError(PolicyError):
-    def __init__(self, message: str, errors: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or [message]
-
-
-class PolicySignatureError(PolicyError):
-    pass
+from endpoint_contract.errors import EndpointError as AgentError
+from endpoint_contract.errors import (
+    PolicyError,
+    PolicyLoadError,
+    PolicySignatureError,
+    PolicyValidationError,
+)
 
 
 class SettingsError(AgentError):
@@ -72,3 +59,19 @@ class ServerRejected(ServerError):
     def __init__(self, message: str, status_code: int = 400) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+__all__ = [
+    "AgentError",
+    "CollectError",
+    "EnforceError",
+    "PolicyError",
+    "PolicyLoadError",
+    "PolicySignatureError",
+    "PolicyValidationError",
+    "ServerError",
+    "ServerRejected",
+    "ServerUnavailable",
+    "SettingsError",
+    "StoreError",
+]

@@ -18,6 +18,7 @@ import logging
 from datetime import UTC, datetime
 
 from endpoint_agent.display import printable
+from endpoint_contract.timestamps import iso_utc
 
 # Fields a log line may carry as top-level keys (passed with `extra=`), in this order.
 FIELDS = ("host_id", "rule_id", "pid", "event_id", "action", "process_name", "method", "path", "status")
@@ -43,7 +44,7 @@ class JsonLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "time": iso_utc(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -41,11 +41,11 @@ def _envelope_decoder(public_keys: Sequence[str] | None, *, report_only: bool, e
 
     def decode(raw: bytes) -> Policy:
         # Imported here, for envelopes only: cryptography costs the service ~8 MB of RSS (issue 7).
-        from endpoint_agent.sync.envelope import load_public_key, read_unverified, verify_envelope
+        from endpoint_contract.envelope import load_public_key, read_unverified, verify_envelope
 
         keys = [load_public_key(Path(p)) for p in _trusted_key_paths(public_keys)]
         if keys:
-            return verify_envelope(raw, keys).policy
+            return verify_envelope(raw, keys, Policy).policy
         if not report_only:
             raise PolicySignatureError(
                 "refusing to enforce a signed envelope whose signature cannot be checked; "
@@ -55,7 +55,7 @@ def _envelope_decoder(public_keys: Sequence[str] | None, *, report_only: bool, e
             "endpoint-agent: warning: signature NOT verified (no --public-key given); report only",
             file=err,
         )
-        return read_unverified(raw).policy
+        return read_unverified(raw, Policy).policy
 
     return decode
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from endpoint_contract.timestamps import iso_utc
+
 
 class Direction(StrEnum):
     LISTEN = "listen"
@@ -242,7 +244,7 @@ class Violation:
             "exe": self.exe,
             "username": self.username,
             "reason": self.reason,
-            "detected_at": self.detected_at.isoformat().replace("+00:00", "Z"),
+            "detected_at": iso_utc(self.detected_at),
             "policy_version": self.policy_version,
         }
         if self.connection is not None:

@@ -23,7 +23,7 @@ from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.logfmt import JsonLineFormatter
 from endpoint_agent.settings import is_loopback_host
-from endpoint_agent.sync.envelope import load_public_key
+from endpoint_contract.envelope import load_public_key
 from server_stub import users_cli
 from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
 from server_stub.errors import ApiError

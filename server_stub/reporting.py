@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from endpoint_contract.timestamps import iso_utc_or_none
 from server_stub.store import EventFilter, Store
 from server_stub.store.stats import DayCount, Fleet, StopTimes, Summary
 
@@ -51,7 +52,7 @@ def build_report(store: Store, flt: EventFilter, now: datetime, stale_after: flo
 
 
 def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return iso_utc_or_none(dt)
 
 
 def share(part: int, whole: int) -> float:

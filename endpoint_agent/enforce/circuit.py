@@ -32,6 +32,7 @@ from enum import StrEnum
 
 from endpoint_agent.clock import Clock
 from endpoint_agent.types import ProcessInfo
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class CircuitBreaker:
         reason = (
             f"stopping {breadth} distinct targets (program, user and rule) "
             f"within {self.window_seconds:g}s exceeds {self._max}; "
-            f"monitor mode for policy version {version} until {_iso(now + self._window)}"
+            f"monitor mode for policy version {version} until {iso_utc(now + self._window)}"
         )
         logger.error("circuit breaker OPEN: %s", reason)
         listed = [t.to_json() for t, _ in recent[-_MAX_TARGETS_LISTED:]] + [refused.to_json()]
@@ -220,8 +221,8 @@ class CircuitBreaker:
                     "breadth": breadth,
                     "stops_in_window": self.kills_in_window(),
                     "targets": listed,
-                    "opened_at": _iso(now),
-                    "closes_at": _iso(now + self._window),
+                    "opened_at": iso_utc(now),
+                    "closes_at": iso_utc(now + self._window),
                 },
             }
         )
@@ -235,8 +236,8 @@ class CircuitBreaker:
                 "policy_version": version,
                 "detail": {
                     "reason": reason,
-                    "opened_at": _iso(opened) if opened else None,
-                    "closed_at": _iso(self._clock.now()),
+                    "opened_at": iso_utc(opened) if opened else None,
+                    "closed_at": iso_utc(self._clock.now()),
                 },
             }
         )
@@ -256,10 +257,6 @@ class CircuitBreaker:
     def _recent_targets(self) -> list[tuple[StopTarget, datetime]]:
         cutoff = self._clock.now() - self._window
         return [(t, at) for t, at in self._state.targets if at > cutoff]
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
 
 
 __all__ = ["Admission", "CircuitBreaker", "CircuitState", "StopTarget"]

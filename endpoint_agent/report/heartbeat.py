@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from endpoint_contract.timestamps import iso_utc
+
 # The server's limits (API.md): up to 64 counters, names [A-Za-z0-9_.:-]{1,64}, integers >= 0.
 _COUNTER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_COUNTERS = 64
@@ -68,7 +70,7 @@ class Heartbeat:
         if self.mode is not None:
             out["mode"] = self.mode
         if self.last_scan_at is not None:
-            out["last_scan_at"] = self.last_scan_at.isoformat().replace("+00:00", "Z")
+            out["last_scan_at"] = iso_utc(self.last_scan_at)
         if self.circuit_state is not None:
             out["circuit_state"] = self.circuit_state
         if self.mode_reason is not None:

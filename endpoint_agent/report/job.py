@@ -23,6 +23,7 @@ from endpoint_agent.errors import ServerError, ServerRejected, ServerUnavailable
 from endpoint_agent.report.backoff import ReportSchedule
 from endpoint_agent.report.heartbeat import Heartbeat, HeartbeatSink
 from endpoint_agent.report.uploader import Uploader, UploadResult
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +128,14 @@ class ReportJob:
     def status(self) -> dict[str, object]:
         """For status.json: how reporting to the server goes."""
         return {
-            "last_success_at": _iso(self.last_success_at) if self.last_success_at else None,
-            "last_upload_at": _iso(self.last_upload_at) if self.last_upload_at else None,
+            "last_success_at": iso_utc(self.last_success_at) if self.last_success_at else None,
+            "last_upload_at": iso_utc(self.last_upload_at) if self.last_upload_at else None,
             "last_error": self.last_error,
             "failures_in_a_row": self._schedule.failures,
             "next_attempt_in_seconds": round(self._schedule.seconds_until_due(), 1),
             "uploaded_since_start": self._uploader.acked_total,
             "rejected_events": self._uploader.rejected_count(),
         }
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
 
 
 __all__ = ["ReportJob", "RoundOutcome"]

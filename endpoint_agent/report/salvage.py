@@ -19,6 +19,7 @@ from pathlib import Path
 
 from endpoint_agent.errors import StoreError
 from endpoint_agent.report.store import NewEvent, ViolationStore
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def damage_event(moved_to: Path, reason: str, found: Salvage, *, now: datetime |
         "event_id": event_id,
         "kind": "agent",
         "type": "store_damaged",
-        "detected_at": now.isoformat().replace("+00:00", "Z"),
+        "detected_at": iso_utc(now),
         "detail": detail,
     }
     return NewEvent(event_id, "agent", now, payload)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from endpoint_agent.errors import StoreError
 from endpoint_agent.types import Outcome
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class ViolationStore:
         to the dropped-events counter the uploader reports."""
         self._writable()
         rows = [
-            (e.event_id, e.kind, _iso(e.created_at), text, len(text.encode()))
+            (e.event_id, e.kind, iso_utc(e.created_at), text, len(text.encode()))
             for e in events
             for text in [json.dumps(e.payload, sort_keys=True, default=str)]
         ]
@@ -297,15 +298,15 @@ class ViolationStore:
                         s.event_id,
                         s.outcome.value,
                         s.policy_version,
-                        _iso(s.first_seen),
-                        _iso(s.last_seen),
+                        iso_utc(s.first_seen),
+                        iso_utc(s.last_seen),
                     )
                     for s in seen_upserts
                 ],
             )
             self._conn.executemany(
                 "UPDATE events SET last_seen=? WHERE event_id=?",
-                [(_iso(s.last_seen), s.event_id) for s in seen_upserts],
+                [(iso_utc(s.last_seen), s.event_id) for s in seen_upserts],
             )
             self._conn.executemany(
                 "DELETE FROM seen WHERE rule_id=? AND pid=? AND create_time=?", list(seen_deletes)
@@ -325,7 +326,7 @@ class ViolationStore:
         with self._lock, _translated("cannot acknowledge events"), self._transaction():
             cur = self._conn.executemany(
                 "UPDATE events SET uploaded_at=? WHERE event_id=? AND uploaded_at IS NULL",
-                [(_iso(at), i) for i in ids],
+                [(iso_utc(at), i) for i in ids],
             )
             return cur.rowcount
 
@@ -476,10 +477,6 @@ class ViolationStore:
     def _count_dropped(self, dropped: int) -> None:
         previous = self._conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
         self._set_meta("dropped", (int(previous[0]) if previous else 0) + dropped)
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
 
 
 def _event(row: Sequence[Any]) -> StoredEvent:

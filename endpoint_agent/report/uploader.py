@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import ServerRejected
 from endpoint_agent.report.store import StoredEvent, StoreLimits, ViolationStore
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class Uploader:
         return value if isinstance(value, int) else 0
 
     def _now_iso(self) -> str:
-        return self._clock.now().isoformat().replace("+00:00", "Z")
+        return iso_utc(self._clock.now())
 
     # -- batches -------------------------------------------------------------------------------
 

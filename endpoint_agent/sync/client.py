@@ -36,8 +36,8 @@ from endpoint_agent import __version__
 from endpoint_agent.clock import Clock, SystemClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable, SettingsError
 from endpoint_agent.logfmt import set_log_context
-from endpoint_agent.sync.envelope import MAX_ENVELOPE_BYTES
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile
+from endpoint_contract.envelope import MAX_ENVELOPE_BYTES
 
 logger = logging.getLogger(__name__)
 

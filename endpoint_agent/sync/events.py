@@ -15,6 +15,7 @@ from typing import Protocol
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import StoreError
 from endpoint_agent.report.store import NewEvent, ViolationStore
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def agent_event(type_: str, detail: Mapping[str, object], clock: Clock) -> NewEv
     payload: dict[str, object] = {
         "event_id": event_id,
         "kind": "agent",
-        "detected_at": now.isoformat().replace("+00:00", "Z"),
+        "detected_at": iso_utc(now),
         "type": type_,
         "detail": dict(detail),
     }

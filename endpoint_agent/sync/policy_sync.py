@@ -39,11 +39,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from endpoint_agent.agent import ActivePolicy
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import AgentError, PolicyError, PolicySignatureError, StoreError
+from endpoint_agent.policy import Policy
 from endpoint_agent.sync.client import ServerClient
-from endpoint_agent.sync.envelope import VerifiedPolicy, verify_envelope
 from endpoint_agent.sync.events import EventSink
 from endpoint_agent.sync.safety import SafetyVerdict
 from endpoint_agent.sync.state import PolicyStateStore, SyncState
+from endpoint_contract.envelope import VerifiedPolicy, verify_envelope
+from endpoint_contract.timestamps import iso_utc_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class Rejected(Exception):
 
 @dataclass(frozen=True)
 class _Active:
-    verified: VerifiedPolicy
+    verified: VerifiedPolicy[Policy]
     policy: ActivePolicy  # monitor_reason set when the dry-run found it unsafe
     sha256: str  # of the payload
     origin: str
@@ -83,10 +85,6 @@ class _Active:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when is not None else None
 
 
 def claimed_key_ids(envelope: bytes) -> str | None:
@@ -142,7 +140,8 @@ class PolicySync:
             return None
         if active.verified.is_expired(self._clock.now()):
             self._note_expired(active)
-            reason = f"policy version {active.version} expired at {_iso(active.verified.signed.expires_at)}"
+            expired_at = iso_utc_or_none(active.verified.signed.expires_at)
+            reason = f"policy version {active.version} expired at {expired_at}"
             return replace(active.policy, monitor_reason=reason)
         return active.policy
 
@@ -224,7 +223,7 @@ class PolicySync:
     ) -> Literal["activated", "unchanged"]:
         """Check a candidate; activate it or raise Rejected. StoreError/CollectError pass through."""
         try:
-            verified = verify_envelope(body, self._keys)
+            verified = verify_envelope(body, self._keys, Policy)
         except PolicySignatureError as exc:
             raise Rejected("signature", str(exc), key_id=claimed_key_ids(body)) from exc
         except PolicyError as exc:
@@ -246,7 +245,7 @@ class PolicySync:
         if verified.is_expired(self._clock.now()) and not allow_expired:
             raise Rejected(
                 "expired",
-                f"policy version {version} expired at {_iso(expires_at)}",
+                f"policy version {version} expired at {iso_utc_or_none(expires_at)}",
                 version=version,
                 key_id=kid,
             )
@@ -326,7 +325,7 @@ class PolicySync:
                 self.counters["activated"] += 1
                 self.last_activation = {
                     "version": new.version,
-                    "at": _iso(self._clock.now()),
+                    "at": iso_utc_or_none(self._clock.now()),
                     "poll": self.counters["polls"],  # 0: loaded at start, before any poll
                 }
         mode = f"monitor only ({monitor_reason})" if monitor_reason else new.policy.mode
@@ -368,7 +367,7 @@ class PolicySync:
             if self._state.expired_reported == active.version or self._active is not active:
                 return
             self._state = self._state.model_copy(update={"expired_reported": active.version})
-        expires_at = _iso(active.verified.signed.expires_at)
+        expires_at = iso_utc_or_none(active.verified.signed.expires_at)
         logger.error(
             "the active policy %s version %d expired at %s: enforcement stops (monitor mode) until a newer "
             "policy arrives",
@@ -396,7 +395,7 @@ class PolicySync:
             counters = dict(self.counters)
             state = self._state
             last = {
-                "last_poll_at": _iso(self.last_poll_at),
+                "last_poll_at": iso_utc_or_none(self.last_poll_at),
                 "last_outcome": self.last_outcome,
                 "last_error": self.last_error,
                 "last_activation": self.last_activation,
@@ -416,8 +415,8 @@ class PolicySync:
                 "name": active.policy.name,
                 "key_id": active.verified.key_id,
                 "origin": active.origin,
-                "issued_at": _iso(active.verified.signed.issued_at),
-                "expires_at": _iso(active.verified.signed.expires_at),
+                "issued_at": iso_utc_or_none(active.verified.signed.issued_at),
+                "expires_at": iso_utc_or_none(active.verified.signed.expires_at),
                 "expired": active.verified.is_expired(now),
                 "monitor_reason": active.policy.monitor_reason,
             },

@@ -27,13 +27,13 @@ from endpoint_agent.errors import PolicyLoadError, SettingsError
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.sync.client import DEFAULT_TIMEOUT, HttpServerClient
-from endpoint_agent.sync.envelope import load_public_key
 from endpoint_agent.sync.events import StoreEventSink
 from endpoint_agent.sync.identity import SYSTEM_MACHINE_ID, EnrollmentFile, machine_id
 from endpoint_agent.sync.policy_sync import DEFAULT_FLEET_ID, PolicySync, PollOutcome
 from endpoint_agent.sync.safety import DryRun, SnapshotFn
 from endpoint_agent.sync.schedule import PollLoop, PollSchedule
 from endpoint_agent.sync.state import PolicyStateStore
+from endpoint_contract.envelope import load_public_key
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from endpoint_agent.errors import StoreError
 from endpoint_agent.sync.durable import atomic_write, read_small
-from endpoint_agent.sync.envelope import MAX_ENVELOPE_BYTES
+from endpoint_contract.envelope import MAX_ENVELOPE_BYTES
 
 POLICY_DIR = "policy"
 LAST_GOOD_FILE = "last-good.json"

@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from starlette.datastructures import FormData
 
 from endpoint_agent.errors import PolicySignatureError, PolicyValidationError
-from endpoint_agent.sync.envelope import verify_envelope
+from endpoint_agent.policy import Policy
+from endpoint_contract.envelope import verify_envelope
 from server_stub.console import auth
 from server_stub.console.auth import ConsoleDenied, Level, Viewer
 from server_stub.console.passwords import burn_time, lockout_until, verify_password
@@ -373,7 +374,7 @@ def _active_rules(ctx: ServerContext) -> dict[str, Any]:
     if served is None:
         return {}
     try:
-        policy = verify_envelope(served, ctx.config.public_keys).policy
+        policy = verify_envelope(served, ctx.config.public_keys, Policy).policy
     except (PolicySignatureError, PolicyValidationError):
         return {}  # signed by a key this server no longer trusts
     return {rule.id: rule for rule in policy.rules}

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from endpoint_agent.errors import PolicySignatureError, PolicyValidationError
-from endpoint_agent.sync.envelope import canonical_json, verify_envelope
+from endpoint_agent.policy import Policy
+from endpoint_contract.envelope import canonical_json, verify_envelope
 from server_stub.auth import AdminOnly, Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import Unprocessable
@@ -78,7 +79,7 @@ def publish_envelope(
     """Verify, store and audit a signed envelope (the API and the console's upload)."""
     data = _envelope_bytes(envelope)
     try:
-        verified = verify_envelope(data, ctx.config.public_keys)
+        verified = verify_envelope(data, ctx.config.public_keys, Policy)
     except (PolicySignatureError, PolicyValidationError) as exc:
         raise Unprocessable(f"envelope rejected: {exc}") from None
     now = ctx.now()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from endpoint_contract.timestamps import iso_utc
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import BadRequest
@@ -23,10 +23,6 @@ TRIAGE_DOC = "open (untriaged), triaged (any state), acknowledged, false_positiv
 MAX_LIMIT = 1000
 
 
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def triage_filter(value: str | None) -> str | None:
     if value is None or value == "":
         return None
@@ -40,13 +36,13 @@ def event_item(ev: StoredEvent) -> dict[str, Any]:
     triage = None
     if ev.triage is not None:
         t = ev.triage
-        triage = {"state": t.state, "note": t.note, "by": t.by, "at": _iso(t.at)}
+        triage = {"state": t.state, "note": t.note, "by": t.by, "at": iso_utc(t.at)}
     # Server-side facts last: a key in the uploaded event can never pose as another host.
     return {
         **ev.data,
         "host": ev.host_id,
         "hostname": ev.hostname,
-        "received_at": _iso(ev.received_at),
+        "received_at": iso_utc(ev.received_at),
         "triage": triage,
     }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from endpoint_agent.sync.envelope import key_id, load_public_key
+from endpoint_contract.envelope import key_id, load_public_key
 from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.integration.policy_inject import (
     expired,

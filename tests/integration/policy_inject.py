@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from endpoint_agent.policy import parse_policy
-from endpoint_agent.sync.envelope import load_private_key, sign_policy
+from endpoint_contract.envelope import load_private_key, sign_policy
 from tests.support.envelopes import flip_payload_byte, strip_signatures
 
 

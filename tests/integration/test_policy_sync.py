@@ -22,13 +22,13 @@ from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.errors import ServerUnavailable
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.sync.client import HttpServerClient
-from endpoint_agent.sync.envelope import key_id, load_public_key
 from endpoint_agent.sync.events import StoreEventSink
 from endpoint_agent.sync.identity import EnrollmentFile
 from endpoint_agent.sync.policy_sync import PolicySync
 from endpoint_agent.sync.safety import DryRun
 from endpoint_agent.sync.schedule import PollLoop, PollSchedule
 from endpoint_agent.sync.state import PolicyStateStore
+from endpoint_contract.envelope import key_id, load_public_key
 from tests.integration.policy_inject import (
     expired,
     flip_payload_byte,

@@ -87,7 +87,7 @@ class LiveServer:
 
     def sign(self, policy_yaml: str, *, fleet_id: str = "default") -> bytes:
         from endpoint_agent.policy import parse_policy
-        from endpoint_agent.sync.envelope import load_private_key, sign_policy
+        from endpoint_contract.envelope import load_private_key, sign_policy
 
         policy = parse_policy(policy_yaml, "<test policy>")
         return sign_policy(policy, [load_private_key(self.private_key)], fleet_id)

@@ -13,7 +13,7 @@ import pytest
 
 from endpoint_admin.keygen import write_keypair
 from endpoint_agent.policy import load_policy_file
-from endpoint_agent.sync.envelope import load_private_key, sign_policy
+from endpoint_contract.envelope import load_private_key, sign_policy
 from tests.support import Listen, SpawnFn
 from tests.support.contract import CONTRACT_KEYS
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from endpoint_agent.policy import parse_policy
-from endpoint_agent.sync.envelope import load_private_key, load_public_key, sign_policy, verify_envelope
+from endpoint_agent.policy import Policy, parse_policy
+from endpoint_contract.envelope import load_private_key, load_public_key, sign_policy, verify_envelope
 from server_stub.rollout import bucket
 from tests.integration.server.policies import policy_yaml
 from tests.support.server import LiveServer
@@ -39,7 +39,7 @@ def test_publish_fetch_etag_304_and_next_version(live_server: LiveServer) -> Non
         assert first.status_code == 200
         etag = first.headers["etag"]
         assert etag == '"' + hashlib.sha256(first.content).hexdigest() + '"'
-        verified = verify_envelope(first.content, [load_public_key(live_server.public_key)])
+        verified = verify_envelope(first.content, [load_public_key(live_server.public_key)], Policy)
         assert verified.version == 1 and verified.policy.name == "corporate-baseline"
 
         not_modified = c.get("/policy", headers={"If-None-Match": etag})
@@ -50,7 +50,7 @@ def test_publish_fetch_etag_304_and_next_version(live_server: LiveServer) -> Non
         assert live_server.publish(policy_yaml(2)).json()["previous_version"] == 1
         second = c.get("/policy", headers={"If-None-Match": etag})
         assert second.status_code == 200 and second.headers["etag"] != etag
-        assert verify_envelope(second.content, [load_public_key(live_server.public_key)]).version == 2
+        assert verify_envelope(second.content, [load_public_key(live_server.public_key)], Policy).version == 2
 
 
 def test_version_must_increase(live_server: LiveServer) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from endpoint_admin.keygen import write_keypair
 from endpoint_agent.errors import PolicyLoadError, PolicySignatureError, PolicyValidationError
 from endpoint_agent.policy import Policy, parse_policy
-from endpoint_agent.sync.envelope import (
+from endpoint_contract.envelope import (
     canonical_json,
     key_id,
     load_private_key,
@@ -58,7 +58,7 @@ def _payload(envelope: bytes) -> dict:
 
 def test_round_trip_keeps_policy_and_metadata(policy: Policy, key: Ed25519PrivateKey) -> None:
     env = sign_policy(policy, [key], "fleet-a", expires_in=timedelta(days=30), issued_at=ISSUED)
-    verified = verify_envelope(env, [key.public_key()])
+    verified = verify_envelope(env, [key.public_key()], Policy)
     assert verified.policy == policy
     assert verified.version == 3
     assert verified.fleet_id == "fleet-a"
@@ -91,7 +91,7 @@ def test_every_tampered_payload_byte_is_rejected(policy: Policy, key: Ed25519Pri
         outer = _outer(env)
         outer["payload"] = base64.b64encode(bytes(tampered)).decode()
         with pytest.raises(PolicySignatureError, match="invalid"):
-            verify_envelope(json.dumps(outer).encode(), [key.public_key()])
+            verify_envelope(json.dumps(outer).encode(), [key.public_key()], Policy)
 
 
 def test_tampered_signature_is_rejected(policy: Policy, key: Ed25519PrivateKey) -> None:
@@ -100,7 +100,7 @@ def test_tampered_signature_is_rejected(policy: Policy, key: Ed25519PrivateKey) 
     sig[0] ^= 0xFF
     outer["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
     with pytest.raises(PolicySignatureError):
-        verify_envelope(json.dumps(outer), [key.public_key()])
+        verify_envelope(json.dumps(outer), [key.public_key()], Policy)
 
 
 @pytest.mark.parametrize("signatures", [None, [], "nope", [{}], [{"key_id": 5}]])
@@ -113,14 +113,14 @@ def test_missing_or_malformed_signatures_fail_closed(
     else:
         outer["signatures"] = signatures
     with pytest.raises(PolicySignatureError):
-        verify_envelope(json.dumps(outer), [key.public_key()])
+        verify_envelope(json.dumps(outer), [key.public_key()], Policy)
 
 
 def test_signature_by_unknown_key_is_rejected(policy: Policy, key: Ed25519PrivateKey) -> None:
     other = Ed25519PrivateKey.generate()
     env = sign_policy(policy, [other], "fleet-a")
     with pytest.raises(PolicySignatureError, match="not signed by any trusted key"):
-        verify_envelope(env, [key.public_key()])
+        verify_envelope(env, [key.public_key()], Policy)
 
 
 def test_forged_signature_under_a_trusted_key_id_is_rejected(policy: Policy, key: Ed25519PrivateKey) -> None:
@@ -129,7 +129,7 @@ def test_forged_signature_under_a_trusted_key_id_is_rejected(policy: Policy, key
     outer = _outer(sign_policy(policy, [attacker], "fleet-a"))
     outer["signatures"][0]["key_id"] = key_id(key.public_key())
     with pytest.raises(PolicySignatureError, match="invalid"):
-        verify_envelope(json.dumps(outer), [key.public_key()])
+        verify_envelope(json.dumps(outer), [key.public_key()], Policy)
 
 
 def test_rotation_any_trusted_key_suffices_and_unknown_ones_are_ignored(policy: Policy) -> None:
@@ -138,17 +138,19 @@ def test_rotation_any_trusted_key_suffices_and_unknown_ones_are_ignored(policy: 
     assert len(_outer(both)["signatures"]) == 2
     # Agents that trust only the old key, only the new one, or both, all accept it.
     for trusted in ([old.public_key()], [new.public_key()], [old.public_key(), new.public_key()]):
-        assert verify_envelope(both, trusted).version == 3
+        assert verify_envelope(both, trusted, Policy).version == 3
     # After rotation, an envelope signed by the new key only is accepted by agents trusting both.
     only_new = sign_policy(policy, [new], "fleet-a")
-    assert verify_envelope(only_new, [old.public_key(), new.public_key()]).key_id == key_id(new.public_key())
+    assert verify_envelope(only_new, [old.public_key(), new.public_key()], Policy).key_id == key_id(
+        new.public_key()
+    )
     with pytest.raises(PolicySignatureError):
-        verify_envelope(only_new, [old.public_key()])
+        verify_envelope(only_new, [old.public_key()], Policy)
 
 
 def test_no_trusted_keys_refuses_everything(policy: Policy, key: Ed25519PrivateKey) -> None:
     with pytest.raises(PolicySignatureError, match="no trusted public keys"):
-        verify_envelope(sign_policy(policy, [key], "f"), [])
+        verify_envelope(sign_policy(policy, [key], "f"), [], Policy)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +159,7 @@ def test_no_trusted_keys_refuses_everything(policy: Policy, key: Ed25519PrivateK
 )
 def test_garbage_envelopes_fail_closed(data: bytes, key: Ed25519PrivateKey) -> None:
     with pytest.raises(PolicySignatureError):
-        verify_envelope(data, [key.public_key()])
+        verify_envelope(data, [key.public_key()], Policy)
 
 
 def test_signed_but_invalid_payload_is_a_validation_error(policy: Policy, key: Ed25519PrivateKey) -> None:
@@ -176,15 +178,15 @@ def test_signed_but_invalid_payload_is_a_validation_error(policy: Policy, key: E
         ],
     }
     with pytest.raises(PolicyValidationError, match="version"):
-        verify_envelope(json.dumps(env), [key.public_key()])
+        verify_envelope(json.dumps(env), [key.public_key()], Policy)
 
 
 def test_expiry_helper(policy: Policy, key: Ed25519PrivateKey) -> None:
     env = sign_policy(policy, [key], "f", expires_in=timedelta(hours=1), issued_at=ISSUED)
-    verified = verify_envelope(env, [key.public_key()])
+    verified = verify_envelope(env, [key.public_key()], Policy)
     assert not verified.is_expired(ISSUED + timedelta(minutes=59))
     assert verified.is_expired(ISSUED + timedelta(hours=1))
-    never = verify_envelope(sign_policy(policy, [key], "f", issued_at=ISSUED), [key.public_key()])
+    never = verify_envelope(sign_policy(policy, [key], "f", issued_at=ISSUED), [key.public_key()], Policy)
     assert not never.is_expired(ISSUED + timedelta(days=36500))
 
 
@@ -210,7 +212,7 @@ def test_keygen_writes_0600_private_key_and_loadable_pair(tmp_path: Path, policy
     assert pair.private_key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     priv, pub = load_private_key(pair.private_key), load_public_key(pair.public_key)
     assert key_id(pub) == pair.key_id
-    assert verify_envelope(sign_policy(policy, [priv], "f"), [pub]).key_id == pair.key_id
+    assert verify_envelope(sign_policy(policy, [priv], "f"), [pub], Policy).key_id == pair.key_id
 
 
 def test_key_loading_errors_are_one_line_and_name_the_file(tmp_path: Path) -> None:

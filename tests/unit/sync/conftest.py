@@ -14,7 +14,7 @@ from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerUnavailable
 from endpoint_agent.policy import parse_policy
 from endpoint_agent.sync.client import PolicyResponse
-from endpoint_agent.sync.envelope import sign_policy
+from endpoint_contract.envelope import sign_policy
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 

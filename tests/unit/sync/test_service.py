@@ -15,10 +15,10 @@ import pytest
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.sync.envelope import public_key_pem
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile
 from endpoint_agent.sync.service import build_policy_sync
 from endpoint_agent.types import Snapshot
+from endpoint_contract.envelope import public_key_pem
 from tests.unit.sync.conftest import Signer
 
 

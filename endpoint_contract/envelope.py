@@ -10,6 +10,11 @@ The signature covers the exact payload bytes, so nothing inside the payload is p
 a trusted key has vouched for it. Several signatures allow key rotation: any one trusted key
 suffices; signatures by keys we do not know are ignored. Fleet, expiry and rollback checks
 are the caller's (the agent's) business; `SignedPolicy.is_expired` helps.
+
+The policy inside is validated by the model the caller passes (the agent's `Policy`), so this
+module knows the envelope, not the policy language:
+
+    verified = verify_envelope(data, trusted_keys, Policy)   # VerifiedPolicy[Policy]
 """
 
 from __future__ import annotations
@@ -22,15 +27,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from endpoint_agent.errors import PolicyLoadError, PolicySignatureError, PolicyValidationError
-from endpoint_agent.policy import Policy
+from endpoint_contract.errors import PolicyLoadError, PolicySignatureError, PolicyValidationError
+from endpoint_contract.timestamps import iso_utc
 
 SCHEMA_VERSION = 1
 ALG = "ed25519"
@@ -43,8 +48,11 @@ MAX_SIGNATURES = 16
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
-class SignedPolicy(BaseModel):
-    """The payload once its signature has been verified."""
+P = TypeVar("P", bound=BaseModel)
+
+
+class SignedPolicy(BaseModel, Generic[P]):
+    """The payload once its signature has been verified; `P` is the policy model (with a `version`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,12 +61,13 @@ class SignedPolicy(BaseModel):
     issued_at: AwareDatetime
     expires_at: AwareDatetime | None = None
     version: int = Field(ge=1)
-    policy: Policy
+    policy: P
 
     @model_validator(mode="after")
-    def _consistent(self) -> SignedPolicy:
-        if self.version != self.policy.version:
-            raise ValueError(f"payload version {self.version} != policy version {self.policy.version}")
+    def _consistent(self) -> SignedPolicy[P]:
+        policy_version = getattr(self.policy, "version", None)
+        if self.version != policy_version:
+            raise ValueError(f"payload version {self.version} != policy version {policy_version}")
         if self.expires_at is not None and self.expires_at <= self.issued_at:
             raise ValueError("expires_at is not after issued_at")
         return self
@@ -68,15 +77,15 @@ class SignedPolicy(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class VerifiedPolicy:
+class VerifiedPolicy(Generic[P]):
     """A policy whose payload verified against a trusted key (`key_id` names which one)."""
 
-    signed: SignedPolicy
+    signed: SignedPolicy[P]
     key_id: str
     payload: bytes
 
     @property
-    def policy(self) -> Policy:
+    def policy(self) -> P:
         return self.signed.policy
 
     @property
@@ -163,14 +172,8 @@ def canonical_json(obj: object) -> bytes:
     )
 
 
-def _iso(dt: datetime) -> str:
-    if dt.tzinfo is None:
-        raise ValueError("timestamps in an envelope must be timezone-aware")
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def sign_policy(
-    policy: Policy,
+    policy: BaseModel,
     private_keys: Sequence[Ed25519PrivateKey],
     fleet_id: str,
     *,
@@ -189,14 +192,14 @@ def sign_policy(
     payload_obj: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "fleet_id": fleet_id,
-        "issued_at": _iso(issued),
-        "expires_at": _iso(expires_at) if expires_at is not None else None,
-        "version": policy.version,
+        "issued_at": iso_utc(issued),
+        "expires_at": iso_utc(expires_at) if expires_at is not None else None,
+        "version": getattr(policy, "version", None),
         "policy": policy.model_dump(mode="json"),
     }
     # Refuse to sign what no verifier would accept (e.g. expiry before issue, empty fleet id).
     try:
-        SignedPolicy.model_validate(payload_obj)
+        SignedPolicy[type(policy)].model_validate(payload_obj)  # type: ignore[misc]
     except ValidationError as exc:
         raise ValueError(_first_error(exc)) from exc
     payload = canonical_json(payload_obj)
@@ -214,7 +217,9 @@ def sign_policy(
 # --- verification -----------------------------------------------------------------------------
 
 
-def verify_envelope(envelope: bytes | str, trusted_public_keys: Iterable[Ed25519PublicKey]) -> VerifiedPolicy:
+def verify_envelope(
+    envelope: bytes | str, trusted_public_keys: Iterable[Ed25519PublicKey], policy_model: type[P]
+) -> VerifiedPolicy[P]:
     """Verify the signature first, then parse the payload; fails closed.
 
     Raises PolicySignatureError when the envelope is malformed or no trusted key signed it,
@@ -229,11 +234,11 @@ def verify_envelope(envelope: bytes | str, trusted_public_keys: Iterable[Ed25519
     outer = _parse_outer(data)
     payload = _b64decode(outer["payload"], "payload")
     verified_by = _verify_signatures(payload, outer["signatures"], trusted)
-    signed = _parse_payload(payload)
+    signed = _parse_payload(payload, policy_model)
     return VerifiedPolicy(signed=signed, key_id=verified_by, payload=payload)
 
 
-def read_unverified(envelope: bytes | str) -> SignedPolicy:
+def read_unverified(envelope: bytes | str, policy_model: type[P]) -> SignedPolicy[P]:
     """The payload of an envelope WITHOUT checking any signature.
 
     Only for report-only paths (`check-policy`, `scan` without `--enforce`) when no trusted key
@@ -243,7 +248,7 @@ def read_unverified(envelope: bytes | str) -> SignedPolicy:
     if len(data) > MAX_ENVELOPE_BYTES:
         raise PolicySignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
     outer = _parse_outer(data)
-    return _parse_payload(_b64decode(outer["payload"], "payload"))
+    return _parse_payload(_b64decode(outer["payload"], "payload"), policy_model)
 
 
 def _parse_outer(data: bytes) -> dict[str, Any]:
@@ -286,13 +291,13 @@ def _verify_signatures(payload: bytes, sigs: list[Any], trusted: dict[str, Ed255
     raise PolicySignatureError("envelope signature is invalid (tampered or corrupted)")
 
 
-def _parse_payload(payload: bytes) -> SignedPolicy:
+def _parse_payload(payload: bytes, policy_model: type[P]) -> SignedPolicy[P]:
     try:
         obj = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PolicyValidationError("signed payload is not JSON") from exc
     try:
-        return SignedPolicy.model_validate(obj)
+        return SignedPolicy[policy_model].model_validate(obj)  # type: ignore[valid-type]
     except ValidationError as exc:
         raise PolicyValidationError(f"signed payload is invalid: {_first_error(exc)}") from exc
 
