@@ -45,8 +45,10 @@ from endpoint_agent.enforce.terminate import BlockAction, Enforcer, EnforceResul
 from endpoint_agent.errors import PolicyError, StoreError
 from endpoint_agent.logfmt import log_fields
 from endpoint_agent.report.store import NewEvent, SeenEntry, SeenKey, ViolationStore
+from endpoint_agent.report.violation import build_violation
 from endpoint_agent.settings import AgentSettings, load_settings
 from endpoint_agent.types import Finding, Outcome, Snapshot, Violation
+from endpoint_contract.events import AgentEvent
 from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
@@ -211,17 +213,14 @@ class EnforceStage:
 
 
 def violation_for(acted: Acted, entry: SeenEntry, policy_version: int, detected_at: datetime) -> Violation:
-    f = acted.decision.finding
-    extra: dict[str, object] = {"first_seen": iso_utc(entry.first_seen), "create_time": f.process.create_time}
-    if acted.detail:
-        extra["detail"] = acted.detail
-    return Violation.from_finding(
-        f,
+    return build_violation(
+        acted.decision.finding,
         acted.outcome,
         event_id=entry.event_id,
         detected_at=detected_at,
         policy_version=policy_version,
-        extra=extra,
+        first_seen=entry.first_seen,
+        detail=acted.detail or None,
     )
 
 
@@ -490,7 +489,8 @@ class Agent:
             self._live.update(p.key for p in snapshot.processes.values())
 
     def _agent_event(self, body: dict[str, object], now: datetime) -> dict[str, object]:
-        return {"event_id": str(uuid.uuid4()), "kind": "agent", "detected_at": iso_utc(now), **body}
+        event = AgentEvent.model_validate({"event_id": str(uuid.uuid4()), "detected_at": now, **body})
+        return event.to_json()
 
     def _commit(
         self,

@@ -23,13 +23,9 @@ from typing import Protocol
 from endpoint_agent.clock import Clock
 from endpoint_agent.report.store import SeenEntry, SeenKey
 from endpoint_agent.types import Enforce, Finding, Outcome, ProcessInfo, RuleAction
+from endpoint_contract.vocabulary import Mode
 
 _STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
-
-
-class Mode(StrEnum):
-    MONITOR = "monitor"
-    ENFORCE = "enforce"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import uuid
@@ -15,6 +14,7 @@ from endpoint_agent.display import printable
 from endpoint_agent.errors import AgentError, PolicyLoadError, PolicySignatureError, PolicyValidationError
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.policy.load import DecodeEnvelope
+from endpoint_agent.report.violation import build_violation
 from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -96,7 +96,7 @@ def findings_to_violations(
     """Report-only outcome of findings: block rules become `would_block`."""
     detected_at = now or datetime.now(UTC)
     return [
-        Violation.from_finding(
+        build_violation(
             f,
             Outcome.WOULD_BLOCK if f.action is RuleAction.BLOCK else Outcome.REPORTED,
             event_id=str(uuid.uuid4()),
@@ -128,7 +128,7 @@ def run_scan_command(
         violations = findings_to_violations(findings, policy.version)
     if as_json:
         for v in violations:
-            out.write(json.dumps(v.to_json(), sort_keys=True) + "\n")
+            out.write(v.to_json_text() + "\n")
     else:
         print_table(violations, out)
     return EXIT_FINDINGS if violations else EXIT_OK

@@ -1,8 +1,9 @@
 """The core contract: what a machine looks like, and what the policy says about it.
 
 Everything in the pipeline speaks these records (collect -> evaluate -> decide ->
-enforce -> record -> upload). They are frozen so a snapshot can be shared between
-stages without anyone mutating it behind another's back.
+enforce -> record -> upload); `Violation`, what is recorded and uploaded, is the wire
+contract's (endpoint_contract/events.py), built by endpoint_agent/report/violation.py. They are
+frozen so a snapshot can be shared between stages without anyone mutating it behind another's back.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from endpoint_contract.timestamps import iso_utc
+# What the agent did and how severe it is, and the violation record: the wire contract's, defined once.
+from endpoint_contract.events import Violation as Violation
+from endpoint_contract.text import escape_text, needs_escape
+from endpoint_contract.vocabulary import Outcome as Outcome
+from endpoint_contract.vocabulary import Severity as Severity
 
 
 class Direction(StrEnum):
@@ -33,19 +38,6 @@ class Enforce(StrEnum):
 
     PROCESS = "process"
     CONNECTION = "connection"  # nftables sets (Linux) and the DNS filter; the program keeps running
-
-
-class Outcome(StrEnum):
-    """What the agent actually did about a finding (the `action` key of a violation)."""
-
-    REPORTED = "reported"
-    WOULD_BLOCK = "would_block"
-    KILLED = "killed"
-    SUSPENDED = "suspended"
-    KILL_FAILED = "kill_failed"
-    PROTECTED = "protected"
-    CONNECTION_BLOCKED = "connection_blocked"  # refused by the DNS filter or the agent's nftables table
-    DENIED = "denied"  # the exec gate refused the program before it ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +98,16 @@ class ProcessInfo:
     partial: bool = False
     # The system package that owns `exe` (dpkg/rpm/...), None when unknown or unowned.
     package: str | None = None
+
+    def __post_init__(self) -> None:
+        # The collection boundary: bytes that are not UTF-8 (read with surrogateescape) become
+        # backslash escapes here, so no stage, store or request downstream ever sees a surrogate.
+        for name in ("name", "exe", "username", "parent_name"):
+            value = getattr(self, name)
+            if value is not None and not value.isascii() and needs_escape(value):
+                object.__setattr__(self, name, escape_text(value))
+        if not all(arg.isascii() for arg in self.cmdline):
+            object.__setattr__(self, "cmdline", tuple(escape_text(arg) for arg in self.cmdline))
 
     @property
     def key(self) -> tuple[int, float]:
@@ -180,74 +182,9 @@ class Finding:
     message: str = ""
     help_url: str | None = None
     enforce: Enforce = Enforce.PROCESS  # a `block` finding with CONNECTION never stops the process
+    severity: Severity = Severity.MEDIUM
 
     @property
     def dedup_key(self) -> tuple[object, ...]:
         """One violation per process instance and rule (network findings: per rule too)."""
         return (self.rule_id, self.process.pid, self.process.create_time)
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """A finding after the agent decided and acted: the record that is stored and uploaded."""
-
-    event_id: str
-    rule_id: str
-    category: str
-    action: Outcome
-    pid: int
-    process_name: str
-    exe: str | None
-    username: str | None
-    reason: str
-    detected_at: datetime
-    policy_version: int
-    connection: Connection | None = None
-    extra: dict[str, object] = field(default_factory=dict)
-
-    @classmethod
-    def from_finding(
-        cls,
-        finding: Finding,
-        outcome: Outcome,
-        *,
-        event_id: str,
-        detected_at: datetime,
-        policy_version: int,
-        extra: dict[str, object] | None = None,
-    ) -> Violation:
-        proc = finding.process
-        return cls(
-            event_id=event_id,
-            rule_id=finding.rule_id,
-            category=finding.category,
-            action=outcome,
-            pid=proc.pid,
-            process_name=proc.name,
-            exe=proc.exe,
-            username=proc.username,
-            reason=finding.reason,
-            detected_at=detected_at,
-            policy_version=policy_version,
-            connection=finding.connection,
-            extra=extra or {},
-        )
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "event_id": self.event_id,
-            "rule_id": self.rule_id,
-            "category": self.category,
-            "action": self.action.value,
-            "pid": self.pid,
-            "process_name": self.process_name,
-            "exe": self.exe,
-            "username": self.username,
-            "reason": self.reason,
-            "detected_at": iso_utc(self.detected_at),
-            "policy_version": self.policy_version,
-        }
-        if self.connection is not None:
-            out["connection"] = self.connection.to_json()
-        out.update(self.extra)
-        return out

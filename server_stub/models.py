@@ -1,14 +1,15 @@
-"""Request and response bodies of the HTTP API (pydantic): validated field by field."""
+"""Request and response bodies of the HTTP API (pydantic): validated field by field.
+
+What agents upload (events, heartbeats) is defined once, in endpoint_contract/, and validated
+with the same models the agent writes with.
+"""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
-
-from endpoint_agent.types import Outcome
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Short = Annotated[str, StringConstraints(max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -25,34 +26,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _reject_non_finite(value: Any) -> Any:
-    """JSON from Python may carry NaN/Infinity, which neither PostgreSQL nor strict JSON readers take."""
-    stack = [value]
-    while stack:  # iterative: the document may be nested as deep as the parser allowed
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("NaN and Infinity are not valid JSON numbers")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return value
-
-
-class _Event(BaseModel):
-    """Common to every event; unknown extra keys are stored as sent."""
-
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _finite(cls, data: Any) -> Any:
-        return _reject_non_finite(data)
-
-
-# --- agent -> server --------------------------------------------------------------------------
-
-
 class EnrollRequest(_Strict):
     hostname: Name
     machine_id: Name
@@ -61,74 +34,6 @@ class EnrollRequest(_Strict):
 class EnrollResponse(BaseModel):
     host_id: str
     node_key: str
-
-
-class ConnectionIn(BaseModel):
-    """The connection a network rule matched; further keys (direction, netns...) are kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    laddr: Short | None = None
-    raddr: Short | None = None
-    proto: Short | None = None
-    status: Short | None = None
-
-
-class ViolationEvent(_Event):
-    """One violation, with the keys of the DESIGN contract."""
-
-    kind: Literal["violation"]
-    event_id: EventId
-    detected_at: AwareDatetime
-    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    category: Annotated[str, StringConstraints(max_length=200)]
-    action: Outcome
-    pid: Annotated[int, Field(ge=0)]
-    process_name: Long
-    exe: Long | None = None
-    username: Short | None = None
-    reason: Long
-    policy_version: Annotated[int, Field(ge=0)]
-    connection: ConnectionIn | None = None
-    first_seen: AwareDatetime | None = None
-    last_seen: AwareDatetime | None = None
-
-
-class AgentEvent(_Event):
-    """Something the agent itself reports: circuit_open, policy_unsafe, events_dropped, ..."""
-
-    kind: Literal["agent"]
-    event_id: EventId
-    detected_at: AwareDatetime
-    type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    detail: dict[str, Any] = Field(default_factory=dict)
-    count: Annotated[int, Field(ge=0)] | None = None
-
-
-Event = Annotated[ViolationEvent | AgentEvent, Field(discriminator="kind")]
-
-
-class EventBatch(_Strict):
-    events: list[Event]
-
-
-class EventsAck(BaseModel):
-    acked: list[str]
-
-
-class HeartbeatRequest(BaseModel):
-    # Unknown keys are ignored so that a newer agent can talk to an older server.
-    model_config = ConfigDict(extra="ignore")
-
-    agent_version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    policy_version: Annotated[int, Field(ge=0)] | None = None
-    mode: Annotated[str, StringConstraints(max_length=32)] | None = None
-    last_scan_at: AwareDatetime | None = None
-    counters: Annotated[dict[Counter, Annotated[int, Field(ge=0)]], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
-    circuit_state: Annotated[str, StringConstraints(max_length=32)] | None = None
-    mode_reason: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
 class Ok(BaseModel):

@@ -31,6 +31,7 @@ from endpoint_agent.dns.forwarder import ALLOW, ALLOW_JUDGED, Verdict
 from endpoint_agent.policy.compile import CompiledPolicy
 from endpoint_agent.policy.domains import DomainIndex
 from endpoint_agent.policy.query import evaluate_query, query_rules
+from endpoint_agent.report.violation import build_violation
 from endpoint_agent.types import Connection, Direction, Endpoint, Enforce, Outcome, RuleAction, Violation
 
 logger = logging.getLogger(__name__)
@@ -136,17 +137,14 @@ class PolicyJudge:
             if not self._first_in_interval((proc.pid, proc.create_time, proc.uid, finding.rule_id, name)):
                 continue
             detail = f"DNS query answered {'NXDOMAIN' if self._sinkhole is None else 'with the sinkhole'}"
-            violation = Violation.from_finding(
+            violation = build_violation(
                 finding,
                 outcome,
                 event_id=str(uuid.uuid4()),
                 detected_at=now,
                 policy_version=state.version,
-                extra={
-                    "source": "dns",
-                    "create_time": proc.create_time,
-                    "detail": detail if outcome is Outcome.CONNECTION_BLOCKED else "DNS query",
-                },
+                detail=detail if outcome is Outcome.CONNECTION_BLOCKED else "DNS query",
+                source="dns",
             )
             try:
                 self._queue.put_nowait(violation)

@@ -23,6 +23,7 @@ from endpoint_agent.enforce.notify import Notification, Notifier
 from endpoint_agent.errors import StoreError
 from endpoint_agent.gate.protocol import LATE, Report
 from endpoint_agent.report.store import NewEvent, ViolationStore
+from endpoint_agent.report.violation import build_violation
 from endpoint_agent.types import Evidence, Finding, Outcome, ProcessInfo, RuleAction, Snapshot, Violation
 
 if TYPE_CHECKING:
@@ -80,16 +81,14 @@ def violation_of(report: Report) -> tuple[Violation, Finding]:
         if outcome is Outcome.DENIED
         else "exec gate: would have been denied (monitor mode)"
     )
-    extra: dict[str, object] = {"detail": detail}
-    if report.sha256:
-        extra["sha256"] = report.sha256
-    violation = Violation.from_finding(
+    violation = build_violation(  # the process's sha256 is the gate's
         finding,
         outcome,
         event_id=str(uuid.uuid4()),
         detected_at=datetime.fromtimestamp(report.at, UTC) if report.at else datetime.now(UTC),
         policy_version=report.policy_version,
-        extra=extra,
+        detail=detail,
+        source="exec_gate",
     )
     return violation, finding
 

@@ -21,7 +21,7 @@ from endpoint_agent.policy.literals import (
 )
 from endpoint_agent.policy.matchers import NetworkMatcher, ProcessMatcher, ProcessView
 from endpoint_agent.policy.model import Policy, Rule, Specificity
-from endpoint_agent.types import Connection, Direction, Enforce, Evidence, RuleAction
+from endpoint_agent.types import Connection, Direction, Enforce, Evidence, RuleAction, Severity
 
 
 class Anchor(StrEnum):
@@ -53,6 +53,7 @@ class CompiledRule:
     index: int
     rule: Rule
     category: str
+    severity: Severity
     message: str
     help_url: str | None
     specificity: Specificity
@@ -228,6 +229,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
                 index=index,
                 rule=rule,
                 category=rule.category or policy.defaults.category,
+                severity=rule.severity or policy.defaults.severity,
                 message=rule.message or policy.defaults.message,
                 help_url=rule.help_url or policy.defaults.help_url,
                 specificity=rule.specificity,

@@ -241,4 +241,5 @@ def _finding(proc: ProcessInfo, hit: _Hit) -> Finding:
         message=rule.message,
         help_url=rule.help_url,
         enforce=rule.enforce,
+        severity=rule.severity,
     )

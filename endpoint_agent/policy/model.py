@@ -38,16 +38,12 @@ from endpoint_agent.policy.fields import (
     _false_is_off,
 )
 from endpoint_agent.types import Direction, Enforce, RuleAction
+from endpoint_contract.vocabulary import Mode, Severity
 
 UNAPPROVED_RULE_ID = "unapproved-app"
 P2P_MAX_SCORE = 9  # all signals of policy/p2p.py at once
 P2P_MAX_WINDOW_SCANS = 20  # collect.behaviour.MAX_WINDOW_SCANS
 DEFAULT_MESSAGE = "This application is not allowed on company machines by the acceptable-use policy."
-
-
-class Mode(StrEnum):
-    MONITOR = "monitor"  # findings are reported; nothing is stopped
-    ENFORCE = "enforce"  # findings of `block` rules stop the process
 
 
 class UnapprovedAction(StrEnum):
@@ -200,6 +196,9 @@ class Rule(_Model):
     )
     action: RuleAction = Field(description="allow | report | block.")
     enabled: StrictBool = True
+    severity: Severity | None = Field(
+        default=None, description="low | medium | high | critical; falls back to defaults.severity."
+    )
     message: Text | None = Field(
         default=None, description="Shown to the user; falls back to defaults.message."
     )
@@ -264,6 +263,7 @@ class Defaults(_Model):
     message: Text = Field(default=DEFAULT_MESSAGE, description="Message for rules without one.")
     help_url: HttpUrl | None = Field(default=None, description="Help link for rules without one.")
     category: Text = Field(default="uncategorized", description="Category for rules without one.")
+    severity: Severity = Field(default=Severity.MEDIUM, description="Severity for rules without one.")
 
 
 UnapprovedActionField = Annotated[UnapprovedAction, BeforeValidator(_false_is_off)]
@@ -274,6 +274,7 @@ class Unapproved(_Model):
 
     action: UnapprovedActionField = Field(default=UnapprovedAction.OFF, description="off | report | block.")
     category: Text = "unapproved"
+    severity: Severity | None = Field(default=None, description="Falls back to defaults.severity.")
     min_uid: StrictInt = Field(
         default=1000, ge=0, description="Only processes with uid >= min_uid are in scope."
     )
@@ -358,6 +359,7 @@ __all__ = [
     "ProcessConditions",
     "Protocol",
     "Rule",
+    "Severity",
     "Specificity",
     "Unapproved",
     "UnapprovedAction",

@@ -56,4 +56,5 @@ def unapproved_finding(
         evidence=evidence,
         message=config.message or defaults.message,
         help_url=config.help_url or defaults.help_url,
+        severity=config.severity or defaults.severity,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from endpoint_agent.errors import StoreError
 from endpoint_agent.report.store import NewEvent, ViolationStore
-from endpoint_contract.timestamps import iso_utc
+from endpoint_contract.events import AgentEvent
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +104,8 @@ def damage_event(moved_to: Path, reason: str, found: Salvage, *, now: datetime |
         detail["lost"] = ["every event not yet uploaded (the file could not be read)", *LOST_STATE]
     if found.error:
         detail["read_error"] = found.error[:500]
-    payload: dict[str, object] = {
-        "event_id": event_id,
-        "kind": "agent",
-        "type": "store_damaged",
-        "detected_at": iso_utc(now),
-        "detail": detail,
-    }
-    return NewEvent(event_id, "agent", now, payload)
+    event = AgentEvent(event_id=event_id, detected_at=now, type="store_damaged", detail=detail)
+    return NewEvent(event_id, "agent", now, event.to_json())
 
 
 def requeue_damaged(store: ViolationStore, moved_to: Path, reason: str) -> Salvage:

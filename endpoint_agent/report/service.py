@@ -21,11 +21,12 @@ from endpoint_agent.report.backoff import ReportSchedule
 from endpoint_agent.report.heartbeat import Heartbeat, HeartbeatSink, counters
 from endpoint_agent.report.job import ReportJob
 from endpoint_agent.report.store import StoreLimits
-from endpoint_agent.report.uploader import EventSink, Uploader
+from endpoint_agent.report.uploader import BatchSink, Uploader
 from endpoint_agent.settings import AgentSettings
+from endpoint_contract.heartbeat import MODE_REASON_MAX
 
 
-class ReportClient(EventSink, HeartbeatSink, Protocol):
+class ReportClient(BatchSink, HeartbeatSink, Protocol):
     """What the report job needs of the server client (sync.client.HttpServerClient has both)."""
 
 
@@ -46,7 +47,7 @@ def agent_heartbeat(
         agent_version=__version__,
         policy_version=last.policy.version if last and last.policy else None,
         mode=last.mode.mode.value if last and last.mode else None,
-        mode_reason=last.mode.reason if last and last.mode else None,
+        mode_reason=last.mode.reason[:MODE_REASON_MAX] if last and last.mode else None,
         last_scan_at=last.at if last else None,
         circuit_state="open" if agent.circuit_open else "closed",
         counters=counters(

@@ -87,7 +87,10 @@ class StoreLimits:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event to append; `payload` is the JSON object uploaded as is (it carries event_id)."""
+    """An event to append; `payload` is the JSON object uploaded as is (it carries event_id).
+
+    It is encoded once, here, when stored; the uploader sends that text without re-encoding it.
+    """
 
     event_id: str
     kind: EventKind
@@ -105,6 +108,7 @@ class StoredEvent:
     size: int
     uploaded_at: str | None
     last_seen: str | None
+    text: str = ""  # the payload's JSON exactly as stored: what the uploader sends
 
 
 @dataclass(frozen=True)
@@ -483,16 +487,18 @@ def _event(row: Sequence[Any]) -> StoredEvent:
     try:
         payload = json.loads(row[4])
     except json.JSONDecodeError:
-        payload = {"event_id": row[1], "damaged": True}
+        payload = None
+    intact = isinstance(payload, dict)
     return StoredEvent(
         seq=row[0],
         event_id=row[1],
         kind=row[2],
         created_at=row[3],
-        payload=payload if isinstance(payload, dict) else {"event_id": row[1], "damaged": True},
+        payload=payload if intact else {"event_id": row[1], "damaged": True},
         size=row[5],
         uploaded_at=row[6],
         last_seen=row[7],
+        text=row[4] if intact else "",
     )
 
 

@@ -3,8 +3,8 @@
     uploader = Uploader(store, sink, clock=clock)
     result = uploader.upload()          # raises ServerError when the server cannot take events now
 
-- Oldest first, at most 500 events and 1 MiB of request body per batch (the server's limits; sizes are
-  measured as the largest JSON encoding a client may send).
+- Oldest first, at most 500 events and 1 MiB of request body per batch (the server's limits). Each
+  event goes out as the JSON text the store holds (encoded once, when recorded), so its size is exact.
 - An event is marked uploaded only when its `event_id` is in the server's `acked` list, right after that
   batch: a crash or kill -9 at any point resends at most the unacknowledged batch, which the server
   stores once (idempotent by event_id). DESIGN.md invariant 4.
@@ -29,13 +29,14 @@ from typing import Any, Protocol
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import ServerRejected
 from endpoint_agent.report.store import StoredEvent, StoreLimits, ViolationStore
+from endpoint_contract.events import AgentEvent, add_keys, batch_body
 from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_EVENTS = 500
 MAX_BATCH_BYTES = 1024 * 1024
-_ENVELOPE_BYTES = len(b'{"events": []}')
+_ENVELOPE_BYTES = len(batch_body([]))
 # Statuses that say "this request body is wrong": find the bad event instead of retrying it unchanged.
 _MALFORMED = frozenset({400, 413, 422})
 # How many rejected events are remembered (and skipped); more than this are retried like any other.
@@ -47,12 +48,13 @@ META_DROP_REPORT = "upload.drop_report"
 META_REJECTED = "upload.rejected"
 
 
-class EventSink(Protocol):
+class BatchSink(Protocol):
     """Where batches go: the server client in production, a double in tests."""
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> Sequence[str]:
-        """POST one batch; returns the event_ids the server holds. Raises ServerUnavailable (temporary,
-        may carry retry_after) or ServerRejected (the server refused the request; `status_code`)."""
+    def post_events(self, events: Sequence[str]) -> Sequence[str]:
+        """POST one batch of events, each the JSON text of one event (body: `batch_body(events)`);
+        returns the event_ids the server holds. Raises ServerUnavailable (temporary, may carry
+        retry_after) or ServerRejected (the server refused the request; `status_code`)."""
         ...
 
 
@@ -67,32 +69,41 @@ class UploadResult:
 @dataclass(frozen=True)
 class _Item:
     event_id: str
-    wire: dict[str, Any]
-    size: int  # bytes of its JSON, at most
+    text: str  # the event's JSON, as sent
+    size: int  # its bytes in the request body
 
 
-def _encoded_size(event: Mapping[str, Any]) -> int:
-    """An upper bound of the event's size in the request body, whichever way the client encodes JSON:
-    ASCII escapes and ", "/": " separators are never shorter than UTF-8 and compact separators."""
-    return len(json.dumps(event, ensure_ascii=True, allow_nan=False))
+def _item(event_id: str, text: str) -> _Item:
+    return _Item(event_id, text, len(text.encode("utf-8")))
 
 
-def wire_event(event: StoredEvent) -> dict[str, Any]:
-    """The JSON object the server expects for a stored event (API.md, POST /events)."""
-    out = dict(event.payload)
-    out["kind"] = event.kind
-    out["event_id"] = event.event_id  # the row's id is the one acknowledged and removed
-    out.setdefault("detected_at", event.created_at)
-    if event.kind == "violation" and event.last_seen and "last_seen" not in out:
-        out["last_seen"] = event.last_seen
-    return out
+def wire_text(event: StoredEvent) -> str:
+    """The JSON text the server expects for a stored event (API.md, POST /events).
+
+    What this agent recorded is sent as stored, with `last_seen` (kept outside the append-only
+    payload) added; a row an older agent wrote without its `kind`, `event_id` or `detected_at`
+    is completed from the row's columns.
+    """
+    payload = event.payload
+    text = event.text
+    if (
+        not text
+        or (payload.get("kind"), payload.get("event_id")) != (event.kind, event.event_id)
+        or ("detected_at" not in payload)
+    ):
+        completed = {**payload, "kind": event.kind, "event_id": event.event_id}  # the row's id is acked
+        completed.setdefault("detected_at", event.created_at)
+        text = json.dumps(completed, sort_keys=True, allow_nan=False, default=str)
+    if event.kind == "violation" and event.last_seen and "last_seen" not in payload:
+        text = add_keys(text, {"last_seen": event.last_seen})
+    return text
 
 
 class Uploader:
     def __init__(
         self,
         store: ViolationStore,
-        sink: EventSink,
+        sink: BatchSink,
         *,
         clock: Clock,
         limits: StoreLimits | None = None,
@@ -149,7 +160,7 @@ class Uploader:
         batch: list[_Item] = []
         used = 0
         if report is not None:
-            item = _Item(report["event_id"], report, _encoded_size(report))
+            item = _item(report["event_id"], json.dumps(report, sort_keys=True, allow_nan=False))
             batch.append(item)
             used = item.size
         # Stored sizes are close to the wire sizes; read a little more and let the exact budget decide.
@@ -159,21 +170,21 @@ class Uploader:
                 continue
             if len(batch) >= self._max_events:
                 break
-            wire = wire_event(row)
             try:
-                size = _encoded_size(wire)
+                item = _item(row.event_id, wire_text(row))
             except (TypeError, ValueError) as exc:
                 self._reject(row.event_id, 0, f"not valid JSON: {exc}")
                 skip.add(row.event_id)
                 continue
-            comma = 2 if batch else 0  # ", "
+            size = item.size
+            comma = 1 if batch else 0
             if used + comma + size > budget:
                 if not batch:
                     self._reject(row.event_id, 413, f"{size} bytes: larger than a whole batch")
                     skip.add(row.event_id)
                     continue
                 break
-            batch.append(_Item(row.event_id, wire, size))
+            batch.append(item)
             used += comma + size
         return batch
 
@@ -181,7 +192,7 @@ class Uploader:
         """POST `batch`, ack what the server holds; split a malformed batch to isolate the bad event."""
         sent.requests += 1
         try:
-            acked = self._sink.post_events([item.wire for item in batch])
+            acked = self._sink.post_events([item.text for item in batch])
         except ServerRejected as exc:
             if exc.status_code not in _MALFORMED:
                 raise
@@ -245,14 +256,13 @@ class Uploader:
         detail: dict[str, Any] = {"total_dropped": total}
         if self._limits is not None:
             detail.update(queue_max_events=self._limits.max_events, queue_max_bytes=self._limits.max_bytes)
-        event: dict[str, Any] = {
-            "kind": "agent",
-            "event_id": str(uuid.uuid4()),
-            "detected_at": self._now_iso(),
-            "type": "events_dropped",
-            "count": total - reported,
-            "detail": detail,
-        }
+        event = AgentEvent(
+            event_id=str(uuid.uuid4()),
+            detected_at=self._clock.now(),
+            type="events_dropped",
+            count=total - reported,
+            detail=detail,
+        ).to_json()
         # Persisted before it is sent: a retry after a crash resends this very event_id.
         self._store.set_meta(META_DROP_REPORT, {"event_id": event["event_id"], "upto": total, "event": event})
         logger.warning("reporting %d event(s) dropped by the full local store", total - reported)
@@ -276,4 +286,4 @@ class _Round:
     rejected: int = 0
 
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "EventSink", "UploadResult", "Uploader", "wire_event"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "BatchSink", "UploadResult", "Uploader", "wire_text"]

@@ -38,6 +38,7 @@ from endpoint_agent.errors import ServerRejected, ServerUnavailable, SettingsErr
 from endpoint_agent.logfmt import set_log_context
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile
 from endpoint_contract.envelope import MAX_ENVELOPE_BYTES
+from endpoint_contract.events import add_keys, batch_body
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ServerClient(Protocol):
         """POST a JSON body to a node endpoint; the decoded JSON answer."""
         ...
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]: ...
+    def post_events(self, events: Sequence[str]) -> list[str]: ...
 
     def post_heartbeat(self, heartbeat: Mapping[str, Any]) -> None: ...
 
@@ -192,9 +193,15 @@ class HttpServerClient:
         response, raw = self._node_call("POST", path, headers=headers, content=content)
         return self._json(response, raw, f"POST {path}")
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
-        """POST /events (report.uploader's EventSink); the event_ids the server acknowledged."""
-        answer = self.post_json("/events", {"events": list(events)})
+    def post_events(self, events: Sequence[str]) -> list[str]:
+        """POST /events (report.uploader's BatchSink): events already encoded, sent as they are
+        (with this host's id, which the server checks against the node key); the acknowledged ids."""
+        host_id = self.host_id
+        texts = [add_keys(e, {"host_id": host_id}) for e in events] if host_id else list(events)
+        response, raw = self._node_call(
+            "POST", "/events", headers={"Content-Type": "application/json"}, content=batch_body(texts)
+        )
+        answer = self._json(response, raw, "POST /events")
         acked = answer.get("acked") if isinstance(answer, dict) else None
         if not isinstance(acked, list) or not all(isinstance(a, str) for a in acked):
             raise ServerUnavailable("POST /events: the answer has no list of acked event ids")

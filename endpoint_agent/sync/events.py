@@ -15,26 +15,19 @@ from typing import Protocol
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import StoreError
 from endpoint_agent.report.store import NewEvent, ViolationStore
-from endpoint_contract.timestamps import iso_utc
+from endpoint_contract.events import AgentEvent
 
 logger = logging.getLogger(__name__)
 
 
-class EventSink(Protocol):
+class AgentEventSink(Protocol):
     def record(self, type_: str, detail: Mapping[str, object]) -> None: ...
 
 
 def agent_event(type_: str, detail: Mapping[str, object], clock: Clock) -> NewEvent:
     now = clock.now()
-    event_id = str(uuid.uuid4())
-    payload: dict[str, object] = {
-        "event_id": event_id,
-        "kind": "agent",
-        "detected_at": iso_utc(now),
-        "type": type_,
-        "detail": dict(detail),
-    }
-    return NewEvent(event_id, "agent", now, payload)
+    event = AgentEvent(event_id=str(uuid.uuid4()), detected_at=now, type=type_, detail=dict(detail))
+    return NewEvent(event.event_id, "agent", now, event.to_json())
 
 
 class StoreEventSink:
@@ -49,4 +42,4 @@ class StoreEventSink:
             logger.error("could not record agent event %s: %s", type_, exc)
 
 
-__all__ = ["EventSink", "StoreEventSink", "agent_event"]
+__all__ = ["AgentEventSink", "StoreEventSink", "agent_event"]

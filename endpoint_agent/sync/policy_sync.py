@@ -41,7 +41,7 @@ from endpoint_agent.clock import Clock
 from endpoint_agent.errors import AgentError, PolicyError, PolicySignatureError, StoreError
 from endpoint_agent.policy import Policy
 from endpoint_agent.sync.client import ServerClient
-from endpoint_agent.sync.events import EventSink
+from endpoint_agent.sync.events import AgentEventSink
 from endpoint_agent.sync.safety import SafetyVerdict
 from endpoint_agent.sync.state import PolicyStateStore, SyncState
 from endpoint_contract.envelope import VerifiedPolicy, verify_envelope
@@ -106,7 +106,7 @@ class PolicySync:
         fleet_id: str,
         store: PolicyStateStore,
         dry_run: SafetyCheck,
-        events: EventSink,
+        events: AgentEventSink,
         clock: Clock,
     ) -> None:
         if not keys:

@@ -10,20 +10,13 @@ import logging
 from fastapi import APIRouter, Request, Response
 
 from endpoint_agent.logfmt import log_fields
+from endpoint_contract.events import EventBatch, EventsAck, Violation
+from endpoint_contract.heartbeat import Heartbeat
 from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
 from server_stub.context import Ctx
 from server_stub.errors import NotFound, PayloadTooLarge
-from server_stub.models import (
-    AgentEvent,
-    EnrollRequest,
-    EnrollResponse,
-    EventBatch,
-    EventsAck,
-    HeartbeatRequest,
-    Ok,
-    ViolationEvent,
-)
-from server_stub.store import Heartbeat, NewEvent
+from server_stub.models import EnrollRequest, EnrollResponse, Ok
+from server_stub.store import event_insert
 
 router = APIRouter(tags=["agent"])
 log = logging.getLogger(__name__)
@@ -75,22 +68,6 @@ def get_policy(
     return Response(served.envelope, media_type="application/json", headers=headers)
 
 
-def _new_event(ev: ViolationEvent | AgentEvent) -> NewEvent:
-    data = ev.model_dump(mode="json")
-    if isinstance(ev, ViolationEvent):
-        return NewEvent(
-            event_id=ev.event_id,
-            kind="violation",
-            detected_at=ev.detected_at,
-            data=data,
-            rule_id=ev.rule_id,
-            category=ev.category,
-            action=ev.action.value,
-            first_seen=ev.first_seen,
-        )
-    return NewEvent(event_id=ev.event_id, kind="agent", detected_at=ev.detected_at, data=data, type=ev.type)
-
-
 @router.post("/events", response_model=EventsAck)
 def post_events(
     batch: EventBatch,
@@ -100,13 +77,16 @@ def post_events(
     """Store a batch (all or nothing); ids stored before are acknowledged again, not duplicated."""
     if len(batch.events) > ctx.config.max_events:
         raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(batch.events)}")
-    ctx.store.events.insert_batch(principal.host_id, [_new_event(ev) for ev in batch.events], ctx.now())
+    host = principal.host
+    hostname = host.hostname if host is not None else None
+    rows = [event_insert(ev, principal.host_id, hostname) for ev in batch.events]
+    ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
     for kind in ("violation", "agent"):
         count = sum(1 for ev in batch.events if ev.kind == kind)
         if count:
             ctx.metrics.events_received(kind, count)
     for ev in batch.events:  # the audit trail, one line per event (JSON logs: fields to filter on)
-        if isinstance(ev, ViolationEvent):
+        if isinstance(ev, Violation):
             log.info(
                 "violation %s from host %s: rule %s, pid %d, %s",
                 ev.event_id,
@@ -123,18 +103,9 @@ def post_events(
 
 @router.post("/heartbeat", response_model=Ok)
 def heartbeat(
-    body: HeartbeatRequest,
+    body: Heartbeat,
     principal: Node,
     ctx: Ctx,
 ) -> Ok:
-    beat = Heartbeat(
-        agent_version=body.agent_version,
-        policy_version=body.policy_version,
-        mode=body.mode,
-        last_scan_at=body.last_scan_at,
-        counters=dict(body.counters),
-        circuit_state=body.circuit_state,
-        mode_reason=body.mode_reason,
-    )
-    ctx.store.hosts.heartbeat(principal.host_id, beat, ctx.now())
+    ctx.store.hosts.heartbeat(principal.host_id, body, ctx.now())
     return Ok()

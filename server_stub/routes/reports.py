@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from endpoint_contract.timestamps import iso_utc
+from endpoint_contract.vocabulary import Severity
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import BadRequest
 from server_stub.models import CountOut, EventPage, HostList, HostOut, SummaryOut
 from server_stub.pagination import decode_cursor, encode_cursor
-from server_stub.store import EventFilter, StoredEvent
+from server_stub.store import EventFilter, EventRow
 from server_stub.store.events import AGENT, TRIAGE_FILTERS, VIOLATION
 from server_stub.timeparse import parse_time
 
@@ -31,7 +32,7 @@ def triage_filter(value: str | None) -> str | None:
     return value
 
 
-def event_item(ev: StoredEvent) -> dict[str, Any]:
+def event_item(ev: EventRow) -> dict[str, Any]:
     """A stored event as the API shows it (the console's downloads use the same)."""
     triage = None
     if ev.triage is not None:
@@ -41,6 +42,7 @@ def event_item(ev: StoredEvent) -> dict[str, Any]:
     return {
         **ev.data,
         "host": ev.host_id,
+        "host_id": ev.host_id,
         "hostname": ev.hostname,
         "received_at": iso_utc(ev.received_at),
         "triage": triage,
@@ -56,6 +58,7 @@ def violation_filter(
     category: str | None,
     action: str | None,
     triage: str | None,
+    severity: str | None = None,
 ) -> EventFilter:
     """The filter of the violation list and the summary (and of the console's pages)."""
     now = ctx.now()
@@ -67,6 +70,7 @@ def violation_filter(
         category=category or None,
         action=action or None,
         triage=triage_filter(triage),
+        severity=severity or None,
     )
 
 
@@ -87,11 +91,14 @@ def violations(
     category: str | None = None,
     action: str | None = None,
     triage: Annotated[str | None, Query(description=TRIAGE_DOC)] = None,
+    severity: Annotated[Severity | None, Query(description="low, medium, high or critical")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> EventPage:
     """Violations in the order the server received them (stable cursor pagination)."""
-    flt = violation_filter(ctx, since, until, host, rule_id, category, action, triage)
+    flt = violation_filter(
+        ctx, since, until, host, rule_id, category, action, triage, severity.value if severity else None
+    )
     return _page(ctx, VIOLATION, flt, cursor, limit)
 
 

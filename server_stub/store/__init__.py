@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from server_stub.store.audit import AuditRepo
 from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
-from server_stub.store.events import EventFilter, EventRepo, NewEvent, StoredEvent
-from server_stub.store.hosts import Heartbeat, HostRecord, HostRepo
+from server_stub.store.events import EventFilter, EventInsert, EventRepo, EventRow, event_insert
+from server_stub.store.hosts import HostRecord, HostRepo
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
 from server_stub.store.stats import StatsRepo, Summary
@@ -45,15 +45,15 @@ class Store:
 
 __all__ = [
     "EventFilter",
-    "Heartbeat",
+    "EventInsert",
+    "EventRow",
     "HostRecord",
-    "NewEvent",
     "NewPolicy",
     "PolicyVersion",
     "ServedPolicy",
     "Store",
-    "StoredEvent",
     "Summary",
+    "event_insert",
     "normalize_url",
     "sqlite_url",
 ]

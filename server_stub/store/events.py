@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from endpoint_contract.events import AgentEvent, Violation
 from server_stub.store import rollup
 from server_stub.store.engine import db_errors, dialect_insert, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
@@ -25,7 +26,9 @@ TRIAGE_FILTERS = (OPEN, TRIAGED, *TRIAGE_STATES)
 
 
 @dataclass(frozen=True, slots=True)
-class NewEvent:
+class EventInsert:
+    """One row to insert: the event as the contract defines it (`data`) and the columns to filter on."""
+
     event_id: str
     kind: str
     detected_at: datetime
@@ -35,6 +38,29 @@ class NewEvent:
     action: str | None = None
     type: str | None = None
     first_seen: datetime | None = None
+    severity: str | None = None
+
+
+def event_insert(ev: Violation | AgentEvent, host_id: str, hostname: str | None = None) -> EventInsert:
+    """The row of an uploaded event (endpoint_contract/events.py), with the host's identity as the
+    server knows it (`host_id`, and `hostname` when given): what a body claims is replaced."""
+    data = ev.to_json()
+    data["host_id"] = host_id
+    if hostname is not None:
+        data["hostname"] = hostname
+    if isinstance(ev, AgentEvent):
+        return EventInsert(ev.event_id, AGENT, ev.detected_at, data, type=ev.type)
+    return EventInsert(
+        ev.event_id,
+        VIOLATION,
+        ev.detected_at,
+        data,
+        rule_id=ev.rule_id,
+        category=ev.category,
+        action=ev.action.value,
+        first_seen=ev.first_seen,
+        severity=ev.severity.value,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +71,7 @@ class EventFilter:
     rule_id: str | None = None
     category: str | None = None
     action: str | None = None
+    severity: str | None = None
     type: str | None = None
     triage: str | None = None  # a triage state, OPEN (untriaged) or TRIAGED (any state)
 
@@ -58,7 +85,7 @@ class Triage:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
+class EventRow:
     id: int
     host_id: str
     hostname: str
@@ -83,6 +110,7 @@ def conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
         (events.c.rule_id, flt.rule_id),
         (events.c.category, flt.category),
         (events.c.action, flt.action),
+        (events.c.severity, flt.severity),
         (events.c.type, flt.type),
     ):
         if value is not None:
@@ -108,9 +136,9 @@ class EventRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def insert_batch(self, host_id: str, batch: Sequence[NewEvent], now: datetime) -> None:
+    def insert_batch(self, host_id: str, batch: Sequence[EventInsert], now: datetime) -> None:
         """Store every event not stored yet for this host; all or nothing."""
-        unique: dict[str, NewEvent] = {}
+        unique: dict[str, EventInsert] = {}
         for ev in batch:
             unique.setdefault(ev.event_id, ev)
         if not unique:
@@ -128,6 +156,7 @@ class EventRepo:
                 "type": ev.type,
                 "data": ev.data,
                 "first_seen": ev.first_seen,
+                "severity": ev.severity,
             }
             for ev in unique.values()
         ]
@@ -156,9 +185,7 @@ class EventRepo:
                 +1,
             )
 
-    def page(
-        self, kind: str, flt: EventFilter, *, after_id: int, limit: int
-    ) -> tuple[list[StoredEvent], bool]:
+    def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""
         query = (
             sa.select(*_EVENT_COLUMNS)
@@ -173,7 +200,7 @@ class EventRepo:
 
     def newest(
         self, kind: str, flt: EventFilter, *, before_id: int | None, limit: int
-    ) -> tuple[list[StoredEvent], bool]:
+    ) -> tuple[list[EventRow], bool]:
         """Up to `limit` events, newest received first (the console's lists); and whether older follow."""
         conds = conditions(kind, flt)
         if before_id is not None:
@@ -253,8 +280,8 @@ _EVENT_COLUMNS = (
 )
 
 
-def _stored(r: Any) -> StoredEvent:
-    return StoredEvent(
+def _stored(r: Any) -> EventRow:
+    return EventRow(
         id=r.id,
         host_id=r.host_id,
         hostname=r.hostname,
@@ -264,7 +291,7 @@ def _stored(r: Any) -> StoredEvent:
     )
 
 
-def _stop_seconds(ev: NewEvent) -> float:
+def _stop_seconds(ev: EventInsert) -> float:
     if ev.action not in rollup.STOPPED or ev.first_seen is None:
         return 0.0
     return max(0.0, (ev.detected_at - ev.first_seen).total_seconds())

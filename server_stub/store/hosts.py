@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from endpoint_contract.heartbeat import Heartbeat
 from server_stub.store.engine import db_errors, dialect_insert, read_connection
 from server_stub.store.tables import hosts
 
@@ -28,17 +29,6 @@ class HostRecord:
     counters: dict[str, int] = field(default_factory=dict)
     circuit_state: str | None = None
     heartbeat_at: datetime | None = None
-    mode_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    agent_version: str
-    policy_version: int | None
-    mode: str | None
-    last_scan_at: datetime | None
-    counters: dict[str, int]
-    circuit_state: str | None
     mode_reason: str | None = None
 
 
@@ -107,7 +97,7 @@ class HostRepo:
                     policy_version=beat.policy_version,
                     mode=beat.mode,
                     last_scan_at=beat.last_scan_at,
-                    counters=beat.counters,
+                    counters=dict(beat.counters),
                     circuit_state=beat.circuit_state,
                     mode_reason=beat.mode_reason,
                     heartbeat_at=now,

@@ -170,9 +170,17 @@ def _v2_console(conn: Connection) -> None:
     rebuild(conn)
 
 
+def _v3_event_severity(conn: Connection) -> None:
+    # The forensic fields (sha256, cmdline, parent, evidence, host, os) travel inside `data`;
+    # severity gets a column of its own to filter on.
+    conn.execute(sa.text("ALTER TABLE events ADD COLUMN severity VARCHAR(16)"))
+    conn.execute(sa.text("CREATE INDEX ix_events_kind_severity_id ON events (kind, severity, id)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
+    Migration(3, "events: severity column", _v3_event_severity),
 )
 
 _version_md = sa.MetaData()

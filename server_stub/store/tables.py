@@ -74,6 +74,8 @@ events = sa.Table(
     sa.Column("triage_by", sa.String(64), nullable=True),
     sa.Column("triage_at", UTCDateTime, nullable=True),
     sa.Column("first_seen", UTCDateTime, nullable=True),
+    # migration 3: the rule's severity (low..critical), filterable; NULL on rows stored before it.
+    sa.Column("severity", sa.String(16), nullable=True),
     sa.UniqueConstraint("host_id", "event_id", name="uq_events_host_event"),
     sa.Index("ix_events_kind_id", "kind", "id"),
     sa.Index("ix_events_kind_detected", "kind", "detected_at"),
@@ -82,6 +84,7 @@ events = sa.Table(
     ),
     sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at"),
     sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at"),
+    sa.Index("ix_events_kind_severity_id", "kind", "severity", "id"),
     sqlite_autoincrement=True,
 )
 

@@ -1,17 +1,7 @@
-"""The keys every finding / violation JSON object has (DESIGN.md, "Contract")."""
+"""The keys every finding / violation JSON object has: the contract's own list, not a copy."""
 
-CONTRACT_KEYS = frozenset(
-    {
-        "event_id",
-        "rule_id",
-        "category",
-        "action",
-        "pid",
-        "process_name",
-        "exe",
-        "username",
-        "reason",
-        "detected_at",
-        "policy_version",
-    }
-)
+from endpoint_contract.events import VIOLATION_KEYS, WIRE_KEYS
+
+CONTRACT_KEYS = VIOLATION_KEYS
+
+__all__ = ["CONTRACT_KEYS", "WIRE_KEYS"]

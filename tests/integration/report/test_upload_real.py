@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from endpoint_agent.report.store import NewEvent, StoreLimits, ViolationStore
 from endpoint_agent.report.uploader import Uploader
 from endpoint_agent.sync.client import HttpServerClient
 from endpoint_agent.sync.identity import EnrollmentFile
+from endpoint_contract.timestamps import iso_utc
 from tests.support.server import LiveServer, live_server
 
 __all__ = ["live_server"]
@@ -33,7 +35,7 @@ class Recording:
         self.errors: list[ServerError] = []
         self.requests = 0
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
+    def post_events(self, events: Sequence[str]) -> list[str]:
         self.requests += 1
         try:
             return self.client.post_events(events)
@@ -72,7 +74,7 @@ def violation(n: int, reason: str = "matched") -> NewEvent:
         "exe": "/opt/qbittörrent",
         "username": "alice",
         "reason": reason,
-        "detected_at": now.isoformat().replace("+00:00", "Z"),
+        "detected_at": iso_utc(now),
         "policy_version": 1,
     }
     return NewEvent(event_id, "violation", now, payload)
@@ -125,7 +127,7 @@ def test_resending_after_a_lost_answer_stores_each_event_once(
     live_server: LiveServer, client: HttpServerClient, tmp_path: Path
 ) -> None:
     events = [violation(i) for i in range(20)]
-    client.post_events([{**e.payload, "kind": "violation"} for e in events[:10]])  # answer "lost"
+    client.post_events([json.dumps({**e.payload, "kind": "violation"}) for e in events[:10]])  # answer "lost"
     with ViolationStore.open(tmp_path / "v.sqlite3", StoreLimits(min_free_bytes=0)) as store:
         store.append(events)
         assert Uploader(store, client, clock=SystemClock()).upload().acked == 20

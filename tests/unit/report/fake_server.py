@@ -1,6 +1,6 @@
 """A test double of the server's agent endpoints, as a sink for the uploader and the heartbeat.
 
-It validates every batch with the real server's request models (server_stub.models), enforces the
+It validates every batch with the contract's request models (endpoint_contract), enforces the
 same limits (500 events, 1 MiB body) and keeps the first copy of each event_id, like the real store.
 Failures are scripted: `fail_next(exc, ...)` raises those before storing, `fail_at[n] = exc` on the
 n-th batch; `lose_next_answer()` stores
@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
-from server_stub.models import EventBatch, HeartbeatRequest
+from endpoint_contract.events import EventBatch, batch_body
+from endpoint_contract.heartbeat import Heartbeat
 
 MAX_EVENTS = 500
 MAX_BODY = 1024 * 1024
@@ -39,13 +40,14 @@ class FakeServer:
     def lose_next_answer(self, n: int = 1) -> None:
         self._lose_answers += n
 
-    # -- EventSink -----------------------------------------------------------------------------
+    # -- BatchSink -----------------------------------------------------------------------------
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
-        # Measured as HttpServerClient encodes (json.dumps defaults: ASCII escapes, ", " separators).
-        body = json.dumps({"events": list(events)}, allow_nan=False)
-        size = len(body.encode())
-        self.requests.append([dict(e) for e in events])
+    def post_events(self, texts: Sequence[str]) -> list[str]:
+        # The body HttpServerClient sends: the events' texts as they are.
+        body = batch_body(list(texts))
+        size = len(body)
+        events = [json.loads(t) for t in texts]
+        self.requests.append(events)
         self.bodies.append(size)
         if self._failures:
             raise self._failures.pop(0)
@@ -77,7 +79,7 @@ class FakeServer:
     def post_heartbeat(self, heartbeat: Mapping[str, Any]) -> None:
         if self._failures:
             raise self._failures.pop(0)
-        HeartbeatRequest.model_validate_json(json.dumps(dict(heartbeat)))
+        Heartbeat.model_validate_json(json.dumps(dict(heartbeat)))
         self.heartbeats.append(dict(heartbeat))
 
     # -- views ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from endpoint_agent.report.heartbeat import Heartbeat, counters
-from server_stub.models import HeartbeatRequest
+from endpoint_contract.heartbeat import Heartbeat as HeartbeatRequest  # the server validates with it
 
 
 def test_full_heartbeat_is_what_the_server_takes() -> None:

@@ -11,31 +11,15 @@ from pathlib import Path
 from endpoint_agent.report.listing import show_violations
 from endpoint_agent.report.store import NewEvent, SeenEntry, ViolationStore
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.types import Connection, Direction, Endpoint, Outcome, Violation
+from endpoint_agent.types import Connection, Direction, Endpoint, Violation
+from tests.support.contract import CONTRACT_KEYS
+from tests.support.violations import SHA, sample_violation
 
-CONTRACT_KEYS = {
-    "event_id", "rule_id", "category", "action", "pid", "process_name", "exe", "username", "reason",
-    "detected_at", "policy_version",
-}  # fmt: skip
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def violation(rule: str, *, connection: Connection | None = None) -> Violation:
-    return Violation(
-        event_id=str(uuid.uuid4()),
-        rule_id=rule,
-        category="p2p",
-        action=Outcome.KILLED,
-        pid=4242,
-        process_name="qbittorrent",
-        exe="/opt/qbittorrent/qbittorrent",
-        username="alice",
-        reason="process name 'qbittorrent' matched 'qbittorrent*' (rule p2p)",
-        detected_at=T0,
-        policy_version=3,
-        connection=connection,
-        extra={"first_seen": "2024-05-01T12:00:00Z"},
-    )
+    return sample_violation(rule, T0, connection=connection)
 
 
 def record(store: ViolationStore, v: Violation) -> None:
@@ -63,6 +47,10 @@ def test_ndjson_has_the_contract_keys(tmp_path: Path) -> None:
         assert r.keys() >= CONTRACT_KEYS
         assert r["action"] == "killed" and r["detected_at"] == "2024-05-01T12:00:00Z"
         assert r["last_seen"] == "2024-05-01T12:05:00Z" and r["uploaded"] is False
+        assert (r["severity"], r["sha256"], r["ppid"], r["parent_name"]) == ("high", SHA, 1000, "bash")
+        assert r["cmdline"] == "/opt/qbittorrent/qbittorrent --profile=work"
+        assert r["evidence"] == [{"attribute": "name", "pattern": "qbittorrent*", "value": "qbittorrent"}]
+        assert (r["hostname"], r["os"]) == ("ws-test", "Debian GNU/Linux 13 (trixie)")
     assert lines[1]["connection"] == {
         "laddr": "127.0.0.1:6881", "raddr": "127.0.0.1:51413", "proto": "tcp", "status": "ESTABLISHED",
         "direction": "outbound",

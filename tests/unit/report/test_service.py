@@ -23,7 +23,7 @@ from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.report.uploader import Uploader
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.types import ProcessInfo, Snapshot
-from server_stub.models import HeartbeatRequest
+from endpoint_contract.heartbeat import Heartbeat
 from tests.unit.report.fake_server import FakeServer
 
 FAKE_PID = 9_000_000  # above Linux's PID_MAX_LIMIT: no real process has it
@@ -84,7 +84,7 @@ def test_the_heartbeat_says_what_the_agent_did(agent: Agent) -> None:
     agent.tick()
     agent.tick()
     beat = agent_heartbeat(agent, uploader, policy_rejections=lambda: 2).to_json()
-    HeartbeatRequest.model_validate(beat)
+    Heartbeat.model_validate(beat)
     assert beat["policy_version"] == 7 and beat["mode"] == "enforce" and beat["circuit_state"] == "closed"
     assert beat["last_scan_at"] == "2030-01-02T00:00:00Z"
     assert beat["counters"] == {

@@ -12,9 +12,11 @@ import pytest
 
 from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
-from endpoint_agent.report.store import NewEvent, StoreLimits, ViolationStore
-from endpoint_agent.report.uploader import MAX_BATCH_BYTES, Uploader, wire_event
-from endpoint_agent.types import Connection, Direction, Endpoint, Outcome, Violation
+from endpoint_agent.report.store import NewEvent, SeenEntry, StoreLimits, ViolationStore
+from endpoint_agent.report.uploader import MAX_BATCH_BYTES, Uploader, wire_text
+from endpoint_agent.types import Connection, Direction, Endpoint, Outcome
+from tests.support.contract import CONTRACT_KEYS
+from tests.support.violations import sample_violation
 from tests.unit.report.fake_server import FakeServer
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -22,22 +24,14 @@ NO_DISK_CHECK = StoreLimits(min_free_bytes=0)
 
 
 def violation(n: int = 0, *, reason_pad: int = 0, **changes: object) -> NewEvent:
-    v = Violation(
-        event_id=str(uuid.uuid4()),
-        rule_id=f"p2p-rule-{n}",
-        category="p2p",
-        action=Outcome.KILLED,
+    conn = Connection(4000 + n, "ipv4", "tcp", Endpoint("127.0.0.1", 6881), None, "LISTEN", Direction.LISTEN)
+    v = sample_violation(
+        f"p2p-rule-{n}",
+        T0 + timedelta(seconds=n),
         pid=4000 + n,
-        process_name="qbittorrent",
-        exe="/usr/bin/qbittorrent",
-        username="alice",
         reason="process name 'qbittorrent' matched 'qbittorrent*'" + "!" * reason_pad,
-        detected_at=T0 + timedelta(seconds=n),
-        policy_version=3,
-        connection=Connection(
-            4000 + n, "ipv4", "tcp", Endpoint("127.0.0.1", 6881), None, "LISTEN", Direction.LISTEN
-        ),
-        extra={"first_seen": "2030-01-02T03:04:05Z"},
+        connection=conn,
+        first_seen=T0,
     )
     payload = {**v.to_json(), **changes}
     return NewEvent(v.event_id, "violation", v.detected_at, payload)
@@ -92,16 +86,37 @@ def test_non_ascii_text_does_not_push_a_body_over_the_limit(
     assert len(server.stored) == 200
 
 
-def test_the_wire_event_is_what_the_server_takes(store: ViolationStore, server: FakeServer) -> None:
+def test_the_wire_event_is_the_stored_text_the_server_takes(
+    store: ViolationStore, server: FakeServer
+) -> None:
     e = violation(1)
     store.append([e])
     stored = store.events()[0]
-    wire = wire_event(stored)
+    text = wire_text(stored)
+    assert text == stored.text  # encoded once, when recorded: sent as stored
+    wire = json.loads(text)
     assert wire["kind"] == "violation" and wire["event_id"] == e.event_id
-    contract = {"rule_id", "category", "action", "pid", "process_name", "exe", "username", "reason"}
-    assert contract | {"detected_at", "policy_version", "connection"} <= wire.keys()
+    assert CONTRACT_KEYS | {"connection", "hostname", "os"} <= wire.keys()
     make_uploader(store, server).upload()
     assert server.violations()[0]["connection"]["laddr"] == "127.0.0.1:6881"
+
+
+def test_last_seen_is_added_to_the_stored_text(store: ViolationStore, server: FakeServer) -> None:
+    e = violation(1)
+    seen = SeenEntry("p2p-rule-1", 4001, 1.5, e.event_id, Outcome.KILLED, 3, T0, T0 + timedelta(minutes=5))
+    store.commit_tick([e], seen_upserts=[seen])
+    wire = json.loads(wire_text(store.events()[0]))
+    assert wire["last_seen"] == "2030-01-02T03:09:05Z" and wire["first_seen"] == "2030-01-02T03:04:05Z"
+
+
+def test_a_row_an_older_agent_wrote_is_completed_from_its_columns(
+    store: ViolationStore, server: FakeServer
+) -> None:
+    legacy = {k: v for k, v in violation(2).payload.items() if k not in ("kind", "detected_at")}
+    store.append([NewEvent(str(legacy["event_id"]), "violation", T0, legacy)])
+    wire = json.loads(wire_text(store.events()[0]))
+    assert wire["kind"] == "violation" and wire["detected_at"] == "2030-01-02T03:04:05Z"
+    assert make_uploader(store, server).upload().acked == 1
 
 
 def test_agent_events_recorded_with_an_event_key_are_sent_with_a_type(
@@ -197,9 +212,9 @@ def test_a_malformed_event_is_isolated_and_set_aside(store: ViolationStore, serv
 def test_an_event_larger_than_a_batch_is_set_aside_without_sending(
     store: ViolationStore, server: FakeServer
 ) -> None:
-    huge = violation(0, reason_pad=2000)
+    huge = violation(0, reason_pad=4000)
     store.append([huge, violation(1)])
-    uploader = make_uploader(store, server, max_bytes=1500)
+    uploader = make_uploader(store, server, max_bytes=3000)
     result = uploader.upload()
     assert (result.acked, result.rejected) == (1, 0)
     assert huge.event_id not in server.posted_ids()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server_stub.store import EventFilter, NewEvent, Store
+from server_stub.store import EventFilter, EventInsert, Store
 from server_stub.store.rollup import rebuild, split
 
 T0 = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
@@ -29,7 +29,7 @@ def _load(store: Store, rnd: random.Random) -> list[str]:
             action = rnd.choice(ACTIONS)
             event_id = str(uuid.uuid4())
             first = when - timedelta(seconds=rnd.randrange(5))
-            batch.append(NewEvent(event_id, "violation", when, {"event_id": event_id}, rule_id=rule,
+            batch.append(EventInsert(event_id, "violation", when, {"event_id": event_id}, rule_id=rule,
                                   category=category, action=action, first_seen=first))  # fmt: skip
         store.events.insert_batch(host, batch, T0)
         store.events.insert_batch(host, batch[:10], T0)  # a retried upload is not counted twice

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from endpoint_contract.events import Violation
+from endpoint_contract.heartbeat import Heartbeat
 from server_stub.errors import Conflict, NotFound
-from server_stub.store import EventFilter, Heartbeat, NewEvent, NewPolicy, Store
+from server_stub.store import EventFilter, NewPolicy, Store, event_insert
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -25,10 +27,27 @@ def _policy(version: int, rollout: int = 100) -> NewPolicy:
     )
 
 
-def _violation(rule: str = "p2p", when: datetime = T0, action: str = "killed", **data: object) -> NewEvent:
-    event_id = str(uuid.uuid4())
-    body = {"kind": "violation", "event_id": event_id, "rule_id": rule, "action": action, **data}
-    return NewEvent(event_id, "violation", when, body, rule_id=rule, category="p2p", action=action)
+def insert(store: Store, host_id: str, batch: list[Violation], hostname: str | None = None) -> None:
+    store.events.insert_batch(host_id, [event_insert(v, host_id, hostname) for v in batch], T0)
+
+
+def _violation(
+    rule: str = "p2p", when: datetime = T0, action: str = "killed", severity: str = "medium"
+) -> Violation:
+    return Violation.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "detected_at": when,
+            "rule_id": rule,
+            "category": "p2p",
+            "severity": severity,
+            "action": action,
+            "pid": 42,
+            "process_name": "qbittorrent",
+            "reason": "matched",
+            "policy_version": 1,
+        }
+    )
 
 
 def test_enroll_is_per_machine_and_rotates_the_key(store: Store) -> None:
@@ -44,7 +63,14 @@ def test_enroll_is_per_machine_and_rotates_the_key(store: Store) -> None:
 
 def test_heartbeat_round_trip(store: Store) -> None:
     host_id = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
-    beat = Heartbeat("1.2.3", 7, "enforce", T0, {"scans": 4, "kills": 1}, "closed")
+    beat = Heartbeat(
+        agent_version="1.2.3",
+        policy_version=7,
+        mode="enforce",
+        last_scan_at=T0,
+        counters={"scans": 4, "kills": 1},
+        circuit_state="closed",
+    )
     store.hosts.heartbeat(host_id, beat, T0 + timedelta(minutes=1))
     (host,) = store.hosts.list_hosts()
     assert (host.agent_version, host.policy_version, host.mode, host.circuit_state) == (
@@ -103,12 +129,23 @@ def test_events_are_idempotent_per_host(store: Store) -> None:
     h1 = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
     h2 = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="b" * 64, now=T0)
     ev = _violation()
-    store.events.insert_batch(h1, [ev, ev], T0)
-    store.events.insert_batch(h1, [ev], T0)
-    store.events.insert_batch(h2, [ev], T0)  # same id from another host is another event
+    insert(store, h1, [ev, ev])
+    insert(store, h1, [ev])
+    insert(store, h2, [ev])  # same id from another host is another event
     items, more = store.events.page("violation", EventFilter(), after_id=0, limit=10)
     assert [(i.host_id, i.data["event_id"]) for i in items] == [(h1, ev.event_id), (h2, ev.event_id)]
     assert not more
+
+
+def test_the_row_carries_the_contract_and_the_host_the_server_knows(store: Store) -> None:
+    h1 = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
+    forged = _violation().model_copy(update={"host_id": "someone-else", "hostname": "ceo-laptop"})
+    insert(store, h1, [forged, _violation(severity="critical")], hostname="ws-1")
+    items, _ = store.events.page("violation", EventFilter(), after_id=0, limit=10)
+    assert {(i.data["host_id"], i.data["hostname"]) for i in items} == {(h1, "ws-1")}
+    assert {"sha256", "cmdline", "ppid", "parent_name", "evidence", "severity"} <= items[0].data.keys()
+    critical, _ = store.events.page("violation", EventFilter(severity="critical"), after_id=0, limit=10)
+    assert [i.data["severity"] for i in critical] == ["critical"]
 
 
 def test_pages_are_stable_and_filtered(store: Store) -> None:
@@ -116,7 +153,7 @@ def test_pages_are_stable_and_filtered(store: Store) -> None:
     h2 = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="b" * 64, now=T0)
     for i in range(25):
         host = h1 if i % 2 == 0 else h2
-        store.events.insert_batch(host, [_violation(rule=f"r{i % 3}", when=T0 + timedelta(hours=i))], T0)
+        insert(store, host, [_violation(rule=f"r{i % 3}", when=T0 + timedelta(hours=i))])
     seen: list[int] = []
     after = 0
     while True:
@@ -126,7 +163,7 @@ def test_pages_are_stable_and_filtered(store: Store) -> None:
             break
         after = items[-1].id
         # Events arriving while paging land after the cursor, never inside a page already read.
-        store.events.insert_batch(h1, [_violation(rule="late", when=T0)], T0)
+        insert(store, h1, [_violation(rule="late", when=T0)])
     assert seen == sorted(seen) and len(seen) == len(set(seen)) == 25 + 3
     by_host = store.events.page("violation", EventFilter(host="ws-2"), after_id=0, limit=100)[0]
     assert {i.host_id for i in by_host} == {h2} and len(by_host) == 12
@@ -141,8 +178,8 @@ def test_pages_are_stable_and_filtered(store: Store) -> None:
 def test_summary_counts_by_rule_category_action_host(store: Store) -> None:
     h1 = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
     h2 = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="b" * 64, now=T0)
-    store.events.insert_batch(h1, [_violation("a"), _violation("a"), _violation("b", action="reported")], T0)
-    store.events.insert_batch(h2, [_violation("a", when=T0 - timedelta(days=2))], T0)
+    insert(store, h1, [_violation("a"), _violation("a"), _violation("b", action="reported")])
+    insert(store, h2, [_violation("a", when=T0 - timedelta(days=2))])
     s = store.stats.summary(EventFilter())
     assert s.total == 4
     assert [(c.key, c.count) for c in s.by_rule] == [("a", 3), ("b", 1)]
@@ -155,6 +192,6 @@ def test_summary_counts_by_rule_category_action_host(store: Store) -> None:
 def test_timestamps_come_back_aware_utc(store: Store) -> None:
     h1 = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
     other_tz = datetime(2030, 5, 1, 14, 0, tzinfo=UTC).astimezone()
-    store.events.insert_batch(h1, [_violation(when=other_tz)], T0)
+    insert(store, h1, [_violation(when=other_tz)])
     (item,), _ = store.events.page("violation", EventFilter(since=other_tz), after_id=0, limit=5)
     assert item.received_at == T0 and item.received_at.tzinfo is not None

@@ -96,7 +96,7 @@ class FakeServer:
     def post_json(self, path: str, body: Mapping[str, object]) -> Any:
         raise ServerUnavailable("not used")
 
-    def post_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
+    def post_events(self, events: Sequence[str]) -> list[str]:
         raise ServerUnavailable("not used")
 
     def post_heartbeat(self, heartbeat: Mapping[str, Any]) -> None:

@@ -211,10 +211,10 @@ def test_an_oversized_policy_body_is_cut_one_byte_past_the_limit(tmp_path: Path,
 
 def test_post_events_returns_the_acked_ids(tmp_path: Path, api: FakeApi) -> None:
     with make_client(tmp_path, api) as client:
-        assert client.post_events([{"event_id": "a"}, {"event_id": "b"}]) == ["a", "b"]
+        assert client.post_events(['{"event_id":"a"}', '{"event_id":"b"}']) == ["a", "b"]
         api.override = lambda r: httpx.Response(200, json={"acked": "nope"})
         with pytest.raises(ServerUnavailable, match="no list of acked"):
-            client.post_events([{"event_id": "a"}])
+            client.post_events(['{"event_id":"a"}'])
 
 
 def test_retry_after_forms() -> None:
