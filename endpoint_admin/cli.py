@@ -26,16 +26,17 @@ from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, PolicySignatureError
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.settings import read_secret_file
-from endpoint_agent.types import Outcome
 from endpoint_contract.envelope import (
     load_private_key,
     load_public_key,
     sign_policy,
     verify_envelope,
 )
+from endpoint_contract.vocabulary import Outcome, Severity
 
 TOKEN_ENV = "ENDPOINT_ADMIN_TOKEN"
 ACTIONS = tuple(o.value for o in Outcome)
+SEVERITIES = tuple(s.value for s in Severity)
 DEFAULT_FLEET = "default"
 PROG = "endpoint-admin"
 
@@ -67,6 +68,14 @@ def _action(text: str) -> str:
     """A violation's `action`: one of the fixed values (a typo is an error, not an empty listing)."""
     if text not in ACTIONS:
         raise argparse.ArgumentTypeError(f"invalid action {text!r}: expected one of {', '.join(ACTIONS)}")
+    return text
+
+
+def _severity(text: str) -> str:
+    if text not in SEVERITIES:
+        raise argparse.ArgumentTypeError(
+            f"invalid severity {text!r}: expected one of {', '.join(SEVERITIES)}"
+        )
     return text
 
 
@@ -141,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule-id")
     p.add_argument("--category")
     p.add_argument("--action", type=_action, help=f"one of {', '.join(ACTIONS)}")
+    p.add_argument("--severity", type=_severity, help=f"one of {', '.join(SEVERITIES)}")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument(
         "--page-size", type=_page_size, default=PAGE_LIMIT, help=f"items per request ({PAGE_LIMIT})"
@@ -289,6 +299,7 @@ def cmd_violations(args: argparse.Namespace, out: TextIO) -> int:
         "rule_id": args.rule_id,
         "category": args.category,
         "action": args.action,
+        "severity": args.severity,
         "limit": str(args.page_size),
     }
     with _client(args) as client:

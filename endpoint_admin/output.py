@@ -10,9 +10,9 @@ from typing import Any, TextIO
 FORMATS = ("table", "csv", "ndjson")
 
 VIOLATION_COLUMNS = [
-    "detected_at", "received_at", "hostname", "host", "rule_id", "category", "action", "pid",
-    "process_name", "exe", "username", "policy_version", "laddr", "raddr", "proto", "status", "reason",
-    "event_id",
+    "detected_at", "received_at", "hostname", "host", "host_id", "os", "rule_id", "category", "severity",
+    "action", "pid", "process_name", "exe", "sha256", "cmdline", "ppid", "parent_name", "username",
+    "policy_version", "laddr", "raddr", "proto", "status", "domain", "evidence", "reason", "event_id",
 ]  # fmt: skip
 
 # Table: fixed widths so the output can stream page by page; the last column takes the rest.
@@ -20,6 +20,7 @@ _VIOLATION_TABLE = [
     ("DETECTED", "detected_at", 20),
     ("HOST", "hostname", 18),
     ("RULE", "rule_id", 22),
+    ("SEVERITY", "severity", 8),
     ("ACTION", "action", 11),
     ("PID", "pid", 7),
     ("PROCESS", "process_name", 18),
@@ -38,9 +39,9 @@ HOST_COLUMNS = ["hostname", "host_id", "last_seen", "stale", "agent_version", "p
 def violation_row(item: dict[str, Any]) -> dict[str, Any]:
     conn = item.get("connection") or {}
     row = {col: item.get(col) for col in VIOLATION_COLUMNS}
-    for key in ("laddr", "raddr", "proto", "status"):
+    for key in ("laddr", "raddr", "proto", "status", "domain"):
         row[key] = conn.get(key) if isinstance(conn, dict) else None
-    return row
+    return row  # evidence (a list) becomes one cell of JSON
 
 
 def write_violations(items: Iterable[dict[str, Any]], fmt: str, out: TextIO) -> int:

@@ -5,7 +5,7 @@ text as is; the server validates the same model and stores it. `scan --json`, `e
 violations --json`, the server's `GET /violations` and `endpoint-admin violations` all show these
 keys (`VIOLATION_KEYS`), documented in server_stub/API.md.
 
-Text is bounded here (`TEXT_MAX`, `CMDLINE_MAX_BYTES`); the agent clips before it builds a record
+Text is bounded here (`SHORT_MAX`, `TEXT_MAX`); the agent clips before it builds a record
 (endpoint_contract/text.py), so a record it writes is always one the server accepts.
 """
 
@@ -21,7 +21,6 @@ from endpoint_contract.vocabulary import Outcome, Severity
 
 SHORT_MAX = 256  # user names, host names, OS names
 TEXT_MAX = 8192  # names, paths, reasons, evidence values (after escaping)
-CMDLINE_MAX_BYTES = 4096  # a command line is kept to this many bytes, cut with a marker
 MAX_EVIDENCE = 32
 
 Short = Annotated[str, StringConstraints(max_length=SHORT_MAX)]
@@ -196,7 +195,6 @@ WIRE_KEYS = VIOLATION_KEYS | {"hostname", "host_id", "os"}
 
 
 __all__ = [
-    "CMDLINE_MAX_BYTES",
     "MAX_EVIDENCE",
     "SHORT_MAX",
     "TEXT_MAX",

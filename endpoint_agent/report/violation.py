@@ -15,7 +15,6 @@ from datetime import datetime
 
 from endpoint_agent.types import Finding, Outcome
 from endpoint_contract.events import (
-    CMDLINE_MAX_BYTES,
     MAX_EVIDENCE,
     SHORT_MAX,
     TEXT_MAX,
@@ -74,7 +73,8 @@ def build_violation(
     proc = finding.process
     host = host or host_facts()
     sha256 = proc.sha256.lower() if proc.sha256 else None
-    cmdline = clip_text(proc.cmdline_str, CMDLINE_MAX_BYTES) if proc.cmdline else None
+    # Bounded where it was collected (collect/cmdline.py); clipped again only if escaping grew it.
+    cmdline = _long(proc.cmdline_str) if proc.cmdline else None
     return Violation(
         event_id=event_id,
         detected_at=detected_at,

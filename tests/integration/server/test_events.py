@@ -217,3 +217,44 @@ def test_filters(live_server: LiveServer) -> None:
     assert {(x["rule_id"], x["count"]) for x in summary["by_rule"]} == {("r1", 2), ("r2", 1)}
     assert {(x["hostname"], x["count"]) for x in summary["by_host"]} == {("ws-a", 1), ("ws-b", 2)}
     assert {(x["category"], x["count"]) for x in summary["by_category"]} == {("p2p", 2), ("remote-access", 1)}
+
+
+def test_forensic_fields_are_kept_and_severity_filters(live_server: LiveServer) -> None:
+    host = live_server.enroll("ws-sev")
+    forensic = {
+        "sha256": "ab" * 32,
+        "cmdline": "/usr/bin/qbittorrent --profile=work",
+        "ppid": 1812,
+        "parent_name": "bash",
+        "evidence": [{"attribute": "name", "pattern": "qbittorrent*", "value": "qbittorrent"}],
+        "os": "Debian GNU/Linux 13 (trixie)",
+        # Claims about who sent it are replaced by what the node key says.
+        "hostname": "ceo-laptop",
+        "host_id": "not-this-host",
+    }
+    events = [violation(severity=s, **forensic) for s in ("low", "high", "critical")] + [violation()]
+    assert post(live_server, host, events).status_code == 200
+    items = all_items(live_server)
+    assert sorted(i["severity"] for i in items) == ["critical", "high", "low", "medium"]  # absent: medium
+    for item in items[:3]:
+        assert {k: item[k] for k in ("sha256", "cmdline", "ppid", "parent_name", "evidence", "os")} == {
+            k: forensic[k] for k in ("sha256", "cmdline", "ppid", "parent_name", "evidence", "os")
+        }
+    assert {(i["host_id"], i["hostname"]) for i in items} == {(host.host_id, "ws-sev")}
+    assert [i["severity"] for i in all_items(live_server, severity="high")] == ["high"]
+    with live_server.reader() as c:
+        bad = c.get("/violations", params={"severity": "urgent"})
+    assert bad.status_code == 422 and "severity" in bad.text
+
+
+def test_text_that_was_not_utf8_is_accepted_escaped_and_bad_forensics_are_named(
+    live_server: LiveServer,
+) -> None:
+    host = live_server.enroll("ws-bytes")
+    escaped = violation(exe="/tmp/bad\\xff/qbittorrent", cmdline="qbittorrent caf\\xe9")
+    assert post(live_server, host, [escaped]).status_code == 200
+    [item] = all_items(live_server, host="ws-bytes")
+    assert item["exe"] == "/tmp/bad\\xff/qbittorrent"
+    for field, value in (("sha256", "XYZ"), ("severity", "urgent"), ("evidence", [{"attribute": "name"}])):
+        response = post(live_server, host, [violation(**{field: value})])
+        assert response.status_code == 422 and field in response.json()["error"], response.text
