@@ -1,8 +1,8 @@
 """`endpoint-agent violations [--json]`: the violations recorded in the local store.
 
-JSON: one object per line (NDJSON) with the contract keys (event_id, rule_id, category, action,
-pid, process_name, exe, username, reason, detected_at, policy_version, and connection for
-network rules), plus first_seen, last_seen (while the process kept violating) and uploaded.
+JSON: one object per line (NDJSON) with the contract keys (endpoint_contract/events.py,
+`VIOLATION_KEYS`: the forensic fields included, and connection for network rules), hostname and
+os, plus first_seen, last_seen (while the process kept violating) and uploaded.
 """
 
 from __future__ import annotations
