@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -55,8 +54,8 @@ def test_a_log_line_stays_one_line_whatever_the_name() -> None:
 
 
 def test_tables_show_no_terminal_escapes(tmp_path: Path) -> None:
-    hostile = dataclasses.replace(
-        violation("p2p"), process_name=HOSTILE, username=HOSTILE, reason=f"name {HOSTILE!s} matched"
+    hostile = violation("p2p").model_copy(
+        update={"process_name": HOSTILE, "username": HOSTILE, "reason": f"name {HOSTILE!s} matched"}
     )
     settings = AgentSettings(state_dir=tmp_path)
     with ViolationStore.open(settings.store_path) as store:
