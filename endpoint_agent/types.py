@@ -102,11 +102,22 @@ class ProcessInfo:
     def __post_init__(self) -> None:
         # The collection boundary: bytes that are not UTF-8 (read with surrogateescape) become
         # backslash escapes here, so no stage, store or request downstream ever sees a surrogate.
+        # ASCII (nearly every process) is checked in one C call per field and left alone.
+        if not (
+            self.name.isascii()
+            and (self.exe is None or self.exe.isascii())
+            and (self.username is None or self.username.isascii())
+            and (self.parent_name is None or self.parent_name.isascii())
+            and "".join(self.cmdline).isascii()
+        ):
+            self._escape_text()
+
+    def _escape_text(self) -> None:
         for name in ("name", "exe", "username", "parent_name"):
             value = getattr(self, name)
-            if value is not None and not value.isascii() and needs_escape(value):
+            if value is not None and needs_escape(value):
                 object.__setattr__(self, name, escape_text(value))
-        if not all(arg.isascii() for arg in self.cmdline):
+        if any(needs_escape(arg) for arg in self.cmdline):
             object.__setattr__(self, "cmdline", tuple(escape_text(arg) for arg in self.cmdline))
 
     @property
