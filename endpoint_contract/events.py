@@ -1,9 +1,10 @@
 """The events an agent records and uploads (`POST /api/v1/events`), defined once.
 
-The agent builds a `Violation` (validating what it writes), stores its JSON text and uploads that
-text as is; the server validates the same model and stores it. `scan --json`, `endpoint-agent
-violations --json`, the server's `GET /violations` and `endpoint-admin violations` all show these
-keys (`VIOLATION_KEYS`), documented in server_stub/API.md.
+The agent builds a `Violation` (validating what it writes), stores its JSON text once and uploads
+that text as is (endpoint_agent/report/store.py, uploader.py); the server validates the same model
+and stores it. `scan --json`, `endpoint-agent violations --json`, the server's `GET /violations`
+and `endpoint-admin violations` all show these keys (`VIOLATION_KEYS`), documented in
+server_stub/API.md.
 
 Text is bounded here (`SHORT_MAX`, `TEXT_MAX`); the agent clips before it builds a record
 (endpoint_contract/text.py), so a record it writes is always one the server accepts.
@@ -127,7 +128,7 @@ class Violation(_Event):
         return out
 
     def to_json_text(self) -> str:
-        """The one encoding of a violation: stored by the agent and uploaded as is."""
+        """One line of `scan --json`. (The agent's store encodes `to_json()` once, and uploads that text.)"""
         return _json_text(self.to_json())
 
 
