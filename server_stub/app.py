@@ -22,10 +22,11 @@ from server_stub.config import ServerConfig
 from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
+from server_stub.export import ExportService
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, BodyLimitMiddleware, RateLimitMiddleware, error_response
-from server_stub.models import Ok
+from server_stub.models import Health
 from server_stub.ratelimit import RateLimiter
 from server_stub.routes import admin, agent, compliance, reports
 from server_stub.store import Store, sqlite_url
@@ -54,11 +55,16 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     store = store if store is not None else open_store(config)
     metrics = Metrics(store, config.stale_after, config.clock)
     ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store), metrics=metrics)
+    exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        store.close()
+        exporter.start()
+        try:
+            yield
+        finally:
+            exporter.stop()
+            store.close()
 
     app = FastAPI(
         title="endpoint-server",
@@ -74,9 +80,13 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(config.rate_limit, config.rate_burst))
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s and 429s too
 
-    @app.get(f"{API_PREFIX}/healthz", response_model=Ok, tags=["health"])
-    def healthz() -> Ok:
-        return Ok()
+    @app.get(
+        f"{API_PREFIX}/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"]
+    )
+    def healthz() -> Health:
+        """Liveness, and each export sink's health (state, lag, last success, last error)."""
+        sinks = exporter.health()
+        return Health(export=sinks or None)
 
     for router in (agent.router, admin.router, reports.router, compliance.router):
         app.include_router(router, prefix=API_PREFIX)

@@ -27,6 +27,7 @@ from endpoint_contract.envelope import load_public_key
 from server_stub import users_cli
 from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
 from server_stub.errors import ApiError
+from server_stub.export.config import ExportConfig, load_export_config
 
 PROG = "endpoint-server"
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         choices=["text", "json"],
         help="json: one object per line, with fields",
+    )
+    p.add_argument(
+        "--config", type=Path, help="YAML config file: push export of violations (`export:`, see API.md)"
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve https with")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         stale_after=args.stale_after,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
+        export=load_export_config(args.config) if args.config else ExportConfig(),
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from endpoint_agent.errors import SettingsError
+from server_stub.export.config import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ServerConfig:
     rate_burst: int = 100
     max_body_bytes: int = MAX_BODY_BYTES
     max_events: int = MAX_EVENTS_PER_BATCH
+    export: ExportConfig = field(default_factory=ExportConfig)
     clock: Callable[[], datetime] = field(default=utcnow, compare=False)
 
     def __post_init__(self) -> None:

@@ -40,6 +40,12 @@ class Ok(BaseModel):
     status: str = "ok"
 
 
+class Health(Ok):
+    # Per export sink: type, state (ok | retrying | standby | stopped), ok, lag, delivered, skipped,
+    # consecutive_failures, last_success, last_error, last_error_at (server_stub/export/service.py).
+    export: dict[str, dict[str, Any]] | None = None
+
+
 # --- admin -> server --------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from server_stub.store.audit import AuditRepo
 from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
 from server_stub.store.events import EventFilter, EventInsert, EventRepo, EventRow, event_insert
+from server_stub.store.exports import ExportRepo, ExportRow
 from server_stub.store.hosts import HostRecord, HostRepo
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
@@ -27,6 +28,7 @@ class Store:
         self.stats = StatsRepo(engine)
         self.users = UserRepo(engine)
         self.audit = AuditRepo(engine)
+        self.exports = ExportRepo(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -47,6 +49,7 @@ __all__ = [
     "EventFilter",
     "EventInsert",
     "EventRow",
+    "ExportRow",
     "HostRecord",
     "NewPolicy",
     "PolicyVersion",

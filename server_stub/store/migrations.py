@@ -177,10 +177,25 @@ def _v3_event_severity(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_events_kind_severity_id ON events (kind, severity, id)"))
 
 
+def _v4_export_cursors(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "export_cursors",
+        md,
+        sa.Column("sink", sa.String(64), primary_key=True),
+        sa.Column("last_id", sa.BigInteger, nullable=False),
+        sa.Column("owner", sa.String(64), nullable=True),
+        sa.Column("lease_until", UTCDateTime, nullable=True),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
     Migration(3, "events: severity column", _v3_event_severity),
+    Migration(4, "export cursors", _v4_export_cursors),
 )
 
 _version_md = sa.MetaData()

@@ -153,3 +153,14 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sqlite_autoincrement=True,
 )
+
+# One row per export sink (server_stub/export): how far it got, and which server process holds it.
+export_cursors = sa.Table(
+    "export_cursors",
+    metadata,
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("last_id", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
