@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "idle": "bench.idle",
     "hostile": "bench.hostile",
     "console": "bench.console",
+    "export": "bench.export",
 }
 DEFAULT = (
     "scan",
@@ -42,6 +43,7 @@ DEFAULT = (
     "hostile",
     "console",
     "dns",
+    "export",
 )
 
 

@@ -34,15 +34,16 @@ APP_NAME = "endpoint-agent"
 MAX_DATAGRAM = 8192  # a syslog-over-UDP message stays well inside one datagram
 
 
+_HEADER_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " "})
+_VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "=": "\\=", "\n": "\\n", "\r": "\\r"})
+
+
 def _header(text: object) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return str(text).translate(_HEADER_ESCAPES)
 
 
 def _value(text: object) -> str:
-    return (
-        str(text).replace("\\", "\\\\").replace("=", "\\=").replace("\r\n", "\\n").replace("\n", "\\n")
-        .replace("\r", "\\r")
-    )  # fmt: skip
+    return str(text).translate(_VALUE_ESCAPES)
 
 
 def _millis(text: object) -> int | None:

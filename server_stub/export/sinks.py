@@ -11,16 +11,15 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
+from endpoint_agent.report.jsonlines import RotatingJsonLines
 from endpoint_agent.report.ocsf import detection_finding
 from server_stub.export.cef import MAX_DATAGRAM, syslog_message
 from server_stub.export.config import FileSink, Sink, SyslogSink, WebhookSink
@@ -95,65 +94,6 @@ class SyslogDestination:
 
 
 # -- file -------------------------------------------------------------------------------------
-
-
-class RotatingJsonLines:
-    """JSON lines appended to a 0600 file, rotated by size: path, path.1 ... path.N (oldest dropped)."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        self._fd: int | None = None
-        self._size = 0
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            self._fd = os.open(self.path, flags, 0o600)
-            os.fchmod(self._fd, 0o600)  # an existing file keeps no wider mode
-            self._size = os.fstat(self._fd).st_size
-        return self._fd
-
-    def _rotate(self) -> None:
-        self.close()
-        self._size = 0
-        if self.backups == 0:
-            self.path.unlink(missing_ok=True)
-            return
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Append the lines (each one JSON document), rotating before a write that would overflow."""
-        buf = b""
-        for line in lines:
-            data = line.encode("utf-8", "backslashreplace") + b"\n"
-            if self._size + len(buf) + len(data) > self.max_bytes and (self._size or buf):
-                self._flush(buf)
-                buf = b""
-                self._rotate()
-            buf += data
-        self._flush(buf)
-
-    def _flush(self, buf: bytes) -> None:
-        if not buf:
-            return
-        fd = self._open()
-        view = memoryview(buf)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-        self._size += len(buf)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
 
 
 def ocsf_line(event: dict[str, Any], product_version: str) -> str:
@@ -273,7 +213,6 @@ __all__ = [
     "DeliveryFailed",
     "Destination",
     "FileDestination",
-    "RotatingJsonLines",
     "SyslogDestination",
     "WebhookDestination",
     "ocsf_line",
