@@ -22,9 +22,11 @@ from pathlib import Path
 
 from bench.report import Target, targets_block
 from endpoint_agent import __version__
+from endpoint_contract.events import Violation
 from server_stub.export.config import ExportConfig, FileSink, SyslogSink
 from server_stub.export.service import SinkRunner
-from server_stub.store import NewEvent, Store, sqlite_url
+from server_stub.store import EventInsert, Store, sqlite_url
+from server_stub.store.events import event_insert
 
 SUMMARY = "push export: events/s to an OCSF file and to TCP syslog, against ingest on one store"
 FILE_TARGET = 5000.0
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--export-events", type=int, default=20_000, help="violations to export (20000)")
 
 
-def _violation(i: int, now: datetime) -> NewEvent:
+def _violation(i: int, now: datetime, host_id: str) -> EventInsert:
     data = {
         "kind": "violation", "event_id": str(uuid.uuid4()), "detected_at": now.isoformat(),
         "rule_id": "p2p-qbittorrent", "category": "p2p", "severity": "high", "action": "killed",
@@ -45,10 +47,7 @@ def _violation(i: int, now: datetime) -> NewEvent:
         "evidence": [{"attribute": "name", "pattern": "qbittorrent", "value": "qbittorrent"}],
         "reason": "process name 'qbittorrent' matched rule p2p-qbittorrent", "policy_version": 3,
     }  # fmt: skip
-    return NewEvent(
-        event_id=str(data["event_id"]), kind="violation", detected_at=now, data=data,
-        rule_id="p2p-qbittorrent", category="p2p", action="killed",
-    )  # fmt: skip
+    return event_insert(Violation.model_validate(data), host_id, "bench-ws")
 
 
 class _CountingSyslog:
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> list[Target]:
                 machine_id="bench", hostname="bench-ws", node_key_hash="0" * 64, now=datetime.now(UTC)
             )
             now = datetime.now(UTC) - timedelta(minutes=1)
-            events = [_violation(i, now) for i in range(n)]
+            events = [_violation(i, now, host_id) for i in range(n)]
             started = time.perf_counter()
             for start in range(0, n, 500):
                 store.events.insert_batch(host_id, events[start : start + 500], now)

@@ -6,7 +6,7 @@ lines to a rotated file, and signed webhooks (JSON, or Slack-compatible text).
     sinks.py    one destination per kind of sink, `deliver(events)`
     service.py  a thread per sink following its persistent cursor (store/exports.py), with backoff
 
-The OCSF mapping is shared with the agent's local event log: endpoint_agent/report/ocsf.py.
+The OCSF mapping is shared with the agent's local event log: endpoint_contract/ocsf.py.
 """
 
 from server_stub.export.config import ExportConfig, load_export_config

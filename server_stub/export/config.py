@@ -22,12 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from endpoint_agent.errors import SettingsError
+from endpoint_contract.vocabulary import Outcome, Severity
 
-SEVERITIES = ("low", "medium", "high", "critical")
-ACTIONS = (
-    "reported", "would_block", "killed", "suspended", "kill_failed", "protected", "denied",
-    "connection_blocked",
-)  # fmt: skip
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
@@ -45,17 +41,19 @@ class EventFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     categories: tuple[str, ...] = ()
-    actions: tuple[Literal[ACTIONS], ...] = ()  # type: ignore[valid-type]
-    min_severity: Literal[SEVERITIES] = "low"  # type: ignore[valid-type]
+    actions: tuple[Outcome, ...] = ()
+    min_severity: Severity = Severity.LOW
 
     def accepts(self, event: dict[str, object]) -> bool:
         if self.categories and event.get("category") not in self.categories:
             return False
         if self.actions and event.get("action") not in self.actions:
             return False
-        severity = str(event.get("severity") or "medium")
-        rank = SEVERITIES.index(severity) if severity in SEVERITIES else 1
-        return rank >= SEVERITIES.index(self.min_severity)
+        try:
+            severity = Severity(str(event.get("severity") or Severity.MEDIUM))
+        except ValueError:
+            severity = Severity.MEDIUM
+        return severity.rank >= self.min_severity.rank
 
 
 class SyslogSink(_Sink):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import httpx
 
 from endpoint_agent.report.jsonlines import RotatingJsonLines
-from endpoint_agent.report.ocsf import detection_finding
+from endpoint_contract.ocsf import detection_finding
 from server_stub.export.cef import MAX_DATAGRAM, syslog_message
 from server_stub.export.config import FileSink, Sink, SyslogSink, WebhookSink
 

@@ -1,5 +1,5 @@
 """Violations as OCSF 1.3 Detection Findings (class 2004): one mapping for the agent's event log and
-the server's file and webhook exports.
+the server's file export.
 
 OCSF (the Open Cybersecurity Schema Framework) is what Splunk, Elastic, Sentinel, Security Lake and
 most SIEM pipelines ingest without a custom parser. Each violation becomes one finding:
