@@ -222,8 +222,9 @@ def run(args: argparse.Namespace) -> list[Target]:
         print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --console-pg")
     timings: list[Timing] = []
     for kind, url in kinds:
-        timings += _run_one(kind, url, args)
-    print(timing_table(timings))
+        measured = _run_one(kind, url, args)
+        print(timing_table(measured), flush=True)  # at once: the next database takes long to fill
+        timings += measured
     worst: dict[str, Timing] = {}
     for t in timings:
         kind = t.label.split(":")[0]
