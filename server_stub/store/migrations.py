@@ -191,11 +191,18 @@ def _v4_export_cursors(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v5_rule_list_index(conn: Connection) -> None:
+    # The console's newest-first list filtered by rule walks this index backwards and stops after a
+    # page, instead of sorting every violation of the rule.
+    conn.execute(sa.text("CREATE INDEX ix_events_rule_id ON events (rule_id, kind, id)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
     Migration(3, "events: severity column", _v3_event_severity),
     Migration(4, "export cursors", _v4_export_cursors),
+    Migration(5, "index for the newest violations of a rule", _v5_rule_list_index),
 )
 
 _version_md = sa.MetaData()
