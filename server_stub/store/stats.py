@@ -8,7 +8,7 @@ shapes the (small) grouped results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,6 +82,11 @@ def _day(conn: Connection) -> Any:
     if is_postgres(conn):
         return sa.func.to_char(sa.func.timezone("UTC", events.c.detected_at), "YYYY-MM-DD")
     return sa.func.substr(events.c.detected_at, 1, 10)  # stored as 'YYYY-MM-DD HH:MM:SS' in UTC
+
+
+def _raw_only(flt: EventFilter) -> bool:
+    """Filters the rollups do not keep (host, severity): counted from the events themselves."""
+    return flt.host is not None or flt.severity is not None
 
 
 def _rollup_filters(table: Any, flt: EventFilter) -> list[Any]:
@@ -191,7 +196,7 @@ class StatsRepo:
 
     def summary(self, flt: EventFilter, *, top: int | None = None) -> Summary:
         """Counts by rule, category, action, triage state and host (the `top` largest, or all)."""
-        if flt.host is not None:
+        if _raw_only(flt):
             return self._summary_raw(flt, top=top)
         with db_errors("summarising violations"), read_connection(self._engine) as conn:
             rows = _counts(conn, flt, ["rule_id", "category", "action", "triage"])
@@ -267,7 +272,7 @@ class StatsRepo:
     def per_day(self, flt: EventFilter) -> list[DayCount]:
         """Violations per UTC day, category and action, oldest day first."""
         with db_errors("counting violations per day"), read_connection(self._engine) as conn:
-            if flt.host is None:
+            if not _raw_only(flt):
                 rows = _counts(conn, flt, ["day", "category", "action"])
                 out = [DayCount(str(r.day), str(r.category), str(r.action), int(r.n)) for r in rows]
                 return sorted(out, key=lambda d: (d.day, d.category, d.action))
@@ -285,11 +290,18 @@ class StatsRepo:
 
     def stop_times(self, flt: EventFilter) -> StopTimes:
         """How long stopped violations ran from first detection (first_seen) to the stop, on average."""
-        stopped_flt = replace(flt, host=None)
         with db_errors("timing stops"), read_connection(self._engine) as conn:
-            rows = [r for r in _counts(conn, stopped_flt, ["action"]) if r.action in STOPPED_ACTIONS]
-        n = sum(int(r.n) for r in rows)
-        seconds = sum(float(r.s or 0.0) for r in rows)
+            if _raw_only(flt):
+                row = conn.execute(
+                    sa.select(
+                        sa.func.count().label("n"), sa.func.sum(rollup.stop_expr(conn)).label("s")
+                    ).where(*conditions(VIOLATION, flt), events.c.action.in_(STOPPED_ACTIONS))
+                ).one()
+                n, seconds = int(row.n), float(row.s or 0.0)
+            else:
+                rows = [r for r in _counts(conn, flt, ["action"]) if r.action in STOPPED_ACTIONS]
+                n = sum(int(r.n) for r in rows)
+                seconds = sum(float(r.s or 0.0) for r in rows)
         return StopTimes(stopped=n, average_seconds=round(seconds / n, 1) if n else None)
 
     def fleet(
