@@ -36,7 +36,8 @@ from endpoint_agent.types import Endpoint
 logger = logging.getLogger(__name__)
 
 PROBE_NAME = "endpoint-agent-probe.invalid"  # answered by the forwarder itself (liveness probe)
-DEFAULT_TIMEOUT = 1.5
+DEFAULT_TIMEOUT = 1.5  # per attempt; stubs (glibc: 5 s) wait longer than two attempts
+MIN_ATTEMPTS = 2  # a lost UDP packet to a single upstream is retried once
 MAX_PENDING = 4096
 MAX_TCP_CLIENTS = 64
 MAX_REPEATS = 10_000
@@ -104,6 +105,7 @@ class _Pending:
     query: bytes
     sent: float
     upstream: int
+    attempt: int = 0
 
 
 @dataclass
@@ -393,9 +395,11 @@ class Forwarder:
             for new_id, _ in expired:
                 del self._pending[new_id]
             retries = []
+            attempts = max(MIN_ATTEMPTS, len(self.upstreams))
             for new_id, entry in expired:
-                if entry.upstream + 1 < len(self.upstreams):
-                    entry.upstream += 1
+                if entry.attempt + 1 < attempts:
+                    entry.attempt += 1
+                    entry.upstream = entry.attempt % len(self.upstreams)
                     entry.sent = now
                     self._pending[new_id] = entry
                     retries.append((new_id, entry))
