@@ -37,6 +37,7 @@ from endpoint_agent.agent import Agent, FilePolicyProvider, PolicyProvider, buil
 from endpoint_agent.errors import AgentError, SettingsError
 from endpoint_agent.lockfile import foreign_holders, open_lock_file, replace_lock_file
 from endpoint_agent.logfmt import JsonLineFormatter, TextLineFormatter
+from endpoint_agent.report.event_log import EventLog
 from endpoint_agent.report.salvage import requeue_damaged
 from endpoint_agent.report.store import StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.settings import AgentSettings
@@ -401,6 +402,11 @@ def run_service(settings: AgentSettings) -> int:
     service: Service | None = None
     try:
         store = open_store(settings)
+        if settings.event_log is not None:
+            event_log = EventLog(
+                settings.event_log, max_bytes=settings.event_log_max_bytes, backups=settings.event_log_backups
+            )
+            store.on_commit(event_log.record)
         policy = build_policy_provider(settings, store)  # server mode records policy events in the store
         agent = build_agent(settings, store=store, policy=policy)
         service = Service(settings, agent)

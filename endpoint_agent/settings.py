@@ -154,6 +154,13 @@ class AgentSettings(BaseModel):
         3600.0, gt=0, le=7 * 86400, description="seconds between records of one (process, domain)"
     )
 
+    # Local event log: every recorded violation as an OCSF JSON line (report/event_log.py).
+    event_log: Path | None = Field(None, description="append violations to this file as OCSF JSON lines")
+    event_log_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=4096, description="rotate the event log at this size"
+    )
+    event_log_backups: int = Field(5, ge=0, le=100, description="rotated event logs kept (FILE.1 ... FILE.N)")
+
     # Local violation store (outbox).
     store_max_events: int = Field(100_000, ge=100)
     store_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)

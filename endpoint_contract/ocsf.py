@@ -54,7 +54,7 @@ _DISPOSITION: dict[str, tuple[int, int]] = {
     "protected": (1, 1),
 }
 _DISPOSITION_NAME = {1: "Allowed", 2: "Blocked", 15: "Detected", 17: "Logged", 19: "Alert"}
-_OS_TYPE = {"linux": 200, "darwin": 300, "macos": 300, "windows": 100}  # OCSF os.type_id
+_OS_TYPE = (("windows", 100), ("linux", 200), ("darwin", 300), ("mac", 300))  # OCSF os.type_id, by name
 SHA256_ALGORITHM = 3
 
 
@@ -81,7 +81,9 @@ def _endpoint(text: str | None) -> dict[str, Any] | None:
 def _os(name: str | None) -> dict[str, Any] | None:
     if not name:
         return None
-    return {"name": name, "type_id": _OS_TYPE.get(name.lower(), 99)}
+    lowered = name.lower()
+    type_id = next((tid for word, tid in _OS_TYPE if word in lowered), 99)
+    return {"name": name, "type_id": type_id}
 
 
 def _process(v: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +169,7 @@ class ViolationStore:
         self._limits = limits
         self._read_only = read_only
         self._lock = threading.RLock()
+        self._listeners: list[Callable[[Sequence[NewEvent]], None]] = []
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -258,6 +259,10 @@ class ViolationStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def on_commit(self, listener: Callable[[Sequence[NewEvent]], None]) -> None:
+        """Call `listener` with the events of every commit, once they are durable (the event log)."""
+        self._listeners.append(listener)
+
     def append(self, events: Sequence[NewEvent]) -> None:
         self.commit_tick(events)
 
@@ -321,6 +326,9 @@ class ViolationStore:
                 self._count_dropped(dropped)
             if rows:
                 self._enforce_limits(before, new_count=len(rows), new_bytes=sum(r[4] for r in rows))
+        if events:
+            for listener in self._listeners:
+                listener(events)
 
     def ack(self, event_ids: Iterable[str], *, at: datetime | None = None) -> int:
         """Mark events the server stored; returns how many were pending."""

@@ -343,3 +343,27 @@ def test_one_shot_scan_enforce_has_the_same_rails(harness: Harness) -> None:
         ("protected", "protected: PID 1"),
         ("protected", "protected: the agent itself"),
     ]
+
+
+def test_event_log_holds_each_recorded_violation_as_ocsf(harness: Harness) -> None:
+    """`run --event-log FILE`: the machine without a server still keeps a SIEM-readable record."""
+    h = harness
+    blocked = unique("ea-p2p")
+    h.policy.write_text(policy_yaml([("p2p-standin", "block", blocked)]))
+    event_log = h.tmp / "log" / "violations.ocsf.jsonl"
+    victim = h.standin(blocked)
+    agent = h.start_agent([*h.agent_argv(interval=1), "--event-log", str(event_log)])
+    assert wait_exit(victim, h) == -signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while not (event_log.exists() and event_log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [json.loads(line) for line in event_log.read_text().splitlines()]
+    assert len(lines) == 1, lines
+    finding = lines[0]
+    assert finding["class_uid"] == 2004 and finding["finding_info"]["title"] == "p2p-standin"
+    assert finding["evidences"][0]["process"]["name"] == blocked
+    assert finding["disposition_id"] == 2 and finding["unmapped"]["action"] == "killed"
+    assert finding["finding_info"]["uid"] == h.violations()[0]["event_id"]
+    assert (event_log.stat().st_mode & 0o777) == 0o600
+    agent.signal(signal.SIGTERM)
+    assert wait_exit(agent, h) == 0
