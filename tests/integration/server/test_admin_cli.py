@@ -162,6 +162,28 @@ def test_violations_in_three_formats_streams_every_page(live_server: LiveServer)
     assert "violations from" in summary and ": 7" in summary.splitlines()[0] and "ws-2" in summary
 
 
+def test_forensic_fields_in_csv_and_ndjson_and_the_severity_filter(live_server: LiveServer) -> None:
+    host = live_server.enroll("ws-forensic")
+    evidence = [{"attribute": "name", "pattern": "qbittorrent*", "value": "qbittorrent"}]
+    forensic = {"sha256": "ab" * 32, "cmdline": "=qbittorrent --x", "ppid": 7, "parent_name": "bash"}
+    post(live_server, host, [violation(severity="high", evidence=evidence, os="Debian", **forensic)])
+    post(live_server, host, [violation(severity="low")])
+    common = ("--server", live_server.base_url, "--severity", "high")
+    token = live_server.reader_token
+    [row] = list(
+        csv.DictReader(io.StringIO(admin("violations", *common, "--format", "csv", token=token).stdout))
+    )
+    assert (row["severity"], row["sha256"], row["ppid"], row["parent_name"], row["os"]) == (
+        "high", "ab" * 32, "7", "bash", "Debian",
+    )  # fmt: skip
+    assert row["cmdline"] == "'=qbittorrent --x"  # a spreadsheet does not read it as a formula
+    assert json.loads(row["evidence"]) == evidence and row["host_id"] == host.host_id
+    [line] = admin("violations", *common, "--format", "ndjson", token=token).stdout.splitlines()
+    item = json.loads(line)
+    assert item["evidence"] == evidence and item["hostname"] == "ws-forensic" and item["severity"] == "high"
+    assert "SEVERITY" in admin("violations", *common, token=token).stdout.splitlines()[0]
+
+
 def test_hosts_marks_stale_ones(tmp_path: Path) -> None:
     with run_server(tmp_path / "s", extra_args=["--stale-after", "0"]) as server:
         server.enroll("ws-stale")
@@ -183,6 +205,7 @@ def test_fixed_value_filters_are_checked_before_asking(tmp_path: Path) -> None:
             "invalid action 'kiled': expected one of reported, would_block",
         ),
         (("agent-events", "--type", "Circuit Open"), "invalid type 'Circuit Open'"),
+        (("violations", "--severity", "urgent"), "invalid severity 'urgent': expected one of low, medium"),
         (("hosts", "--format", "xml"), "invalid choice: 'xml'"),
     ):
         result = admin(*args, "--server", "http://127.0.0.1:9", token="t", check_code=2)
