@@ -20,11 +20,11 @@ _VIOLATION_TABLE = [
     ("DETECTED", "detected_at", 20),
     ("HOST", "hostname", 18),
     ("RULE", "rule_id", 22),
-    ("SEVERITY", "severity", 8),
     ("ACTION", "action", 11),
     ("PID", "pid", 7),
     ("PROCESS", "process_name", 18),
     ("USER", "username", 12),
+    ("SEVERITY", "severity", 8),
     ("REASON", "reason", 0),
 ]
 
