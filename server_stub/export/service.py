@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from endpoint_agent.errors import StoreError
+from endpoint_contract.timestamps import iso_utc_or_none
 from server_stub.export.config import ExportConfig, Sink
 from server_stub.export.sinks import DeliveryFailed, Destination, open_destination
 from server_stub.store.exports import ExportRepo
@@ -57,14 +58,10 @@ class SinkHealth:
                 "delivered": self.delivered,
                 "skipped": self.skipped,
                 "consecutive_failures": self.failures,
-                "last_success": _iso(self.last_success),
+                "last_success": iso_utc_or_none(self.last_success),
                 "last_error": self.last_error,
-                "last_error_at": _iso(self.last_error_at),
+                "last_error_at": iso_utc_or_none(self.last_error_at),
             }
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
 
 
 class SinkRunner:
