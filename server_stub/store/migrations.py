@@ -197,12 +197,20 @@ def _v5_rule_list_index(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_events_rule_id ON events (rule_id, kind, id)"))
 
 
+def _v6_rule_host_index(conn: Connection) -> None:
+    # A rule's hits by host (the console's rule page) read only this index, not a million rows.
+    conn.execute(sa.text("DROP INDEX ix_events_rule_detected"))
+    columns = "rule_id, kind, detected_at, host_id, triage_state"
+    conn.execute(sa.text(f"CREATE INDEX ix_events_rule_detected ON events ({columns})"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
     Migration(3, "events: severity column", _v3_event_severity),
     Migration(4, "export cursors", _v4_export_cursors),
     Migration(5, "index for the newest violations of a rule", _v5_rule_list_index),
+    Migration(6, "a rule's hits by host from an index", _v6_rule_host_index),
 )
 
 _version_md = sa.MetaData()

@@ -83,7 +83,7 @@ events = sa.Table(
         "ix_events_console", "kind", "detected_at", "category", "action", "rule_id", "host_id", "triage_state"
     ),
     sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at"),
-    sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at"),
+    sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at", "host_id", "triage_state"),
     sa.Index("ix_events_kind_severity_id", "kind", "severity", "id"),
     sa.Index("ix_events_rule_id", "rule_id", "kind", "id"),
     sqlite_autoincrement=True,
