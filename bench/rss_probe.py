@@ -2,8 +2,9 @@
 
     python -m bench.rss_probe --config C --policy P --state-dir D --scans 2000 --at 10,2000
 
-Everything is wired as `run_service` wires it -- settings, logging, store, policy provider,
-agent, exec watcher, the service's jobs on the APScheduler thread pool -- but the scan job's
+Everything is wired as `run_service` wires it -- settings, logging, the composition root
+(endpoint_agent/service/: store, policy provider, agent, exec watcher), its jobs on the APScheduler
+thread pool -- but the scan job's
 function is a loop of `Service.scan()` (tick plus status.json), since a tiny interval would
 only make the scheduler spin. One JSON line per checkpoint: {"scans", "rss", "seconds"}.
 """
@@ -30,24 +31,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     checkpoints = {int(x) for x in args.at.split(",")}
 
-    from endpoint_agent.agent import build_agent
-    from endpoint_agent.daemon import (
-        Service,
-        build_policy_provider,
-        configure_logging,
-        open_store,
-        service_jobs,
-    )
+    from endpoint_agent.daemon import configure_logging, run_jobs
+    from endpoint_agent.service import build_service
     from endpoint_agent.settings import load_settings
-    from endpoint_agent.watch import start_reaction
 
     settings = load_settings({"config": args.config, "policy": args.policy, "state_dir": args.state_dir})
     configure_logging(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
-    agent = build_agent(settings, store=store, policy=build_policy_provider(settings, store))
-    service = Service(settings, agent)
-    service.reaction = start_reaction(settings, agent, rescan=service.scan)
+    service = build_service(settings)
     stop = threading.Event()
     me = psutil.Process()
 
@@ -64,14 +55,12 @@ def main(argv: list[str]) -> int:
 
     jobs = [
         dataclasses.replace(job, func=scans, interval_seconds=86400) if job.name == "scan" else job
-        for job in service_jobs(settings, service)
+        for job in service.jobs()
     ]
     try:
-        service.run(stop, jobs)
+        run_jobs(stop, jobs, on_state=service.write_status)
     finally:
-        if service.reaction is not None:
-            service.reaction.stop()
-        store.close()
+        service.close()
     return 0
 
 

@@ -21,11 +21,30 @@ from enum import StrEnum
 from typing import Protocol
 
 from endpoint_agent.clock import Clock
-from endpoint_agent.report.store import SeenEntry, SeenKey
 from endpoint_agent.types import Enforce, Finding, Outcome, ProcessInfo, RuleAction
 from endpoint_contract.vocabulary import Mode
 
 _STOPPED = frozenset({Outcome.KILLED, Outcome.SUSPENDED})
+
+SeenKey = tuple[str, int, float]  # (rule_id, pid, create_time): one process instance under one rule
+
+
+@dataclass(frozen=True)
+class SeenEntry:
+    """One live (rule, process instance) pair and the violation it produced."""
+
+    rule_id: str
+    pid: int
+    create_time: float
+    event_id: str
+    outcome: Outcome
+    policy_version: int
+    first_seen: datetime
+    last_seen: datetime
+
+    @property
+    def key(self) -> SeenKey:
+        return (self.rule_id, self.pid, self.create_time)
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,8 @@ __all__ = [
     "Observation",
     "Plan",
     "ProtectionCheck",
+    "SeenEntry",
+    "SeenKey",
     "finding_key",
     "resolve_mode",
 ]

@@ -7,69 +7,16 @@ import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TextIO
 
 from endpoint_agent.display import printable
-from endpoint_agent.errors import AgentError, PolicyLoadError, PolicySignatureError, PolicyValidationError
-from endpoint_agent.policy import Policy, load_policy_file
-from endpoint_agent.policy.load import DecodeEnvelope
+from endpoint_agent.errors import PolicyLoadError, PolicyValidationError
+from endpoint_agent.policy import CompiledPolicy
 from endpoint_agent.report.violation import build_violation
+from endpoint_agent.sync.local import load_policy
 from endpoint_agent.types import Finding, Outcome, RuleAction, Violation
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-
-
-def _trusted_key_paths(public_keys: Sequence[str] | None) -> Sequence[str]:
-    """--public-key flags, else the agent's configured keys (ENDPOINT_AGENT_PUBLIC_KEY, config file)."""
-    if public_keys:
-        return public_keys
-    from endpoint_agent.settings import load_settings
-
-    try:
-        return [str(p) for p in load_settings({}).public_keys]
-    except AgentError:
-        return []  # unrelated bad settings must not break a one-shot scan; keys are then simply absent
-
-
-def _envelope_decoder(public_keys: Sequence[str] | None, *, report_only: bool, err: TextIO) -> DecodeEnvelope:
-    """A signed envelope is verified against the trusted keys before its payload is read.
-
-    Without any trusted key, a report-only command may still read it (with a warning); nothing is
-    ever signalled on the strength of an unverified envelope.
-    """
-
-    def decode(raw: bytes) -> Policy:
-        # Imported here, for envelopes only: cryptography costs the service ~8 MB of RSS (issue 7).
-        from endpoint_contract.envelope import load_public_key, read_unverified, verify_envelope
-
-        keys = [load_public_key(Path(p)) for p in _trusted_key_paths(public_keys)]
-        if keys:
-            return verify_envelope(raw, keys, Policy).policy
-        if not report_only:
-            raise PolicySignatureError(
-                "refusing to enforce a signed envelope whose signature cannot be checked; "
-                "pass --public-key FILE"
-            )
-        print(
-            "endpoint-agent: warning: signature NOT verified (no --public-key given); report only",
-            file=err,
-        )
-        return read_unverified(raw, Policy).policy
-
-    return decode
-
-
-def load_policy(
-    path: str,
-    public_keys: Sequence[str] | None = None,
-    *,
-    report_only: bool = True,
-    err: TextIO = sys.stderr,
-) -> Policy:
-    """A policy file (YAML) or a signed envelope, verified when trusted keys are known."""
-    decoder = _envelope_decoder(public_keys, report_only=report_only, err=err)
-    return load_policy_file(Path(path), decode_envelope=decoder)
 
 
 def check_policy_command(
@@ -107,6 +54,14 @@ def findings_to_violations(
     ]
 
 
+def scan_once(compiled: CompiledPolicy) -> list[Finding]:
+    """One scan of this machine, with the service's collector: behaviour from this scan alone."""
+    from endpoint_agent.collect.api import open_collector
+    from endpoint_agent.evaluate import evaluate_alone
+
+    return evaluate_alone(open_collector().snapshot(), compiled)
+
+
 def run_scan_command(
     policy_path: str,
     *,
@@ -115,15 +70,14 @@ def run_scan_command(
     public_keys: Sequence[str] | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    from endpoint_agent.collect.machine import scan_once
     from endpoint_agent.policy import compile_policy
 
     policy = load_policy(policy_path, public_keys, report_only=not enforce)
     findings = scan_once(compile_policy(policy))
     if enforce:
-        from endpoint_agent.agent import enforce_once
+        from endpoint_agent.oneshot import enforce_once
 
-        violations = enforce_once(findings, policy)
+        violations = enforce_once(findings, policy_version=policy.version, policy_mode=str(policy.mode))
     else:
         violations = findings_to_violations(findings, policy.version)
     if as_json:
@@ -151,4 +105,10 @@ def print_table(violations: Sequence[Violation], out: TextIO) -> None:
     print(f"{len(violations)} finding(s).", file=out)
 
 
-__all__ = ["PolicyLoadError", "check_policy_command", "findings_to_violations", "run_scan_command"]
+__all__ = [
+    "PolicyLoadError",
+    "check_policy_command",
+    "findings_to_violations",
+    "run_scan_command",
+    "scan_once",
+]

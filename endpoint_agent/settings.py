@@ -228,7 +228,7 @@ class AgentSettings(BaseModel):
     @field_validator("dns_listen")
     @classmethod
     def _dns_listen(cls, value: str) -> str:
-        from endpoint_agent.dns.endpoints import parse_server
+        from endpoint_agent.endpoints import parse_server
 
         endpoint = parse_server(value)
         if not endpoint.ip.startswith("127.") and endpoint.ip != "::1":
@@ -238,7 +238,7 @@ class AgentSettings(BaseModel):
     @field_validator("dns_upstreams")
     @classmethod
     def _dns_upstreams(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from endpoint_agent.dns.endpoints import parse_server
+        from endpoint_agent.endpoints import parse_server
 
         for item in value:
             parse_server(item)

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from endpoint_agent.collect.exec_identity import holds_socket
 from endpoint_agent.collect.proc_events import (
@@ -54,10 +54,6 @@ from endpoint_agent.collect.proc_events import (
 )
 from endpoint_agent.errors import AgentError
 from endpoint_agent.exec_triage import Verdict
-
-if TYPE_CHECKING:
-    from endpoint_agent.agent import Agent
-    from endpoint_agent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -416,70 +412,6 @@ class ExecWatcher:
         self._stop.wait(max(0.0, min(wait, max_wait) if max_wait is not None else wait))
 
 
-def start_reaction(
-    settings: AgentSettings, agent: Agent, *, rescan: Callable[[], object]
-) -> ExecWatcher | None:
-    """The service's watcher around `agent` (its collector must have the fast path), or None: polling."""
-    if not settings.process_events:
-        logger.info(
-            "process events off (process_events: false); full scans every %gs",
-            settings.effective_scan_interval(False),
-        )
-        return None
-    source = agent.source
-    snapshot_of = getattr(source, "snapshot_of", None)
-    forget = getattr(source, "forget", None)
-    if snapshot_of is None or forget is None:
-        logger.warning("this collector cannot look at single processes; polling only")
-        return None
-    watcher = open_reaction(
-        react=lambda pids: agent.react(lambda: snapshot_of(pids)),
-        rescan=rescan,
-        forget=forget,
-        triage=_triage_for(agent),
-        lost=getattr(source, "distrust", None),
-    )
-    track = getattr(source, "track", None)
-    if watcher is not None and track is not None:
-        # Scans stop re-reading every process while the events keep the collector's cache current.
-        scans = settings.rewalk_interval / settings.effective_scan_interval(True)
-        track(
-            rewalk_scans=max(1, math.ceil(scans)),
-            trusted=lambda: watcher.events_live,
-            sockets_wanted=_sockets_wanted(agent),
-        )
-        watcher.tracking = lambda: getattr(source, "tracking", None)
-    return watcher
-
-
-def _sockets_wanted(agent: Agent) -> Callable[[], bool]:
-    provider = agent.policy_provider
-
-    def wanted() -> bool:
-        active = provider.current()
-        return active is None or bool(getattr(active.compiled, "uses_connections", True))
-
-    return wanted
-
-
-def _triage_for(agent: Agent) -> Triage | None:
-    """Per-binary answers from the agent's active policy, with its collector's hash and package caches."""
-    from endpoint_agent.exec_triage import ExecTriage
-
-    source = agent.source
-    digest = getattr(source, "binary_digest", None)
-    package = getattr(source, "binary_package", None)
-    if digest is None or package is None:
-        return None
-    provider = agent.policy_provider
-
-    def compiled() -> object:
-        active = provider.current()
-        return active.compiled if active is not None else None
-
-    return ExecTriage(compiled, digest=digest, package=package)
-
-
 def open_reaction(
     *,
     react: Callable[[Sequence[int]], object],
@@ -521,5 +453,4 @@ __all__ = [
     "Triage",
     "WatchStats",
     "open_reaction",
-    "start_reaction",
 ]

@@ -1,7 +1,7 @@
 """The agent's scan pipeline in report mode, as a process the detection cases start and read.
 
 Each scan: snapshot (the collector, with package ownership) -> P2P behaviour over the policy's
-window and evaluate (collect.machine.BehaviourEvaluator, as in the agent) -> report-only
+window and evaluate (evaluate.BehaviourEvaluator, as in the agent) -> report-only
 violations. Nothing is ever signalled.
 One JSON line per scan describes the processes of one network namespace (the case's): their
 established TCP peers, how many UDP and listening TCP sockets they hold, and the violations
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from endpoint_agent.collect import Collector
-from endpoint_agent.collect.machine import BehaviourEvaluator, machine_collector
+from endpoint_agent.collect.api import machine_collector
 from endpoint_agent.collect.netns import netns_of
 from endpoint_agent.errors import AgentError
+from endpoint_agent.evaluate import BehaviourEvaluator
 from endpoint_agent.policy import compile_policy, evaluate, load_policy_file
 from endpoint_agent.scan import findings_to_violations
 from endpoint_agent.types import Snapshot, Violation

@@ -9,9 +9,11 @@ that cannot start at all (no /proc, psutil broken) raises `CollectError`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -73,12 +75,18 @@ class Collector:
         # Which system package owns each executable (ProcessInfo.package): dpkg/rpm when present.
         self._packages = packages or system_package_resolver()
         self._warned_connections = False
+        # The scan job, the exec watcher and policy sync's dry run share one collector.
+        self._lock = threading.RLock()
 
     @property
     def hash_stats(self) -> HashStats:
         return self._hashes.stats
 
     def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
         taken_at = self._clock.now()
         processes = self._processes()
         try:
@@ -87,6 +95,61 @@ class Collector:
             raise CollectError(f"cannot list network connections: {exc}") from exc
         self._hashes.end_scan()
         return Snapshot(taken_at=taken_at, processes=processes, connections=connections)
+
+    def snapshot_of(self, pids: Iterable[int]) -> Snapshot:
+        """Just these processes (the live ones) and their inet sockets (see collect.api)."""
+        with self._lock:
+            return self._snapshot_of(pids)
+
+    def _snapshot_of(self, pids: Iterable[int]) -> Snapshot:
+        taken_at = self._clock.now()
+        records: dict[int, dict[str, Any]] = {}
+        for pid in sorted(set(pids)):
+            try:
+                records[pid] = psutil.Process(pid).as_dict(PROCESS_ATTRS, ad_value=_DENIED)
+            except (psutil.Error, OSError):
+                continue  # gone (or unreadable) already: nothing to judge
+        names = {pid: _name(info) for pid, info in records.items()}
+        for info in records.values():
+            ppid = info.get("ppid")
+            if isinstance(ppid, int) and ppid not in names:
+                with contextlib.suppress(psutil.Error, OSError):
+                    names[ppid] = psutil.Process(ppid).name()
+        processes = {pid: self._process(pid, info, names) for pid, info in records.items()}
+        try:
+            # Classified with every socket (another process's listener decides "inbound").
+            connections = tuple(c for c in classify(self._sockets(processes)) if c.pid in processes)
+        except OSError as exc:
+            raise CollectError(f"cannot list network connections: {exc}") from exc
+        return Snapshot(taken_at=taken_at, processes=processes, connections=connections)
+
+    def forget(self, pid: int) -> None:
+        """Nothing is kept per process here (hashes are kept per file, pruned after each scan)."""
+
+    def binary_digest(self, pid: int, exe: str) -> str | None:
+        """SHA-256 of what `pid` runs (the shared hash cache), for the per-binary exec triage."""
+        with self._lock:
+            return self._hashes.hash_process_exe(pid, exe).sha256
+
+    def binary_package(self, pid: int, exe: str) -> str | None:
+        """The system package owning what `pid` runs, for the per-binary exec triage."""
+        return self._packages.package_of(pid, exe) if self._packages is not None else None
+
+    # Every psutil scan reads every process and hashes every executable: there is nothing to skip.
+    def track(
+        self, *, rewalk_scans: int, trusted: Callable[[], bool], sockets_wanted: Callable[[], bool]
+    ) -> None:
+        return None
+
+    def distrust(self) -> None:
+        return None
+
+    @property
+    def tracking(self) -> dict[str, int | bool] | None:
+        return None
+
+    def hash_status(self) -> dict[str, object]:
+        return {"wanted": True}
 
     # -- processes ---------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from typing import Any
 from endpoint_agent.clock import Clock
 from endpoint_agent.dns.addrmap import AddressMap
 from endpoint_agent.dns.asker import AskerLookup
-from endpoint_agent.dns.endpoints import parse_server
 from endpoint_agent.dns.forwarder import DnsFilterError, Forwarder
 from endpoint_agent.dns.judge import FilterState, PolicyJudge
 from endpoint_agent.dns.resolver import (
@@ -36,6 +35,7 @@ from endpoint_agent.dns.resolver import (
     restore_left_over,
 )
 from endpoint_agent.dns.supervisor import RECENT_UPSTREAM_SECONDS, Supervisor
+from endpoint_agent.endpoints import parse_server
 from endpoint_agent.enforce.netfilter import ConnectionTable, NetfilterError, Nft, NftCli, connection_rules
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.types import Endpoint, Violation

@@ -14,6 +14,7 @@ import posixpath
 import queue
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -94,8 +95,16 @@ def violation_of(report: Report) -> tuple[Violation, Finding]:
 
 
 class GateReports:
-    def __init__(self, agent: Agent, store: ViolationStore, notifier: Notifier, clock: Clock) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        store: ViolationStore,
+        notifier: Notifier,
+        clock: Clock,
+        snapshot_of: Callable[[Iterable[int]], Snapshot] | None = None,
+    ) -> None:
         self._agent = agent
+        self._snapshot_of = snapshot_of  # the service's collector, for programs judged too late
         self._store = store
         self._notifier = notifier
         self._clock = clock
@@ -137,7 +146,7 @@ class GateReports:
         """The post-exec path for a program the gate judged too late: the agent's own pipeline (policy,
         guard, circuit breaker, dedup, store) on that one process, with the SHA-256 the gate computed
         (the scan's hash cache may not hash a file that large)."""
-        snapshot_of = getattr(self._agent.source, "snapshot_of", None)
+        snapshot_of = self._snapshot_of
         if snapshot_of is None:
             return
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from endpoint_agent.clock import SystemClock
+from endpoint_agent.clock import Clock
 from endpoint_agent.decide import Mode, resolve_mode
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.errors import SettingsError
@@ -31,6 +31,10 @@ from endpoint_agent.settings import AgentSettings
 
 if TYPE_CHECKING:
     from endpoint_agent.agent import Agent
+    from endpoint_agent.enforce.notify import Notifier
+    from endpoint_agent.policy import PolicyProvider
+    from endpoint_agent.report.store import ViolationStore
+    from endpoint_agent.types import Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +84,11 @@ class _Source:
     settings: AgentSettings
     agent: Agent
     break_glass: BreakGlass
+    policy: PolicyProvider
     _cached: tuple[int, GateConfig] | None = None
 
     def __call__(self) -> GateConfig | None:
-        active = self.agent.policy_provider.current()
+        active = self.policy.current()
         if active is None:
             return None
         glass = self.break_glass.check()
@@ -154,21 +159,29 @@ class ExecGate:
         }
 
 
-def start_gate(settings: AgentSettings, agent: Agent) -> ExecGate | None:
+def start_gate(
+    settings: AgentSettings,
+    *,
+    agent: Agent,
+    store: ViolationStore,
+    policy: PolicyProvider,
+    notifier: Notifier,
+    clock: Clock,
+    snapshot_of: Callable[[Iterable[int]], Snapshot] | None = None,
+) -> ExecGate | None:
+    """The running gate (None where off), built from the service's parts (endpoint_agent/service/)."""
     if not gate_wanted(settings):
         return None
-    from endpoint_agent.agent import make_notifier
     from endpoint_agent.sync.events import StoreEventSink
 
-    clock = SystemClock()
-    sink = StoreEventSink(agent.store, clock)
-    reports = GateReports(agent, agent.store, make_notifier(settings, clock), clock)
+    sink = StoreEventSink(store, clock)
+    reports = GateReports(agent, store, notifier, clock, snapshot_of)
 
     def on_event(type_: str, detail: Mapping[str, object]) -> None:
         sink.record(type_, detail)
 
     supervisor = GateSupervisor(
-        _Source(settings, agent, BreakGlass(settings.break_glass_file)),
+        _Source(settings, agent, BreakGlass(settings.break_glass_file), policy),
         on_report=reports.submit,
         on_event=on_event,
     )

@@ -8,6 +8,7 @@ The language is documented in policies/README.md; its JSON Schema is policies/sc
 (`python -m endpoint_agent.policy.schema`).
 """
 
+from endpoint_agent.policy.active import ActivePolicy, PolicyProvider
 from endpoint_agent.policy.compile import CompiledPolicy, CompiledRule, compile_policy
 from endpoint_agent.policy.engine import evaluate
 from endpoint_agent.policy.fields import PortRange
@@ -36,6 +37,7 @@ from endpoint_agent.policy.unapproved import in_unapproved_scope
 __all__ = [
     "MAX_POLICY_BYTES",
     "UNAPPROVED_RULE_ID",
+    "ActivePolicy",
     "CompiledPolicy",
     "CompiledRule",
     "DecodeEnvelope",
@@ -43,6 +45,7 @@ __all__ = [
     "Mode",
     "NetworkConditions",
     "Policy",
+    "PolicyProvider",
     "PortRange",
     "ProcessConditions",
     "Protocol",

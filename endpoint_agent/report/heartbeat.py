@@ -12,6 +12,8 @@ dropped_events, policy_rejections, ...). A host whose heartbeats stop is marked 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from endpoint_contract.heartbeat import MAX_COUNTERS, Heartbeat
@@ -34,9 +36,24 @@ class HeartbeatSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AgentPulse:
+    """What the scan loop reports about itself (the agent's `pulse()`), for the heartbeat."""
+
+    policy_version: int | None = None
+    mode: str | None = None
+    mode_reason: str | None = None
+    last_scan_at: datetime | None = None
+    circuit_open: bool = False
+    scans: int = 0
+    scan_errors: int = 0
+    violations: int = 0  # new violations recorded since start
+    stops: int = 0
+
+
 def counters(**values: int | None) -> dict[str, int]:
     """Counter values as the server takes them: missing ones left out, negative ones clamped to 0."""
     return {name: max(0, int(value)) for name, value in values.items() if value is not None}
 
 
-__all__ = ["COUNTER_NAMES", "MAX_COUNTERS", "Heartbeat", "HeartbeatSink", "counters"]
+__all__ = ["COUNTER_NAMES", "MAX_COUNTERS", "AgentPulse", "Heartbeat", "HeartbeatSink", "counters"]

@@ -1,6 +1,7 @@
-"""Wiring of the report job into the service: the uploader and heartbeat of one running `Agent`.
+"""The report job wired from the settings: upload of the store's events, and the heartbeat.
 
-    job = build_report_job(settings, agent, client, policy_rejections=lambda: sync.counters["rejected"])
+    job = build_report_job(settings, store=store, client=client, pulse=agent.pulse,
+                           policy_rejections=lambda: sync.counters["rejected"])
     JobSpec("report", job.tick, report_tick_seconds(settings), at_shutdown=job.flush)
 
 The job is ticked often (at most every second) and decides itself, from its jittered schedule,
@@ -14,13 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from endpoint_agent import __version__
-from endpoint_agent.agent import Agent
 from endpoint_agent.clock import Clock, SystemClock
 from endpoint_agent.errors import StoreError
 from endpoint_agent.report.backoff import ReportSchedule
-from endpoint_agent.report.heartbeat import Heartbeat, HeartbeatSink, counters
+from endpoint_agent.report.heartbeat import AgentPulse, Heartbeat, HeartbeatSink, counters
 from endpoint_agent.report.job import ReportJob
-from endpoint_agent.report.store import StoreLimits
+from endpoint_agent.report.store import StoreLimits, ViolationStore
 from endpoint_agent.report.uploader import BatchSink, Uploader
 from endpoint_agent.settings import AgentSettings
 from endpoint_contract.heartbeat import MODE_REASON_MAX
@@ -31,30 +31,29 @@ class ReportClient(BatchSink, HeartbeatSink, Protocol):
 
 
 def agent_heartbeat(
-    agent: Agent,
+    pulse: AgentPulse,
+    store: ViolationStore,
     uploader: Uploader,
     *,
     policy_rejections: Callable[[], int] | None = None,
     extra_counters: Callable[[], Mapping[str, int]] | None = None,
 ) -> Heartbeat:
-    last = agent.last
     try:
-        queue = agent.store.counts()
-        pending: int | None = queue.pending
+        pending: int | None = store.counts().pending
     except StoreError:  # a failing store must not stop the heartbeat that would reveal it
         pending = None
     return Heartbeat(
         agent_version=__version__,
-        policy_version=last.policy.version if last and last.policy else None,
-        mode=last.mode.mode.value if last and last.mode else None,
-        mode_reason=last.mode.reason[:MODE_REASON_MAX] if last and last.mode else None,
-        last_scan_at=last.at if last else None,
-        circuit_state="open" if agent.circuit_open else "closed",
+        policy_version=pulse.policy_version,
+        mode=pulse.mode,
+        mode_reason=pulse.mode_reason[:MODE_REASON_MAX] if pulse.mode_reason else None,
+        last_scan_at=pulse.last_scan_at,
+        circuit_state="open" if pulse.circuit_open else "closed",
         counters=counters(
-            scans=agent.scans,
-            scan_errors=agent.scan_errors,
-            findings=agent.violations_total,
-            kills=agent.stops_total,
+            scans=pulse.scans,
+            scan_errors=pulse.scan_errors,
+            findings=pulse.violations,
+            kills=pulse.stops,
             dropped_events=uploader.dropped_total(),
             rejected_events=uploader.rejected_count(),
             queue_pending=pending,
@@ -70,9 +69,10 @@ def report_tick_seconds(settings: AgentSettings) -> float:
 
 def build_report_job(
     settings: AgentSettings,
-    agent: Agent,
-    client: ReportClient,
     *,
+    store: ViolationStore,
+    client: ReportClient,
+    pulse: Callable[[], AgentPulse],
     policy_rejections: Callable[[], int] | None = None,
     extra_counters: Callable[[], Mapping[str, int]] | None = None,
     clock: Clock | None = None,
@@ -81,13 +81,13 @@ def build_report_job(
     clock = clock or SystemClock()
     rng = rng or random.SystemRandom()
     limits = StoreLimits(settings.store_max_events, settings.store_max_bytes, settings.store_min_free_bytes)
-    uploader = Uploader(agent.store, client, clock=clock, limits=limits)
+    uploader = Uploader(store, client, clock=clock, limits=limits)
     schedule = ReportSchedule(settings.upload_interval, clock=clock, rng=rng)
     return ReportJob(
         uploader,
         client,
         heartbeat=lambda: agent_heartbeat(
-            agent, uploader, policy_rejections=policy_rejections, extra_counters=extra_counters
+            pulse(), store, uploader, policy_rejections=policy_rejections, extra_counters=extra_counters
         ),
         schedule=schedule,
         clock=clock,

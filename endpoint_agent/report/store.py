@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from endpoint_agent.decide import SeenEntry, SeenKey
 from endpoint_agent.errors import StoreError
 from endpoint_agent.types import Outcome
 from endpoint_contract.timestamps import iso_utc
@@ -109,27 +110,6 @@ class StoredEvent:
     uploaded_at: str | None
     last_seen: str | None
     text: str = ""  # the payload's JSON exactly as stored: what the uploader sends
-
-
-@dataclass(frozen=True)
-class SeenEntry:
-    """One live (rule, process instance) pair and the violation it produced."""
-
-    rule_id: str
-    pid: int
-    create_time: float
-    event_id: str
-    outcome: Outcome
-    policy_version: int
-    first_seen: datetime
-    last_seen: datetime
-
-    @property
-    def key(self) -> SeenKey:
-        return (self.rule_id, self.pid, self.create_time)
-
-
-SeenKey = tuple[str, int, float]
 
 
 @dataclass(frozen=True)
@@ -513,8 +493,6 @@ def _event(row: Sequence[Any]) -> StoredEvent:
 __all__ = [
     "EventKind",
     "NewEvent",
-    "SeenEntry",
-    "SeenKey",
     "StoreCorrupt",
     "StoreCounts",
     "StoreLimits",

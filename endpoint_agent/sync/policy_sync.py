@@ -36,10 +36,9 @@ from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from endpoint_agent.agent import ActivePolicy
 from endpoint_agent.clock import Clock
 from endpoint_agent.errors import AgentError, PolicyError, PolicySignatureError, StoreError
-from endpoint_agent.policy import Policy
+from endpoint_agent.policy import ActivePolicy, Policy
 from endpoint_agent.sync.client import ServerClient
 from endpoint_agent.sync.events import AgentEventSink
 from endpoint_agent.sync.safety import SafetyVerdict

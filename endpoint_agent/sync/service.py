@@ -1,7 +1,8 @@
 """Server mode: policy sync wired from the settings, as the agent's PolicyProvider and a poll thread.
 
-    sync = build_policy_sync(settings, store=store)   # loads the last good policy before any fetch
-    agent = build_agent(settings, store=store, policy=sync)
+    # The last good policy is loaded before any fetch; the dry run uses the service's collector and guard.
+    sync = build_policy_sync(settings, store=store, snapshot=collector.snapshot, guard=guard)
+    agent = Agent(policy=sync, ...)                   # wired by endpoint_agent/service/
     sync.ensure_running()                             # the poll thread (the daemon's watchdog job)
     ...
     sync.stop()
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from endpoint_agent.agent import ActivePolicy
 from endpoint_agent.clock import Clock, SystemClock
+from endpoint_agent.decide import ProtectionCheck
 from endpoint_agent.errors import PolicyLoadError, SettingsError
+from endpoint_agent.policy import ActivePolicy
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.sync.client import DEFAULT_TIMEOUT, HttpServerClient
@@ -122,12 +124,17 @@ def build_policy_sync(
     settings: AgentSettings,
     *,
     store: ViolationStore,
+    snapshot: SnapshotFn,
+    guard: ProtectionCheck,
     clock: Clock | None = None,
     rng: random.Random | None = None,
-    snapshot: SnapshotFn | None = None,
     system_machine_id: Path | None = SYSTEM_MACHINE_ID,
 ) -> PolicySyncService:
-    """Everything server mode needs, validated; the last good policy is loaded before this returns."""
+    """Everything server mode needs, validated; the last good policy is loaded before this returns.
+
+    The safety dry run judges a new policy with `snapshot` and `guard`: the service's own
+    collector (every network namespace) and the guard enforcement will use.
+    """
     if settings.server is None:
         raise SettingsError("invalid setting server: policy sync needs --server URL")
     clock = clock or SystemClock()
@@ -148,18 +155,12 @@ def build_policy_sync(
         clock=clock,
         ca_bundle=settings.ca_bundle,
     )
-    if snapshot is None:
-        from endpoint_agent.collect import Collector
-
-        snapshot = Collector(clock=clock).snapshot  # its own: the scan job's collector is not shared
-    from endpoint_agent.enforce.guard import Guard
-
     sync = PolicySync(
         client=client,
         keys=keys,
         fleet_id=settings.fleet_id or DEFAULT_FLEET_ID,
         store=PolicyStateStore(state_dir),
-        dry_run=DryRun(snapshot, Guard(extra=settings.protected_extra), max_share=settings.unsafe_kill_share),
+        dry_run=DryRun(snapshot, guard, max_share=settings.unsafe_kill_share),
         events=StoreEventSink(store, clock),
         clock=clock,
     )

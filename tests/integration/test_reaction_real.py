@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from endpoint_agent.agent import ActivePolicy, Agent
+from endpoint_agent.agent import Agent
 from endpoint_agent.clock import SystemClock
 from endpoint_agent.collect.incremental import IncrementalCollector
 from endpoint_agent.collect.proc_events import open_event_source
@@ -30,7 +30,7 @@ from endpoint_agent.enforce.circuit import CircuitBreaker
 from endpoint_agent.enforce.notify import RecordingNotifier
 from endpoint_agent.enforce.scope import ScopedGuard
 from endpoint_agent.enforce.terminate import RecordingEnforcer
-from endpoint_agent.policy import parse_policy
+from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.watch import ExecWatcher
 from tests.support import ProcessReaper, SpawnFn, die_with_parent, named_executable
@@ -97,7 +97,7 @@ def recording_agent(
 @pytest.fixture
 def watcher_rig(
     tmp_path: Path,
-) -> Iterator[tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, str]]:
+) -> Iterator[tuple[Agent, ViolationStore, IncrementalCollector, RecordingEnforcer, ExecWatcher, str]]:
     blocked = unique("ea-react")
     agent, collector, enforcer, store = recording_agent(tmp_path, blocked)
     source = open_event_source()
@@ -110,18 +110,18 @@ def watcher_rig(
     )
     watcher.start()
     try:
-        yield agent, collector, enforcer, watcher, blocked
+        yield agent, store, collector, enforcer, watcher, blocked
     finally:
         watcher.stop()
         store.close()
 
 
 def test_exec_events_drive_the_fast_path_which_records_and_stops(
-    watcher_rig: tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, str],
+    watcher_rig: tuple[Agent, ViolationStore, IncrementalCollector, RecordingEnforcer, ExecWatcher, str],
     spawn: SpawnFn,
     reaper: ProcessReaper,
 ) -> None:
-    agent, collector, enforcer, watcher, blocked = watcher_rig
+    agent, store, collector, enforcer, watcher, blocked = watcher_rig
     standin = spawn(blocked, program="sleep")
     # The reaction counts once its pipeline run returns, just after the stop: wait for both.
     wait_for(
@@ -129,7 +129,7 @@ def test_exec_events_drive_the_fast_path_which_records_and_stops(
     )
     assert watcher.stats.execs >= 1
     assert agent.scans == 0  # no full scan ran: the exec event alone got it
-    [violation] = [e.payload for e in agent.store.events(kind="violation")]
+    [violation] = [e.payload for e in store.events(kind="violation")]
     assert (violation["pid"], violation["process_name"], violation["action"]) == (
         standin.pid,
         blocked,

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from endpoint_agent.policy import parse_policy
 from endpoint_agent.report.store import ViolationStore
+from endpoint_contract.envelope import load_private_key, sign_policy
 from tests.support.enforce_procs import (
     NsProcess,
     PidNamespace,
@@ -29,6 +31,7 @@ from tests.support.enforce_procs import (
     python_env,
     python_sleeper,
 )
+from tests.support.server import make_keys
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]
@@ -229,6 +232,24 @@ def test_monitor_mode_signals_nothing(harness: Harness) -> None:
     assert not is_dead(standin.pid)
     assert [v["action"] for v in h.violations()] == ["would_block"]
     assert h.status()["mode"] == {"mode": "monitor", "reason": "policy mode is monitor"}
+
+
+def test_an_envelope_nobody_could_verify_is_report_only(harness: Harness, tmp_path: Path) -> None:
+    """`run --policy envelope.json` without a trusted key says "report only" and does just that."""
+    h = harness
+    name = unique("ea-p2p")
+    private_key, _ = make_keys(tmp_path / "keys")
+    policy = parse_policy(policy_yaml([("p2p-standin", "block", name)]), "test")
+    h.policy = tmp_path / "policy.envelope.json"
+    h.policy.write_bytes(sign_policy(policy, [load_private_key(private_key)], "default"))
+    standin = h.standin(name)
+    h.start_agent()
+    status = h.wait_scans(3)
+    assert not is_dead(standin.pid), h.log_text()
+    assert [v["action"] for v in h.violations()] == ["would_block"]
+    assert status["mode"]["mode"] == "monitor" and "signature not verified" in status["mode"]["reason"]
+    assert status["policy"]["monitor_reason"] == status["mode"]["reason"]
+    assert "signature NOT verified" in h.log_text()
 
 
 def test_break_glass_forces_monitor_mode_while_it_exists(harness: Harness) -> None:

@@ -13,19 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.daemon import (
-    AlreadyRunning,
-    InstanceLock,
-    JobSpec,
-    JsonLineFormatter,
-    Service,
-    build_policy_provider,
-    guarded,
-    open_store,
-    write_status,
-)
+from endpoint_agent.daemon import AlreadyRunning, InstanceLock, JsonLineFormatter, run_jobs
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.report.store import NewEvent, ViolationStore
+from endpoint_agent.service import JobSpec, build_policy_source, guarded, open_store, write_status
 from endpoint_agent.settings import AgentSettings
 
 
@@ -60,45 +51,40 @@ def test_a_failing_job_is_logged_with_its_traceback_and_returns(caplog: pytest.L
     assert record.exc_info is not None and "bad scan" in str(record.exc_info[1])
 
 
-class CountingAgent:
-    """Stands in for Agent in the scheduler test: the first tick fails, later ones succeed."""
+class CountingJob:
+    """The scheduler test's job: the first run fails, later ones succeed."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.done = threading.Event()
 
-    def tick(self) -> None:
+    def __call__(self) -> None:
         self.calls += 1
         if self.calls >= 3:
             self.done.set()
         if self.calls == 1:
             raise RuntimeError("first scan fails")
 
-    def status(self) -> dict[str, object]:
-        return {"scans": self.calls}
-
 
 def test_the_scheduler_keeps_running_after_a_failed_job(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = AgentSettings(state_dir=tmp_path, scan_interval=0.05)
-    agent = CountingAgent()
-    service = Service(settings, agent)  # type: ignore[arg-type]
+    job = CountingJob()
     stop = threading.Event()
     flushed: list[bool] = []
-    jobs = [JobSpec("scan", service.scan, 0.05, at_shutdown=lambda: flushed.append(True))]
-    runner = threading.Thread(target=service.run, args=(stop, jobs))
+    states: list[str] = []
+    jobs = [JobSpec("scan", job, 0.05, at_shutdown=lambda: flushed.append(True))]
+    runner = threading.Thread(target=run_jobs, args=(stop, jobs), kwargs={"on_state": states.append})
     with caplog.at_level(logging.ERROR):
         runner.start()
-        assert agent.done.wait(20)
+        assert job.done.wait(20)
         stop.set()
         runner.join(20)
     assert not runner.is_alive()
-    assert agent.calls >= 3
+    assert job.calls >= 3
     assert flushed == [True]
     assert any("job scan failed" in r.getMessage() for r in caplog.records)
-    status = json.loads(settings.status_path.read_text())
-    assert status["state"] == "stopped" and status["scans"] >= 3
+    assert states == ["running", "stopped"]
 
 
 def test_json_log_lines() -> None:
@@ -119,9 +105,9 @@ def test_json_log_lines() -> None:
 
 def test_policy_source_is_required_and_must_exist(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="no policy source"):
-        build_policy_provider(AgentSettings(state_dir=tmp_path))
+        build_policy_source(AgentSettings(state_dir=tmp_path))
     with pytest.raises(SettingsError, match=r"invalid setting policy: .*not found"):
-        build_policy_provider(AgentSettings(state_dir=tmp_path, policy=tmp_path / "missing.yaml"))
+        build_policy_source(AgentSettings(state_dir=tmp_path, policy=tmp_path / "missing.yaml"))
 
 
 def test_a_damaged_store_is_kept_aside_and_replaced(tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ import io
 import logging
 from pathlib import Path
 
-from endpoint_agent.daemon import write_status
 from endpoint_agent.display import printable
 from endpoint_agent.enforce.notify import Notification
 from endpoint_agent.logfmt import TextLineFormatter
 from endpoint_agent.report.listing import show_violations
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.scan import print_table
+from endpoint_agent.service import write_status
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.status import show_status
 from endpoint_agent.types import Outcome

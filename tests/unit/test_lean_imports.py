@@ -16,16 +16,15 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import sys, tempfile
 from pathlib import Path
-from endpoint_agent.agent import build_agent
-from endpoint_agent.daemon import Service, build_policy_provider, open_store
+from endpoint_agent.service import build_service
 from endpoint_agent.settings import load_settings
 state = tempfile.mkdtemp()
-overrides = {"policy": "policies/default.yaml", "state_dir": state, "process_events": False}
+overrides = {"policy": "policies/default.yaml", "state_dir": state, "process_events": False,
+             "exec_gate": "off", "dns_filter": "off"}
 settings = load_settings(overrides, environ={})
-store = open_store(settings)
-agent = build_agent(settings, store=store, policy=build_policy_provider(settings, store))
-agent.policy_provider.current()
-store.close()
+service = build_service(settings)
+service.policy.current()
+service.close()
 print(" ".join(sorted(m for m in ("cryptography", "httpx") if m in sys.modules)) or "-")
 """
 

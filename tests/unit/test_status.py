@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from endpoint_agent.daemon import write_status
 from endpoint_agent.errors import AgentError
+from endpoint_agent.service import write_status
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.status import show_status
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from endpoint_agent.collect.api import machine_collector
 from endpoint_agent.collect.incremental import Details, IncrementalCollector
-from endpoint_agent.collect.machine import machine_collector
 from endpoint_agent.collect.package_trust import PackageResolver
 from endpoint_agent.collect.packages import PackageIndex
 from endpoint_agent.collect.proc_stat import CLOCK_TICKS, PF_KTHREAD

@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
+from endpoint_agent.collect.api import machine_collector
 from endpoint_agent.collect.behaviour import BehaviourTracker
-from endpoint_agent.collect.machine import BehaviourEvaluator, machine_collector, scan_once
 from endpoint_agent.collect.netns_sockets import all_namespace_sockets
+from endpoint_agent.evaluate import BehaviourEvaluator
 from endpoint_agent.policy import compile_policy, parse_policy
+from endpoint_agent.scan import scan_once
 from endpoint_agent.types import Finding, Snapshot
 
 # Loose thresholds: three peers on high ports are enough here.

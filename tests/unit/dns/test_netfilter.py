@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from endpoint_agent.agent import ActivePolicy
 from endpoint_agent.clock import FakeClock
 from endpoint_agent.decide import Mode, ModeDecision
 from endpoint_agent.dns.service import TABLE_MARKER, NetGuard
@@ -16,7 +15,7 @@ from endpoint_agent.enforce.netfilter import (
     elements_script,
     table_script,
 )
-from endpoint_agent.policy import compile_policy, parse_policy
+from endpoint_agent.policy import ActivePolicy, compile_policy, parse_policy
 from endpoint_agent.settings import load_settings
 from endpoint_agent.types import Endpoint
 from tests.unit.dns.doubles import FakeResolver, RecordingNft

@@ -10,7 +10,6 @@ import pytest
 
 from endpoint_agent.clock import FakeClock
 from endpoint_agent.dns.addrmap import AddressMap
-from endpoint_agent.dns.endpoints import parse_server
 from endpoint_agent.dns.resolver import (
     MARKER,
     ResolvConf,
@@ -20,6 +19,7 @@ from endpoint_agent.dns.resolver import (
     restore_left_over,
 )
 from endpoint_agent.dns.supervisor import Supervisor
+from endpoint_agent.endpoints import parse_server
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.settings import load_settings
 from endpoint_agent.types import Connection, Direction, Endpoint, Snapshot

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.agent import ActivePolicy
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.gate import service
 from endpoint_agent.gate.service import _Source, gate_wanted
-from endpoint_agent.policy import parse_policy
+from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.settings import AgentSettings, load_settings
 
 POLICY = "name: p\nversion: 4\nmode: enforce\nrules:\n  - {id: r, action: block, process: {name: x}}\n"
@@ -40,7 +39,7 @@ def source(tmp_path: Path, active: ActivePolicy | None) -> tuple[_Source, FakeAg
     agent = FakeAgent(active)
     glass = tmp_path / "break-glass"
     settings = AgentSettings(state_dir=tmp_path, protected_extra=("mytool",))
-    return _Source(settings, agent, BreakGlass(glass)), agent, glass  # type: ignore[arg-type]
+    return _Source(settings, agent, BreakGlass(glass), agent.policy_provider), agent, glass  # type: ignore[arg-type]
 
 
 def test_the_config_follows_break_glass_circuit_and_an_unsafe_policy(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import endpoint_agent.policy as policy
 
 EXPECTED = {
+    "ActivePolicy",
+    "PolicyProvider",
     "MAX_POLICY_BYTES",
     "UNAPPROVED_RULE_ID",
     "CompiledPolicy",

@@ -8,8 +8,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from endpoint_agent.decide import SeenEntry
 from endpoint_agent.report.listing import show_violations
-from endpoint_agent.report.store import NewEvent, SeenEntry, ViolationStore
+from endpoint_agent.report.store import NewEvent, ViolationStore
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.types import Connection, Direction, Endpoint, Violation
 from tests.support.contract import CONTRACT_KEYS

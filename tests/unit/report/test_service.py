@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.agent import ActivePolicy, Agent
+from endpoint_agent.agent import Agent
 from endpoint_agent.clock import FakeClock
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.enforce.circuit import CircuitBreaker
@@ -17,7 +17,7 @@ from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.enforce.notify import RecordingNotifier
 from endpoint_agent.enforce.terminate import RecordingEnforcer
 from endpoint_agent.errors import ServerUnavailable
-from endpoint_agent.policy import parse_policy
+from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.report.service import agent_heartbeat, build_report_job, report_tick_seconds
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.report.uploader import Uploader
@@ -59,31 +59,36 @@ def settings_for(state_dir: Path, **values: object) -> AgentSettings:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
+def store(tmp_path: Path) -> Iterator[ViolationStore]:
+    with ViolationStore.open(tmp_path / "v.sqlite3") as store:
+        yield store
+
+
+@pytest.fixture
+def agent(tmp_path: Path, store: ViolationStore) -> Agent:
     clock = FakeClock(datetime(2030, 1, 2, tzinfo=UTC))
     static = Static()
-    with ViolationStore.open(tmp_path / "v.sqlite3") as store:
-        yield Agent(
-            policy=static,
-            source=static,
-            guard=Guard(),
-            enforcer=RecordingEnforcer(),
-            notifier=RecordingNotifier(),
-            store=store,
-            circuit=CircuitBreaker(clock=clock),
-            break_glass=BreakGlass(tmp_path / "break-glass"),
-            clock=clock,
-        )
+    return Agent(
+        policy=static,
+        source=static,
+        guard=Guard(),
+        enforcer=RecordingEnforcer(),
+        notifier=RecordingNotifier(),
+        store=store,
+        circuit=CircuitBreaker(clock=clock),
+        break_glass=BreakGlass(tmp_path / "break-glass"),
+        clock=clock,
+    )
 
 
-def test_the_heartbeat_says_what_the_agent_did(agent: Agent) -> None:
+def test_the_heartbeat_says_what_the_agent_did(agent: Agent, store: ViolationStore) -> None:
     server = FakeServer()
-    uploader = Uploader(agent.store, server, clock=FakeClock())
-    before = agent_heartbeat(agent, uploader).to_json()
+    uploader = Uploader(store, server, clock=FakeClock())
+    before = agent_heartbeat(agent.pulse(), store, uploader).to_json()
     assert "policy_version" not in before and before["counters"]["scans"] == 0
     agent.tick()
     agent.tick()
-    beat = agent_heartbeat(agent, uploader, policy_rejections=lambda: 2).to_json()
+    beat = agent_heartbeat(agent.pulse(), store, uploader, policy_rejections=lambda: 2).to_json()
     Heartbeat.model_validate(beat)
     assert beat["policy_version"] == 7 and beat["mode"] == "enforce" and beat["circuit_state"] == "closed"
     assert beat["last_scan_at"] == "2030-01-02T00:00:00Z"
@@ -99,11 +104,15 @@ def test_the_heartbeat_says_what_the_agent_did(agent: Agent) -> None:
     }
 
 
-def test_the_built_job_uploads_the_agents_violations_and_heartbeat(agent: Agent, tmp_path: Path) -> None:
+def test_the_built_job_uploads_the_agents_violations_and_heartbeat(
+    agent: Agent, store: ViolationStore, tmp_path: Path
+) -> None:
     settings = settings_for(tmp_path, upload_interval=30)
     server = FakeServer()
     clock = FakeClock()
-    job = build_report_job(settings, agent, server, clock=clock, rng=random.Random(2))
+    job = build_report_job(
+        settings, store=store, client=server, pulse=agent.pulse, clock=clock, rng=random.Random(2)
+    )
     agent.tick()
     clock.advance(30)  # the first round comes within the first interval
     outcome = job.run()
@@ -117,10 +126,19 @@ def test_the_built_job_uploads_the_agents_violations_and_heartbeat(agent: Agent,
     assert report_tick_seconds(settings_for(tmp_path, upload_interval=0.2)) == 0.2
 
 
-def test_no_final_round_when_the_server_was_failing(agent: Agent, tmp_path: Path) -> None:
+def test_no_final_round_when_the_server_was_failing(
+    agent: Agent, store: ViolationStore, tmp_path: Path
+) -> None:
     server = FakeServer()
     clock = FakeClock()
-    job = build_report_job(settings_for(tmp_path), agent, server, clock=clock, rng=random.Random(2))
+    job = build_report_job(
+        settings_for(tmp_path),
+        store=store,
+        client=server,
+        pulse=agent.pulse,
+        clock=clock,
+        rng=random.Random(2),
+    )
     server.fail_next(ServerUnavailable("connection refused"))
     job.run(force=True)
     requests = len(server.requests)

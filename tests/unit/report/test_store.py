@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from endpoint_agent.decide import SeenEntry
 from endpoint_agent.errors import StoreError
-from endpoint_agent.report.store import NewEvent, SeenEntry, StoreCorrupt, StoreLimits, ViolationStore
+from endpoint_agent.report.store import NewEvent, StoreCorrupt, StoreLimits, ViolationStore
 from endpoint_agent.types import Outcome
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

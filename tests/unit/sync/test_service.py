@@ -1,4 +1,4 @@
-"""build_policy_sync(): settings validated with one-line errors; the poll thread starts and stops."""
+"""build(): settings validated with one-line errors; the poll thread starts and stops."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from endpoint_agent.enforce.guard import Guard
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile
-from endpoint_agent.sync.service import build_policy_sync
+from endpoint_agent.sync.service import PolicySyncService, build_policy_sync
 from endpoint_agent.types import Snapshot
 from endpoint_contract.envelope import public_key_pem
 from tests.unit.sync.conftest import Signer
@@ -54,31 +56,32 @@ def empty_snapshot() -> Snapshot:
     return Snapshot(taken_at=datetime(2030, 1, 1, tzinfo=UTC), processes={})
 
 
+def build(values: AgentSettings, **kwargs: Any) -> PolicySyncService:
+    """build_policy_sync with a dry run on an empty machine."""
+    return build_policy_sync(values, snapshot=empty_snapshot, guard=Guard(), **kwargs)
+
+
 def test_server_mode_needs_a_trusted_key(tmp_path: Path, store: ViolationStore) -> None:
     with pytest.raises(SettingsError, match=r"^invalid setting public_keys: server mode needs at least one"):
-        build_policy_sync(settings(tmp_path, public_keys=[]), store=store, snapshot=empty_snapshot)
+        build(settings(tmp_path, public_keys=[]), store=store)
     missing = tmp_path / "nope.pub"
     with pytest.raises(
         SettingsError, match=rf"^invalid setting public_keys: {missing}: public key file not found"
     ):
-        build_policy_sync(
-            settings(tmp_path, public_keys=[str(missing)]), store=store, snapshot=empty_snapshot
-        )
+        build(settings(tmp_path, public_keys=[str(missing)]), store=store)
 
 
 def test_the_enroll_secret_is_needed_only_until_enrolled(tmp_path: Path, store: ViolationStore) -> None:
     with pytest.raises(SettingsError, match=r"^invalid setting enroll_secret: needed to enroll"):
-        build_policy_sync(settings(tmp_path, enroll_secret=None), store=store, snapshot=empty_snapshot)
+        build(settings(tmp_path, enroll_secret=None), store=store)
     EnrollmentFile(tmp_path / "state").save(Enrollment("host-1", "node-key"))
-    sync = build_policy_sync(settings(tmp_path, enroll_secret=None), store=store, snapshot=empty_snapshot)
+    sync = build(settings(tmp_path, enroll_secret=None), store=store)
     assert sync.status()["host_id"] == "host-1"
     sync.stop()
 
 
 def test_the_poll_thread_runs_backs_off_and_stops(tmp_path: Path, store: ViolationStore) -> None:
-    sync = build_policy_sync(
-        settings(tmp_path), store=store, snapshot=empty_snapshot, rng=random.Random(3), system_machine_id=None
-    )
+    sync = build(settings(tmp_path), store=store, rng=random.Random(3), system_machine_id=None)
     assert sync.current() is None
     sync.ensure_running()
     sync.ensure_running()  # idempotent: one thread
