@@ -35,7 +35,7 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     assert len(steps) >= 7 and steps[-1] == "Clean-up", steps
     assert "the agent stopped the stand-in" in text and "(signal SIGTERM)" in text
     table = text.split("endpoint-admin violations", 1)[1]
-    assert re.search(r"demo-standin\s+medium\s+killed\s+\d+\s+qbt-demo-[0-9a-f]{6}", table), table
+    assert re.search(r"demo-standin\s+killed\s+\d+\s+qbt-demo-[0-9a-f]{6}", table), table
     assert "agent: running" in text and "mode: enforce" in text
     assert "stopped endpoint-agent" in text and "stopped endpoint-server" in text
     # The console's address and a sign-in the demo created; without a terminal it did not wait for Enter.
