@@ -32,6 +32,7 @@ from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.service.part import JobSpec, Part, Signal
 from endpoint_agent.service.status_file import write_status
 from endpoint_agent.settings import AgentSettings
+from endpoint_contract.timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Service:
             "agent_version": __version__,
             "state_dir": str(self.settings.state_dir),
             "scan_interval": self.scan_interval,
-            "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "updated_at": iso_utc(datetime.now(UTC)),
         }
         for part in self._parts:
             if part.status is None:
