@@ -13,11 +13,11 @@ Text is bounded here (`SHORT_MAX`, `TEXT_MAX`); the agent clips before it builds
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from endpoint_contract.bounds import INT_MAX, Timestamp, json_problem
 from endpoint_contract.vocabulary import Outcome, Severity
 
 SHORT_MAX = 256  # user names, host names, OS names
@@ -35,17 +35,11 @@ RuleIdText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Pid = Annotated[int, Field(ge=0, le=2**32)]
 
 
-def _reject_non_finite(value: Any) -> Any:
-    """JSON from Python may carry NaN/Infinity, which neither PostgreSQL nor strict JSON readers take."""
-    stack = [value]
-    while stack:  # iterative: the document may be nested as deep as the parser allowed
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("NaN and Infinity are not valid JSON numbers")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+def _check_values(value: Any) -> Any:
+    """Every value, typed or extra, is held to endpoint_contract/bounds.py (depth, sizes, text, range)."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -56,8 +50,8 @@ class _Event(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _finite(cls, data: Any) -> Any:
-        return _reject_non_finite(data)
+    def _bounded(cls, data: Any) -> Any:
+        return _check_values(data)
 
 
 class ConnectionRecord(BaseModel):
@@ -87,7 +81,7 @@ class Violation(_Event):
 
     kind: Literal["violation"] = "violation"
     event_id: EventId
-    detected_at: AwareDatetime
+    detected_at: Timestamp
     rule_id: RuleIdText
     category: Annotated[str, StringConstraints(max_length=200)]
     # Agents older than severity sent none; their rules had the policy default.
@@ -103,10 +97,10 @@ class Violation(_Event):
     username: Short | None = None
     evidence: Annotated[list[EvidenceRecord], Field(max_length=MAX_EVIDENCE)] = Field(default_factory=list)
     reason: Long
-    policy_version: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    policy_version: Annotated[int, Field(ge=0, le=INT_MAX)]
     connection: ConnectionRecord | None = None
-    first_seen: AwareDatetime | None = None
-    last_seen: AwareDatetime | None = None
+    first_seen: Timestamp | None = None
+    last_seen: Timestamp | None = None
     create_time: Annotated[float, Field(ge=0)] | None = None
     detail: Long | None = None  # what the enforcer said ("protected: sshd", "already stopped", ...)
     # What saw it when not the scan: "dns" (the DNS filter), "exec_gate" (before the program ran).
@@ -141,10 +135,10 @@ class AgentEvent(_Event):
 
     kind: Literal["agent"] = "agent"
     event_id: EventId
-    detected_at: AwareDatetime
+    detected_at: Timestamp
     type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     detail: dict[str, Any] = Field(default_factory=dict)
-    count: Annotated[int, Field(ge=0)] | None = None
+    count: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from endpoint_contract.bounds import INT_MAX, Timestamp, json_problem
 
 MAX_COUNTERS = 64
 MODE_REASON_MAX = 200
@@ -22,16 +24,24 @@ class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     agent_version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    policy_version: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    policy_version: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
     # The effective mode: "monitor" while break-glass or the circuit breaker says so.
     mode: Annotated[str, StringConstraints(max_length=32)] | None = None
-    last_scan_at: AwareDatetime | None = None
+    last_scan_at: Timestamp | None = None
     counters: Annotated[
-        dict[Counter, Annotated[int, Field(ge=0, le=2**63 - 1)]], Field(max_length=MAX_COUNTERS)
+        dict[Counter, Annotated[int, Field(ge=0, le=INT_MAX)]], Field(max_length=MAX_COUNTERS)
     ] = Field(default_factory=dict)
     circuit_state: Annotated[str, StringConstraints(max_length=32)] | None = None  # "open" | "closed"
     # Why this mode: "break-glass file present", "policy mode is monitor", ...
     mode_reason: Annotated[str, StringConstraints(max_length=MODE_REASON_MAX)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        problem = json_problem(data)  # no NUL or surrogate reaches a column (endpoint_contract/bounds.py)
+        if problem is not None:
+            raise ValueError(problem)
+        return data
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

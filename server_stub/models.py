@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from endpoint_contract.bounds import json_problem
 
 Short = Annotated[str, StringConstraints(max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -29,6 +31,14 @@ class _Strict(BaseModel):
 class EnrollRequest(_Strict):
     hostname: Name
     machine_id: Name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = json_problem(data)  # no NUL or surrogate reaches a column
+        if problem is not None:
+            raise ValueError(problem)
+        return data
 
 
 class EnrollResponse(BaseModel):

@@ -204,6 +204,12 @@ def _v6_rule_host_index(conn: Connection) -> None:
     conn.execute(sa.text(f"CREATE INDEX ix_events_rule_detected ON events ({columns})"))
 
 
+def _v7_wide_policy_version(conn: Connection) -> None:
+    # A heartbeat's policy version is any 64-bit value the contract admits (INTEGER is 64-bit on SQLite).
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ALTER TABLE hosts ALTER COLUMN policy_version TYPE BIGINT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -211,6 +217,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "export cursors", _v4_export_cursors),
     Migration(5, "index for the newest violations of a rule", _v5_rule_list_index),
     Migration(6, "a rule's hits by host from an index", _v6_rule_host_index),
+    Migration(7, "hosts: 64-bit policy version", _v7_wide_policy_version),
 )
 
 _version_md = sa.MetaData()
