@@ -25,7 +25,7 @@ from server_stub.errors import ApiError
 from server_stub.export import ExportService
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
-from server_stub.middleware import UNLIMITED_PATHS, BodyLimitMiddleware, RateLimitMiddleware, error_response
+from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
 from server_stub.ratelimit import RateLimiter
 from server_stub.routes import admin, agent, compliance, reports
@@ -76,8 +76,14 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     _install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(config.rate_limit, config.rate_burst))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
+    app.add_middleware(
+        AuthGateMiddleware,
+        principals=RateLimiter(config.rate_limit, config.rate_burst),
+        addresses=RateLimiter(config.rate_limit, config.rate_burst),
+        api_prefix=API_PREFIX,
+    )
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s and 429s too
 
     @app.get(

@@ -42,6 +42,11 @@ class Principal:
             raise Forbidden("this endpoint needs a node key")
         return self.host.host_id
 
+    @property
+    def limit_key(self) -> str:
+        """Whom a rate limit counts: the role, and for a node key its host (never the raw header)."""
+        return f"{self.role.value}:{self.host.host_id}" if self.host is not None else self.role.value
+
 
 def new_node_key() -> str:
     return secrets.token_urlsafe(32)
@@ -86,10 +91,13 @@ def requires(*roles: Role) -> Callable[..., Principal]:
     def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
-        if credentials is None or not credentials.credentials:
-            raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
-        authenticator: Authenticator = request.app.state.ctx.auth
-        principal = authenticator.identify(credentials.credentials)
+        # Normally identified already, before the body was read (server_stub/middleware.py).
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            if credentials is None or not credentials.credentials:
+                raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+            authenticator: Authenticator = request.app.state.ctx.auth
+            principal = authenticator.identify(credentials.credentials)
         if principal is None:
             raise Unauthorized("invalid credentials")
         if principal.role not in allowed:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate-limit", type=float, default=20.0, help="requests per second per credential (20)")
     p.add_argument("--rate-burst", type=int, default=100, help="burst size of the rate limit (100)")
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds to receive a request body, else 408 (30)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--log-format",
@@ -139,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         stale_after=args.stale_after,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
+        body_timeout=args.body_timeout,
         export=load_export_config(args.config) if args.config else ExportConfig(),
     )
 

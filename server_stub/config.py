@@ -40,6 +40,7 @@ class ServerConfig:
     rate_limit: float = 20.0  # requests per second per credential (or per client address)
     rate_burst: int = 100
     max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout: float = 30.0  # seconds to receive a whole request body (408 after)
     max_events: int = MAX_EVENTS_PER_BATCH
     export: ExportConfig = field(default_factory=ExportConfig)
     clock: Callable[[], datetime] = field(default=utcnow, compare=False)
@@ -66,5 +67,7 @@ class ServerConfig:
             raise SettingsError("--admin-token, --reader-token and --enroll-secret must all differ")
         if self.stale_after < 0:
             raise SettingsError("--stale-after: must be >= 0 seconds")
+        if self.body_timeout <= 0:
+            raise SettingsError("--body-timeout: must be > 0 seconds")
         if self.rate_limit <= 0 or self.rate_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")

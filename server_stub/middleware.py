@@ -1,10 +1,11 @@
-"""ASGI middleware: request body cap and per-key rate limit, both answered in JSON."""
+"""ASGI middleware: authentication and rate limits before the body, then a bounded, timed body read."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import math
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,9 +26,10 @@ class BodyLimitMiddleware:
     turns out too large midway has not been half-processed.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,21 +44,19 @@ class BodyLimitMiddleware:
             if int(declared) > self.max_bytes:
                 await too_large(scope, receive, send)
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout):  # a trickled body does not hold a worker forever
+                body = await self._read(receive)
+        except TimeoutError:
+            await error_response(408, f"request body not received within {self.timeout:g} s")(
+                scope, receive, send
+            )
+            return
+        if body is None:
+            await too_large(scope, receive, send)
+            return
+        if body is _DISCONNECTED:
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -68,32 +68,105 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body; None when it grows over max_bytes; _DISCONNECTED if the client left."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return _DISCONNECTED
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-class RateLimitMiddleware:
-    """429 with Retry-After once a credential (or, without one, a client address) runs dry."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+_DISCONNECTED = b"\x00disconnected"  # a sentinel compared by identity, never a real body
+
+
+class AuthGateMiddleware:
+    """Who is calling, decided from the headers before a byte of the body is read; then rate limits.
+
+    A request with a bearer credential is identified first (server_stub/auth.py); a known principal
+    is limited by who it is (`role`, and the host for a node key), however the header is spelled.
+    A request without one, and every failed attempt, is limited by the client's address -- and an
+    address that has run dry is refused before its credential is even looked up, so a flood of
+    made-up tokens costs neither database work nor a body read. API paths answer 401 here for a
+    missing or unknown credential; the route's dependency then only checks the role (403).
+    """
+
+    def __init__(
+        self, app: ASGIApp, principals: RateLimiter, addresses: RateLimiter, api_prefix: str
+    ) -> None:
         self.app = app
-        self.limiter = limiter
+        self.principals = principals
+        self.addresses = addresses
+        self.api_prefix = api_prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in UNLIMITED_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = self.limiter.acquire(_client_key(scope))
-        if wait > 0:
-            retry = str(max(1, math.ceil(wait)))
-            await error_response(429, "too many requests; retry later", {"Retry-After": retry})(
-                scope, receive, send
-            )
+        address = "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
+        token = bearer_token(Headers(scope=scope).get("authorization"))
+        on_api = path.startswith(self.api_prefix)
+        if token is None:
+            if not await self._admit(self.addresses, address, scope, receive, send):
+                return
+            if on_api:
+                await _unauthorized("missing credentials: send 'Authorization: Bearer <token>'")(
+                    scope, receive, send
+                )
+                return
+            await self.app(scope, receive, send)
             return
+        if self.addresses.blocked(address):
+            await _too_many(self.addresses.wait(address))(scope, receive, send)
+            return
+        authenticator = scope["app"].state.ctx.auth
+        principal = await run_in_threadpool(authenticator.identify, token)
+        if principal is None:
+            self.addresses.acquire(address)  # a failed attempt counts against the address
+            if on_api:
+                await _unauthorized("invalid credentials")(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if not await self._admit(self.principals, principal.limit_key, scope, receive, send):
+            return
+        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
+    async def _admit(
+        self, limiter: RateLimiter, key: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        wait = limiter.acquire(key)
+        if wait > 0:
+            await _too_many(wait)(scope, receive, send)
+            return False
+        return True
 
-def _client_key(scope: Scope) -> str:
-    auth = Headers(scope=scope).get("authorization")
-    if auth:
-        # Keyed by a digest so the limiter never holds a secret in clear.
-        return "cred:" + hashlib.sha256(auth.encode("utf-8", "replace")).hexdigest()
-    client = scope.get("client")
-    return "addr:" + (client[0] if client else "unknown")
+
+def bearer_token(header: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <token>` header (scheme in any case), or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _too_many(wait: float) -> JSONResponse:
+    retry = str(max(1, math.ceil(wait)))
+    return error_response(429, "too many requests; retry later", {"Retry-After": retry})
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return error_response(401, message, {"WWW-Authenticate": "Bearer"})

@@ -55,3 +55,16 @@ class RateLimiter:
                 bucket.tokens -= 1.0
                 return 0.0
             return (1.0 - bucket.tokens) / self._rate
+
+    def wait(self, key: str) -> float:
+        """Seconds until `key` has a token again (0.0 if it has one now); takes nothing."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return 0.0
+            tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
+    def blocked(self, key: str) -> bool:
+        return self.wait(key) > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -77,15 +77,17 @@ class HostRepo:
         return str(host_id)
 
     def authenticate(self, node_key_hash: str, now: datetime) -> HostRecord | None:
-        """The host owning this key, marked as seen now; None for an unknown (or rotated) key."""
+        """The host owning this key, marked as seen now; None for an unknown (or rotated) key.
+
+        Read first: an unknown key (a flood of made-up tokens) never writes to the database.
+        """
+        with db_errors("looking up a node key"), read_connection(self._engine) as conn:
+            row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).first()
+        if row is None:
+            return None
         with db_errors("looking up a node key"), self._engine.begin() as conn:
-            result = conn.execute(
-                sa.update(hosts).where(hosts.c.node_key_hash == node_key_hash).values(last_seen=now)
-            )
-            if result.rowcount == 0:
-                return None
-            row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).one()
-        return _record(row)
+            conn.execute(sa.update(hosts).where(hosts.c.host_id == row.host_id).values(last_seen=now))
+        return replace(_record(row), last_seen=now)
 
     def heartbeat(self, host_id: str, beat: Heartbeat, now: datetime) -> None:
         with db_errors("recording a heartbeat"), self._engine.begin() as conn:
