@@ -138,7 +138,7 @@ class Agent:
         self._policy = policy
         self._source = source
         self._evaluate = evaluate
-        # -- event-driven reaction (issue 7): `react()` runs the same pipeline between ticks --
+        # -- event-driven reaction: `react()` runs the same pipeline between ticks --
         self._react_evaluate = react_evaluate  # stateless: a partial snapshot must not feed scan windows
         self._lock = threading.RLock()  # one pipeline run at a time: the scan job or the exec watcher
         self._live: set[tuple[int, float]] | None = None  # instances the dedup keeps: last tick + reactions
@@ -158,7 +158,7 @@ class Agent:
         self.scans = 0
         self.scan_errors = 0
         self.stops_total = 0
-        self.violations_total = 0  # report (issue 5): new violations recorded since start, for the heartbeat
+        self.violations_total = 0  # report: new violations recorded since start, for the heartbeat
         self.last: TickResult | None = None
         self.last_error: str | None = None
         self.last_break_glass: BreakGlassState | None = None
@@ -201,11 +201,6 @@ class Agent:
             self._commit(now, violations, events, live=None)
             self.violations_total += len(violations)
 
-    def use_source(self, source: SnapshotSource) -> None:
-        """Replace the snapshot source (e.g. with one that annotates connections with domains)."""
-        with self._lock:
-            self._source = source
-
     def close(self, timeout: float = 5.0) -> None:
         """Let queued user notifications go out (bounded); the store belongs to the caller."""
         self._notifier.close(timeout)
@@ -223,7 +218,7 @@ class Agent:
         self.last = result
         return result
 
-    # -- event-driven reaction (issue 7) --
+    # -- event-driven reaction --
     def react(self, take: Callable[[], Snapshot]) -> TickResult:
         """The tick's pipeline for a partial snapshot (processes that just started), between ticks.
 
@@ -253,7 +248,7 @@ class Agent:
         snapshot = (take or self._source.snapshot)()
         findings = (evaluate or self._evaluate)(snapshot, policy.compiled)
         if partial and not findings:
-            # issue 7: what nearly every exec comes to. Nothing to decide, so no break-glass file,
+            # what nearly every exec comes to. Nothing to decide, so no break-glass file,
             # mode, decision or store work: the cost per exec on a busy machine stays small.
             self._add_live(snapshot)
             self._commit(now, [], [], live=self._live, skip_if_idle=True)  # retries what a failure left
@@ -265,7 +260,7 @@ class Agent:
             break_glass=self.last_break_glass.active,
             circuit_open=self._circuit.is_open(policy.version),
         )
-        # -- policy sync (issue 4): an unsafe or expired policy only monitors --
+        # -- policy sync: an unsafe or expired policy only monitors --
         if policy.monitor_reason is not None and mode.mode is Mode.ENFORCE:
             mode = ModeDecision(Mode.MONITOR, policy.monitor_reason)
         decisions = self._decider.decide(findings, mode)
@@ -278,7 +273,7 @@ class Agent:
             if observation.record:
                 violations.append(violation_for(a, observation.entry, policy.version, now))
         agent_events = [self._agent_event(t, now) for t in self._circuit.take_transitions()]  # open/closed
-        # -- event-driven reaction (issue 7): a partial snapshot adds to the live set, never prunes it --
+        # -- event-driven reaction: a partial snapshot adds to the live set, never prunes it --
         if partial:
             self._add_live(snapshot)
         else:
@@ -297,7 +292,7 @@ class Agent:
             )
         stops = sum(1 for a in acted if a.outcome in STOPPED and a.decision.plan is Plan.STOP)
         self.stops_total += stops
-        self.violations_total += len(violations)  # report (issue 5)
+        self.violations_total += len(violations)  # report
         return TickResult(
             at=now,
             duration_seconds=time.monotonic() - t0,
@@ -339,7 +334,7 @@ class Agent:
             pending.upserts.update((u.key, u) for u in upserts)
             pending.deletes.update(deletes)  # applied after the upserts
         if skip_if_idle and not (pending.events or pending.upserts or pending.deletes):
-            return  # issue 7: most reactions find nothing; no write for them
+            return  # most reactions find nothing; no write for them
         try:
             self._store.commit_tick(
                 pending.events,
@@ -388,7 +383,7 @@ class Agent:
             "scan_errors": self.scan_errors,
             "last_error": self.last_error,
             "stops_total": self.stops_total,
-            "reactions": self.reactions,  # issue 7: fast-path runs on new processes
+            "reactions": self.reactions,  # fast-path runs on new processes
             "queue": queue,
             "unsaved_events": len(self._unsaved.events),
             "unsaved_dropped": self._unsaved.dropped,

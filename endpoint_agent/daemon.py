@@ -57,7 +57,7 @@ def configure_logging(settings: AgentSettings, stream: IO[str] | None = None) ->
     root.setLevel(settings.log_level)
     # APScheduler logs every job run at INFO; its warnings (skipped runs) and errors still show.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
-    # -- policy sync (issue 4): httpx logs every request at INFO; its warnings still show --
+    # -- policy sync: httpx logs every request at INFO; its warnings still show --
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 

@@ -9,7 +9,6 @@
     ├── SettingsError               a flag, env var or config-file key is invalid (names the key)
     ├── CollectError                the snapshot could not be taken at all (single processes never raise)
     ├── StoreError                  the local SQLite store failed (disk full, corrupt, locked)
-    ├── EnforceError                a signal could not be delivered
     └── ServerError                 talking to the policy/report server failed
         ├── ServerUnavailable       network error, timeout, 5xx, 429 (retry later; may carry retry_after)
         └── ServerRejected          4xx: the server refused the request (bad key, bad payload)
@@ -41,10 +40,6 @@ class StoreError(AgentError):
     pass
 
 
-class EnforceError(AgentError):
-    pass
-
-
 class ServerError(AgentError):
     pass
 
@@ -64,7 +59,6 @@ class ServerRejected(ServerError):
 __all__ = [
     "AgentError",
     "CollectError",
-    "EnforceError",
     "PolicyError",
     "PolicyLoadError",
     "PolicySignatureError",

@@ -49,7 +49,7 @@ _ALIASES = {"public_key": "public_keys"}
 _SECRET_KEYS = frozenset({"enroll_secret"})
 _MAX_SECRET_FILE_BYTES = 4096
 
-# issue 7: full-scan intervals when `scan_interval` is auto (exec events make the scan a safety net).
+# full-scan intervals when `scan_interval` is auto (exec events make the scan a safety net).
 SCAN_INTERVAL_WITH_EVENTS = 30.0
 SCAN_INTERVAL_POLLING = 5.0
 
@@ -90,7 +90,7 @@ class AgentSettings(BaseModel):
     public_keys: tuple[Path, ...] = ()
     fleet_id: str | None = None
     state_dir: Path = Field(default_factory=lambda: default_dirs().state_dir)
-    # -- event-driven reaction (issue 7): None ("auto") is 30 s while process exec events drive the
+    # -- event-driven reaction: None ("auto") is 30 s while process exec events drive the
     # reaction, 5 s without them; an explicit value always wins (see `effective_scan_interval`) --
     scan_interval: float | None = Field(None, gt=0, le=86400)
     sync_interval: float = Field(60.0, gt=0, le=86400)
@@ -99,7 +99,7 @@ class AgentSettings(BaseModel):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # -- event-driven reaction (issue 7) --
+    # -- event-driven reaction --
     # Listen for process starts (Linux kernel process connector, root) and judge each new program
     # at once; off: periodic scans only.
     process_events: bool = True
@@ -121,7 +121,7 @@ class AgentSettings(BaseModel):
     # (enforce/scope.py); everything else is treated as protected. Only ever narrows enforcement.
     enforce_scope_pid: int | None = Field(None, ge=1)
 
-    # Safety rails (DESIGN.md invariants 1 and 2).
+    # Safety rails.
     break_glass_file: Path = Field(default_factory=lambda: default_dirs().config_dir / "break-glass")
     protected_extra: tuple[str, ...] = ()
     kill_grace_seconds: float = Field(3.0, ge=0, le=60)
@@ -129,7 +129,7 @@ class AgentSettings(BaseModel):
     block_action: Literal["terminate", "suspend"] = "terminate"
     circuit_max_kills: int = Field(5, ge=1, le=10_000)  # distinct targets per window (enforce/circuit.py)
     circuit_window_seconds: float = Field(600.0, gt=0, le=7 * 86400)
-    # Policy sync (issue 4): a new policy that would stop more than this share of the running
+    # Policy sync: a new policy that would stop more than this share of the running
     # processes (or any protected one) is activated in monitor mode only.
     unsafe_kill_share: float = Field(0.10, gt=0, le=1)
 
@@ -205,7 +205,7 @@ class AgentSettings(BaseModel):
             raise Conflict(("ca_bundle",), f"{self.ca_bundle}: not found or not a regular file")
         return self
 
-    # -- event-driven reaction (issue 7) --
+    # -- event-driven reaction --
     @field_validator("scan_interval", mode="before")
     @classmethod
     def _auto(cls, value: object) -> object:

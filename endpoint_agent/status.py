@@ -155,7 +155,7 @@ def _human(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"queue: {q.get('pending')} pending upload, {q.get('total')} stored, {q.get('dropped')} dropped"
         )
-    # -- report (issue 5): uploads and heartbeats to the server --
+    # -- report: uploads and heartbeats to the server --
     report = d.get("report")
     if isinstance(report, dict):
         if report.get("last_error"):

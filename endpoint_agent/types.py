@@ -163,9 +163,6 @@ class Snapshot:
     # (pid, create_time) -> behaviour over the last scans; filled by collect.behaviour.BehaviourTracker.
     behaviour: dict[tuple[int, float], P2PFeatures] = field(default_factory=dict)
 
-    def connections_of(self, pid: int) -> tuple[Connection, ...]:
-        return tuple(c for c in self.connections if c.pid == pid)
-
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -194,8 +191,3 @@ class Finding:
     help_url: str | None = None
     enforce: Enforce = Enforce.PROCESS  # a `block` finding with CONNECTION never stops the process
     severity: Severity = Severity.MEDIUM
-
-    @property
-    def dedup_key(self) -> tuple[object, ...]:
-        """One violation per process instance and rule (network findings: per rule too)."""
-        return (self.rule_id, self.process.pid, self.process.create_time)

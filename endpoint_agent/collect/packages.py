@@ -76,7 +76,7 @@ class PackageIndex:
         self._clock = clock or SystemClock()
         self._rpm = (rpm_path or shutil.which("rpm")) if use_rpm else None
         self._lock = threading.RLock()
-        self._owners: PathTable = PathTableBuilder().build()  # issue 7: ~12 bytes per path, not ~200
+        self._owners: PathTable = PathTableBuilder().build()  # ~12 bytes per path, not ~200
         self._list_names: dict[str, str] = {}  # package -> dpkg info file stem ("libc6:amd64")
         self._diversions: dict[str, _Diversion] = {}
         self._md5: dict[str, dict[str, str]] = {}  # package -> canonical path -> md5, loaded lazily
@@ -155,7 +155,7 @@ class PackageIndex:
         self._md5 = {}
         self._verified = {}
         self._diversions = self._read_diversions()
-        owners = PathTableBuilder()  # issue 7: flat arrays while fed, so the build leaves no heap behind
+        owners = PathTableBuilder()  # flat arrays while fed, so the build leaves no heap behind
         parents = owners.removed
         self._list_names = {}
         info = os.path.join(self._root, DPKG_DIR, "info")

@@ -16,14 +16,12 @@ from endpoint_agent.enforce.notify import (
     LogOnlyNotifier,
     Notification,
     Notifier,
-    RecordingNotifier,
 )
 from endpoint_agent.enforce.terminate import (
     BlockAction,
     Enforcer,
     EnforceResult,
     PsutilEnforcer,
-    RecordingEnforcer,
 )
 
 __all__ = [
@@ -42,7 +40,5 @@ __all__ = [
     "Notifier",
     "Protection",
     "PsutilEnforcer",
-    "RecordingEnforcer",
-    "RecordingNotifier",
     "StopTarget",
 ]

@@ -1,4 +1,4 @@
-"""The break-glass file: while it exists, the agent signals nothing (DESIGN.md invariant 2).
+"""The break-glass file: while it exists, the agent signals nothing.
 
 An administrator who sees enforcement going wrong on a machine runs, as root,
 `touch /etc/endpoint-agent/break-glass` (the path is the `break_glass_file` setting); the next

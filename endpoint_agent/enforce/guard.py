@@ -1,4 +1,4 @@
-"""Processes the agent never signals, whatever a policy says (DESIGN.md invariant 1).
+"""Processes the agent never signals, whatever a policy says.
 
 Protected: PID 0/1, kernel threads, the agent itself, its ancestors and its own helpers,
 the init system, login/session/display managers, sshd, system daemons whose loss takes a

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -105,20 +105,6 @@ class LogOnlyNotifier:
 
     def close(self, timeout: float = 5.0) -> None:
         return None
-
-
-@dataclass
-class RecordingNotifier:
-    """Test double: keeps what it was asked to show."""
-
-    notifications: list[Notification] = field(default_factory=list)
-    closed: bool = False
-
-    def notify(self, notification: Notification) -> None:
-        self.notifications.append(notification)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self.closed = True
 
 
 CommandRunner = Callable[[list[str], float], None]
@@ -344,7 +330,6 @@ __all__ = [
     "LogOnlyNotifier",
     "Notification",
     "Notifier",
-    "RecordingNotifier",
     "desktop_command",
     "linux_command",
     "log_notification",

@@ -20,7 +20,7 @@ import select
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -260,25 +260,4 @@ def _exited(target: _Target) -> bool:
         return False
 
 
-@dataclass
-class RecordingEnforcer:
-    """Test double: records what it was asked to stop and answers with `outcome` (no signal sent)."""
-
-    outcome: Outcome = Outcome.KILLED
-    calls: list[tuple[BlockAction, ProcessInfo]] = field(default_factory=list)
-
-    def terminate(self, proc: ProcessInfo) -> EnforceResult:
-        self.calls.append((BlockAction.TERMINATE, proc))
-        return EnforceResult(self.outcome, "recorded", (proc.pid,))
-
-    def suspend(self, proc: ProcessInfo) -> EnforceResult:
-        self.calls.append((BlockAction.SUSPEND, proc))
-        outcome = Outcome.SUSPENDED if self.outcome is Outcome.KILLED else self.outcome
-        return EnforceResult(outcome, "recorded", (proc.pid,))
-
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for _, proc in self.calls]
-
-
-__all__ = ["BlockAction", "EnforceResult", "Enforcer", "PsutilEnforcer", "RecordingEnforcer"]
+__all__ = ["BlockAction", "EnforceResult", "Enforcer", "PsutilEnforcer"]

@@ -11,7 +11,7 @@ Tables:
     meta    small JSON values: dropped-event counter, circuit breaker state.
 
 Bounded by count and bytes (`StoreLimits`): when full, uploaded events go first, then the oldest
-pending ones, and every pending event dropped is counted (DESIGN.md invariant 4). When the disk
+pending ones, and every pending event dropped is counted. When the disk
 has less free space than `min_free_bytes`, the store stops growing: new events replace old ones.
 
 Every sqlite3 error becomes a `StoreError`; callers never see sqlite3.

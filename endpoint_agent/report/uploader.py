@@ -7,7 +7,7 @@
   event goes out as the JSON text the store holds (encoded once, when recorded), so its size is exact.
 - An event is marked uploaded only when its `event_id` is in the server's `acked` list, right after that
   batch: a crash or kill -9 at any point resends at most the unacknowledged batch, which the server
-  stores once (idempotent by event_id). DESIGN.md invariant 4.
+  stores once (idempotent by event_id).
 - A batch the server refuses as malformed (400/413/422) is split in halves until the offending event is
   alone; that event is set aside ("rejected": kept in the store, never resent, counted in the heartbeat)
   so one bad record cannot block every later one. Every other failure (network, 5xx, 429, 401, 403)

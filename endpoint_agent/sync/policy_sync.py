@@ -6,7 +6,7 @@
     sync.poll()               # one conditional GET; raises ServerError/CollectError/StoreError
     sync.current()            # the PolicyProvider: the active policy (monitor-only when unsafe/expired)
 
-Rules (DESIGN.md invariant 3), checked in this order on every candidate envelope:
+Rules, checked in this order on every candidate envelope:
 1. the signature over the exact bytes received, by one of the trusted keys, before anything inside
    the payload is parsed (fails closed: no signature, a bad one, an unknown key -> rejected);
 2. the fleet id is this agent's; 3. it has not expired;

@@ -67,7 +67,7 @@ class PolicySyncService:
                 logger.exception("scan after activating a new policy failed")
         return outcome
 
-    # -- report (issue 5): the upload/heartbeat job shares this client (one enrollment, one node key) --
+    # -- report: the upload/heartbeat job shares this client (one enrollment, one node key) --
     @property
     def client(self) -> HttpServerClient:
         return self._client

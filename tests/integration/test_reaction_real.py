@@ -27,13 +27,12 @@ from endpoint_agent.collect.incremental import IncrementalCollector
 from endpoint_agent.collect.proc_events import open_event_source
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.enforce.circuit import CircuitBreaker
-from endpoint_agent.enforce.notify import RecordingNotifier
 from endpoint_agent.enforce.scope import ScopedGuard
-from endpoint_agent.enforce.terminate import RecordingEnforcer
 from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.watch import ExecWatcher
 from tests.support import ProcessReaper, SpawnFn, die_with_parent, named_executable
+from tests.support.doubles import RecordingEnforcer, RecordingNotifier
 from tests.support.enforce_procs import PidNamespace, pid_namespaces_available
 
 pytestmark = [

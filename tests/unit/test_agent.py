@@ -12,19 +12,18 @@ from pathlib import Path
 import pytest
 
 from endpoint_agent.agent import Agent
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.decide import Mode, ModeDecision
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.enforce.circuit import CircuitBreaker, CircuitState
 from endpoint_agent.enforce.guard import Guard
-from endpoint_agent.enforce.notify import RecordingNotifier
-from endpoint_agent.enforce.terminate import EnforceResult, RecordingEnforcer
+from endpoint_agent.enforce.terminate import EnforceResult
 from endpoint_agent.errors import CollectError, StoreError
 from endpoint_agent.oneshot import enforce_findings
 from endpoint_agent.policy import ActivePolicy, compile_policy, evaluate, parse_policy
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.sync.local import FilePolicyProvider
 from endpoint_agent.types import Outcome, ProcessInfo, Snapshot
+from tests.support.doubles import FakeClock, RecordingEnforcer, RecordingNotifier
 
 FAKE_PID = 9_000_000  # above Linux's PID_MAX_LIMIT: no real process has it
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.decide import Decider, Deduplicator, Mode, ModeDecision, Plan, resolve_mode
 from endpoint_agent.types import Finding, Outcome, ProcessInfo, RuleAction
+from tests.support.doubles import FakeClock
 
 ENFORCE = ModeDecision(Mode.ENFORCE, "policy mode is enforce")
 MONITOR = ModeDecision(Mode.MONITOR, "policy mode is monitor")

@@ -1,4 +1,4 @@
-"""The standalone service keeps heavy optional libraries out of its memory (issue 7's RSS budget).
+"""The standalone service keeps heavy optional libraries out of its memory (RSS budget).
 
 cryptography (signed envelopes) and httpx (server mode) cost the agent ~8 MB and ~10 MB of RSS
 each; a service started with a plain YAML policy must not load them. Checked in a fresh

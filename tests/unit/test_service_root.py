@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.enforce.notify import RecordingNotifier
-from endpoint_agent.enforce.terminate import RecordingEnforcer
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.service import JobSpec, Part, Service, build_service
 from endpoint_agent.settings import AgentSettings
+from tests.support.doubles import RecordingEnforcer, RecordingNotifier
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ def no_machine_config(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = load_settings({}, environ=NO_ENV)
     assert (s.scan_interval, s.sync_interval, s.upload_interval) == (None, 60.0, 60.0)
-    # issue 7: scan_interval auto is 30 s with process exec events, 5 s without; explicit wins
+    # scan_interval auto is 30 s with process exec events, 5 s without; explicit wins
     assert (s.effective_scan_interval(events=True), s.effective_scan_interval(events=False)) == (30.0, 5.0)
     explicit = load_settings({"scan_interval": 2.0}, environ=NO_ENV)
     assert explicit.effective_scan_interval(events=True) == 2.0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.collect.packages import PackageIndex
+from tests.support.doubles import FakeClock
 
 
 @dataclass

@@ -11,7 +11,6 @@ from typing import Any
 import psutil
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.collect import Collector, collect_snapshot
 from endpoint_agent.collect import snapshot as snapshot_module
 from endpoint_agent.collect.connections import RawSocket
@@ -19,6 +18,7 @@ from endpoint_agent.collect.hashing import HashResult
 from endpoint_agent.errors import CollectError
 from endpoint_agent.types import Direction, Endpoint, ProcessInfo
 from tests.support import SpawnFn
+from tests.support.doubles import FakeClock
 
 ME = os.getpid()
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.dns.addrmap import AddressMap
 from endpoint_agent.dns.forwarder import Forwarder
 from endpoint_agent.dns.judge import FilterState, PolicyJudge
 from endpoint_agent.policy import compile_policy, parse_policy
 from endpoint_agent.types import Endpoint, Outcome, ProcessInfo, Violation
+from tests.support.doubles import FakeClock
 from tests.unit.dns.doubles import FixedAsker
 
 LISTEN = Endpoint("127.0.0.153", 53)

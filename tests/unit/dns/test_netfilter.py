@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.decide import Mode, ModeDecision
 from endpoint_agent.dns.service import TABLE_MARKER, NetGuard
 from endpoint_agent.enforce.netfilter import (
@@ -18,6 +17,7 @@ from endpoint_agent.enforce.netfilter import (
 from endpoint_agent.policy import ActivePolicy, compile_policy, parse_policy
 from endpoint_agent.settings import load_settings
 from endpoint_agent.types import Endpoint
+from tests.support.doubles import FakeClock
 from tests.unit.dns.doubles import FakeResolver, RecordingNft
 
 POLICY = """

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.dns.addrmap import AddressMap
 from endpoint_agent.dns.resolver import (
     MARKER,
@@ -23,6 +22,7 @@ from endpoint_agent.endpoints import parse_server
 from endpoint_agent.errors import SettingsError
 from endpoint_agent.settings import load_settings
 from endpoint_agent.types import Connection, Direction, Endpoint, Snapshot
+from tests.support.doubles import FakeClock
 
 LISTEN = Endpoint("127.0.0.153", 53)
 ORIGINAL = "search example.net\nnameserver 10.0.0.53\nnameserver 2001:db8::53%eth0\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.enforce.circuit import Admission, CircuitBreaker, CircuitState, StopTarget
 from endpoint_agent.types import ProcessInfo
+from tests.support.doubles import FakeClock
 
 NOBODY = 65534
 

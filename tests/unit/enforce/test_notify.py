@@ -10,7 +10,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.enforce.notify import (
     DesktopNotifier,
     Notification,
@@ -19,6 +18,7 @@ from endpoint_agent.enforce.notify import (
     windows_command,
 )
 from endpoint_agent.types import Outcome
+from tests.support.doubles import FakeClock
 
 
 def note(rule: str = "p2p", user: str = "alice", **kw: object) -> Notification:

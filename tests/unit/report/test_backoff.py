@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.report.backoff import MAX_RETRY_AFTER, BackoffPolicy, ReportSchedule
+from tests.support.doubles import FakeClock
 
 
 def test_the_window_doubles_up_to_the_cap() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
 from endpoint_agent.report.backoff import ReportSchedule
 from endpoint_agent.report.heartbeat import Heartbeat, counters
 from endpoint_agent.report.job import ReportJob
 from endpoint_agent.report.store import NewEvent, StoreLimits, ViolationStore
 from endpoint_agent.report.uploader import Uploader
+from tests.support.doubles import FakeClock
 from tests.unit.report.fake_server import FakeServer
 
 T0 = datetime(2030, 1, 2, tzinfo=UTC)

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from endpoint_agent.agent import Agent
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.enforce.breakglass import BreakGlass
 from endpoint_agent.enforce.circuit import CircuitBreaker
 from endpoint_agent.enforce.guard import Guard
-from endpoint_agent.enforce.notify import RecordingNotifier
-from endpoint_agent.enforce.terminate import RecordingEnforcer
 from endpoint_agent.errors import ServerUnavailable
 from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.report.service import agent_heartbeat, build_report_job, report_tick_seconds
@@ -24,6 +21,7 @@ from endpoint_agent.report.uploader import Uploader
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.types import ProcessInfo, Snapshot
 from endpoint_contract.heartbeat import Heartbeat
+from tests.support.doubles import FakeClock, RecordingEnforcer, RecordingNotifier
 from tests.unit.report.fake_server import FakeServer
 
 FAKE_PID = 9_000_000  # above Linux's PID_MAX_LIMIT: no real process has it

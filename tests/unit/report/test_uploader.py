@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
 from endpoint_agent.report.store import NewEvent, SeenEntry, StoreLimits, ViolationStore
 from endpoint_agent.report.uploader import MAX_BATCH_BYTES, Uploader, wire_text
 from endpoint_agent.types import Connection, Direction, Endpoint, Outcome
 from tests.support.contract import CONTRACT_KEYS
+from tests.support.doubles import FakeClock
 from tests.support.violations import sample_violation
 from tests.unit.report.fake_server import FakeServer
 

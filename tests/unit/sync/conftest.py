@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerUnavailable
 from endpoint_agent.policy import parse_policy
 from endpoint_agent.sync.client import PolicyResponse
 from endpoint_contract.envelope import sign_policy
+from tests.support.doubles import FakeClock
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 

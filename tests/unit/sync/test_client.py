@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
 from endpoint_agent.sync.client import MAX_RETRY_AFTER, HttpServerClient, parse_retry_after
 from endpoint_agent.sync.identity import Enrollment, EnrollmentFile, machine_id
 from endpoint_contract.envelope import MAX_ENVELOPE_BYTES
+from tests.support.doubles import FakeClock
 
 SECRET = "enroll-secret-0123456789"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import CollectError, ServerUnavailable
 from endpoint_agent.sync.policy_sync import PolicySync
 from endpoint_agent.sync.safety import SafetyVerdict
 from endpoint_agent.sync.state import PolicyStateStore
 from endpoint_contract.envelope import key_id
+from tests.support.doubles import FakeClock
 from tests.support.envelopes import flip_payload_byte, strip_signatures
 from tests.unit.sync.conftest import START, FakeServer, ListSink, Signer
 

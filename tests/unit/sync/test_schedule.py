@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from endpoint_agent.clock import FakeClock
 from endpoint_agent.errors import ServerRejected, ServerUnavailable
 from endpoint_agent.sync.schedule import BACKOFF_MAX, PollLoop, PollSchedule
+from tests.support.doubles import FakeClock
 
 
 class Extremes(random.Random):
