@@ -11,7 +11,7 @@ from pathlib import Path
 
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.types import ProcessInfo, Snapshot
-from tests.unit.test_agent import FAKE_PID, Rig, Static, active, proc
+from tests.support.agent_rig import FAKE_PID, Rig, Static, active, proc
 
 
 def partial(*processes: ProcessInfo) -> Snapshot:
