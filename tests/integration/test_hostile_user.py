@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.ci_skip import require
-from tests.integration.test_service import REPO, Harness, clean_env, policy_yaml, unique, wait_exit
 from tests.support.enforce_procs import NsProcess, PidNamespace, is_dead, pid_namespaces_available
 from tests.support.hostile import (
     AS_NOBODY,
@@ -30,6 +29,7 @@ from tests.support.hostile import (
     memory_cgroup_available,
     rss_bytes,
 )
+from tests.support.service_rig import REPO, Harness, clean_env, policy_yaml, unique, wait_exit
 from tests.support.spawn import named_executable, shared_exe_dir
 
 pytestmark = pytest.mark.root
