@@ -18,6 +18,7 @@ _WHY = {
     401: "missing or invalid credentials",
     403: "these credentials may not use this endpoint",
     404: "nothing published yet",
+    408: "request body not received within --body-timeout seconds",
     409: "conflicts with the current state (version not newer, nothing to roll back to)",
     413: "request body or batch too large",
     422: "invalid request: the field is named",
@@ -54,7 +55,7 @@ def document_errors(schema: dict[str, Any], unlimited_paths: frozenset[str]) -> 
             if op.get("requestBody") or op.get("parameters"):
                 codes.add(422)
             if op.get("requestBody"):
-                codes.add(413)
+                codes |= {408, 413}
             codes.update(_SPECIFIC.get((method, path), ()))
             responses = op.setdefault("responses", {})
             for code in sorted(codes):

@@ -93,9 +93,10 @@ class AuthGateMiddleware:
 
     A request with a bearer credential is identified first (server_stub/auth.py); a known principal
     is limited by who it is (`role`, and the host for a node key), however the header is spelled.
-    A request without one, and every failed attempt, is limited by the client's address -- and an
-    address that has run dry is refused before its credential is even looked up, so a flood of
-    made-up tokens costs neither database work nor a body read. API paths answer 401 here for a
+    A request without one, and every failed attempt, is limited by the client's address -- and from
+    an address that has run dry a node key is refused before it is even looked up (the static admin,
+    reader and enroll secrets still pass: comparing them costs no database), so a flood of made-up
+    tokens costs neither database work nor a body read. API paths answer 401 here for a
     missing or unknown credential; the route's dependency then only checks the role (403).
     """
 
@@ -125,11 +126,13 @@ class AuthGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if self.addresses.blocked(address):
-            await _too_many(self.addresses.wait(address))(scope, receive, send)
-            return
         authenticator = scope["app"].state.ctx.auth
-        principal = await run_in_threadpool(authenticator.identify, token)
+        principal = authenticator.identify_static(token)
+        if principal is None:
+            if self.addresses.blocked(address):  # node keys from a flooding address: not even looked up
+                await _too_many(self.addresses.wait(address))(scope, receive, send)
+                return
+            principal = await run_in_threadpool(authenticator.identify, token)
         if principal is None:
             self.addresses.acquire(address)  # a failed attempt counts against the address
             if on_api:
@@ -163,10 +166,14 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
+# Refused before the body: the connection is closed after the answer, so an unread body is never
+# kept and a slow client cannot keep the socket.
 def _too_many(wait: float) -> JSONResponse:
     retry = str(max(1, math.ceil(wait)))
-    return error_response(429, "too many requests; retry later", {"Retry-After": retry})
+    return error_response(
+        429, "too many requests; retry later", {"Retry-After": retry, "Connection": "close"}
+    )
 
 
 def _unauthorized(message: str) -> JSONResponse:
-    return error_response(401, message, {"WWW-Authenticate": "Bearer"})
+    return error_response(401, message, {"WWW-Authenticate": "Bearer", "Connection": "close"})
