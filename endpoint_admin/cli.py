@@ -94,6 +94,12 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _uses(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected 1 to 100000")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Sign and publish endpoint policies; read fleet reports.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -168,9 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--page-size", type=_page_size, default=PAGE_LIMIT, help=f"items per request ({PAGE_LIMIT})"
     )
 
-    p = sub.add_parser("hosts", help="list enrolled hosts (stale ones marked)")
+    p = sub.add_parser("hosts", help="list enrolled hosts (stale ones marked); `hosts reset HOST`")
     server_flags(p)
     p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument(
+        "action", nargs="?", choices=["reset"], help="reset: let HOST enroll once more (its node key stops)"
+    )
+    p.add_argument("host", nargs="?", help="host id or name (for reset)")
+
+    p = sub.add_parser("enroll-token", help="create a per-rollout enrollment token (admin token)")
+    server_flags(p)
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--expires", type=_duration, default=timedelta(days=7), help="lifetime, e.g. 7d (7d)")
+    p.add_argument("--uses", type=_uses, default=1, help="how many hosts may enroll with it (1)")
 
     p = sub.add_parser("policies", help="list published policy versions, newest first")
     server_flags(p)
@@ -322,8 +338,33 @@ def cmd_agent_events(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_hosts(args: argparse.Namespace, out: TextIO) -> int:
+    if args.action == "reset":
+        if not args.host:
+            raise AdminInputError("hosts reset: which host? (its id or name)")
+        with _client(args) as client:
+            result = client.reset_host(args.host)
+        out.write(
+            f"host {result.get('hostname')} ({result.get('host_id')}) may enroll once more; "
+            "its node key no longer works\n"
+        )
+        return 0
+    if args.host:
+        raise AdminInputError(f"hosts: unexpected argument {args.host!r} (did you mean `hosts reset HOST`?)")
     with _client(args) as client:
         write_hosts(client.hosts(), args.format, out)
+    return 0
+
+
+def cmd_enroll_token(args: argparse.Namespace, out: TextIO) -> int:
+    seconds = int(args.expires.total_seconds())
+    with _client(args) as client:
+        result = client.create_enroll_token(seconds, args.uses)
+    # The token itself on stdout alone (for a secret file); what it allows on stderr.
+    out.write(f"{result.get('token')}\n")
+    print(
+        f"{PROG}: enroll token for {result.get('uses')} hosts, expires {result.get('expires_at')}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -377,6 +418,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "violations": cmd_violations,
     "agent-events": cmd_agent_events,
     "hosts": cmd_hosts,
+    "enroll-token": cmd_enroll_token,
     "policies": cmd_policies,
     "summary": cmd_summary,
     "report": cmd_report,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -86,6 +87,12 @@ class AdminClient:
         if not isinstance(items, list):
             raise AdminServerError("server answered /hosts without an item list")
         return items
+
+    def reset_host(self, host: str) -> dict[str, Any]:
+        return self._json("POST", f"/hosts/{quote(host, safe='')}/reset", json={})
+
+    def create_enroll_token(self, expires_in: int, uses: int) -> dict[str, Any]:
+        return self._json("POST", "/enroll-tokens", json={"expires_in": expires_in, "uses": uses})
 
     def policy_versions(self) -> list[dict[str, Any]]:
         items = self._json("GET", "/policy/versions").get("items")

@@ -30,6 +30,8 @@ _SPECIFIC = {
     ("put", "/api/v1/policy"): (409,),
     ("post", "/api/v1/policy/rollout"): (404,),
     ("post", "/api/v1/policy/rollback"): (404, 409),
+    ("post", "/api/v1/enroll"): (409,),
+    ("post", "/api/v1/hosts/{host}/reset"): (404,),
 }
 
 

@@ -28,7 +28,7 @@ from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
 from server_stub.ratelimit import RateLimiter
-from server_stub.routes import admin, agent, compliance, reports
+from server_stub.routes import admin, agent, compliance, enrollment, reports
 from server_stub.store import Store, sqlite_url
 
 API_PREFIX = "/api/v1"
@@ -94,7 +94,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         sinks = exporter.health()
         return Health(export=sinks or None)
 
-    for router in (agent.router, admin.router, reports.router, compliance.router):
+    for router in (agent.router, admin.router, reports.router, compliance.router, enrollment.router):
         app.include_router(router, prefix=API_PREFIX)
     _install_docs_and_metrics(app, metrics)
     mount_console(app)

@@ -1,5 +1,7 @@
 """Who is calling: admin, reader, enroller (shared enroll secret) or one host (its node key).
 
+Enroll tokens (`endpoint-admin enroll-token create`) are stored and looked up the same way and
+admit the enroll role while they have uses left and have not expired.
 Static secrets are compared in constant time, every one of them on every request. Node keys
 are stored as sha256 digests and looked up by digest, so the database never holds a usable
 key and the lookup leaks nothing about the key. Missing or unknown credentials: 401; a valid
@@ -35,6 +37,7 @@ class Role(StrEnum):
 class Principal:
     role: Role
     host: HostRecord | None = None  # set for Role.NODE
+    enroll_token: str | None = None  # the digest of a per-rollout enroll token (Role.ENROLL)
 
     @property
     def host_id(self) -> str:
@@ -81,8 +84,13 @@ class Authenticator:
         static = self.identify_static(token)
         if static is not None:
             return static
-        host = self._store.hosts.authenticate(hash_node_key(token), self._clock())
-        return Principal(Role.NODE, host) if host is not None else None
+        digest = hash_node_key(token)
+        host = self._store.hosts.authenticate(digest, self._clock())
+        if host is not None:
+            return Principal(Role.NODE, host)
+        if self._store.enroll_tokens.usable(digest, self._clock()):
+            return Principal(Role.ENROLL, enroll_token=digest)
+        return None
 
 
 _bearer = HTTPBearer(auto_error=False, description="admin token, reader token, enroll secret or node key")

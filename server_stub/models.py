@@ -31,6 +31,8 @@ class _Strict(BaseModel):
 class EnrollRequest(_Strict):
     hostname: Name
     machine_id: Name
+    # A known machine id re-enrolls (rotates its key) only with its current node key.
+    node_key: Short | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -176,3 +178,19 @@ class AuditOut(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditOut]
     next_cursor: str | None
+
+
+class EnrollTokenRequest(_Strict):
+    expires_in: Annotated[int, Field(ge=60, le=365 * 86400, description="seconds until it expires")]
+    uses: Annotated[int, Field(ge=1, le=100_000)]
+
+
+class EnrollTokenOut(BaseModel):
+    token: str
+    expires_at: datetime
+    uses: int
+
+
+class HostResetOut(BaseModel):
+    host_id: str
+    hostname: str

@@ -216,13 +216,17 @@ class HttpServerClient:
         if not self._enroll_secret:
             raise ServerRejected("not enrolled and no enroll secret is configured (--enroll-secret)", 401)
         body = {"hostname": self._hostname, "machine_id": self._machine_id()}
+        current = self._enrollment.load()
+        if current is not None:
+            # The server re-enrolls a known machine only with its current key (a rotation).
+            body["node_key"] = current.node_key
         response, raw = self._send(
             "POST",
             "/enroll",
             headers={"Authorization": f"Bearer {self._enroll_secret}", "Content-Type": "application/json"},
             content=json.dumps(body).encode("utf-8"),
         )
-        if response.status_code in (401, 403):
+        if response.status_code in (401, 403, 409):  # 409: known machine, no current key (admin reset)
             raise ServerRejected(f"enrollment refused: {_error_message(response, raw)}", response.status_code)
         self._raise_for_status(response, raw, "POST /enroll")
         obj = self._json(response, raw, "POST /enroll")

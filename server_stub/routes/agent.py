@@ -14,9 +14,9 @@ from endpoint_contract.events import EventBatch, EventsAck, Violation
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
 from server_stub.context import Ctx
-from server_stub.errors import NotFound, PayloadTooLarge
+from server_stub.errors import Conflict, NotFound, PayloadTooLarge, Unauthorized
 from server_stub.models import EnrollRequest, EnrollResponse, Ok
-from server_stub.store import event_insert
+from server_stub.store import EnrollRefused, event_insert
 
 router = APIRouter(tags=["agent"])
 log = logging.getLogger(__name__)
@@ -25,17 +25,32 @@ log = logging.getLogger(__name__)
 @router.post("/enroll", response_model=EnrollResponse)
 def enroll(
     body: EnrollRequest,
-    _: Enroller,
+    principal: Enroller,
     ctx: Ctx,
 ) -> EnrollResponse:
-    """Exchange the fleet's enroll secret for this host's own node key (re-enrolling rotates it)."""
+    """Exchange the fleet's enroll secret (or an enroll token) for this host's own node key.
+
+    The first enrollment binds the machine id; enrolling it again (rotating the key) needs the
+    host's current node key in the body, or an admin's reset (`POST /hosts/{host}/reset`).
+    """
+    if principal.enroll_token is not None and not ctx.store.enroll_tokens.use(
+        principal.enroll_token, ctx.now()
+    ):
+        raise Unauthorized("enroll token expired or used up")
     node_key = new_node_key()
-    host_id = ctx.store.hosts.enroll(
-        machine_id=body.machine_id,
-        hostname=body.hostname,
-        node_key_hash=hash_node_key(node_key),
-        now=ctx.now(),
-    )
+    try:
+        host_id = ctx.store.hosts.enroll(
+            machine_id=body.machine_id,
+            hostname=body.hostname,
+            node_key_hash=hash_node_key(node_key),
+            now=ctx.now(),
+            current_key_hash=hash_node_key(body.node_key) if body.node_key else None,
+        )
+    except EnrollRefused:
+        raise Conflict(
+            "this machine_id is already enrolled: re-enrolling needs the host's current node_key "
+            "or an admin's reset (endpoint-admin hosts reset HOST)"
+        ) from None
     return EnrollResponse(host_id=host_id, node_key=node_key)
 
 

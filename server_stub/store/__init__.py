@@ -10,9 +10,10 @@ from sqlalchemy.engine import Engine
 
 from server_stub.store.audit import AuditRepo
 from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
+from server_stub.store.enroll_tokens import EnrollTokenRepo
 from server_stub.store.events import EventFilter, EventInsert, EventRepo, EventRow, event_insert
 from server_stub.store.exports import ExportRepo, ExportRow
-from server_stub.store.hosts import HostRecord, HostRepo
+from server_stub.store.hosts import EnrollRefused, HostRecord, HostRepo
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
 from server_stub.store.stats import StatsRepo, Summary
@@ -29,6 +30,7 @@ class Store:
         self.users = UserRepo(engine)
         self.audit = AuditRepo(engine)
         self.exports = ExportRepo(engine)
+        self.enroll_tokens = EnrollTokenRepo(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -46,6 +48,7 @@ class Store:
 
 
 __all__ = [
+    "EnrollRefused",
     "EventFilter",
     "EventInsert",
     "EventRow",

@@ -18,6 +18,8 @@ ROLLBACK = "rollback"
 TRIAGE = "triage"
 USER_ADD = "user_add"
 USER_DISABLE = "user_disable"
+HOST_RESET = "host_reset"
+ENROLL_TOKEN_CREATE = "enroll_token_create"
 ACTIONS = (PUBLISH, ROLLOUT, ROLLBACK, TRIAGE, USER_ADD, USER_DISABLE)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -11,8 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from endpoint_contract.heartbeat import Heartbeat
-from server_stub.store.engine import db_errors, dialect_insert, read_connection
+from server_stub.store.engine import db_errors, read_connection
 from server_stub.store.tables import hosts
+
+
+class EnrollRefused(Exception):
+    """A known machine id, enrolled again without its current node key or an admin's reset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,27 +60,64 @@ class HostRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def enroll(self, *, machine_id: str, hostname: str, node_key_hash: str, now: datetime) -> str:
-        """The host id for `machine_id` (new or existing); its node key is replaced by this one."""
+    def enroll(
+        self,
+        *,
+        machine_id: str,
+        hostname: str,
+        node_key_hash: str,
+        now: datetime,
+        current_key_hash: str | None = None,
+    ) -> str:
+        """The host id for `machine_id`, now holding this node key.
+
+        The first enrollment binds the machine id. A known one is enrolled again (its key rotated,
+        its history kept) only with its current node key, or once after an admin's `reset`;
+        anything else raises EnrollRefused: a shared secret cannot take over a host.
+        """
         with db_errors("enrolling a host"), self._engine.begin() as conn:
-            stmt = dialect_insert(conn, hosts).values(
-                host_id=str(uuid.uuid4()),
-                machine_id=machine_id,
-                hostname=hostname,
-                node_key_hash=node_key_hash,
-                enrolled_at=now,
-                last_seen=now,
+            row = conn.execute(
+                sa.select(hosts.c.host_id, hosts.c.node_key_hash, hosts.c.reenroll_open).where(
+                    hosts.c.machine_id == machine_id
+                )
+            ).first()
+            if row is None:
+                host_id = str(uuid.uuid4())
+                conn.execute(
+                    sa.insert(hosts).values(
+                        host_id=host_id,
+                        machine_id=machine_id,
+                        hostname=hostname,
+                        node_key_hash=node_key_hash,
+                        enrolled_at=now,
+                        last_seen=now,
+                    )
+                )
+                return host_id
+            if not (row.reenroll_open or current_key_hash == row.node_key_hash):
+                raise EnrollRefused(machine_id)
+            conn.execute(
+                sa.update(hosts)
+                .where(hosts.c.host_id == row.host_id)
+                .values(hostname=hostname, node_key_hash=node_key_hash, last_seen=now, reenroll_open=False)
             )
-            # Re-enrolling keeps the host id (its history stays attached) and rotates the key.
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[hosts.c.machine_id],
-                set_={"hostname": hostname, "node_key_hash": node_key_hash, "last_seen": now},
+            return str(row.host_id)
+
+    def reset(self, host: str) -> HostRecord | None:
+        """Open a host (by id or name) for one new enrollment; its node key stops working now."""
+        with db_errors("resetting a host"), self._engine.begin() as conn:
+            row = conn.execute(
+                sa.select(hosts).where(sa.or_(hosts.c.host_id == host, hosts.c.hostname == host)).limit(1)
+            ).first()
+            if row is None:
+                return None
+            unusable = hashlib.sha256(secrets.token_bytes(32)).hexdigest()  # no key hashes to it
+            conn.execute(
+                sa.update(hosts)
+                .where(hosts.c.host_id == row.host_id)
+                .values(node_key_hash=unusable, reenroll_open=True)
             )
-            conn.execute(stmt)
-            host_id = conn.execute(
-                sa.select(hosts.c.host_id).where(hosts.c.machine_id == machine_id)
-            ).scalar_one()
-        return str(host_id)
+        return _record(row)
 
     def authenticate(self, node_key_hash: str, now: datetime) -> HostRecord | None:
         """The host owning this key, marked as seen now; None for an unknown (or rotated) key.

@@ -210,6 +210,23 @@ def _v7_wide_policy_version(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE hosts ALTER COLUMN policy_version TYPE BIGINT"))
 
 
+def _v8_enrollment(conn: Connection) -> None:
+    # A known host re-enrolls with its current node key, or after an admin opened it (reset).
+    conn.execute(sa.text("ALTER TABLE hosts ADD COLUMN reenroll_open BOOLEAN"))
+    md = sa.MetaData()
+    sa.Table(
+        "enroll_tokens",
+        md,
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("expires_at", UTCDateTime, nullable=False),
+        sa.Column("max_uses", sa.Integer, nullable=False),
+        sa.Column("uses", sa.Integer, nullable=False),
+        sa.Column("created_by", sa.String(64), nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -218,6 +235,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "index for the newest violations of a rule", _v5_rule_list_index),
     Migration(6, "a rule's hits by host from an index", _v6_rule_host_index),
     Migration(7, "hosts: 64-bit policy version", _v7_wide_policy_version),
+    Migration(8, "enrollment: host binding, enroll tokens", _v8_enrollment),
 )
 
 _version_md = sa.MetaData()

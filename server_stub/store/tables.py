@@ -36,6 +36,18 @@ hosts = sa.Table(
     sa.Column("circuit_state", sa.String(32), nullable=True),
     sa.Column("heartbeat_at", UTCDateTime, nullable=True),
     sa.Column("mode_reason", sa.String(200), nullable=True),
+    sa.Column("reenroll_open", sa.Boolean, nullable=True),  # an admin's reset: the next enroll binds
+)
+
+enroll_tokens = sa.Table(
+    "enroll_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("max_uses", sa.Integer, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
 )
 
 policy_versions = sa.Table(

@@ -170,16 +170,32 @@ def test_an_unsafe_policy_is_active_in_monitor_mode_and_reported(server: LiveSer
     assert "protected process" in detail["reason"]
 
 
-def test_the_agent_enrolls_again_when_its_key_is_rotated(server: LiveServer, agent: Agentish) -> None:
+def test_the_agent_enrolls_again_after_an_admin_reset(server: LiveServer, agent: Agentish) -> None:
     publish(server, policy(1))
     agent.sync.poll()
     first = EnrollmentFile(agent.state).load()
-    server.enroll("someone-else", machine_id=MACHINE_ID)  # same machine id: the old key stops working
+    assert first is not None
+    # Someone else with the shared secret cannot take this machine id (nor stop its key).
+    with server.client(server.enroll_secret) as c:
+        taken = c.post("/enroll", json={"hostname": "someone-else", "machine_id": MACHINE_ID})
+    assert taken.status_code == 409
+    with server.admin() as c:  # `endpoint-admin hosts reset`: the old key stops working now
+        assert c.post(f"/hosts/{first.host_id}/reset", json={}).status_code == 200
     agent.sync._etag = None  # a full fetch, so success is visible as "unchanged"
     assert agent.sync.poll() == "unchanged"
     second = EnrollmentFile(agent.state).load()
-    assert first is not None and second is not None
+    assert second is not None
     assert second.host_id == first.host_id and second.node_key != first.node_key
+
+
+def test_the_agent_rotates_its_key_with_its_current_one(server: LiveServer, agent: Agentish) -> None:
+    publish(server, policy(1))
+    agent.sync.poll()
+    first = EnrollmentFile(agent.state).load()
+    rotated = agent.client.enroll()  # sends its current node key: a rotation, not a takeover
+    assert first is not None and rotated.host_id == first.host_id and rotated.node_key != first.node_key
+    agent.sync._etag = None
+    assert agent.sync.poll() == "unchanged"
 
 
 def test_a_restart_without_the_server_keeps_enforcing_the_last_good_policy(

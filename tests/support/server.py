@@ -77,10 +77,16 @@ class LiveServer:
     def reader(self) -> httpx.Client:
         return self.client(self.reader_token)
 
-    def enroll(self, hostname: str, machine_id: str | None = None) -> EnrolledHost:
+    def enroll(
+        self, hostname: str, machine_id: str | None = None, node_key: str | None = None
+    ) -> EnrolledHost:
+        """Enroll (a known machine id again only with its current `node_key`: a rotation)."""
         machine_id = machine_id or uuid.uuid4().hex
+        body = {"hostname": hostname, "machine_id": machine_id}
+        if node_key is not None:
+            body["node_key"] = node_key
         with self.client(self.enroll_secret) as c:
-            r = c.post("/enroll", json={"hostname": hostname, "machine_id": machine_id})
+            r = c.post("/enroll", json=body)
         r.raise_for_status()
         body = r.json()
         return EnrolledHost(body["host_id"], body["node_key"], hostname, machine_id)

@@ -36,7 +36,7 @@ def test_heartbeat_is_visible_in_hosts(live_server: LiveServer) -> None:
 
 def test_reenrolling_a_machine_rotates_its_key_and_keeps_its_id(live_server: LiveServer) -> None:
     first = live_server.enroll("ws-1", machine_id="machine-1")
-    second = live_server.enroll("ws-1-renamed", machine_id="machine-1")
+    second = live_server.enroll("ws-1-renamed", machine_id="machine-1", node_key=first.node_key)
     assert second.host_id == first.host_id and second.node_key != first.node_key
     with live_server.client(first.node_key) as c:
         assert c.post("/heartbeat", json={"agent_version": "1"}).status_code == 401

@@ -10,7 +10,7 @@ import pytest
 from endpoint_contract.events import Violation
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.errors import Conflict, NotFound
-from server_stub.store import EventFilter, NewPolicy, Store, event_insert
+from server_stub.store import EnrollRefused, EventFilter, NewPolicy, Store, event_insert
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -52,7 +52,11 @@ def _violation(
 
 def test_enroll_is_per_machine_and_rotates_the_key(store: Store) -> None:
     host_id = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
-    again = store.hosts.enroll(machine_id="m1", hostname="ws-1b", node_key_hash="b" * 64, now=T0)
+    with pytest.raises(EnrollRefused):  # a known machine id without its current key
+        store.hosts.enroll(machine_id="m1", hostname="evil", node_key_hash="d" * 64, now=T0)
+    again = store.hosts.enroll(
+        machine_id="m1", hostname="ws-1b", node_key_hash="b" * 64, now=T0, current_key_hash="a" * 64
+    )
     other = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="c" * 64, now=T0)
     assert again == host_id and other != host_id
     assert store.hosts.authenticate("a" * 64, T0) is None  # the old key stopped working
