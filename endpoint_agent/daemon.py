@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -151,13 +151,18 @@ def run_jobs(stop: threading.Event, jobs: Sequence[JobSpec], *, on_state: Callab
         timezone=UTC,
     )
     for job in jobs:
+        # APScheduler 3 adds a job whose next_run_time is None *paused*: a job that does not run at
+        # start gets its first run one interval from now instead.
+        first = datetime.now(UTC)
+        if not job.run_at_start:
+            first += timedelta(seconds=job.interval_seconds)
         scheduler.add_job(
             guarded(job.name, job.func),
             "interval",
             seconds=job.interval_seconds,
             id=job.name,
             name=job.name,
-            next_run_time=datetime.now(UTC) if job.run_at_start else None,
+            next_run_time=first,
         )
     on_state("running")
     scheduler.start()

@@ -22,7 +22,7 @@ from server_stub.config import ServerConfig
 from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
-from server_stub.export import ExportService
+from server_stub.export.service import ExportService
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response

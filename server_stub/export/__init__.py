@@ -9,7 +9,8 @@ lines to a rotated file, and signed webhooks (JSON, or Slack-compatible text).
 The OCSF mapping is shared with the agent's local event log: endpoint_contract/ocsf.py.
 """
 
+# Only the configuration here: the CLI reads it before it knows the [server] extra is installed,
+# and the runner (service.py) needs SQLAlchemy.
 from server_stub.export.config import ExportConfig, load_export_config
-from server_stub.export.service import ExportService
 
-__all__ = ["ExportConfig", "ExportService", "load_export_config"]
+__all__ = ["ExportConfig", "load_export_config"]

@@ -87,6 +87,20 @@ def test_the_scheduler_keeps_running_after_a_failed_job(
     assert states == ["running", "stopped"]
 
 
+def test_a_job_that_does_not_run_at_start_runs_after_one_interval() -> None:
+    """Not paused: APScheduler 3 treats a job added without a first run time as paused forever."""
+    ran = threading.Event()
+    stop = threading.Event()
+    jobs = [JobSpec("later", ran.set, 0.05, run_at_start=False)]
+    runner = threading.Thread(target=run_jobs, args=(stop, jobs), kwargs={"on_state": lambda _: None})
+    runner.start()
+    try:
+        assert ran.wait(20), "the job never ran"
+    finally:
+        stop.set()
+        runner.join(20)
+
+
 def test_json_log_lines() -> None:
     record = logging.LogRecord("endpoint_agent.x", logging.ERROR, __file__, 1, "scan %d failed", (3,), None)
     try:
