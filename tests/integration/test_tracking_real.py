@@ -19,6 +19,7 @@ import pytest
 
 from endpoint_agent.agent import Agent
 from endpoint_agent.collect.incremental import IncrementalCollector
+from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.collect.proc_events import Event, ExecEvent, Overrun, ProcEventSource, open_event_source
 from endpoint_agent.watch import ExecWatcher
 from tests.integration.test_reaction_real import recording_agent, unique, wait_for
@@ -57,7 +58,7 @@ class Lossy:
         self.source.close()
 
 
-Rig = tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, Lossy, str]
+Rig = tuple[Agent, IncrementalCollector, RecordingEnforcer, ExecWatcher, Lossy, str, ViolationStore]
 
 
 def rig(tmp_path: Path, *, tell: bool) -> Iterator[Rig]:
@@ -78,7 +79,7 @@ def rig(tmp_path: Path, *, tell: bool) -> Iterator[Rig]:
     watcher.start()
     try:
         agent.tick()  # the baseline: every process tracked from here on
-        yield agent, collector, enforcer, watcher, lossy, blocked
+        yield agent, collector, enforcer, watcher, lossy, blocked, store
     finally:
         watcher.stop()
         store.close()
@@ -97,7 +98,7 @@ def told(tmp_path: Path) -> Iterator[Rig]:
 def test_a_program_whose_exec_was_lost_unannounced_is_judged_by_the_next_scan(
     silent: Rig, spawn: SpawnFn
 ) -> None:
-    agent, collector, enforcer, _, lossy, blocked = silent
+    agent, collector, enforcer, _, lossy, blocked, store = silent
     standin = spawn(blocked, program="sleep")
     wait_for("its exec event to be dropped", lambda: lossy.dropped >= 1)
     assert enforcer.pids == []  # the events said nothing about it
@@ -106,14 +107,14 @@ def test_a_program_whose_exec_was_lost_unannounced_is_judged_by_the_next_scan(
     assert enforcer.pids == [standin.pid]
     tracking = collector.tracking or {}
     assert tracking["trusted"] and tracking["full_walks"] == full_walks  # the consistency check found it
-    [violation] = [e.payload for e in agent.store.events(kind="violation")]
+    [violation] = [e.payload for e in store.events(kind="violation")]
     assert (violation["pid"], violation["process_name"]) == (standin.pid, blocked)
 
 
 def test_a_program_started_during_an_overrun_is_judged_by_the_next_scan_which_walks_everything(
     told: Rig, spawn: SpawnFn
 ) -> None:
-    agent, collector, enforcer, watcher, _, blocked = told
+    agent, collector, enforcer, watcher, _, blocked, _store = told
     standin = spawn(blocked, program="sleep")
     wait_for("the overrun to be seen", lambda: watcher.stats.overruns >= 1)
     full_walks = (collector.tracking or {})["full_walks"]
