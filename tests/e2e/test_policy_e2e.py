@@ -5,7 +5,7 @@ KILL SAFETY: the agent and its stand-ins run in a private PID namespace (tests/e
 even the "block everything" policy below can reach nothing but what the test started.
 
 Envelopes the server refuses on PUT (tampered, unsigned, unknown key, replayed, expired) are
-written into the server's database through its own store API (tests/integration/policy_inject.py),
+written into the server's database through its own store API (tests/support/policy_inject.py),
 so the agent receives exactly those bytes from the real server over real HTTP.
 """
 
@@ -20,14 +20,14 @@ import pytest
 
 from endpoint_contract.envelope import key_id, load_public_key
 from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
-from tests.integration.policy_inject import (
+from tests.support.enforce_procs import NsProcess, is_dead, pid_namespaces_available
+from tests.support.policy_inject import (
     expired,
     flip_payload_byte,
     serve_raw,
     strip_signatures,
     unknown_key,
 )
-from tests.support.enforce_procs import NsProcess, is_dead, pid_namespaces_available
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

@@ -25,8 +25,8 @@ from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.service import Service, build_service
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.sync.service import PolicySyncService
-from tests.integration.ci_skip import require
 from tests.support import ProcessReaper
+from tests.support.ci_skip import require
 from tests.support.doubles import RecordingEnforcer, RecordingNotifier
 from tests.support.enforce_procs import python_env, python_sleeper
 from tests.support.server import LiveServer, run_server

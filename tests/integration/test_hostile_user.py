@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 from tests.support.enforce_procs import NsProcess, PidNamespace, is_dead, pid_namespaces_available
 from tests.support.hostile import (
     AS_NOBODY,

@@ -20,8 +20,8 @@ import pytest
 from endpoint_agent.collect import Collector
 from endpoint_agent.collect.package_trust import has_package_database, system_package_resolver
 from endpoint_agent.policy import UNAPPROVED_RULE_ID, compile_policy, evaluate, load_policy_file
-from tests.integration.ci_skip import require
 from tests.support import ProcessReaper
+from tests.support.ci_skip import require
 
 REPO = Path(__file__).resolve().parents[2]
 ALLOWLIST = REPO / "policies" / "examples" / "allowlist.yaml"

@@ -3,7 +3,7 @@
 Real HTTP client, real server, real ETags and 304s, real enrollment and key rotation, the real
 rate limiter's Retry-After, a real snapshot of this machine for the dry-run (nothing is ever
 signalled here: PolicySync only decides what is active), a real SQLite outbox for the events.
-Envelopes the server refuses on PUT are served through its database (tests/integration/policy_inject.py).
+Envelopes the server refuses on PUT are served through its database (tests/support/policy_inject.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from endpoint_agent.sync.safety import DryRun
 from endpoint_agent.sync.schedule import PollLoop, PollSchedule
 from endpoint_agent.sync.state import PolicyStateStore
 from endpoint_contract.envelope import key_id, load_public_key
-from tests.integration.policy_inject import (
+from tests.support.policy_inject import (
     expired,
     flip_payload_byte,
     serve_raw,

@@ -13,27 +13,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from endpoint_agent.agent import Agent
-from endpoint_agent.clock import SystemClock
 from endpoint_agent.collect.incremental import IncrementalCollector
 from endpoint_agent.collect.proc_events import open_event_source
-from endpoint_agent.enforce.breakglass import BreakGlass
-from endpoint_agent.enforce.circuit import CircuitBreaker
-from endpoint_agent.enforce.scope import ScopedGuard
-from endpoint_agent.policy import ActivePolicy, parse_policy
 from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.watch import ExecWatcher
 from tests.support import ProcessReaper, SpawnFn, die_with_parent, named_executable
-from tests.support.doubles import RecordingEnforcer, RecordingNotifier
+from tests.support.doubles import RecordingEnforcer
 from tests.support.enforce_procs import PidNamespace, pid_namespaces_available
+from tests.support.reaction_rig import policy_yaml, recording_agent, unique, wait_for
 
 pytestmark = [
     pytest.mark.root,
@@ -42,55 +36,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_THE_AGENT = 9_000_003  # the agent under test is this process; its children must not count as its own
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"  # <= 15 characters: the kernel's comm keeps it whole
-
-
-def policy_yaml(blocked: str) -> str:
-    return (
-        "name: reaction-test\nversion: 1\nmode: enforce\nrules:\n"
-        f'  - id: standin\n    category: p2p\n    action: block\n    process:\n      name: ["{blocked}"]\n'
-    )
-
-
-def wait_for(what: str, ok: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-class Policy:
-    def __init__(self, text: str) -> None:
-        self.active = ActivePolicy.from_policy(parse_policy(text, "test"), "test")
-
-    def current(self) -> ActivePolicy:
-        return self.active
-
-
-def recording_agent(
-    tmp_path: Path, blocked: str
-) -> tuple[Agent, IncrementalCollector, RecordingEnforcer, ViolationStore]:
-    """An in-process agent on the real collector; stops are only recorded. The caller closes the store."""
-    collector = IncrementalCollector()
-    enforcer = RecordingEnforcer()
-    store = ViolationStore.open(tmp_path / "violations.sqlite3")
-    clock = SystemClock()
-    agent = Agent(
-        policy=Policy(policy_yaml(blocked)),
-        source=collector,
-        guard=ScopedGuard(os.getpid(), agent_pid=NOT_THE_AGENT),
-        enforcer=enforcer,
-        notifier=RecordingNotifier(),
-        store=store,
-        circuit=CircuitBreaker(clock=clock),
-        break_glass=BreakGlass(tmp_path / "break-glass"),
-        clock=clock,
-    )
-    return agent, collector, enforcer, store
 
 
 @pytest.fixture

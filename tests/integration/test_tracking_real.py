@@ -19,12 +19,12 @@ import pytest
 
 from endpoint_agent.agent import Agent
 from endpoint_agent.collect.incremental import IncrementalCollector
-from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.collect.proc_events import Event, ExecEvent, Overrun, ProcEventSource, open_event_source
+from endpoint_agent.report.store import ViolationStore
 from endpoint_agent.watch import ExecWatcher
-from tests.integration.test_reaction_real import recording_agent, unique, wait_for
 from tests.support import SpawnFn
 from tests.support.doubles import RecordingEnforcer
+from tests.support.reaction_rig import recording_agent, unique, wait_for
 
 pytestmark = [
     pytest.mark.root,

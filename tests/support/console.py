@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 from tests.support.server import REPO_ROOT, LiveServer, run_server, subprocess_env
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,10 +1,13 @@
-"""Violations as the agent builds them (report.violation.build_violation), for tests of what follows."""
+"""Violations as the agent builds them (report.violation.build_violation), for tests of what follows;
+`violation`/`record` put one in a local store as a scan would (the listing and display tests)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
+from endpoint_agent.decide import SeenEntry
+from endpoint_agent.report.store import NewEvent, ViolationStore
 from endpoint_agent.report.violation import HostFacts, build_violation
 from endpoint_agent.types import (
     Connection,
@@ -63,3 +66,15 @@ def sample_violation(
         first_seen=first_seen or detected_at,
         host=HOST,
     )
+
+
+LISTING_T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def violation(rule: str, *, connection: Connection | None = None) -> Violation:
+    return sample_violation(rule, LISTING_T0, connection=connection)
+
+
+def record(store: ViolationStore, v: Violation) -> None:
+    seen = SeenEntry(v.rule_id, v.pid, 1.5, v.event_id, v.action, 3, LISTING_T0, LISTING_T0.replace(minute=5))
+    store.commit_tick([NewEvent(v.event_id, "violation", LISTING_T0, v.to_json())], seen_upserts=[seen])

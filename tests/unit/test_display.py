@@ -16,7 +16,7 @@ from endpoint_agent.service import write_status
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.status import show_status
 from endpoint_agent.types import Outcome
-from tests.unit.report.test_listing import record, violation
+from tests.support.violations import record, violation
 
 HOSTILE = "q\x1b[2J\x1b]0;pwned\x07\nFORGED ERROR root: \u202egpj.exe\udcff\r\t"
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench.detect.benign_cases import CASES, BenignCase, missing_packages, run_benign
 from bench.detect.sandbox import missing_requirements
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 
 pytestmark = pytest.mark.root
 

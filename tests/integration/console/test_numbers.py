@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 from tests.support.console import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, figures, seeded_console
 from tests.support.server import fresh_pg_database, pg_url_or_skip, subprocess_env
 

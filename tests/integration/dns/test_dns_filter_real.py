@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from endpoint_agent.dns.resolver import MARKER
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 from tests.support.resolver_sandbox import ResolverSandbox, resolver_sandbox_missing
 
 pytestmark = pytest.mark.root

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 from tests.support.gate_ns import GateNamespace, unavailable
 
 pytestmark = pytest.mark.root

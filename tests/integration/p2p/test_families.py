@@ -14,7 +14,7 @@ import pytest
 
 from bench.detect.family_cases import CASES, FamilyCase, missing_package, run_family
 from bench.detect.sandbox import missing_requirements
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ from bench.detect.sandbox import LineReader, LoopbackNamespace, missing_requirem
 from endpoint_agent.collect import Collector
 from endpoint_agent.collect.netns_sockets import all_namespace_sockets
 from endpoint_agent.types import Direction
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 
 LISTENER = """
 import socket, time

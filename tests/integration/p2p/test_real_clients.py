@@ -23,7 +23,7 @@ from bench.detect.clients import missing_clients
 from bench.detect.observe import Watched
 from bench.detect.p2p_cases import EVASIVE, NAMED, RENAMED, SwarmRun, run_swarm
 from bench.detect.sandbox import missing_requirements
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 
 pytestmark = pytest.mark.root
 

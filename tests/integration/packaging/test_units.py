@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ci_skip import require
+from tests.support.ci_skip import require
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import httpx
 
 from server_stub.store.engine import SQLITE_FILE
-from tests.integration.server.test_events import post, violation
 from tests.support.server import EnrolledHost, LiveServer, subprocess_env
+from tests.support.server_events import post, violation
 
 
 def enroll(

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.server.test_events import agent_event, violation
 from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
+from tests.support.server_events import agent_event, violation
 
 
 def nested(depth: int) -> str:

@@ -15,7 +15,7 @@ import pytest
 from endpoint_agent.collect.incremental import Details, IncrementalCollector
 from endpoint_agent.collect.proc_stat import PF_KTHREAD
 from tests.support import Listen, SpawnFn
-from tests.unit.collect.test_incremental import FakeDetails, FakeProc, fake_collector
+from tests.support.fake_proc import FakeDetails, FakeProc, fake_collector
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux")
 

@@ -5,27 +5,16 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
-from endpoint_agent.decide import SeenEntry
 from endpoint_agent.report.listing import show_violations
 from endpoint_agent.report.store import NewEvent, ViolationStore
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.types import Connection, Direction, Endpoint, Violation
+from endpoint_agent.types import Connection, Direction, Endpoint
 from tests.support.contract import CONTRACT_KEYS
-from tests.support.violations import SHA, sample_violation
+from tests.support.violations import LISTING_T0, SHA, record, violation
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def violation(rule: str, *, connection: Connection | None = None) -> Violation:
-    return sample_violation(rule, T0, connection=connection)
-
-
-def record(store: ViolationStore, v: Violation) -> None:
-    seen = SeenEntry(v.rule_id, v.pid, 1.5, v.event_id, v.action, 3, T0, T0.replace(minute=5))
-    store.commit_tick([NewEvent(v.event_id, "violation", T0, v.to_json())], seen_upserts=[seen])
+T0 = LISTING_T0  # the time `violation` gives its records
 
 
 def test_ndjson_has_the_contract_keys(tmp_path: Path) -> None:
