@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Agent, Server
+from tests.support.e2e_harness import Agent, Server
 from tests.support.enforce_procs import PidNamespace
 from tests.support.server import fresh_pg_database, pg_url_or_skip
 

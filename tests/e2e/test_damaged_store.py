@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from endpoint_agent.report.store import NewEvent, ViolationStore
-from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.support.enforce_procs import pid_namespaces_available
 
 _why_not = pid_namespaces_available()

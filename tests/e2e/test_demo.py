@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.harness import REPO, clean_env
+from tests.support.e2e_harness import REPO, clean_env
 from tests.support.enforce_procs import PidNamespace, pid_namespaces_available
 
 _why_not = pid_namespaces_available()

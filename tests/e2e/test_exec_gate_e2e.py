@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.support.ci_skip import require
+from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.support.enforce_procs import pid_namespaces_available
 from tests.support.gate_ns import unavailable
 

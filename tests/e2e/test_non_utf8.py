@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from endpoint_contract.text import unescape_bytes
-from tests.e2e.harness import Agent, Server, clean_env, policy_yaml, unique, wait_for
 from tests.support.contract import WIRE_KEYS
+from tests.support.e2e_harness import Agent, Server, clean_env, policy_yaml, unique, wait_for
 from tests.support.enforce_procs import SLEEPER, pid_namespaces_available, python_env
 from tests.support.spawn import named_executable
 

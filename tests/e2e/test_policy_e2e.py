@@ -1,7 +1,7 @@
 """Policy distribution end to end: the REAL server and the REAL agent service (`endpoint-agent run
 --server ...`) as subprocesses, enforcing on stand-ins.
 
-KILL SAFETY: the agent and its stand-ins run in a private PID namespace (tests/e2e/harness.py);
+KILL SAFETY: the agent and its stand-ins run in a private PID namespace (tests/support/e2e_harness.py);
 even the "block everything" policy below can reach nothing but what the test started.
 
 Envelopes the server refuses on PUT (tampered, unsigned, unknown key, replayed, expired) are
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from endpoint_contract.envelope import key_id, load_public_key
-from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.support.enforce_procs import NsProcess, is_dead, pid_namespaces_available
 from tests.support.policy_inject import (
     expired,

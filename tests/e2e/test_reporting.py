@@ -1,7 +1,7 @@
 """The whole reporting story with the real server and the real agent service, on SQLite and PostgreSQL.
 
 Each test publishes a signed policy, runs `endpoint-agent run --server ...` in a private PID namespace
-(tests/e2e/harness.py) next to stand-ins with unique names, and checks what the security team sees.
+(tests/support/e2e_harness.py) next to stand-ins with unique names, and checks what the security team sees.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Agent, Server, policy_yaml, unique, wait_for
-from tests.e2e.proxy import HoldingProxy
 from tests.support.contract import CONTRACT_KEYS
+from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
 from tests.support.enforce_procs import is_dead, pid_namespaces_available
+from tests.support.holding_proxy import HoldingProxy
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

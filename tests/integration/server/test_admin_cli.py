@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server.policies import policy_yaml
 from tests.support.server import REPO_ROOT, LiveServer, run_server, subprocess_env
 from tests.support.server_events import agent_event, post, violation
+from tests.support.server_policies import policy_yaml
 
 
 def admin(

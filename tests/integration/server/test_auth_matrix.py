@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.server.policies import policy_yaml
 from tests.support.server import LiveServer, run_server
+from tests.support.server_policies import policy_yaml
 
 ROLES = ("admin", "reader", "enroll", "node")
 

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from endpoint_agent.policy import Policy, parse_policy
 from endpoint_contract.envelope import load_private_key, load_public_key, sign_policy, verify_envelope
 from server_stub.rollout import bucket
-from tests.integration.server.policies import policy_yaml
 from tests.support.server import LiveServer
+from tests.support.server_policies import policy_yaml
 
 
 def _versions(server: LiveServer) -> list[int]:

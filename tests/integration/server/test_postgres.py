@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from server_stub.store.migrations import MIGRATIONS
-from tests.integration.server.policies import policy_yaml
 from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
 from tests.support.server_events import post, violation
+from tests.support.server_policies import policy_yaml
 
 pytestmark = pytest.mark.postgres
 

@@ -12,8 +12,8 @@ from endpoint_agent.dns.forwarder import Forwarder
 from endpoint_agent.dns.judge import FilterState, PolicyJudge
 from endpoint_agent.policy import compile_policy, parse_policy
 from endpoint_agent.types import Endpoint, Outcome, ProcessInfo, Violation
+from tests.support.dns_doubles import FixedAsker
 from tests.support.doubles import FakeClock
-from tests.unit.dns.doubles import FixedAsker
 
 LISTEN = Endpoint("127.0.0.153", 53)
 CLIENT = ("127.0.0.1", 40000)

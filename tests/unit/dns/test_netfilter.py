@@ -17,8 +17,8 @@ from endpoint_agent.enforce.netfilter import (
 from endpoint_agent.policy import ActivePolicy, compile_policy, parse_policy
 from endpoint_agent.settings import load_settings
 from endpoint_agent.types import Endpoint
+from tests.support.dns_doubles import FakeResolver, RecordingNft
 from tests.support.doubles import FakeClock
-from tests.unit.dns.doubles import FakeResolver, RecordingNft
 
 POLICY = """
 name: t

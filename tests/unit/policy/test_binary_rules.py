@@ -14,7 +14,7 @@ import pytest
 
 from endpoint_agent.policy import Policy, compile_policy, evaluate
 from endpoint_agent.policy.binary_rules import BinaryRules
-from tests.unit.policy.casefile import case_files, load_case
+from tests.support.casefile import case_files, load_case
 
 SHA = hashlib.sha256(b"x").hexdigest()
 

@@ -8,7 +8,7 @@ import pytest
 
 from endpoint_agent.policy import compile_policy, evaluate
 from endpoint_agent.types import Finding
-from tests.unit.policy.casefile import Expected, case_files, load_case
+from tests.support.casefile import Expected, case_files, load_case
 
 
 def _where(finding: Finding) -> str | None:

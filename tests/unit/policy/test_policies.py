@@ -14,7 +14,7 @@ from endpoint_agent.policy import Mode, UnapprovedAction, compile_policy, evalua
 from endpoint_agent.policy.schema import render_schema
 from endpoint_agent.types import Connection, Direction, Endpoint, ProcessInfo, RuleAction, Snapshot
 from tests.support import Listen, SpawnFn
-from tests.unit.policy.machine import machine_snapshot
+from tests.support.machine import machine_snapshot
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 ALL_FILES = sorted(POLICIES.rglob("*.yaml"))

@@ -17,7 +17,7 @@ from endpoint_agent.report.job import ReportJob
 from endpoint_agent.report.store import NewEvent, StoreLimits, ViolationStore
 from endpoint_agent.report.uploader import Uploader
 from tests.support.doubles import FakeClock
-from tests.unit.report.fake_server import FakeServer
+from tests.support.fake_server import FakeServer
 
 T0 = datetime(2030, 1, 2, tzinfo=UTC)
 

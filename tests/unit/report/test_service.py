@@ -22,7 +22,7 @@ from endpoint_agent.settings import AgentSettings
 from endpoint_agent.types import ProcessInfo, Snapshot
 from endpoint_contract.heartbeat import Heartbeat
 from tests.support.doubles import FakeClock, RecordingEnforcer, RecordingNotifier
-from tests.unit.report.fake_server import FakeServer
+from tests.support.fake_server import FakeServer
 
 FAKE_PID = 9_000_000  # above Linux's PID_MAX_LIMIT: no real process has it
 POLICY = """

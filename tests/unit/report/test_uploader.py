@@ -16,8 +16,8 @@ from endpoint_agent.report.uploader import MAX_BATCH_BYTES, Uploader, wire_text
 from endpoint_agent.types import Connection, Direction, Endpoint, Outcome
 from tests.support.contract import CONTRACT_KEYS
 from tests.support.doubles import FakeClock
+from tests.support.fake_server import FakeServer
 from tests.support.violations import sample_violation
-from tests.unit.report.fake_server import FakeServer
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 NO_DISK_CHECK = StoreLimits(min_free_bytes=0)

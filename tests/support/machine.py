@@ -21,7 +21,7 @@ import psutil
 from endpoint_agent.types import Connection, Direction, Endpoint, ProcessInfo, Snapshot
 
 _TEMP_DIRS = tuple({os.path.realpath(tempfile.gettempdir()), "/tmp", "/var/tmp", "/dev/shm"})
-_REPO = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+_REPO = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 _FOREIGN_DIRS = (*_TEMP_DIRS, _REPO)
 _ATTRS = ["pid", "ppid", "name", "exe", "cmdline", "username", "uids", "create_time", "cwd"]
 

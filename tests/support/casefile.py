@@ -28,7 +28,7 @@ from endpoint_agent.collect.behaviour import BehaviourTracker
 from endpoint_agent.policy import Policy, load_policy_file
 from endpoint_agent.types import Connection, Direction, Endpoint, ProcessInfo, RuleAction, Snapshot
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 CASES_DIR = REPO / "tests" / "cases"
 
 
