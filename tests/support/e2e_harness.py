@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from endpoint_agent.errors import StoreError
 from endpoint_agent.report.store import StoredEvent, ViolationStore
 from tests.support.enforce_procs import NsProcess, PidNamespace, python_env, python_sleeper
 from tests.support.ports import free_port
@@ -232,11 +233,15 @@ class Agent:
             return store.events(kind=kind)  # type: ignore[arg-type]
 
     def dropped(self) -> int:
-        store = ViolationStore.open_existing(self.state / "violations.sqlite3")
-        if store is None:
+        """The store's dropped count; 0 until the agent has created it (file and schema)."""
+        try:
+            store = ViolationStore.open_existing(self.state / "violations.sqlite3")
+            if store is None:
+                return 0
+            with store:
+                return store.counts().dropped
+        except StoreError:  # the file exists, its schema not yet: the agent is starting
             return 0
-        with store:
-            return store.counts().dropped
 
     def log_text(self) -> str:
         parts = [f"--- {p.name}\n{p.read_text(errors='replace')}" for p in self.logs if p.exists()]
