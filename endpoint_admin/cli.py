@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "action", nargs="?", choices=["reset"], help="reset: let HOST enroll once more (its node key stops)"
     )
     p.add_argument("host", nargs="?", help="host id or name (for reset)")
+    p.add_argument("--stale", action="store_true", help="only hosts silent longer than --stale-after")
+    p.add_argument("--mode", help="only hosts in this mode (enforce, monitor)")
+    p.add_argument("--policy-version", type=int, help="only hosts that run this policy version")
+    p.add_argument("--prefix", help="only hosts whose name starts with this")
+    p.add_argument(
+        "--page-size", type=_page_size, default=PAGE_LIMIT, help=f"hosts per request ({PAGE_LIMIT})"
+    )
 
     p = sub.add_parser("enroll-token", help="create a per-rollout enrollment token (admin token)")
     server_flags(p)
@@ -350,8 +357,15 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     if args.host:
         raise AdminInputError(f"hosts: unexpected argument {args.host!r} (did you mean `hosts reset HOST`?)")
+    params = {
+        "stale": "true" if args.stale else None,
+        "mode": args.mode,
+        "policy_version": None if args.policy_version is None else str(args.policy_version),
+        "hostname_prefix": args.prefix,
+        "limit": str(args.page_size),
+    }
     with _client(args) as client:
-        write_hosts(client.hosts(), args.format, out)
+        write_hosts(client.hosts(params), args.format, out)
     return 0
 
 

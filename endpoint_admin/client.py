@@ -82,11 +82,10 @@ class AdminClient:
                 return
             query["cursor"] = str(cursor)
 
-    def hosts(self) -> list[dict[str, Any]]:
-        items = self._json("GET", "/hosts").get("items")
-        if not isinstance(items, list):
-            raise AdminServerError("server answered /hosts without an item list")
-        return items
+    def hosts(self, params: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+        """Every host matching `params` (stale, mode, policy_version, hostname_prefix), all pages
+        (a server that does not page answers everything on the first)."""
+        return list(self.iter_pages("/hosts", params or {}))
 
     def reset_host(self, host: str) -> dict[str, Any]:
         return self._json("POST", f"/hosts/{quote(host, safe='')}/reset", json={})

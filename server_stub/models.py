@@ -121,6 +121,7 @@ class HostOut(BaseModel):
 
 class HostList(BaseModel):
     items: list[HostOut]
+    next_cursor: str | None = Field(default=None, description="pass back as `cursor` for the next page")
 
 
 class CountOut(BaseModel):

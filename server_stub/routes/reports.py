@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from endpoint_contract.bounds import json_problem
+from endpoint_contract.bounds import INT_MAX, json_problem, text_problem
 from endpoint_contract.timestamps import iso_utc
 from endpoint_contract.vocabulary import Severity
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import BadRequest
 from server_stub.models import CountOut, EventPage, HostList, HostOut, SummaryOut
-from server_stub.pagination import decode_cursor, encode_cursor
+from server_stub.pagination import decode_cursor, decode_host_cursor, encode_cursor, encode_host_cursor
 from server_stub.store import EventFilter, EventRow
 from server_stub.store.events import AGENT, TRIAGE_FILTERS, VIOLATION
+from server_stub.store.hosts import HostFilter
 from server_stub.timeparse import parse_time
 
 router = APIRouter(tags=["reports"])
@@ -133,10 +135,33 @@ def agent_events(
 
 
 @router.get("/hosts", response_model=HostList)
-def hosts(_: Reader, ctx: Ctx) -> HostList:
-    """Enrolled hosts; `stale` when a host has been silent longer than --stale-after."""
+def hosts(
+    _: Reader,
+    ctx: Ctx,
+    stale: Annotated[bool | None, Query(description="true: only stale hosts; false: only the others")] = None,
+    mode: Annotated[str | None, Query(max_length=32, description="e.g. enforce or monitor")] = None,
+    policy_version: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
+    hostname_prefix: Annotated[str | None, Query(max_length=256, description="names starting so")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
+) -> HostList:
+    """Enrolled hosts by name, a page at a time; `stale` when a host has been silent longer than
+    --stale-after."""
     now = ctx.now()
     stale_after = ctx.config.stale_after
+    cutoff = now - timedelta(seconds=stale_after)
+    for name, text in (("mode", mode), ("hostname_prefix", hostname_prefix)):
+        problem = text_problem(text) if text else None
+        if problem:
+            raise BadRequest(f"{name}: {problem}")
+    flt = HostFilter(
+        silent_before=cutoff if stale is True else None,
+        seen_since=cutoff if stale is False else None,
+        mode=mode or None,
+        policy_version=policy_version,
+        hostname_prefix=hostname_prefix or None,
+    )
+    records, more = ctx.store.hosts.page(flt, after=decode_host_cursor(cursor), limit=limit)
     items = [
         HostOut(
             host_id=h.host_id,
@@ -153,9 +178,10 @@ def hosts(_: Reader, ctx: Ctx) -> HostList:
             counters=h.counters,
             circuit_state=h.circuit_state,
         )
-        for h in ctx.store.hosts.list_hosts()
+        for h in records
     ]
-    return HostList(items=items)
+    last = records[-1] if more and records else None
+    return HostList(items=items, next_cursor=encode_host_cursor(last.hostname, last.host_id) if last else None)
 
 
 @router.get("/summary", response_model=SummaryOut, response_model_exclude_none=True)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.store import rollup
@@ -74,6 +74,7 @@ class EventFilter:
     severity: str | None = None
     type: str | None = None
     triage: str | None = None  # a triage state, OPEN (untriaged) or TRIAGED (any state)
+    host_ids: tuple[str, ...] | None = None  # `host` resolved (resolve_host): filtered by equality
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +95,40 @@ class EventRow:
     triage: Triage | None = None
 
 
+def _named(host: str) -> sa.CompoundSelect:
+    # Two indexed lookups (primary key, ix_hosts_hostname), not one OR that scans every host.
+    return sa.union(
+        sa.select(hosts.c.host_id).where(hosts.c.host_id == host),
+        sa.select(hosts.c.host_id).where(hosts.c.hostname == host),
+    )
+
+
+def resolve_host(conn: Connection, flt: EventFilter) -> EventFilter:
+    """`flt` with its host (an id or a hostname) resolved to the matching host ids, so the events
+    are then filtered by equality on host_id and read from an index that starts with it."""
+    if flt.host is None or flt.host_ids is not None:
+        return flt
+    ids = conn.execute(_named(flt.host)).scalars().all()
+    return replace(flt, host_ids=tuple(sorted(ids)))
+
+
 def conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
     conds: list[sa.ColumnElement[bool]] = [events.c.kind == kind]
     if flt.since is not None:
         conds.append(events.c.detected_at >= flt.since)
     if flt.until is not None:
         conds.append(events.c.detected_at < flt.until)
-    if flt.host is not None:
-        # A subquery, not a join: aggregates over many events then never touch the hosts table.
-        named = sa.select(hosts.c.host_id).where(
-            sa.or_(hosts.c.host_id == flt.host, hosts.c.hostname == flt.host)
-        )
-        conds.append(events.c.host_id.in_(named))
+    if flt.host_ids is not None:
+        if not flt.host_ids:
+            conds.append(sa.false())
+        elif len(flt.host_ids) == 1:
+            conds.append(events.c.host_id == flt.host_ids[0])
+        else:
+            conds.append(events.c.host_id.in_(flt.host_ids))
+    elif flt.host is not None:
+        # Unresolved (see resolve_host): a subquery, not a join, so aggregates over many events
+        # never touch the hosts table.
+        conds.append(events.c.host_id.in_(_named(flt.host)))
     for column, value in (
         (events.c.rule_id, flt.rule_id),
         (events.c.category, flt.category),
@@ -187,14 +210,14 @@ class EventRepo:
 
     def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""
-        query = (
-            sa.select(*_EVENT_COLUMNS)
-            .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
-            .where(*conditions(kind, flt), events.c.id > after_id)
-            .order_by(events.c.id)
-            .limit(limit + 1)
-        )
         with db_errors("listing events"), read_connection(self._engine) as conn:
+            query = (
+                sa.select(*_EVENT_COLUMNS)
+                .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
+                .where(*conditions(kind, resolve_host(conn, flt)), events.c.id > after_id)
+                .order_by(events.c.id)
+                .limit(limit + 1)
+            )
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
@@ -202,17 +225,17 @@ class EventRepo:
         self, kind: str, flt: EventFilter, *, before_id: int | None, limit: int
     ) -> tuple[list[EventRow], bool]:
         """Up to `limit` events, newest received first (the console's lists); and whether older follow."""
-        conds = conditions(kind, flt)
-        if before_id is not None:
-            conds.append(events.c.id < before_id)
-        query = (
-            sa.select(*_EVENT_COLUMNS)
-            .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
-            .where(*conds)
-            .order_by(events.c.id.desc())
-            .limit(limit + 1)
-        )
         with db_errors("listing events"), read_connection(self._engine) as conn:
+            conds = conditions(kind, resolve_host(conn, flt))
+            if before_id is not None:
+                conds.append(events.c.id < before_id)
+            query = (
+                sa.select(*_EVENT_COLUMNS)
+                .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
+                .where(*conds)
+                .order_by(events.c.id.desc())
+                .limit(limit + 1)
+            )
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 

@@ -38,6 +38,43 @@ class HostRecord:
     mode_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HostFilter:
+    """Which hosts a page of the host list holds (every given condition)."""
+
+    silent_before: datetime | None = None  # stale: never seen, or last seen before this
+    seen_since: datetime | None = None  # not stale: last seen at or after this
+    mode: str | None = None
+    policy_version: int | None = None
+    hostname_prefix: str | None = None
+
+
+# The greatest code point: in binary order every name that starts with a prefix sorts below
+# prefix + this one.
+_MAX_CHAR = "\U0010ffff"
+
+
+def _host_conditions(flt: HostFilter, *, binary_order: bool) -> list[sa.ColumnElement[bool]]:
+    conds: list[sa.ColumnElement[bool]] = []
+    if flt.silent_before is not None:
+        conds.append(sa.or_(hosts.c.last_seen.is_(None), hosts.c.last_seen < flt.silent_before))
+    if flt.seen_since is not None:
+        conds.append(hosts.c.last_seen >= flt.seen_since)
+    if flt.mode is not None:
+        conds.append(hosts.c.mode == flt.mode)
+    if flt.policy_version is not None:
+        conds.append(hosts.c.policy_version == flt.policy_version)
+    if flt.hostname_prefix:
+        prefix = flt.hostname_prefix
+        # Where the name index starts, and the exact test: a linguistic collation (PostgreSQL's
+        # en_US, say) may sort names that only look alike between the prefix and any upper
+        # bound, so the range is closed only where the order is binary (SQLite).
+        conds += [hosts.c.hostname >= prefix, sa.func.substr(hosts.c.hostname, 1, len(prefix)) == prefix]
+        if binary_order:
+            conds.append(hosts.c.hostname < prefix + _MAX_CHAR)
+    return conds
+
+
 def _record(row: Any) -> HostRecord:
     return HostRecord(
         host_id=row.host_id,
@@ -179,6 +216,22 @@ class HostRepo:
                 .limit(limit)
             ).all()
         return [_record(r) for r in rows], int(total)
+
+    def page(
+        self, flt: HostFilter, *, after: tuple[str, str] | None, limit: int
+    ) -> tuple[list[HostRecord], bool]:
+        """Up to `limit` hosts after (hostname, host_id) `after`, in that order; and whether more follow.
+
+        Keyset order: a host enrolled while someone pages shows up on a later page or not at all,
+        and never moves a host already listed onto another page.
+        """
+        with db_errors("listing hosts"), read_connection(self._engine) as conn:
+            conds = _host_conditions(flt, binary_order=conn.dialect.name == "sqlite")
+            if after is not None:
+                conds.append(sa.tuple_(hosts.c.hostname, hosts.c.host_id) > sa.tuple_(*after))
+            query = sa.select(hosts).where(*conds).order_by(hosts.c.hostname, hosts.c.host_id)
+            rows = conn.execute(query.limit(limit + 1)).all()
+        return [_record(r) for r in rows[:limit]], len(rows) > limit
 
     def list_hosts(self) -> list[HostRecord]:
         with db_errors("listing hosts"), read_connection(self._engine) as conn:

@@ -37,6 +37,10 @@ hosts = sa.Table(
     sa.Column("heartbeat_at", UTCDateTime, nullable=True),
     sa.Column("mode_reason", sa.String(200), nullable=True),
     sa.Column("reenroll_open", sa.Boolean, nullable=True),  # an admin's reset: the next enroll binds
+    # migration 9: the host list, a page at a time in name order (all hosts, or by mode or policy)
+    sa.Index("ix_hosts_hostname", "hostname", "host_id"),
+    sa.Index("ix_hosts_mode", "mode", "hostname", "host_id"),
+    sa.Index("ix_hosts_policy_version", "policy_version", "hostname", "host_id"),
 )
 
 enroll_tokens = sa.Table(
@@ -98,6 +102,11 @@ events = sa.Table(
     sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at", "host_id", "triage_state"),
     sa.Index("ix_events_kind_severity_id", "kind", "severity", "id"),
     sa.Index("ix_events_rule_id", "rule_id", "kind", "id"),
+    # migration 9: each filter of the lists seeks its rows in receive order
+    sa.Index("ix_events_host_id", "host_id", "kind", "id"),
+    sa.Index("ix_events_category_id", "category", "kind", "id"),
+    sa.Index("ix_events_action_id", "action", "kind", "id"),
+    sa.Index("ix_events_triage_id", "kind", "triage_state", "id"),
     sqlite_autoincrement=True,
 )
 
