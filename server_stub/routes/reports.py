@@ -181,7 +181,9 @@ def hosts(
         for h in records
     ]
     last = records[-1] if more and records else None
-    return HostList(items=items, next_cursor=encode_host_cursor(last.hostname, last.host_id) if last else None)
+    return HostList(
+        items=items, next_cursor=encode_host_cursor(last.hostname, last.host_id) if last else None
+    )
 
 
 @router.get("/summary", response_model=SummaryOut, response_model_exclude_none=True)

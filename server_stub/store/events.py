@@ -147,6 +147,18 @@ def conditions(kind: str, flt: EventFilter) -> list[sa.ColumnElement[bool]]:
     return conds
 
 
+def page_query(kind: str, flt: EventFilter, *, after_id: int, limit: int) -> sa.Select[Any]:
+    """Events after `after_id` in receive order: each filter's (column, kind, id) index walked
+    from the cursor, so the database stops after `limit` rows."""
+    return (
+        sa.select(*_EVENT_COLUMNS)
+        .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
+        .where(*conditions(kind, flt), events.c.id > after_id)
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+
+
 def _triage(row: Any) -> Triage | None:
     if row.triage_state is None:
         return None
@@ -211,13 +223,7 @@ class EventRepo:
     def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""
         with db_errors("listing events"), read_connection(self._engine) as conn:
-            query = (
-                sa.select(*_EVENT_COLUMNS)
-                .select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
-                .where(*conditions(kind, resolve_host(conn, flt)), events.c.id > after_id)
-                .order_by(events.c.id)
-                .limit(limit + 1)
-            )
+            query = page_query(kind, resolve_host(conn, flt), after_id=after_id, limit=limit + 1)
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 

@@ -75,6 +75,17 @@ def _host_conditions(flt: HostFilter, *, binary_order: bool) -> list[sa.ColumnEl
     return conds
 
 
+def host_page_query(
+    flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool
+) -> sa.Select[Any]:
+    """Hosts after (hostname, host_id) `after` in that order, read from ix_hosts_hostname (or the
+    mode's or policy version's index, which continue in the same order)."""
+    conds = _host_conditions(flt, binary_order=binary_order)
+    if after is not None:
+        conds.append(sa.tuple_(hosts.c.hostname, hosts.c.host_id) > sa.tuple_(*after))
+    return sa.select(hosts).where(*conds).order_by(hosts.c.hostname, hosts.c.host_id).limit(limit)
+
+
 def _record(row: Any) -> HostRecord:
     return HostRecord(
         host_id=row.host_id,
@@ -226,11 +237,10 @@ class HostRepo:
         and never moves a host already listed onto another page.
         """
         with db_errors("listing hosts"), read_connection(self._engine) as conn:
-            conds = _host_conditions(flt, binary_order=conn.dialect.name == "sqlite")
-            if after is not None:
-                conds.append(sa.tuple_(hosts.c.hostname, hosts.c.host_id) > sa.tuple_(*after))
-            query = sa.select(hosts).where(*conds).order_by(hosts.c.hostname, hosts.c.host_id)
-            rows = conn.execute(query.limit(limit + 1)).all()
+            query = host_page_query(
+                flt, after=after, limit=limit + 1, binary_order=conn.dialect.name == "sqlite"
+            )
+            rows = conn.execute(query).all()
         return [_record(r) for r in rows[:limit]], len(rows) > limit
 
     def list_hosts(self) -> list[HostRecord]:

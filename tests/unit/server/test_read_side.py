@@ -1,0 +1,214 @@
+"""The read side at fleet size, on SQLite and PostgreSQL: the host list a page at a time (complete
+and stable while hosts enroll, filters exact), the host filter of the event lists resolved to ids,
+every list filter read from its index (EXPLAIN), and migration 9 on a database that has data."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from endpoint_contract.events import Violation
+from endpoint_contract.heartbeat import Heartbeat
+from server_stub.store import EventFilter, Store, event_insert
+from server_stub.store.engine import create_db_engine
+from server_stub.store.events import VIOLATION, page_query, resolve_host
+from server_stub.store.hosts import HostFilter, HostRecord, host_page_query
+from server_stub.store.migrations import MIGRATIONS, migrate
+
+T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _enroll(store: Store, hostname: str) -> str:
+    return store.hosts.enroll(
+        machine_id=str(uuid.uuid4()), hostname=hostname, node_key_hash=uuid.uuid4().hex * 2, now=T0
+    )
+
+
+def _all_pages(store: Store, flt: HostFilter, limit: int, between: Any = None) -> list[HostRecord]:
+    seen: list[HostRecord] = []
+    after = None
+    while True:
+        page, more = store.hosts.page(flt, after=after, limit=limit)
+        assert len(page) <= limit
+        seen += page
+        if not more:
+            return seen
+        assert page, "more pages promised after an empty one"
+        after = (page[-1].hostname, page[-1].host_id)
+        if between is not None:
+            between()
+
+
+def test_host_pages_miss_and_repeat_no_host_while_hosts_enroll(store: Store) -> None:
+    rnd = random.Random(3)
+    # Duplicate names (one name, several machines) and names around the page edges.
+    names = [f"ws-{rnd.randrange(60):03d}" for _ in range(120)] + ["", "a", "zz", "ws-%", "ws-_x", "wß-1"]
+    before = {_enroll(store, n) for n in names if n} | set()
+    enrolled_meanwhile: list[str] = []
+
+    def enroll_more() -> None:  # new hosts land before, inside and after the pages already read
+        for name in (f"ws-{rnd.randrange(60):03d}", "aaa", "zzz"):
+            enrolled_meanwhile.append(_enroll(store, name))
+
+    listed = _all_pages(store, HostFilter(), limit=7, between=enroll_more)
+    ids = [h.host_id for h in listed]
+    assert len(ids) == len(set(ids)), "a host was listed twice"
+    assert before <= set(ids), "a host enrolled before the listing began was missed"
+    assert set(ids) <= before | set(enrolled_meanwhile)
+    keys = [(h.hostname, h.host_id) for h in listed]
+    assert keys == sorted(keys)
+
+
+def test_host_filters_are_exact(store: Store) -> None:
+    beat = {"agent_version": "1.0", "counters": {}}
+    rows = [("ws-a1", "enforce", 3), ("ws-a2", "monitor", 3), ("ws-b1", "enforce", 2), ("ws%b", "monitor", 2)]
+    ids = {}
+    for name, mode, version in rows:
+        ids[name] = _enroll(store, name)
+        store.hosts.heartbeat(
+            ids[name], Heartbeat.model_validate({**beat, "mode": mode, "policy_version": version}), T0
+        )
+    silent = _enroll(store, "ws-silent")  # enrolled, then never heard of again
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE hosts SET last_seen = NULL WHERE host_id = :h"), {"h": silent})
+    now = T0 + timedelta(seconds=10)
+
+    def names(flt: HostFilter, limit: int = 2) -> list[str]:
+        return [h.hostname for h in _all_pages(store, flt, limit)]
+
+    assert names(HostFilter(mode="monitor")) == ["ws%b", "ws-a2"]
+    assert names(HostFilter(policy_version=3)) == ["ws-a1", "ws-a2"]
+    assert names(HostFilter(mode="enforce", policy_version=2)) == ["ws-b1"]
+    assert names(HostFilter(hostname_prefix="ws-a")) == ["ws-a1", "ws-a2"]
+    assert names(HostFilter(hostname_prefix="ws%")) == ["ws%b"]  # no LIKE wildcard
+    assert names(HostFilter(hostname_prefix="ws-a1x")) == []
+    assert names(HostFilter(silent_before=now)) == ["ws%b", "ws-a1", "ws-a2", "ws-b1", "ws-silent"]
+    assert names(HostFilter(silent_before=T0)) == ["ws-silent"]
+    assert names(HostFilter(seen_since=T0)) == ["ws%b", "ws-a1", "ws-a2", "ws-b1"]
+    assert names(HostFilter(seen_since=now)) == []
+
+
+def _violation(rule: str, action: str = "killed") -> Violation:
+    return Violation.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "detected_at": T0,
+            "rule_id": rule,
+            "category": "p2p",
+            "severity": "medium",
+            "action": action,
+            "pid": 42,
+            "process_name": "x",
+            "reason": "matched",
+            "policy_version": 1,
+        }
+    )
+
+
+def test_the_host_filter_resolves_a_name_or_an_id_to_ids(store: Store) -> None:
+    a = _enroll(store, "twin")
+    b = _enroll(store, "twin")  # two machines under one name: both are that name
+    c = _enroll(store, a)  # a host named like another host's id
+    for host in (a, b, c):
+        store.events.insert_batch(host, [event_insert(_violation("r"), host)], T0)
+    with store.engine.connect() as conn:
+        assert resolve_host(conn, EventFilter(host="twin")).host_ids == tuple(sorted((a, b)))
+        assert resolve_host(conn, EventFilter(host=a)).host_ids == tuple(sorted((a, c)))
+        assert resolve_host(conn, EventFilter(host=b)).host_ids == (b,)
+        assert resolve_host(conn, EventFilter(host="nobody")).host_ids == ()
+
+    def hosts_of(host: str) -> set[str]:
+        items, _ = store.events.page(VIOLATION, EventFilter(host=host), after_id=0, limit=10)
+        return {ev.host_id for ev in items}
+
+    assert hosts_of("twin") == {a, b}
+    assert hosts_of(a) == {a, c}
+    assert hosts_of("nobody") == set()
+    newest, _ = store.events.newest(VIOLATION, EventFilter(host=b), before_id=None, limit=10)
+    assert {ev.host_id for ev in newest} == {b}
+
+
+# Each filter of the event lists, and the index that must serve it in receive order.
+EVENT_FILTERS = [
+    (EventFilter(host_ids=("h-1",)), "ix_events_host_id"),
+    (EventFilter(rule_id="r"), "ix_events_rule_id"),
+    (EventFilter(category="p2p"), "ix_events_category_id"),
+    (EventFilter(action="killed"), "ix_events_action_id"),
+    (EventFilter(severity="high"), "ix_events_kind_severity_id"),
+    (EventFilter(triage="acknowledged"), "ix_events_triage_id"),
+]
+HOST_FILTERS = [
+    (HostFilter(), "ix_hosts_hostname"),
+    (HostFilter(mode="monitor"), "ix_hosts_mode"),
+    (HostFilter(policy_version=3), "ix_hosts_policy_version"),
+    (HostFilter(hostname_prefix="ws-1"), "ix_hosts_hostname"),
+]
+
+
+def _plan(conn: sa.Connection, query: sa.Select[Any]) -> str:
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    if conn.dialect.name == "sqlite":
+        return "\n".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+    # An empty table is read sequentially whatever its indexes: ask whether the index can serve.
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    conn.exec_driver_sql("SET LOCAL enable_sort = off")
+    return "\n".join(str(row[0]) for row in conn.exec_driver_sql("EXPLAIN " + sql))
+
+
+@pytest.mark.parametrize(("flt", "index"), EVENT_FILTERS, ids=[i for _, i in EVENT_FILTERS])
+def test_each_event_filter_reads_its_index_in_receive_order(
+    store: Store, flt: EventFilter, index: str
+) -> None:
+    with store.engine.begin() as conn:
+        plan = _plan(conn, page_query(VIOLATION, flt, after_id=10, limit=101))
+    assert index in plan, plan
+    assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan  # no sort
+
+
+@pytest.mark.parametrize(("flt", "index"), HOST_FILTERS, ids=[repr(f) for f, _ in HOST_FILTERS])
+def test_each_host_filter_reads_an_index_in_name_order(store: Store, flt: HostFilter, index: str) -> None:
+    with store.engine.begin() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        plan = _plan(conn, host_page_query(flt, after=("ws-1", "x"), limit=101, binary_order=sqlite))
+    assert index in plan, plan
+    assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan
+
+
+def test_migration_9_applies_to_a_database_with_hosts_and_events(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    try:
+        assert migrate(engine, MIGRATIONS[:8]) == 8
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO hosts (host_id, machine_id, hostname, node_key_hash, enrolled_at)"
+                    " VALUES ('h-1', 'm-1', 'ws-1', :key, :t)"
+                ),
+                {"key": "k" * 64, "t": T0},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (host_id, event_id, kind, received_at, detected_at, rule_id, data)"
+                    " VALUES ('h-1', 'e-1', 'violation', :t, :t, 'r', '{}')"
+                ),
+                {"t": T0},
+            )
+        assert migrate(engine) == MIGRATIONS[-1].version
+        indexes = {i["name"] for i in sa.inspect(engine).get_indexes("events")}
+        indexes |= {i["name"] for i in sa.inspect(engine).get_indexes("hosts")}
+        assert {"ix_events_host_id", "ix_events_category_id", "ix_hosts_hostname", "ix_hosts_mode"} <= indexes
+    finally:
+        engine.dispose()
+    store = Store.open(db_url)
+    try:
+        items, _ = store.events.page(VIOLATION, EventFilter(host="ws-1"), after_id=0, limit=5)
+        assert [ev.host_id for ev in items] == ["h-1"]
+        page, more = store.hosts.page(HostFilter(hostname_prefix="ws"), after=None, limit=5)
+        assert [h.host_id for h in page] == ["h-1"] and not more
+    finally:
+        store.close()
