@@ -194,6 +194,23 @@ def test_hosts_marks_stale_ones(tmp_path: Path) -> None:
         assert json.loads(as_json.stdout)["stale"] is True
 
 
+def test_endpoint_admin_hosts_follows_every_page(live_server: LiveServer) -> None:
+    enrolled = [live_server.enroll(f"ws-{i:02d}") for i in range(5)]
+    with live_server.client(enrolled[3].node_key) as c:
+        beat = {"agent_version": "1.0", "mode": "monitor", "policy_version": 9}
+        assert c.post("/heartbeat", json=beat).status_code == 200
+    server, token = live_server.base_url, live_server.reader_token
+    out = admin("hosts", "--server", server, "--page-size", "2", "--format", "ndjson", token=token).stdout
+    assert [json.loads(line)["hostname"] for line in out.splitlines()] == [f"ws-{i:02d}" for i in range(5)]
+    table = admin("hosts", "--server", server, "--page-size", "1", token=token).stdout.splitlines()
+    assert table[0].split()[0] == "HOSTNAME" and len(table) == 6
+    only = admin("hosts", "--server", server, "--mode", "monitor", "--policy-version", "9", token=token)
+    assert [line.split()[0] for line in only.stdout.splitlines()[1:]] == ["ws-03"]
+    prefix = admin("hosts", "--server", server, "--prefix", "ws-04", "--format", "csv", token=token)
+    assert len(prefix.stdout.splitlines()) == 2 and "ws-04" in prefix.stdout
+    assert admin("hosts", "--server", server, "--stale", "--format", "ndjson", token=token).stdout == ""
+
+
 # --- day one for an administrator ---------------------------------------------------------------
 
 

@@ -1,24 +1,20 @@
-"""GET /hosts a page at a time on the real server, and endpoint-admin hosts following the pages."""
+"""GET /hosts a page at a time on the real server (endpoint-admin hosts: test_admin_cli.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from tests.support.server import REPO_ROOT, LiveServer, subprocess_env
+from tests.support.server import LiveServer
 
 
-def _beat(server: LiveServer, node_key: str, mode: str, version: int) -> None:
-    beat = {"agent_version": "1.0", "mode": mode, "policy_version": version}
+def beat(server: LiveServer, node_key: str, mode: str, version: int) -> None:
+    body = {"agent_version": "1.0", "mode": mode, "policy_version": version}
     with server.client(node_key) as c:
-        assert c.post("/heartbeat", json=beat).status_code == 200
+        assert c.post("/heartbeat", json=body).status_code == 200
 
 
 def test_hosts_pages_with_a_cursor_and_filters(live_server: LiveServer) -> None:
     enrolled = [live_server.enroll(f"ws-{i:02d}") for i in range(5)]
     for i, host in enumerate(enrolled):
-        _beat(live_server, host.node_key, "monitor" if i % 2 else "enforce", 7 if i < 3 else 8)
+        beat(live_server, host.node_key, "monitor" if i % 2 else "enforce", 7 if i < 3 else 8)
     with live_server.reader() as c:
         whole = c.get("/hosts").json()  # no paging asked: the first (here only) page, as before
         assert [h["hostname"] for h in whole["items"]] == [f"ws-{i:02d}" for i in range(5)]
@@ -59,31 +55,3 @@ def test_hosts_pages_with_a_cursor_and_filters(live_server: LiveServer) -> None:
             answer = c.get("/hosts", params=params)
             assert answer.status_code in (400, 422), (params, answer.status_code, answer.text)
             assert "\n" not in answer.json()["error"]
-
-
-def admin(*args: str, token: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "endpoint_admin", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=subprocess_env({"ENDPOINT_ADMIN_TOKEN": token}),
-    )
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
-
-
-def test_endpoint_admin_hosts_follows_every_page(live_server: LiveServer) -> None:
-    enrolled = [live_server.enroll(f"ws-{i:02d}") for i in range(5)]
-    _beat(live_server, enrolled[3].node_key, "monitor", 9)
-    server, token = live_server.base_url, live_server.reader_token
-    out = admin("hosts", "--server", server, "--page-size", "2", "--format", "ndjson", token=token).stdout
-    assert [json.loads(line)["hostname"] for line in out.splitlines()] == [f"ws-{i:02d}" for i in range(5)]
-    table = admin("hosts", "--server", server, "--page-size", "1", token=token).stdout.splitlines()
-    assert table[0].split()[0] == "HOSTNAME" and len(table) == 6
-    only = admin("hosts", "--server", server, "--mode", "monitor", "--policy-version", "9", token=token)
-    assert [line.split()[0] for line in only.stdout.splitlines()[1:]] == ["ws-03"]
-    prefix = admin("hosts", "--server", server, "--prefix", "ws-04", "--format", "csv", token=token)
-    assert len(prefix.stdout.splitlines()) == 2 and "ws-04" in prefix.stdout
-    assert admin("hosts", "--server", server, "--stale", "--format", "ndjson", token=token).stdout == ""
