@@ -1,7 +1,7 @@
 """Console pages at fleet scale: 1 M stored violations from 10,000 hosts, SQLite and PostgreSQL.
 
-Fills a database straight through the store's tables (bulk inserts, what a year of uploads
-leaves behind, compressed into 30 days), then renders every console page in-process through the
+Fills a database with bench/bulkfill.py (what uploads leave behind, compressed into 30 days;
+a few minutes), then renders every console page in-process through the
 real application (session cookie, templates, SQL aggregates) and times the server side. The
 target is each page's median against the 300 ms budget (value = median / 300 ms).
 PostgreSQL runs when ENDPOINT_TEST_PG_URL (or --console-pg) names a server; a throwaway database
@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import sqlalchemy as sa
-
+from bench.bulkfill import RULES, fill
 from bench.report import Target, targets_block, timing_table
 from bench.timing import Timing, measure
 
 SUMMARY = "console pages (overview, lists, host, rule, report) at 1 M violations / 10,000 hosts"
 BUDGET_S = 0.300
-RULES = [(f"rule-{i:02d}", ("p2p", "remote-access", "mining", "vpn", "unapproved")[i % 5]) for i in range(24)]
-ACTIONS = ("reported", "reported", "would_block", "killed", "killed", "suspended", "kill_failed", "denied")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,83 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--console-hosts", type=int, default=10_000, help="hosts to enroll (10,000)")
     g.add_argument("--console-repeat", type=int, default=5, help="timed renders per page (5)")
     g.add_argument("--console-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
-
-
-def _fill(engine: sa.engine.Engine, hosts_n: int, violations_n: int, now: datetime) -> list[str]:
-    from server_stub.store.rollup import rebuild
-    from server_stub.store.tables import events, hosts
-
-    rnd = random.Random(7)
-    host_ids = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(hosts_n)]
-    with engine.begin() as conn:
-        conn.execute(
-            hosts.insert(),
-            [
-                {
-                    "host_id": h,
-                    "machine_id": f"m-{i}",
-                    "hostname": f"ws-{i:05d}",
-                    "node_key_hash": f"{i:064x}",
-                    "enrolled_at": now - timedelta(days=60),
-                    "last_seen": now - timedelta(seconds=rnd.choice((30, 60, 120, 900, 86400))),
-                    "agent_version": "0.1.0",
-                    "policy_version": rnd.choice((1, 2, 2, 2)),
-                    "mode": rnd.choice(("enforce", "enforce", "enforce", "monitor")),
-                    "mode_reason": None,
-                    "circuit_state": "closed",
-                    "counters": {"scans": 100},
-                }
-                for i, h in enumerate(host_ids)
-            ],
-        )
-    # A few hosts are noisy: most violations come from a tenth of the fleet.
-    noisy = host_ids[: max(1, hosts_n // 10)]
-    chunk = 20_000
-    done = 0
-    while done < violations_n:
-        rows = []
-        for i in range(done, min(done + chunk, violations_n)):
-            rule, category = RULES[min(int(rnd.expovariate(0.25)), len(RULES) - 1)]
-            action = ACTIONS[i % len(ACTIONS)]
-            detected = now - timedelta(seconds=rnd.randrange(30 * 86400))
-            host = rnd.choice(noisy) if i % 4 else rnd.choice(host_ids)
-            triaged = i % 10 == 0
-            rows.append(
-                {
-                    "host_id": host,
-                    "event_id": str(uuid.UUID(int=rnd.getrandbits(128))),
-                    "kind": "violation",
-                    "received_at": detected + timedelta(seconds=5),
-                    "detected_at": detected,
-                    "first_seen": detected - timedelta(seconds=i % 3),
-                    "rule_id": rule,
-                    "category": category,
-                    "action": action,
-                    "type": None,
-                    "data": {
-                        "rule_id": rule,
-                        "category": category,
-                        "action": action,
-                        "pid": 1000 + i % 30000,
-                        "process_name": rule.replace("rule", "proc"),
-                        "reason": "bench",
-                        "detected_at": detected.isoformat(),
-                        "policy_version": 2,
-                    },
-                    "triage_state": "acknowledged" if triaged else None,
-                    "triage_note": "bench" if triaged else None,
-                    "triage_by": "bench" if triaged else None,
-                    "triage_at": now if triaged else None,
-                }
-            )
-        with engine.begin() as conn:
-            conn.execute(events.insert(), rows)
-        done += len(rows)
-    with engine.begin() as conn:
-        rebuild(conn)  # what the store keeps in step on every upload, computed once for the bulk load
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
-    return host_ids
 
 
 def _publish(store: Any, keys_dir: Path) -> Any:
@@ -182,10 +99,9 @@ def _run_one(kind: str, url: str | None, args: argparse.Namespace) -> list[Timin
         store = Store.open(db)
         stack.callback(store.close)
         now = datetime.now(UTC)
-        started = time.monotonic()
-        host_ids = _fill(store.engine, args.console_hosts, args.console_violations, now)
-        print(f"  {kind}: stored {args.console_violations:,} violations from {args.console_hosts:,} hosts "
-              f"in {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        filled = fill(store.engine, hosts=args.console_hosts, violations=args.console_violations, now=now)
+        print(f"  {kind}: stored {filled.violations:,} violations and {filled.agent_events:,} agent events "
+              f"from {len(filled.host_ids):,} hosts in {filled.seconds:.0f} s", flush=True)  # fmt: skip
         public_key = _publish(store, tmp / "keys")
         store.users.add("bench", "admin", hash_password("bench password 123"), now)
         config = ServerConfig(
@@ -211,7 +127,7 @@ def _run_one(kind: str, url: str | None, args: argparse.Namespace) -> list[Timin
 
         return [
             measure(f"{kind}: {label}", lambda p=path: get(p), repeat=args.console_repeat)  # type: ignore[misc]
-            for label, path in _pages(host_ids[0])
+            for label, path in _pages(filled.host_ids[0])
         ]
 
 
