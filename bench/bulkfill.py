@@ -128,11 +128,53 @@ def fill(
 # --- rows ------------------------------------------------------------------------------------
 
 
+# Values that change per row; the rest of an event's JSON text is fixed per rule.
+_VARYING = (
+    "event_id",
+    "detected_at",
+    "first_seen",
+    "last_seen",
+    "severity",
+    "action",
+    "pid",
+    "host_id",
+    "hostname",
+)
+_AGENT_VARYING = ("event_id", "detected_at", "type", "host_id", "hostname")
+
+
 @dataclass(frozen=True, slots=True)
 class _Templates:
-    violation: dict[str, Any]  # data of a real Violation through event_insert, varied per row
-    agent: dict[str, Any]
-    iso: Callable[[datetime], str]  # how the contract writes a time in JSON
+    """The JSON text of a real Violation (and AgentEvent) put through event_insert, as %-formats
+    with the varying values left open: encoding a row is one string format, not a json.dumps."""
+
+    violation: dict[str, str]  # rule id -> format
+    agent: str
+
+    def violation_text(self, rule: str, **values: Any) -> str:
+        return self.violation[rule] % {k: _json(v) for k, v in values.items()}
+
+    def agent_text(self, **values: Any) -> str:
+        return self.agent % {k: _json(v) for k, v in values.items()}
+
+
+def _json(value: Any) -> str:
+    """JSON of the varying values, all ours (ids, times, names, numbers: nothing to escape)."""
+    if isinstance(value, datetime):
+        return f'"{_iso(value)}"'
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _format(data: dict[str, Any], varying: Sequence[str]) -> str:
+    marked = {k: (f"@@{k}@@" if k in varying else v) for k, v in data.items()}
+    text = json.dumps(marked).replace("%", "%%")
+    for k in varying:
+        text = text.replace(f'"@@{k}@@"', f"%({k})s")
+    return text
 
 
 def _templates() -> _Templates:
@@ -140,31 +182,31 @@ def _templates() -> _Templates:
     from server_stub.store.events import event_insert
 
     at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-    v = Violation.model_validate(
-        {
-            "event_id": str(uuid.UUID(int=1, version=4)), "detected_at": at, "rule_id": "rule-00",
-            "category": "p2p", "severity": "medium", "action": "killed", "pid": 4242,
-            "process_name": "proc-00", "exe": "/usr/bin/proc-00", "cmdline": "proc-00 --serve",
-            "ppid": 1, "parent_name": "systemd", "username": "alice",
-            "evidence": [{"attribute": "name", "pattern": "proc-00", "value": "proc-00"}],
-            "reason": "process name matches rule-00", "policy_version": 2, "first_seen": at,
-            "last_seen": at, "hostname": "ws-0", "os": "Debian GNU/Linux 13",
-        }
-    )  # fmt: skip
+    formats = {}
+    for rule, category in RULES:
+        proc = rule.replace("rule", "proc")
+        v = Violation.model_validate(
+            {
+                "event_id": str(uuid.UUID(int=1, version=4)), "detected_at": at, "rule_id": rule,
+                "category": category, "severity": "medium", "action": "killed", "pid": 4242,
+                "process_name": proc, "exe": f"/usr/bin/{proc}", "cmdline": f"{proc} --serve",
+                "ppid": 1, "parent_name": "systemd", "username": "alice",
+                "evidence": [{"attribute": "name", "pattern": proc, "value": proc}],
+                "reason": f"process name matches {rule}", "policy_version": 2, "first_seen": at,
+                "last_seen": at, "hostname": "ws-0", "os": "Debian GNU/Linux 13",
+            }
+        )  # fmt: skip
+        data = event_insert(v, "h", "ws-0").data
+        if data["detected_at"] != _iso(at):  # the contract changed how it writes times: follow it
+            raise RuntimeError(
+                f"bench.bulkfill: times are written as {data['detected_at']!r}, not {_iso(at)!r}"
+            )
+        formats[rule] = _format(data, _VARYING)
     a = AgentEvent.model_validate(
         {"event_id": str(uuid.UUID(int=2, version=4)), "detected_at": at, "type": "events_dropped",
          "detail": {"reason": "queue full"}, "count": 3}
     )  # fmt: skip
-    violation = event_insert(v, "h", "ws-0").data
-    written = violation["detected_at"]
-
-    def iso(dt: datetime) -> str:
-        text = dt.astimezone(UTC).isoformat()
-        return text.replace("+00:00", "Z") if written.endswith("Z") else text
-
-    if iso(at) != written:  # the contract changed how it writes times: follow it, do not guess
-        raise RuntimeError(f"bench.bulkfill: times are written as {written!r}, not {iso(at)!r}")
-    return _Templates(violation, event_insert(a, "h", "ws-0").data, iso)
+    return _Templates(formats, _format(event_insert(a, "h", "ws-0").data, _AGENT_VARYING))
 
 
 def _violation_row(
@@ -174,19 +216,15 @@ def _violation_row(
     from server_stub.store import rollup
 
     rule, category = RULES[min(int(rnd.expovariate(0.25)), len(RULES) - 1)]
-    action = ACTIONS[rnd.randrange(len(ACTIONS))]
-    severity = SEVERITIES[rnd.randrange(len(SEVERITIES))]
-    first = detected - timedelta(seconds=rnd.randrange(4))
+    action = ACTIONS[int(rnd.random() * len(ACTIONS))]
+    severity = SEVERITIES[int(rnd.random() * len(SEVERITIES))]
+    first = detected - timedelta(seconds=int(rnd.random() * 4))
     event_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
-    proc = rule.replace("rule", "proc")
-    data = dict(t.violation)
-    data.update(
-        event_id=event_id, detected_at=t.iso(detected), rule_id=rule, category=category, severity=severity,
-        action=action, pid=1000 + rnd.randrange(30000), process_name=proc, exe=f"/usr/bin/{proc}",
-        cmdline=f"{proc} --serve", reason=f"process name matches {rule}", first_seen=t.iso(first),
-        last_seen=t.iso(detected), host_id=host_id, hostname=hostname,
+    data = t.violation_text(
+        rule, event_id=event_id, detected_at=detected, first_seen=first, last_seen=detected,
+        severity=severity, action=action, pid=1000 + int(rnd.random() * 30000),
+        host_id=host_id, hostname=hostname,
     )  # fmt: skip
-    data["evidence"] = [{"attribute": "name", "pattern": proc, "value": proc}]
     state = "acknowledged" if rnd.random() < triaged else None
     received = detected + timedelta(seconds=5)
     row = (
@@ -203,8 +241,9 @@ def _agent_row(
 ) -> tuple[Any, ...]:
     event_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
     kind = AGENT_TYPES[rnd.randrange(len(AGENT_TYPES))]
-    data = {**t.agent, "event_id": event_id, "detected_at": t.iso(detected), "type": kind,
-            "host_id": host_id, "hostname": hostname}  # fmt: skip
+    data = t.agent_text(
+        event_id=event_id, detected_at=detected, type=kind, host_id=host_id, hostname=hostname
+    )
     received = detected + timedelta(seconds=5)
     return (host_id, event_id, "agent", received, detected, None, None, None, kind, data,
             None, None, None, None, None, None)  # fmt: skip
@@ -225,7 +264,7 @@ def _host_rows(
             mode, reason = "monitor", "policy mode is monitor"
         yield (
             h, f"m-{i}", name, f"{i:064x}", now - timedelta(days=60), seen, "0.1.0",
-            rnd.choice((1, 2, 2, 2)), mode, reason, circuit, {"scans": 100 + i % 50}, seen, seen,
+            rnd.choice((1, 2, 2, 2)), mode, reason, circuit, f'{{"scans": {100 + i % 50}}}', seen, seen,
         )  # fmt: skip
 
 
@@ -253,20 +292,23 @@ def _bulk(engine: Engine) -> Iterator[Connection]:
 
 
 def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Any) -> None:
+    """Rows of Python values, JSON columns already as JSON text."""
     from server_stub.store import tables
 
     t = tables.metadata.tables[table]
     if conn.dialect.name == "postgresql":
         raw: Any = conn.connection.dbapi_connection  # psycopg 3
-        json_cols = {i for i, c in enumerate(columns) if isinstance(t.c[c].type, sa.JSON)}
         with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(
-                    [json.dumps(v) if i in json_cols and v is not None else v for i, v in enumerate(row)]
-                )
+                copy.write_row(row)
         return
-    # SQLite: the column types' own bind processors (UTC times, JSON text), then executemany.
-    procs = [t.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in columns]
+    # SQLite: the column types' own bind processors (UTC times as text), then executemany.
+    procs = [
+        None
+        if isinstance(t.c[c].type, sa.JSON)
+        else t.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        for c in columns
+    ]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     params = [
         tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows
