@@ -28,6 +28,7 @@ from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
 from server_stub.ratelimit import RateLimiter
+from server_stub.retention import RetentionService
 from server_stub.routes import admin, agent, compliance, enrollment, reports
 from server_stub.store import Store, sqlite_url
 
@@ -50,19 +51,36 @@ def open_store(config: ServerConfig) -> Store:
     return Store.open(sqlite_url(config.data_dir))
 
 
+def _retention(config: ServerConfig, store: Store) -> RetentionService | None:
+    if not config.retention_days:
+        return None
+    sinks = [sink.name for sink in config.export.sinks]
+    return RetentionService(
+        store.retention,
+        days=config.retention_days,
+        export_floor=lambda: store.exports.lowest_cursor(sinks),
+        clock=config.clock,
+    )
+
+
 def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     """The application; opens (and migrates) the store now, so a bad database fails at start."""
     store = store if store is not None else open_store(config)
     metrics = Metrics(store, config.stale_after, config.clock)
     ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store), metrics=metrics)
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
+    retention = _retention(config, store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         exporter.start()
+        if retention is not None:
+            retention.start()
         try:
             yield
         finally:
+            if retention is not None:
+                retention.stop()
             exporter.stop()
             store.close()
 

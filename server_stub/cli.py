@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="YAML config file: push export of violations (`export:`, see API.md)"
     )
+    p.add_argument(
+        "--retention-days",
+        type=float,
+        default=0.0,
+        help="purge events detected longer ago, in small batches (default 0: keep forever)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve https with")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     users_cli.add_parser(sub)
@@ -144,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate_burst=args.rate_burst,
         body_timeout=args.body_timeout,
         export=load_export_config(args.config) if args.config else ExportConfig(),
+        retention_days=args.retention_days,
     )
 
 

@@ -22,6 +22,7 @@ ENROLL_SECRET_ENV = "ENDPOINT_SERVER_ENROLL_SECRET"
 MIN_SECRET_LENGTH = 16
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 500
+REPORT_DAYS = 30  # the period compliance reports usually cover
 
 
 def utcnow() -> datetime:
@@ -43,6 +44,7 @@ class ServerConfig:
     body_timeout: float = 30.0  # seconds to receive a whole request body (408 after)
     max_events: int = MAX_EVENTS_PER_BATCH
     export: ExportConfig = field(default_factory=ExportConfig)
+    retention_days: float = 0.0  # events detected longer ago are purged; 0 keeps them forever
     clock: Callable[[], datetime] = field(default=utcnow, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,5 +71,14 @@ class ServerConfig:
             raise SettingsError("--stale-after: must be >= 0 seconds")
         if self.body_timeout <= 0:
             raise SettingsError("--body-timeout: must be > 0 seconds")
+        if self.retention_days < 0:
+            raise SettingsError("--retention-days: must be >= 0 (0 keeps events forever)")
+        if 0 < self.retention_days < REPORT_DAYS:
+            logger.warning(
+                "--retention-days %g: the violation list and the %d-day compliance report's drill-downs "
+                "will lack older events (the daily counts stay)",
+                self.retention_days,
+                REPORT_DAYS,
+            )
         if self.rate_limit <= 0 or self.rate_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")

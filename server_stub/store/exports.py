@@ -7,6 +7,7 @@ so replicas do not send every violation once each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,20 @@ class ExportRepo:
             data.setdefault("hostname", row.hostname)
             out.append(ExportRow(id=int(row.id), event=data))
         return out
+
+    def lowest_cursor(self, sinks: Sequence[str]) -> int | None:
+        """How far the slowest of these sinks got (0 for one that never ran); None without sinks.
+        Retention (server_stub/store/retention.py) keeps every violation after it."""
+        if not sinks:
+            return None
+        with db_errors("reading export cursors"), self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(export_cursors.c.sink, export_cursors.c.last_id).where(
+                    export_cursors.c.sink.in_(sinks)
+                )
+            ).all()
+        got = {row.sink: int(row.last_id) for row in rows}
+        return min(got.get(sink, 0) for sink in sinks)
 
     def latest_id(self) -> int:
         with db_errors("reading the newest violation"), self._engine.connect() as conn:
