@@ -108,6 +108,7 @@ def _config(**overrides: object) -> ServerConfig:
         ({"reader_token": "a" * 20}, "must all differ"),
         ({"stale_after": -1.0}, "--stale-after"),
         ({"rate_limit": 0.0}, "--rate-limit"),
+        ({"retention_days": -1.0}, "--retention-days"),
     ],
 )
 def test_config_is_validated_once_naming_the_flag(overrides: dict[str, object], message: str) -> None:
@@ -119,6 +120,16 @@ def test_short_secrets_are_accepted_with_a_warning(caplog: pytest.LogCaptureFixt
     with caplog.at_level("WARNING"):
         assert _config(admin_token="short").admin_token == "short"
     assert "--admin-token is shorter than 16 characters" in caplog.text
+
+
+def test_a_retention_shorter_than_a_report_period_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING"):
+        assert _config(retention_days=90.0).retention_days == 90.0
+        assert "--retention-days" not in caplog.text
+        assert _config(retention_days=7.0).retention_days == 7.0
+    assert "--retention-days 7" in caplog.text
 
 
 def test_reader_token_is_optional() -> None:
