@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "hostile": "bench.hostile",
     "console": "bench.console",
     "export": "bench.export",
+    "fleet": "bench.fleet",
 }
 DEFAULT = (
     "scan",
@@ -44,6 +45,7 @@ DEFAULT = (
     "console",
     "dns",
     "export",
+    "fleet",
 )
 
 

@@ -1,0 +1,365 @@
+"""Fleet scale: simulated agents against the real server, on this machine.
+
+    python -m bench.fleet --hosts 20000 --duration 120 [--db postgresql://...] [--fresh]
+    python -m bench fleet                      # the targets below, ~10 minutes
+
+The server runs as its own process (`endpoint-server serve` under uvicorn on 127.0.0.1; SQLite,
+or a throwaway PostgreSQL database with --db, dropped afterwards); simulated agents
+(bench/fleetsim/agent.py) talk to it over loopback the way the real agent does. The simulator
+shares the machine's cores with the server, so the server's CPU is measured (psutil) and the
+figures are per server core used. Everything started is stopped on the way out.
+
+The `fleet` benchmark measures, on one server:
+- 304 policy polls: 200 keep-alive connections polling with If-None-Match; target >= 3,000/s per
+  server core with p99 <= 50 ms;
+- enrollment of new machines with the default rate limits: >= 1,000/s;
+- ingest: events/s in batches of 500 (>= 20,000) and of 50 (>= 8,000), on PostgreSQL;
+- steady state: a fleet at the default intervals (60 s), grown step by step until a step no
+  longer holds (p95 > 100 ms, timeouts, errors); the largest that held, per server core it used:
+  >= 50,000 hosts per server core;
+- overload: polls arriving far faster than the server answers; every one answered (503 +
+  Retry-After at once, p95 <= 100 ms), none timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.fleetsim.driver import loop_name, run_workers
+from bench.fleetsim.server import CpuMeter, CpuSample, RunningServer, serving, wait_idle
+from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder, outcome_text
+from bench.report import Target, targets_block
+
+SUMMARY = (
+    "fleet simulator: 304 polls, enrollment, ingest, hosts per server core at default intervals, overload"
+)
+SHARED = "the simulator shares this machine's {cores} cores with the server"
+POLL_PER_CORE = 3000.0
+POLL_P99 = 0.050
+ENROLL_RATE = 1000.0
+INGEST_500 = 20_000.0
+INGEST_50 = 8_000.0
+HOSTS_PER_CORE = 50_000.0
+STEADY_P95 = 0.100
+OVERLOAD_P95 = 0.100
+REQ_PER_HOST_S = 2.1 / 60  # a policy poll and a heartbeat a minute, and uploads from the noisy tenth
+SEED = 7
+
+
+# -- printing ----------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms"
+
+
+def kind_lines(rec: Recorder, seconds: float) -> list[str]:
+    rows = [f"    {'kind':<10} {'req/s':>9} {'p50':>9} {'p95':>9} {'p99':>9}  outcomes"]
+    for kind in sorted(rec.kinds):
+        stats = rec.kinds[kind]
+        rows.append(
+            f"    {kind:<10} {stats.count / seconds:>9,.1f} {_ms(stats.percentile(0.5)):>9}"
+            f" {_ms(stats.percentile(0.95)):>9} {_ms(stats.percentile(0.99)):>9}"
+            f"  {outcome_text(stats.outcomes)}"
+        )
+    return rows
+
+
+def cpu_line(server: float, db: float, sim: float) -> str:
+    return f"    CPU (cores): server {server:.2f}, database {db:.2f}, simulator {sim:.2f}"
+
+
+# -- one measured run ----------------------------------------------------------------------------
+
+
+class Bench:
+    """One server and its meter; scenarios run in simulator processes while the CPU is sampled."""
+
+    def __init__(self, srv: RunningServer, procs: int) -> None:
+        self.srv = srv
+        self.procs = procs
+        self.meter = CpuMeter(srv.pid, srv.pg_database)
+
+    def params(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "port": self.srv.port, "enroll_secret": self.srv.enroll_secret, "etag": self.srv.etag,
+            "seed": SEED, "seeded": True, **extra,
+        }  # fmt: skip
+
+    def run(
+        self, scenario: str, params: dict[str, Any], *, procs: int | None = None,
+        on_result: Callable[[str, Recorder, tuple[float, float, float], float], bool] | None = None,
+    ) -> tuple[dict[str, Recorder], tuple[float, float, float], float]:  # fmt: skip
+        """Run; returns results, (server, db, sim) cores over the whole run, and its wall seconds."""
+        marks: list[CpuSample] = []
+
+        def started(pids: list[int], t0: float) -> None:
+            self.meter.add_sim(pids)
+            time.sleep(max(0.0, t0 - time.monotonic()))  # the simulator starts then
+            marks.append(self.meter.sample())
+
+        def judged(label: str, rec: Recorder) -> bool:
+            now = self.meter.sample()
+            cores = now.cores_since(marks[-1])
+            span = now.wall - marks[-1].wall
+            marks.append(now)
+            return on_result(label, rec, cores, span) if on_result else True
+
+        results = run_workers(scenario, params, procs=procs or self.procs, on_result=judged, on_start=started)
+        end = self.meter.sample()
+        return results, end.cores_since(marks[0]), end.wall - marks[0].wall
+
+
+def _step_holds(rec: Recorder) -> tuple[bool, str]:
+    total = rec.all()
+    if not total.count:
+        return False, "no requests"
+    failed = rec.count(TIMEOUT) + rec.count(ERROR)
+    refused = sum(n for o, n in total.outcomes.items() if isinstance(o, int) and (o == 429 or o >= 500))
+    p95 = total.percentile(0.95)
+    if rec.late_max > 2.0:
+        return False, f"the simulator fell {rec.late_max:.1f} s behind its schedule"
+    if failed > 0.001 * total.count:
+        return False, f"{failed} timeouts/connection errors"
+    if refused > 0.01 * total.count:
+        return False, f"{refused} requests refused (429/5xx)"
+    if p95 > STEADY_P95:
+        return False, f"p95 {_ms(p95)} > {_ms(STEADY_P95)}"
+    return True, f"p95 {_ms(p95)}"
+
+
+def ramp(
+    bench: Bench, steps: list[tuple[int, float]], *, seeded: bool, intervals: tuple[float, float],
+    stop_on_failure: bool,
+) -> list[tuple[int, Recorder, tuple[float, float, float], bool]]:  # fmt: skip
+    """Grow the fleet through `steps`; prints each step; (hosts, recorder, cores, held) per step run."""
+    out: list[tuple[int, Recorder, tuple[float, float, float], bool]] = []
+
+    def judged(label: str, rec: Recorder, cores: tuple[float, float, float], span: float) -> bool:
+        hosts = steps[int(label)][0]
+        held, why = _step_holds(rec)
+        server_cores = cores[0]
+        per_core = hosts / server_cores if server_cores > 0 else math.inf
+        total = rec.all()
+        print(
+            f"  {hosts:,} hosts for {span:.0f} s: {total.count / span:,.0f} req/s, "
+            f"{rec.events_acked / span:,.0f} events/s stored; {why}; "
+            f"{per_core:,.0f} hosts per server core -- {'held' if held else 'DID NOT HOLD'}",
+            flush=True,
+        )
+        print("\n".join([*kind_lines(rec, span), cpu_line(*cores)]), flush=True)
+        out.append((hosts, rec, cores, held))
+        return held or not stop_on_failure
+
+    params = bench.params(
+        steps=steps, seeded=seeded,
+        sync_interval=intervals[0], upload_interval=intervals[1],
+    )  # fmt: skip
+    bench.run("ramp", params, on_result=judged)
+    return out
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("fleet")
+    g.add_argument("--fleet-db", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'sqlite' for SQLite")
+    g.add_argument("--fleet-procs", type=int, default=1, help="simulator processes (1)")
+    g.add_argument(
+        "--fleet-steady-seconds", type=float, default=300, help="time for the steady-state ramp (300)"
+    )
+    g.add_argument("--fleet-step-seconds", type=float, default=45, help="seconds per ramp step (45)")
+    g.add_argument("--fleet-max-hosts", type=int, default=300_000, help="largest simulated fleet (300,000)")
+    g.add_argument(
+        "--fleet-server-arg", action="append", default=[], metavar="ARG",
+        help="extra argument for `endpoint-server serve` (repeat), e.g. --fleet-server-arg=--workers=2",
+    )  # fmt: skip
+
+
+def _db_choice(value: str | None) -> str | None:
+    url = value or os.environ.get("ENDPOINT_TEST_PG_URL")
+    return None if not url or url == "sqlite" else url
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    from bench.load import raise_nofile_limit
+
+    raise_nofile_limit(65536)
+    db_url = _db_choice(args.fleet_db)
+    cores = os.cpu_count() or 1
+    max_hosts = args.fleet_max_hosts
+    print(f"  {SHARED.format(cores=cores)}; simulator: {args.fleet_procs} process(es) on {loop_name()}")
+    with (
+        tempfile.TemporaryDirectory(prefix="ea-bench-fleet-") as tmp,
+        serving(
+            Path(tmp), db_url=db_url, seed_hosts_n=max_hosts, seed=SEED, extra_args=args.fleet_server_arg
+        ) as srv,
+    ):
+        print(f"  server: endpoint-server serve {' '.join(args.fleet_server_arg)} on {srv.db_kind}, "
+              f"{max_hosts:,} hosts enrolled before the run", flush=True)  # fmt: skip
+        bench = Bench(srv, args.fleet_procs)
+        targets = _polls(bench)
+        poll_rate = targets.pop()
+        targets += _enroll(bench)
+        targets += _ingest(bench, srv.db_kind)
+        targets += _steady(bench, args, poll_rate)
+        targets += _overload(bench, poll_rate)
+    print(targets_block(targets))
+    return targets
+
+
+def _polls(bench: Bench) -> list[Target]:
+    seconds = 10.0
+    results, cores, _span = bench.run("polls", bench.params(hosts=5000, concurrency=200, seconds=seconds))
+    rec = results["polls"]
+    stats = rec.kinds.get("policy")
+    n304 = stats.outcomes.get(304, 0) if stats else 0
+    rate = n304 / seconds
+    per_core = rate / cores[0] if cores[0] > 0 else 0.0
+    p99 = stats.percentile(0.99) if stats else math.nan
+    print(f"  304 policy polls, 200 keep-alive connections, {seconds:.0f} s: {rate:,.0f}/s, "
+          f"{per_core:,.0f}/s per server core", flush=True)  # fmt: skip
+    print("\n".join([*kind_lines(rec, seconds), cpu_line(*cores)]), flush=True)
+    return [
+        Target("3000 / 304 polls/s per server core", POLL_PER_CORE / max(per_core, 1e-9), 1.0),
+        Target("304 poll p99 / 50 ms (200 concurrent)", p99 / POLL_P99 if stats else math.inf, 1.0),
+        Target("(poll rate)", rate, math.inf),
+    ]
+
+
+def _enroll(bench: Bench) -> list[Target]:
+    seconds = 10.0
+    results, cores, span = bench.run("enroll", bench.params(concurrency=200, seconds=seconds))
+    rec = results["enroll"]
+    stats = rec.kinds.get("enroll")
+    done = stats.outcomes.get(200, 0) if stats else 0
+    rate = done / span
+    print(f"  enrollment, 200 new machines at a time, default rate limits: {rate:,.0f}/s "
+          f"({rec.retry_after_seen} answers with Retry-After honoured)", flush=True)  # fmt: skip
+    print("\n".join([*kind_lines(rec, span), cpu_line(*cores)]), flush=True)
+    return [Target("1000 / enrollments/s (default limits)", ENROLL_RATE / max(rate, 1e-9), 1.0)]
+
+
+def _ingest(bench: Bench, db_kind: str) -> list[Target]:
+    out = []
+    for batch, goal in ((500, INGEST_500), (50, INGEST_50)):
+        seconds = 10.0
+        params = bench.params(hosts=2000, concurrency=8, batch=batch, seconds=seconds)
+        results, cores, _span = bench.run("ingest", params)
+        rec = results["ingest"]
+        rate = rec.events_acked / seconds
+        print(
+            f"  ingest, batches of {batch}, 8 connections, {db_kind}: {rate:,.0f} events/s stored", flush=True
+        )
+        print("\n".join([*kind_lines(rec, seconds), cpu_line(*cores)]), flush=True)
+        out.append(
+            Target(f"{goal:.0f} / events/s, batches of {batch} ({db_kind})", goal / max(rate, 1e-9), 1.0)
+        )
+    return out
+
+
+def _steady(bench: Bench, args: argparse.Namespace, poll_rate: Target) -> list[Target]:
+    step_s = args.fleet_step_seconds
+    count = max(1, int(args.fleet_steady_seconds // step_s))
+    # Start well below what the 304 rate suggests the server can carry, and double.
+    guess = poll_rate.value / REQ_PER_HOST_S
+    first = max(500, min(args.fleet_max_hosts, int(guess / 8)))
+    sizes = sorted({min(args.fleet_max_hosts, first * 2**k) for k in range(count)})
+    print(f"  steady state at the default intervals (60 s): steps of {step_s:.0f} s, "
+          f"{', '.join(f'{n:,}' for n in sizes)} hosts, until one does not hold", flush=True)  # fmt: skip
+    steps = ramp(
+        bench, [(n, step_s) for n in sizes], seeded=True, intervals=(60.0, 60.0), stop_on_failure=True
+    )
+    held = [(hosts, rec, cores) for hosts, rec, cores, ok in steps if ok]
+    if not held:
+        print("  no step held")
+        return [Target("50000 / hosts per server core (steady)", math.inf, 1.0)]
+    hosts, rec, cores = held[-1]
+    per_core = hosts / cores[0] if cores[0] > 0 else math.inf
+    print(f"  largest fleet that held: {hosts:,} hosts, server {cores[0]:.2f} cores: {per_core:,.0f} hosts "
+          f"per server core (p95 {_ms(rec.all().percentile(0.95))})", flush=True)  # fmt: skip
+    return [
+        Target("50000 / hosts per server core (steady)", HOSTS_PER_CORE / per_core, 1.0),
+        Target("steady p95 / 100 ms (largest that held)", rec.all().percentile(0.95) / STEADY_P95, 1.0),
+    ]
+
+
+def _overload(bench: Bench, poll_rate: Target) -> list[Target]:
+    wait_idle(bench.srv.port)
+    seconds = 15.0
+    rate = min(8000.0, max(1000.0, 2.5 * poll_rate.value))
+    params = bench.params(hosts=5000, rate=rate, seconds=seconds)
+    results, cores, span = bench.run("overload", params)
+    rec = results["overload"]
+    total = rec.all()
+    timeouts = rec.count(TIMEOUT) + rec.count(ERROR)
+    refused = rec.kinds["policy"].outcomes.get(503, 0) if "policy" in rec.kinds else 0
+    p95_503 = rec.kinds["policy"].percentile(0.95, 503) if refused else math.nan
+    print(f"  overload: polls arriving at {rate:,.0f}/s on new connections for {seconds:.0f} s "
+          f"({total.count:,} sent): {refused:,} answered 503 (p95 {_ms(p95_503)}), "
+          f"{rec.retry_after_seen:,} with Retry-After, {timeouts:,} timed out or failed",
+          flush=True)  # fmt: skip
+    print("\n".join([*kind_lines(rec, span), cpu_line(*cores)]), flush=True)
+    return [
+        Target("overload: requests timed out or failed", timeouts, 0),
+        Target("overload: p95 of 503 answers / 100 ms", p95_503 / OVERLOAD_P95 if refused else math.inf, 1.0),
+    ]
+
+
+# -- python -m bench.fleet -------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", type=int, required=True, help="simulated hosts")
+    p.add_argument("--duration", type=float, required=True, help="seconds to run")
+    p.add_argument("--db", help="PostgreSQL URL to make a throwaway database on (default: SQLite)")
+    p.add_argument("--procs", type=int, default=1, help="simulator processes (1)")
+    p.add_argument("--fresh", action="store_true", help="every host enrolls first (default: enrolled before)")
+    p.add_argument(
+        "--sync-interval", type=float, default=60.0, help="policy poll interval (agent default 60)"
+    )
+    p.add_argument("--upload-interval", type=float, default=60.0, help="report interval (agent default 60)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `endpoint-server serve` (repeat)")  # fmt: skip
+    args = p.parse_args(argv)
+    if not (1 <= args.hosts <= 1_000_000 and 0 < args.duration <= 3600 and 1 <= args.procs <= 16):
+        p.error("--hosts 1..1,000,000, --duration up to 3600 s, --procs 1..16")
+    from bench.load import raise_nofile_limit
+
+    raise_nofile_limit(65536)
+    cores = os.cpu_count() or 1
+    print(f"fleet: {args.hosts:,} hosts for {args.duration:g} s; {SHARED.format(cores=cores)}; "
+          f"simulator: {args.procs} process(es) on {loop_name()}", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ea-fleet-") as tmp, serving(
+        Path(tmp), db_url=args.db, seed_hosts_n=0 if args.fresh else args.hosts, seed=SEED,
+        extra_args=args.server_arg,
+    ) as srv:  # fmt: skip
+        bench = Bench(srv, args.procs)
+        steps = ramp(
+            bench, [(args.hosts, args.duration)], seeded=not args.fresh,
+            intervals=(args.sync_interval, args.upload_interval), stop_on_failure=False,
+        )  # fmt: skip
+    for hosts, _rec, cores_used, held in steps:
+        per_core = hosts / cores_used[0] if cores_used[0] > 0 else math.inf
+        print(f"fleet: {hosts:,} hosts, {per_core:,.0f} hosts per server core; "
+              f"steady-state target (p95 <= 100 ms, no timeouts): {'held' if held else 'NOT held'}",
+              flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nfleet: interrupted; everything it started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,410 @@
+"""Simulated agents that talk to the server the way endpoint_agent does, on one asyncio loop.
+
+    fleet = Fleet(loop, Server("127.0.0.1", port, enroll_secret), recorder)   # loop None: the running one
+    fleet.start(hosts)          # each host polls and reports on the agent's own schedules
+    fleet.stop()
+
+What each host does is what the real agent does with its default settings:
+- policy sync (endpoint_agent/sync): GET /policy with If-None-Match every `sync_interval` (60 s)
+  +-20%, on `PollSchedule` itself; a failure backs off with full jitter, never sooner than the
+  server's Retry-After (429, 503);
+- report rounds (endpoint_agent/report): every `upload_interval` (60 s) +-10%, the first at a
+  random point of the first interval (`ReportSchedule` itself): upload pending events in batches of
+  at most 500, then one heartbeat; the first failure ends the round and backs off;
+- a node call answered 401 enrolls again (sending the current node key: a rotation) and is retried
+  once; a host enrolls once, lazily, and keeps its key.
+The real agent's httpx client keeps a connection for 5 s and uvicorn closes idle ones after 5 s,
+so at 60 s intervals every policy poll opens a connection, and a report round uses one for its
+uploads and heartbeat; here each is closed at once instead of idling 5 s (fewer idle sockets).
+A host "booted" before the simulation: its first poll comes at a random point of one interval.
+
+Events: most hosts are quiet (a violation every couple of hours); a tenth are noisy (a couple a
+minute, and now and then a burst of a few hundred, as a blocked program respawning in a loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.fleetsim.http import Answer, Connection, Timeout
+from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder
+from endpoint_agent import __version__
+from endpoint_agent.clock import SystemClock
+from endpoint_agent.report.backoff import ReportSchedule
+from endpoint_agent.sync.client import DEFAULT_TIMEOUT, parse_retry_after
+from endpoint_agent.sync.schedule import PollSchedule
+
+API = "/api/v1"
+MAX_BATCH = 500  # endpoint_agent/report/uploader.py MAX_BATCH_EVENTS
+NOISY_SHARE = 0.1
+QUIET_PER_S = 0.5 / 3600  # a quiet host: one violation every two hours
+NOISY_PER_S = 2 / 60  # a noisy one: two a minute ...
+BURST_PER_S = 1 / 1800  # ... and a burst every half hour
+BURST_SIZE = 200
+_CLOCK = SystemClock()
+_HEADERS = {"Accept": "application/json", "User-Agent": f"endpoint-agent/{__version__}"}
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    enroll_secret: str
+
+
+class Unavailable(Exception):
+    """A temporary failure (timeout, network, 429, 5xx): back off, honouring retry_after."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Rejected(Exception):
+    """The server refused the request (4xx other than 429): back off without Retry-After."""
+
+
+def seeded_key(seed: int, index: int) -> str:
+    """The node key of seeded host `index` (the seeding side stores its sha256)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(f"fleet:{seed}:{index}".encode()).digest()).decode()[:43]
+
+
+@dataclass(eq=False)
+class SimHost:
+    index: int
+    machine_id: str
+    hostname: str
+    noisy: bool
+    host_id: str | None = None
+    node_key: str | None = None
+    etag: str | None = None
+    pending: int = 0  # events recorded and not yet acknowledged
+    accrued_at: float = field(default_factory=time.monotonic)
+    poll: PollSchedule | None = None
+    report: ReportSchedule | None = None
+    enrolling: asyncio.Future[None] | None = None  # one enrollment at a time, as the agent's lock
+
+
+def make_hosts(indices: Iterable[int], *, seed: int, seeded: bool, rng: random.Random) -> list[SimHost]:
+    """Hosts `indices` of a fleet; `seeded`: already enrolled (keys from `seeded_key`)."""
+    hosts = []
+    for i in indices:
+        host = SimHost(i, f"fleet-{seed}-{i}", f"ws-{i:06d}", noisy=rng.random() < NOISY_SHARE)
+        if seeded:
+            host.host_id, host.node_key = seeded_host_id(seed, i), seeded_key(seed, i)
+        hosts.append(host)
+    return hosts
+
+
+def seeded_host_id(seed: int, index: int) -> str:
+    return str(uuid.UUID(bytes=hashlib.md5(f"fleet:{seed}:{index}".encode()).digest(), version=4))
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    if mean <= 0:
+        return 0
+    if mean > 30:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+_VIOLATION = (
+    '{"kind":"violation","event_id":"%s","detected_at":"%s","rule_id":"p2p-qbittorrent",'
+    '"category":"p2p","severity":"high","action":"killed","pid":%d,"process_name":"qbittorrent",'
+    '"exe":"/usr/bin/qbittorrent","sha256":"' + "9f" * 32 + '","cmdline":"/usr/bin/qbittorrent '
+    '--profile=work","ppid":1812,"parent_name":"bash","username":"alice","evidence":[{"attribute":'
+    '"name","pattern":"qbittorrent*","value":"qbittorrent"}],"reason":"process name \'qbittorrent\''
+    ' matched \'qbittorrent*\' (rule p2p-qbittorrent)","policy_version":1,"hostname":"%s",'
+    '"os":"Debian GNU/Linux 13 (trixie)"}'
+)
+
+
+def event_batch(hostname: str, count: int, rng: random.Random) -> bytes:
+    """A POST /events body of `count` violations (each about 650 bytes, as the agent writes them)."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    texts = [
+        _VIOLATION
+        % (uuid.UUID(int=rng.getrandbits(128), version=4), now, rng.randrange(300, 99999), hostname)
+        for _ in range(count)
+    ]
+    return ('{"events":[' + ",".join(texts) + "]}").encode()
+
+
+def heartbeat_body(policy_version: int | None = 1) -> bytes:
+    return json.dumps(
+        {
+            "agent_version": __version__,
+            "policy_version": policy_version,
+            "mode": "enforce",
+            "last_scan_at": datetime.now(UTC).isoformat(),
+            "counters": {"scans": 120, "findings": 4, "kills": 1, "dropped_events": 0},
+            "circuit_state": "closed",
+        }
+    ).encode()
+
+
+class Fleet:
+    """Hosts on one event loop; every request's outcome and latency goes to `recorder`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        server: Server,
+        recorder: Recorder,
+        *,
+        rng: random.Random | None = None,
+        sync_interval: float = 60.0,
+        upload_interval: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._loop = loop
+        self.server = server
+        self.recorder = recorder
+        self.rng = rng or random.Random()
+        self.sync_interval = sync_interval
+        self.upload_interval = upload_interval
+        self.timeout = timeout
+        self.running = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop given, else the running one (a fleet made before its loop runs)."""
+        return self._loop or asyncio.get_running_loop()
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def start(self, hosts: list[SimHost]) -> None:
+        """Run `hosts` on the agent's schedules, as if each had booted at a random earlier time."""
+        self.running = True
+        for host in hosts:
+            host.poll = PollSchedule(self.sync_interval, clock=_CLOCK, rng=self.rng)
+            host.report = ReportSchedule(self.upload_interval, clock=_CLOCK, rng=self.rng)
+            host.accrued_at = time.monotonic()
+            self._later(self.rng.uniform(0, self.sync_interval), self._poll, host)
+            self._later(host.report.seconds_until_due(), self._report, host)
+
+    def stop(self) -> None:
+        self.running = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _later(
+        self, delay: float, job: Callable[[SimHost], Coroutine[Any, Any, None]], host: SimHost
+    ) -> None:
+        if not self.running:
+            return
+        due = self.loop.time() + delay
+        timer: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            self._timers.discard(timer)  # type: ignore[arg-type]
+            self.recorder.late(self.loop.time() - due)
+            if self.running:
+                task = self.loop.create_task(job(host))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        timer = self.loop.call_at(due, fire)
+        self._timers.add(timer)
+
+    async def _poll(self, host: SimHost) -> None:
+        assert host.poll is not None
+        try:
+            await self.poll_policy(host)
+        except Unavailable as exc:
+            delay = host.poll.failed(exc.retry_after)
+        except Rejected:
+            delay = host.poll.failed()
+        else:
+            delay = host.poll.succeeded()
+        self._later(delay, self._poll, host)
+
+    async def _report(self, host: SimHost) -> None:
+        assert host.report is not None
+        try:
+            more = await self.report_round(host)
+        except Unavailable as exc:
+            host.report.failed(exc.retry_after)
+        except Rejected:
+            host.report.failed()
+        else:
+            host.report.succeeded(more=more)
+        self._later(host.report.seconds_until_due(), self._report, host)
+
+    # -- what an agent sends -------------------------------------------------------------------
+
+    async def poll_policy(self, host: SimHost, conn: Connection | None = None) -> Answer:
+        headers = {"If-None-Match": host.etag} if host.etag else {}
+        answer = await self.node_call(host, "policy", b"GET", "/policy", headers, b"", conn)
+        if answer.status == 200:
+            host.etag = answer.header(b"etag")
+        return answer
+
+    async def report_round(self, host: SimHost) -> bool:
+        """Upload pending events (at most 100 batches), then a heartbeat; True when events are left."""
+        self._accrue(host)
+        conn = await self._connect("events" if host.pending else "heartbeat")
+        try:
+            for _ in range(100):
+                if not host.pending:
+                    break
+                count = min(host.pending, MAX_BATCH)
+                body = event_batch(host.hostname, count, self.rng)
+                answer = await self.node_call(
+                    host, "events", b"POST", "/events", {"Content-Type": "application/json"}, body, conn
+                )
+                acked = len(json.loads(answer.body).get("acked", ()))
+                host.pending -= acked
+                self.recorder.events_acked += acked
+                conn = conn if conn.usable else await self._connect("heartbeat")
+            await self.node_call(
+                host, "heartbeat", b"POST", "/heartbeat", {"Content-Type": "application/json"},
+                heartbeat_body(), conn,
+            )  # fmt: skip
+        finally:
+            conn.close()
+        return host.pending > 0
+
+    def _accrue(self, host: SimHost) -> None:
+        now = time.monotonic()
+        elapsed, host.accrued_at = now - host.accrued_at, now
+        if host.noisy:
+            host.pending += _poisson(self.rng, NOISY_PER_S * elapsed)
+            host.pending += BURST_SIZE * _poisson(self.rng, BURST_PER_S * elapsed)
+        else:
+            host.pending += _poisson(self.rng, QUIET_PER_S * elapsed)
+
+    async def enroll(self, host: SimHost, conn: Connection | None = None) -> None:
+        body: dict[str, str] = {"hostname": host.hostname, "machine_id": host.machine_id}
+        if host.node_key:
+            body["node_key"] = host.node_key  # a rotation: the server re-enrolls a known machine only so
+        headers = {"Authorization": f"Bearer {self.server.enroll_secret}", "Content-Type": "application/json"}
+        answer = await self.call("enroll", b"POST", "/enroll", headers, json.dumps(body).encode(), conn)
+        self._raise_for_status(answer)
+        obj = json.loads(answer.body)
+        host.host_id, host.node_key = obj["host_id"], obj["node_key"]
+
+    async def _enroll_once(self, host: SimHost, rejected: str | None) -> None:
+        """Enroll unless another job of this host is doing it or already has (its key differs from
+        `rejected`): the agent's policy sync and report jobs share one enrollment
+        (endpoint_agent/sync/client.py)."""
+        if host.enrolling is not None:
+            await asyncio.shield(host.enrolling)
+            return
+        if host.node_key is not None and host.node_key != rejected:
+            return
+        host.enrolling = self.loop.create_future()
+        try:
+            await self.enroll(host)
+            host.enrolling.set_result(None)
+        except asyncio.CancelledError:
+            host.enrolling.cancel()
+            raise
+        except Exception as exc:
+            host.enrolling.set_exception(exc)
+            host.enrolling.exception()  # retrieved: there may be no waiter
+            raise
+        finally:
+            host.enrolling = None
+
+    async def node_call(
+        self, host: SimHost, kind: str, method: bytes, path: str, headers: dict[str, str], body: bytes,
+        conn: Connection | None = None,
+    ) -> Answer:  # fmt: skip
+        """A node-key request; enrolls first if needed, and again (once) on 401."""
+        if host.node_key is None:
+            await self._enroll_once(host, None)
+        for attempt in (1, 2):
+            key = host.node_key
+            auth = {**headers, "Authorization": f"Bearer {key}"}
+            answer = await self.call(kind, method, path, auth, body, conn)
+            if answer.status != 401:
+                self._raise_for_status(answer)
+                return answer
+            if attempt == 1:
+                await self._enroll_once(host, key)
+                conn = None  # a 401 closes the connection (server_stub/middleware.py)
+        raise Rejected(f"{kind}: node key refused right after enrolling")
+
+    async def call(
+        self, kind: str, method: bytes, path: str, headers: dict[str, str], body: bytes,
+        conn: Connection | None = None,
+    ) -> Answer:  # fmt: skip
+        """One request, timed and recorded; on `conn` if it is still usable, else on a new connection."""
+        started = time.perf_counter()
+        own = conn is None or not conn.usable
+        try:
+            if own:
+                conn = await self._connect(kind)  # records its own failure
+            assert conn is not None
+            answer = await conn.request(method, API + path, {**_HEADERS, **headers}, body)
+        except Timeout as exc:
+            self.recorder.add(kind, TIMEOUT, time.perf_counter() - started)
+            raise Unavailable(f"{kind}: timed out") from exc
+        except OSError as exc:
+            self.recorder.add(kind, ERROR, time.perf_counter() - started)
+            raise Unavailable(f"{kind}: {exc}") from exc
+        finally:
+            if own and conn is not None:
+                conn.close()
+        self.recorder.add(kind, answer.status, time.perf_counter() - started)
+        return answer
+
+    async def _connect(self, kind: str) -> Connection:
+        started = time.perf_counter()
+        try:
+            return await Connection.open(self.loop, self.server.host, self.server.port, timeout=self.timeout)
+        except Timeout as exc:
+            self.recorder.add(kind, TIMEOUT, time.perf_counter() - started)
+            raise Unavailable(f"{kind}: connect timed out") from exc
+        except OSError as exc:
+            self.recorder.add(kind, ERROR, time.perf_counter() - started)
+            raise Unavailable(f"{kind}: {exc}") from exc
+
+    def _raise_for_status(self, answer: Answer) -> None:
+        code = answer.status
+        if code < 400 or code == 404:
+            return  # 404 on /policy: nothing published for this host yet, an answer
+        if code == 429 or code >= 500:
+            retry_after = parse_retry_after(answer.header(b"retry-after"), _CLOCK)
+            if retry_after is not None:
+                self.recorder.retry_after_seen += 1
+            raise Unavailable(f"HTTP {code}", retry_after)
+        raise Rejected(f"HTTP {code}: {answer.body[:200]!r}")
+
+
+__all__ = [
+    "Fleet",
+    "Rejected",
+    "Server",
+    "SimHost",
+    "Unavailable",
+    "event_batch",
+    "make_hosts",
+    "seeded_host_id",
+    "seeded_key",
+]

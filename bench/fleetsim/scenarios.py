@@ -1,0 +1,214 @@
+"""What one simulator process runs: a fleet ramp, or a closed or open loop of one request kind.
+
+Each scenario is `async def NAME(ctx, params)`; `ctx.report(label, recorder)` sends a result to
+the driver (bench/fleetsim/driver.py) and `ctx.stopped` tells that the driver asked to stop.
+Hosts are split among processes by index (`index % procs == worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.fleetsim.agent import Fleet, Server, SimHost, Unavailable, event_batch, make_hosts
+from bench.fleetsim.http import Connection
+from bench.fleetsim.stats import Recorder
+from endpoint_agent.clock import SystemClock
+from endpoint_agent.sync.schedule import PollSchedule
+
+
+@dataclass
+class Context:
+    worker: int
+    procs: int
+    report: Callable[[str, Recorder], None]
+    stopped: Callable[[], bool]
+
+    def my_hosts(self, params: dict[str, Any], indices: range, rng: random.Random) -> list[SimHost]:
+        """This process's share of the hosts `indices`."""
+        mine = [i for i in indices if i % self.procs == self.worker]
+        return make_hosts(mine, seed=params["seed"], seeded=params["seeded"], rng=rng)
+
+
+def _server(params: dict[str, Any]) -> Server:
+    return Server("127.0.0.1", params["port"], params["enroll_secret"])
+
+
+async def _sleep_until(when: float, ctx: Context) -> bool:
+    """Sleep until monotonic `when`; False if the driver asked to stop meanwhile."""
+    while (left := when - time.monotonic()) > 0:
+        if ctx.stopped():
+            return False
+        await asyncio.sleep(min(left, 0.25))
+    return not ctx.stopped()
+
+
+async def ramp(ctx: Context, params: dict[str, Any]) -> None:
+    """params: steps [(hosts, seconds)], t0 (the common start), seed, seeded, intervals.
+    The fleet grows to each step's size at the step's start (new hosts spread over one interval);
+    one result per step, labelled by its index."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(params["seed"] * 1000 + ctx.worker)
+    steps: list[tuple[int, float]] = params["steps"]
+    recorder = Recorder()
+    fleet = Fleet(
+        loop, _server(params), recorder, rng=rng,
+        sync_interval=params["sync_interval"], upload_interval=params["upload_interval"],
+    )  # fmt: skip
+    active = 0
+    boundary = params["t0"]
+    try:
+        if not await _sleep_until(boundary, ctx):
+            return
+        for k, (size, seconds) in enumerate(steps):
+            hosts = ctx.my_hosts(params, range(active, size), rng)  # made as the fleet grows
+            fleet.start(hosts)
+            active = max(active, size)
+            boundary += seconds
+            finished = await _sleep_until(boundary, ctx)
+            fleet.recorder = Recorder()
+            ctx.report(str(k), recorder)
+            recorder = fleet.recorder
+            if not finished:
+                return
+    finally:
+        fleet.stop()
+        await fleet.drain()
+
+
+async def polls(ctx: Context, params: dict[str, Any]) -> None:
+    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`."""
+    loop = asyncio.get_running_loop()
+    hosts, recorder, fleet = _pollers(ctx, params)
+    deadline = time.monotonic() + params["seconds"]
+
+    async def one(offset: int) -> None:
+        conn: Connection | None = None
+        i = offset
+        while time.monotonic() < deadline and not ctx.stopped():
+            if conn is None or not conn.usable:
+                conn = await Connection.open(loop, "127.0.0.1", params["port"], timeout=fleet.timeout)
+            i = (i + params["concurrency"]) % len(hosts)
+            try:
+                await fleet.poll_policy(hosts[i], conn)
+            except Unavailable:
+                pass
+            except Exception:
+                conn.close()
+                raise
+        if conn is not None:
+            conn.close()
+
+    share = _share(params["concurrency"], ctx)
+    await asyncio.gather(*(one(c) for c in range(share)))
+    ctx.report("polls", recorder)
+
+
+async def ingest(ctx: Context, params: dict[str, Any]) -> None:
+    """Closed loop: `concurrency` keep-alive connections each posting batches of `batch` events."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(ctx.worker)
+    hosts = ctx.my_hosts(params, range(params["hosts"]), rng)
+    recorder = Recorder()
+    fleet = Fleet(loop, _server(params), recorder, rng=rng)
+    deadline = time.monotonic() + params["seconds"]
+    headers = {"Content-Type": "application/json"}
+
+    async def one(offset: int) -> None:
+        conn: Connection | None = None
+        i = offset
+        while time.monotonic() < deadline and not ctx.stopped():
+            if conn is None or not conn.usable:
+                conn = await Connection.open(loop, "127.0.0.1", params["port"], timeout=fleet.timeout)
+            i = (i + params["concurrency"]) % len(hosts)
+            body = event_batch(hosts[i].hostname, params["batch"], rng)
+            try:
+                answer = await fleet.node_call(hosts[i], "events", b"POST", "/events", headers, body, conn)
+            except Unavailable:
+                continue
+            if answer.status == 200:
+                recorder.events_acked += len(json.loads(answer.body).get("acked", ()))
+        if conn is not None:
+            conn.close()
+
+    await asyncio.gather(*(one(c) for c in range(_share(params["concurrency"], ctx))))
+    ctx.report("ingest", recorder)
+
+
+async def enroll(ctx: Context, params: dict[str, Any]) -> None:
+    """New machines enrolling for `seconds`, `concurrency` at a time; like the agent, a refused
+    enrollment (429/503) is retried on the poll schedule, never sooner than Retry-After."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(ctx.worker)
+    recorder = Recorder()
+    fleet = Fleet(loop, _server(params), recorder, rng=rng)
+    deadline = time.monotonic() + params["seconds"]
+    counter = iter(range(ctx.worker, 10**9, ctx.procs))
+    clock = SystemClock()
+
+    async def one() -> None:
+        while time.monotonic() < deadline and not ctx.stopped():
+            i = next(counter)
+            host = SimHost(i, f"enroll-{params['seed']}-{i}", f"new-{i:06d}", noisy=False)
+            schedule = PollSchedule(60.0, clock=clock, rng=rng)
+            while time.monotonic() < deadline and not ctx.stopped():
+                try:
+                    await fleet.enroll(host)
+                    break
+                except Unavailable as exc:
+                    await asyncio.sleep(min(schedule.failed(exc.retry_after), deadline - time.monotonic()))
+
+    await asyncio.gather(*(one() for _ in range(_share(params["concurrency"], ctx))))
+    ctx.report("enroll", recorder)
+
+
+async def overload(ctx: Context, params: dict[str, Any]) -> None:
+    """Open loop: policy polls arriving at `rate`/s (each on its own connection, no retries) for
+    `seconds`, far past what the server can do; then every request is waited for (up to the timeout)."""
+    loop = asyncio.get_running_loop()
+    hosts, recorder, fleet = _pollers(ctx, params)
+    rate = params["rate"] / ctx.procs
+    started = time.monotonic()
+    tasks: set[asyncio.Task[Any]] = set()
+    sent = 0
+    while (now := time.monotonic()) < started + params["seconds"] and not ctx.stopped():
+        due = int((now - started) * rate)
+        while sent < due:
+            task = loop.create_task(_quiet(fleet.poll_policy(hosts[sent % len(hosts)])))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(0.005)
+    if tasks:
+        await asyncio.gather(*tasks)
+    ctx.report("overload", recorder)
+
+
+async def _quiet(coro: Any) -> None:
+    with contextlib.suppress(Unavailable):  # counted by the recorder
+        await coro
+
+
+def _pollers(ctx: Context, params: dict[str, Any]) -> tuple[list[SimHost], Recorder, Fleet]:
+    """This process's hosts, holding the current ETag, on a fleet that records into a new Recorder."""
+    rng = random.Random(ctx.worker)
+    hosts = ctx.my_hosts(params, range(params["hosts"]), rng)
+    for host in hosts:
+        host.etag = params["etag"]
+    recorder = Recorder()
+    return hosts, recorder, Fleet(None, _server(params), recorder, rng=rng)
+
+
+def _share(total: int, ctx: Context) -> int:
+    return total // ctx.procs + (1 if ctx.worker < total % ctx.procs else 0)
+
+
+SCENARIOS = {"ramp": ramp, "polls": polls, "ingest": ingest, "enroll": enroll, "overload": overload}
+
+__all__ = ["SCENARIOS", "Context"]

@@ -1,0 +1,205 @@
+"""The server under test: `endpoint-server serve` under uvicorn on 127.0.0.1, its database, its CPU.
+
+    with serving(workdir, db_url=None, seed_hosts=10_000, seed=7) as srv:   # SQLite in workdir
+        srv.port, srv.enroll_secret, srv.etag
+        meter = CpuMeter(srv.pid, srv.pg_database)
+
+The database is made before the server starts: SQLite in the work directory, or a throwaway
+PostgreSQL database on the server of `db_url`, dropped afterwards (tests/support/server.py).
+`seed_hosts` hosts are written straight to the hosts table, as a fleet that enrolled earlier
+(their node keys are `bench.fleetsim.agent.seeded_key`). A signed policy is published, so polls
+get an ETag. The server is stopped (SIGTERM, then SIGKILL, by PID) however the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.fleetsim.agent import seeded_host_id, seeded_key
+from server_stub.auth import hash_node_key
+
+POLICY = """name: fleet
+version: 1
+mode: enforce
+rules:
+  - id: p2p-qbittorrent
+    category: p2p
+    action: block
+    process:
+      name: ["qbittorrent"]
+"""
+# The shared background processes of a PostgreSQL server (its backends carry the database name).
+_PG_SHARED = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "wal writer")
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    pid: int
+    port: int
+    enroll_secret: str
+    admin_token: str
+    etag: str
+    db_kind: str  # "sqlite" or "postgresql"
+    pg_database: str | None
+
+
+def seed_hosts(db_url: str, count: int, seed: int) -> None:
+    """`count` enrolled hosts (indices 0..count-1), written in bulk; migrates an empty database first."""
+    from server_stub.store import Store
+    from server_stub.store.tables import hosts
+
+    store = Store.open(db_url)
+    try:
+        now = datetime.now(UTC)
+        chunk = 5000
+        for start in range(0, count, chunk):
+            rows = [
+                {
+                    "host_id": seeded_host_id(seed, i),
+                    "machine_id": f"fleet-{seed}-{i}",
+                    "hostname": f"ws-{i:06d}",
+                    "node_key_hash": hash_node_key(seeded_key(seed, i)),
+                    "enrolled_at": now - timedelta(days=30),
+                    "last_seen": now - timedelta(minutes=1),
+                    "agent_version": "0.1.0",
+                    "policy_version": 1,
+                    "mode": "enforce",
+                }
+                for i in range(start, min(start + chunk, count))
+            ]
+            with store.engine.begin() as conn:
+                conn.execute(hosts.insert(), rows)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def serving(
+    workdir: Path, *, db_url: str | None, seed_hosts_n: int, seed: int, extra_args: Sequence[str] = ()
+) -> Iterator[RunningServer]:
+    from server_stub.store import sqlite_url
+    from tests.support.server import fresh_pg_database, run_server
+
+    with contextlib.ExitStack() as stack:
+        pg_database = None
+        if db_url:
+            url = stack.enter_context(fresh_pg_database(db_url))
+            pg_database = url.rsplit("/", 1)[1].split("?")[0]
+        else:
+            (workdir / "data").mkdir(parents=True, exist_ok=True)
+            url = sqlite_url(workdir / "data")
+        seed_hosts(url, seed_hosts_n, seed)
+        server = stack.enter_context(
+            run_server(workdir, db_url=url if db_url else None, extra_args=list(extra_args))
+        )
+        answer = server.publish(POLICY)
+        if answer.status_code != 200:
+            raise RuntimeError(f"publishing the bench policy: HTTP {answer.status_code} {answer.text[:200]}")
+        etag = ""
+        if seed_hosts_n:
+            with server.client(seeded_key(seed, 0)) as c:
+                etag = c.get("/policy").headers.get("etag", "")
+        yield RunningServer(
+            pid=server.pid,
+            port=int(server.base_url.rsplit(":", 1)[1]),
+            enroll_secret=server.enroll_secret,
+            admin_token=server.admin_token,
+            etag=etag,
+            db_kind="postgresql" if db_url else "sqlite",
+            pg_database=pg_database,
+        )
+
+
+def wait_idle(port: int, timeout: float = 30.0) -> None:
+    """Until the server answers /healthz again (after an overload its queue drains)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5.0) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(f"http://127.0.0.1:{port}/api/v1/healthz").status_code == 200:
+                    return
+            time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float
+    server: float  # CPU seconds, cumulative
+    db: float
+    sim: float
+
+    def cores_since(self, earlier: CpuSample) -> tuple[float, float, float]:
+        """Cores used (CPU seconds per wall second) by the server, the database and the simulator."""
+        span = max(self.wall - earlier.wall, 1e-9)
+        return (
+            (self.server - earlier.server) / span,
+            (self.db - earlier.db) / span,
+            (self.sim - earlier.sim) / span,
+        )
+
+
+class CpuMeter:
+    """CPU time of the server (and its worker processes), of PostgreSQL working for its database
+    (that database's backends and the server's shared background writers), and of the simulator."""
+
+    def __init__(self, server_pid: int, pg_database: str | None) -> None:
+        self._server_pid = server_pid
+        self._pg_database = pg_database
+        self._sim_pids: list[int] = []
+        # pid -> last CPU seconds seen: a process that exits keeps what it used.
+        self._seen: dict[str, dict[int, float]] = {"server": {}, "db": {}, "sim": {}}
+
+    def add_sim(self, pids: list[int]) -> None:
+        self._sim_pids = pids
+
+    def sample(self) -> CpuSample:
+        wall = time.monotonic()
+        self._account("server", self._server_processes())
+        self._account("db", self._db_processes())
+        self._account("sim", [p for pid in self._sim_pids if (p := _process(pid)) is not None])
+        return CpuSample(wall, *(sum(self._seen[k].values()) for k in ("server", "db", "sim")))
+
+    def _account(self, what: str, processes: list[psutil.Process]) -> None:
+        for proc in processes:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                self._seen[what][proc.pid] = t.user + t.system
+
+    def _server_processes(self) -> list[psutil.Process]:
+        root = _process(self._server_pid)
+        if root is None:
+            return []
+        with contextlib.suppress(psutil.Error):
+            return [root, *root.children(recursive=True)]
+        return [root]
+
+    def _db_processes(self) -> list[psutil.Process]:
+        if self._pg_database is None:
+            return []
+        found = []
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                title = " ".join(proc.info["cmdline"] or ())
+                if not title.startswith("postgres:"):
+                    continue
+                if f" {self._pg_database} " in title or title.rstrip().endswith(_PG_SHARED):
+                    found.append(proc)
+        return found
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+__all__ = ["CpuMeter", "CpuSample", "RunningServer", "seed_hosts", "serving", "wait_idle"]
