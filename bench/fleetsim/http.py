@@ -15,7 +15,9 @@ fails with `Timeout`, and its connection is closed; a closed or refused connecti
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,13 +123,21 @@ class Connection:
     async def open(
         cls, loop: asyncio.AbstractEventLoop, host: str, port: int, *, timeout: float
     ) -> Connection:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"the fleet simulator talks to loopback only, not {host}")
+        _check_loopback(host)
+        # A connected socket handed over: create_connection(host=...) would resolve the name
+        # (getaddrinfo in a thread) on every call, which costs more than the request.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
-                _transport, proto = await loop.create_connection(_Protocol, host, port)
+                await loop.sock_connect(sock, (host, port))
+                _transport, proto = await loop.create_connection(_Protocol, sock=sock)
         except TimeoutError as exc:
+            sock.close()
             raise Timeout(f"connect to {host}:{port}") from exc
+        except BaseException:
+            sock.close()
+            raise
         return cls(loop, f"{host}:{port}", proto, timeout)
 
     @property
@@ -162,6 +172,12 @@ class Connection:
         finally:
             timer.cancel()
             proto.waiter = None
+
+
+@functools.cache
+def _check_loopback(host: str) -> None:
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"the fleet simulator talks to loopback only, not {host}")
 
 
 def _expire(waiter: asyncio.Future[Answer]) -> None:
