@@ -23,11 +23,12 @@ from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
+from server_stub.limits import Limits
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
-from server_stub.ratelimit import RateLimiter
+from server_stub.ratesync import RateSync
 from server_stub.retention import RetentionService
 from server_stub.routes import admin, agent, compliance, enrollment, reports
 from server_stub.store import Store, sqlite_url
@@ -67,7 +68,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     """The application; opens (and migrates) the store now, so a bad database fails at start."""
     store = store if store is not None else open_store(config)
     metrics = Metrics(store, config.stale_after, config.clock)
-    ctx = ServerContext(config=config, store=store, auth=Authenticator(config, store), metrics=metrics)
+    limits = Limits.from_config(config)
+    ctx = ServerContext(
+        config=config, store=store, auth=Authenticator(config, store), metrics=metrics, limits=limits
+    )
+    rate_sync = RateSync(store.rate_usage, limits.by_scope())
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
     retention = _retention(config, store)
 
@@ -76,9 +81,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         exporter.start()
         if retention is not None:
             retention.start()
+        rate_sync.start()
         try:
             yield
         finally:
+            rate_sync.stop()
             if retention is not None:
                 retention.stop()
             exporter.stop()
@@ -98,9 +105,10 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
     app.add_middleware(
         AuthGateMiddleware,
-        principals=RateLimiter(config.rate_limit, config.rate_burst),
-        addresses=RateLimiter(config.rate_limit, config.rate_burst),
+        principals=limits.principals,
+        addresses=limits.addresses,
         api_prefix=API_PREFIX,
+        enrollments=limits,
     )
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s and 429s too
 

@@ -11,13 +11,17 @@ ENDPOINT_SERVER_ENROLL_SECRET) or from flags of the same names (--admin-token, -
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
+import json
 import logging
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from endpoint_agent.cliversion import add_version
 from endpoint_agent.errors import AgentError, SettingsError
@@ -30,6 +34,28 @@ from server_stub.errors import ApiError
 from server_stub.export.config import ExportConfig, load_export_config
 
 PROG = "endpoint-server"
+
+
+MAX_WORKERS = 64
+# Set in each worker process: a 0600 file holding the argv the parent validated (server_stub/cli.py).
+WORKER_ARGS_ENV = "ENDPOINT_SERVER_WORKER_ARGS"
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
+
+
+def _address_or_network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address or network: {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-burst", type=int, default=100, help="burst size of the rate limit (100)")
     p.add_argument(
         "--body-timeout", type=float, default=30.0, help="seconds to receive a request body, else 408 (30)"
+    )
+    p.add_argument(
+        "--enroll-rate",
+        type=float,
+        default=3000.0,
+        help="enrollments per second per enroll credential, half of it per address (3000)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help=f"server processes on this port, 1-{MAX_WORKERS} (1); they share the database and limits",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        type=_address_or_network,
+        metavar="ADDRESS",
+        help="a reverse proxy's address or network whose X-Forwarded-For names the client (repeatable)",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
@@ -149,6 +195,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         body_timeout=args.body_timeout,
+        enroll_rate=args.enroll_rate,
         export=load_export_config(args.config) if args.config else ExportConfig(),
         retention_days=args.retention_days,
     )
@@ -171,9 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here so that `--help` and flag errors do not pay for FastAPI.
         import uvicorn
 
-        from server_stub.app import create_app
+        from server_stub.app import create_app, open_store
 
-        app = create_app(config_from_args(args))
+        config = config_from_args(args)
+        if args.workers > 1:
+            # Migrate once, here, before any worker starts (each worker then finds the schema current).
+            open_store(config).close()
+            app: Any = "server_stub.cli:worker_app"
+        else:
+            app = create_app(config)
     except AgentError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -188,15 +241,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             "use --tls-cert/--tls-key or a TLS reverse proxy",
             args.host,
         )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        log_config=None,  # keep the handler configured above (text or JSON lines)
-        server_header=False,
-        proxy_headers=False,  # per-address rate limits must not trust X-Forwarded-For
-        date_header=True,
-        **tls,  # type: ignore[arg-type]
-    )
+    with _worker_args(argv if argv is not None else sys.argv[1:], args.workers):
+        uvicorn.run(
+            app,
+            factory=args.workers > 1,
+            workers=args.workers if args.workers > 1 else None,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=None,  # keep the handler configured above (text or JSON lines)
+            server_header=False,
+            # Per-address rate limits trust X-Forwarded-For only from the named proxies.
+            proxy_headers=bool(args.trusted_proxy),
+            forwarded_allow_ips=args.trusted_proxy or None,
+            date_header=True,
+            **tls,  # type: ignore[arg-type]
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _worker_args(argv: Sequence[str], workers: int) -> Iterator[None]:
+    """For several workers: the validated argv in a 0600 file named by WORKER_ARGS_ENV (never on a
+    command line: it may hold a secret given by flag); removed when the server stops."""
+    if workers <= 1:
+        yield
+        return
+    fd, path = tempfile.mkstemp(prefix="endpoint-server-", suffix=".args")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(list(argv), out)
+        os.environ[WORKER_ARGS_ENV] = path
+        yield
+    finally:
+        os.environ.pop(WORKER_ARGS_ENV, None)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def worker_app() -> Any:
+    """The application in one worker process of `serve --workers N` (uvicorn's factory)."""
+    from server_stub.app import create_app
+
+    path = os.environ.get(WORKER_ARGS_ENV)
+    if not path:
+        raise SettingsError(f"{WORKER_ARGS_ENV} is not set: worker_app runs under `serve --workers N`")
+    with open(path, encoding="utf-8") as src:
+        args = build_parser().parse_args(json.load(src))
+    _configure_logging(args.log_level, args.log_format)
+    return create_app(config_from_args(args))

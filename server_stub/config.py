@@ -40,6 +40,9 @@ class ServerConfig:
     stale_after: float = 300.0
     rate_limit: float = 20.0  # requests per second per credential (or per client address)
     rate_burst: int = 100
+    # Enrollments per second (and burst) per enroll credential, summed over every host; half of it
+    # per client address (server_stub/limits.py).
+    enroll_rate: float = 3000.0
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout: float = 30.0  # seconds to receive a whole request body (408 after)
     max_events: int = MAX_EVENTS_PER_BATCH
@@ -82,3 +85,5 @@ class ServerConfig:
             )
         if self.rate_limit <= 0 or self.rate_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")
+        if not 1 <= self.enroll_rate <= 1_000_000:
+            raise SettingsError("--enroll-rate: must be between 1 and 1000000 per second")

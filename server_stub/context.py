@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
+from server_stub.limits import Limits
 from server_stub.metrics import Metrics
 from server_stub.store import Store
 
@@ -20,6 +21,7 @@ class ServerContext:
     store: Store
     auth: Authenticator
     metrics: Metrics
+    limits: Limits | None = None  # the rate limits (server_stub/limits.py); set by create_app
 
     def now(self) -> datetime:
         return self.config.clock()

@@ -41,3 +41,7 @@ class PayloadTooLarge(ApiError):
 
 class Unprocessable(ApiError):
     status_code = 422
+
+
+class TooManyRequests(ApiError):
+    status_code = 429

@@ -10,6 +10,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server_stub.auth import Role
+from server_stub.limits import Limits
 from server_stub.ratelimit import RateLimiter
 
 UNLIMITED_PATHS = frozenset({"/api/v1/healthz"})
@@ -101,12 +103,18 @@ class AuthGateMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, principals: RateLimiter, addresses: RateLimiter, api_prefix: str
+        self,
+        app: ASGIApp,
+        principals: RateLimiter,
+        addresses: RateLimiter,
+        api_prefix: str,
+        enrollments: Limits | None = None,
     ) -> None:
         self.app = app
         self.principals = principals
         self.addresses = addresses
         self.api_prefix = api_prefix + "/"
+        self.enrollments = enrollments
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -140,7 +148,15 @@ class AuthGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if not await self._admit(self.principals, principal.limit_key, scope, receive, send):
+        if principal.role is Role.ENROLL and self.enrollments is not None:
+            # Not one bucket for the whole fleet: the credential and the address each have a large
+            # one here, and each enrolling host its own once its body is read (server_stub/limits.py).
+            credential = principal.enroll_token or "fleet-secret"
+            if not await self._admit(self.enrollments.enroll_credentials, credential, scope, receive, send):
+                return
+            if not await self._admit(self.enrollments.enroll_addresses, address, scope, receive, send):
+                return
+        elif not await self._admit(self.principals, principal.limit_key, scope, receive, send):
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

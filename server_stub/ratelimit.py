@@ -1,18 +1,32 @@
-"""Per-key token buckets (in process: each server process limits what it sees)."""
+"""Per-key token buckets, kept in each process and reconciled across processes (server_stub/ratesync.py).
+
+Every request is admitted or refused from memory: no database round trip. A process also counts
+what each key consumed here; a background exchange (about twice a second) publishes the busy
+keys' counts to a shared table and debits every local bucket by what the other processes (workers
+and replicas on one database) consumed. Each bucket thus follows the one global bucket, late by
+at most one exchange.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# Consumption smaller than this share of the burst within a sharing window is never published:
+# quiet keys (a host polling twice a minute) cost the shared table nothing.
+SHARE_FRACTION = 0.05
+
 
 @dataclass
 class _Bucket:
     tokens: float
     updated: float
+    pending: int = 0  # taken here and not yet published
+    pending_since: float = 0.0
 
 
 class RateLimiter:
@@ -36,23 +50,29 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+        self.share_threshold = max(1, math.ceil(burst * SHARE_FRACTION))
+        # Older unpublished consumption no longer matters to anyone: the bucket has refilled.
+        self.window = max(5.0, burst / rate) + 2.0
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        return self._burst
 
     def acquire(self, key: str) -> float:
         """0.0 when the request may proceed; else the seconds until a token is available."""
         now = self._clock()
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = _Bucket(tokens=self._burst, updated=now)
-                self._buckets[key] = bucket
-                if len(self._buckets) > self._max_keys:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(key)
-                bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
-                bucket.updated = now
+            bucket = self._refilled(key, now, create=True)
+            assert bucket is not None
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
+                if bucket.pending == 0:
+                    bucket.pending_since = now
+                bucket.pending += 1
                 return 0.0
             return (1.0 - bucket.tokens) / self._rate
 
@@ -68,3 +88,54 @@ class RateLimiter:
 
     def blocked(self, key: str) -> bool:
         return self.wait(key) > 0
+
+    # --- sharing with other processes (server_stub/ratesync.py) ---------------------------------
+
+    def take_pending(self, limit: int = 5_000) -> dict[str, int]:
+        """What busy keys consumed here since last asked (at least share_threshold each); reset."""
+        now = self._clock()
+        out: dict[str, int] = {}
+        with self._lock:
+            for key, bucket in self._buckets.items():
+                if bucket.pending == 0:
+                    continue
+                if bucket.pending >= self.share_threshold:
+                    out[key] = bucket.pending
+                    bucket.pending = 0
+                    if len(out) >= limit:
+                        break
+                elif now - bucket.pending_since > self.window:
+                    bucket.pending = 0  # a quiet key: too little, too long ago to matter
+        return out
+
+    def debit(self, key: str, tokens: int) -> bool:
+        """Take what other processes consumed for `key`; False (nothing done) if `key` is not kept here.
+
+        The bucket may go below zero (the wait grows), but never below -burst: a late report
+        cannot shut a key out for longer than two bursts' worth of refill.
+        """
+        now = self._clock()
+        with self._lock:
+            bucket = self._refilled(key, now, create=False)
+            if bucket is None:
+                return False
+            bucket.tokens = max(-self._burst, bucket.tokens - tokens)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _refilled(self, key: str, now: float, *, create: bool) -> _Bucket | None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if not create:
+                return None
+            bucket = _Bucket(tokens=self._burst, updated=now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+            return bucket
+        self._buckets.move_to_end(key)
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+        bucket.updated = now
+        return bucket

@@ -33,6 +33,8 @@ def enroll(
     The first enrollment binds the machine id; enrolling it again (rotating the key) needs the
     host's current node key in the body, or an admin's reset (`POST /hosts/{host}/reset`).
     """
+    if ctx.limits is not None:  # each host its own bucket (server_stub/limits.py)
+        ctx.limits.admit_enrolling_host(body.machine_id)
     if principal.enroll_token is not None and not ctx.store.enroll_tokens.use(
         principal.enroll_token, ctx.now()
     ):

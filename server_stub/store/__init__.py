@@ -16,6 +16,7 @@ from server_stub.store.exports import ExportRepo, ExportRow
 from server_stub.store.hosts import EnrollRefused, HostRecord, HostRepo
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
+from server_stub.store.ratelimits import RateUsageRepo
 from server_stub.store.retention import RetentionRepo
 from server_stub.store.stats import StatsRepo, Summary
 from server_stub.store.users import UserRepo
@@ -32,6 +33,7 @@ class Store:
         self.audit = AuditRepo(engine)
         self.exports = ExportRepo(engine)
         self.enroll_tokens = EnrollTokenRepo(engine)
+        self.rate_usage = RateUsageRepo(engine)
         self.retention = RetentionRepo(engine)
 
     @classmethod

@@ -246,6 +246,21 @@ def _v9_read_side_indexes(conn: Connection) -> None:
         conn.execute(sa.text(statement))
 
 
+def _v10_rate_usage(conn: Connection) -> None:
+    # Rate limits shared by every server process on this database (server_stub/ratesync.py).
+    md = sa.MetaData()
+    sa.Table(
+        "rate_usage",
+        md,
+        sa.Column("scope", sa.String(32), primary_key=True),
+        sa.Column("key", sa.String(300), primary_key=True),
+        sa.Column("slot", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("count", sa.BigInteger, nullable=False),
+        sa.Index("ix_rate_usage_slot", "slot"),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -256,6 +271,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "hosts: 64-bit policy version", _v7_wide_policy_version),
     Migration(8, "enrollment: host binding, enroll tokens", _v8_enrollment),
     Migration(9, "indexes for every filter of the violation and host lists", _v9_read_side_indexes),
+    Migration(10, "rate limits shared across server processes", _v10_rate_usage),
 )
 
 _version_md = sa.MetaData()

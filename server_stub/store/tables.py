@@ -186,3 +186,15 @@ export_cursors = sa.Table(
     sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# What each rate-limit key consumed per one-second slot, summed over every server process that
+# shares this database (server_stub/ratesync.py); rows older than a minute are deleted.
+rate_usage = sa.Table(
+    "rate_usage",
+    metadata,
+    sa.Column("scope", sa.String(32), primary_key=True),
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("slot", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Index("ix_rate_usage_slot", "slot"),
+)

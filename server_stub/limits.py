@@ -1,0 +1,57 @@
+"""Which rate limits the server keeps, by scope: one definition for the gate, the routes and the exchange.
+
+- principals: per credential holder (role; each host by its node key) -- and each enrolling host
+  by its machine id, so a fleet enrolls in parallel instead of through one bucket;
+- addresses: per client address, for requests without a credential and every failed attempt;
+- enroll credentials: all enrollments made with one enroll credential (the fleet's secret, or one
+  enroll token), whichever host they claim to be: a leaked secret cannot create hosts faster;
+- enroll addresses: all enrollments from one client address (half a credential's rate), so one
+  source cannot take a whole credential's budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from server_stub.config import ServerConfig
+from server_stub.errors import TooManyRequests
+from server_stub.ratelimit import RateLimiter
+
+ENROLL_ADDRESS_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    principals: RateLimiter
+    addresses: RateLimiter
+    enroll_credentials: RateLimiter
+    enroll_addresses: RateLimiter
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Limits:
+        per_address = config.enroll_rate * ENROLL_ADDRESS_SHARE
+        return cls(
+            principals=RateLimiter(config.rate_limit, config.rate_burst),
+            addresses=RateLimiter(config.rate_limit, config.rate_burst),
+            enroll_credentials=RateLimiter(config.enroll_rate, max(1, math.ceil(config.enroll_rate))),
+            enroll_addresses=RateLimiter(per_address, max(1, math.ceil(per_address))),
+        )
+
+    def by_scope(self) -> dict[str, RateLimiter]:
+        """The limiters under the names the shared table knows them by (server_stub/ratesync.py)."""
+        return {
+            "principal": self.principals,
+            "address": self.addresses,
+            "enroll": self.enroll_credentials,
+            "enroll-address": self.enroll_addresses,
+        }
+
+    def admit_enrolling_host(self, machine_id: str) -> None:
+        """One host's own enrollment bucket (the principal limits): 429 when it is dry."""
+        wait = self.principals.acquire("enroll-host:" + machine_id)
+        if wait > 0:
+            raise TooManyRequests(
+                "this machine_id enrolls too often; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
