@@ -85,5 +85,5 @@ class ServerConfig:
             )
         if self.rate_limit <= 0 or self.rate_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")
-        if not 1 <= self.enroll_rate <= 1_000_000:
-            raise SettingsError("--enroll-rate: must be between 1 and 1000000 per second")
+        if not 0 < self.enroll_rate <= 1_000_000:
+            raise SettingsError("--enroll-rate: must be > 0 and at most 1000000 per second")

@@ -111,15 +111,16 @@ class RateLimiter:
     def debit(self, key: str, tokens: int) -> bool:
         """Take what other processes consumed for `key`; False (nothing done) if `key` is not kept here.
 
-        The bucket may go below zero (the wait grows), but never below -burst: a late report
-        cannot shut a key out for longer than two bursts' worth of refill.
+        The bucket may go below zero (the wait grows): the debt is kept, else processes that
+        flood one key together would each be forgiven part of the others' share. It never goes
+        below one window's refill, so a key is never shut out for longer than about a window.
         """
         now = self._clock()
         with self._lock:
             bucket = self._refilled(key, now, create=False)
             if bucket is None:
                 return False
-            bucket.tokens = max(-self._burst, bucket.tokens - tokens)
+            bucket.tokens = max(-self._rate * self.window, bucket.tokens - tokens)
             return True
 
     def __len__(self) -> int:

@@ -62,7 +62,7 @@ class RateUsageRepo:
             .limit(MAX_ROWS_READ)
         )
         with db_errors("reading shared rate-limit counts"), read_connection(self._engine) as conn:
-            return [UsageRow(str(s), str(k), int(n), int(c)) for s, k, n, c in conn.execute(query).tuples()]
+            return [UsageRow(str(s), str(k), int(n), int(c)) for s, k, n, c in conn.execute(query)]
 
     def prune(self, before_slot: int) -> int:
         with db_errors("pruning shared rate-limit counts"), self._engine.begin() as conn:
