@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,14 +70,28 @@ def policy_yaml(rules: list[tuple[str, str, str]], *, mode: str = "enforce", ver
 class Server:
     """The real endpoint-server on a fixed port and database, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, *, db_url: str | None, stale_after: float = 3.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        db_url: str | None,
+        stale_after: float = 3.0,
+        extra_args: Sequence[str] = (),
+        replica_of: Server | None = None,
+    ) -> None:
+        """`replica_of`: another server on the same database, whose keys and secrets this one shares."""
         workdir.mkdir(parents=True, exist_ok=True)
-        private_key, public_key = make_keys(workdir / "keys")
-        self._tokens = {
-            "ENDPOINT_SERVER_ADMIN_TOKEN": "adm-" + secrets.token_urlsafe(24),
-            "ENDPOINT_SERVER_READER_TOKEN": "rdr-" + secrets.token_urlsafe(24),
-            "ENDPOINT_SERVER_ENROLL_SECRET": "enr-" + secrets.token_urlsafe(24),
-        }
+        if replica_of is None:
+            private_key, public_key = make_keys(workdir / "keys")
+            self._tokens = {
+                "ENDPOINT_SERVER_ADMIN_TOKEN": "adm-" + secrets.token_urlsafe(24),
+                "ENDPOINT_SERVER_READER_TOKEN": "rdr-" + secrets.token_urlsafe(24),
+                "ENDPOINT_SERVER_ENROLL_SECRET": "enr-" + secrets.token_urlsafe(24),
+            }
+        else:
+            private_key, public_key = replica_of.live.private_key, replica_of.live.public_key
+            self._tokens = dict(replica_of._tokens)
+        self._extra_args = list(extra_args)
         self._db_url = db_url
         self._stale_after = stale_after
         self._workdir = workdir
@@ -101,7 +115,7 @@ class Server:
 
     def start(self) -> None:
         cmd = server_command(self._port, self.live.data_dir, [self.live.public_key], self._db_url)
-        cmd += ["--stale-after", str(self._stale_after)]
+        cmd += ["--stale-after", str(self._stale_after), *self._extra_args]
         with self.live.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
@@ -120,6 +134,13 @@ class Server:
     def stop(self) -> None:
         if self._proc is not None:
             stop_server(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, by PID: no shutdown, whatever was in flight is cut."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(30)
             self._proc = None
 
     def publish(self, yaml_text: str) -> None:
