@@ -225,6 +225,15 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | N
     return proc.wait(timeout)
 
 
+def secrets_of(server: LiveServer) -> dict[str, str]:
+    """`server`'s secrets as environment, for `run_server(secrets_env=...)`: a replica of it."""
+    return {
+        "ENDPOINT_SERVER_ADMIN_TOKEN": server.admin_token,
+        "ENDPOINT_SERVER_READER_TOKEN": server.reader_token,
+        "ENDPOINT_SERVER_ENROLL_SECRET": server.enroll_secret,
+    }
+
+
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A running endpoint-server on SQLite in tmp_path (import this fixture into a conftest)."""

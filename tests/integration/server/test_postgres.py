@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server_stub.store.migrations import MIGRATIONS
-from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
+from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server, secrets_of
 from tests.support.server_events import post, violation
 from tests.support.server_policies import policy_yaml
 
@@ -26,11 +26,7 @@ def two_servers(tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
                 tmp_path / "b",
                 db_url=url,
                 public_keys=[a.public_key],
-                secrets_env={
-                    "ENDPOINT_SERVER_ADMIN_TOKEN": a.admin_token,
-                    "ENDPOINT_SERVER_READER_TOKEN": a.reader_token,
-                    "ENDPOINT_SERVER_ENROLL_SECRET": a.enroll_secret,
-                },
+                secrets_env=secrets_of(a),
             )
         )
         yield a, b

@@ -27,6 +27,7 @@ from tests.support.server import (
     fresh_pg_database,
     pg_url_or_skip,
     run_server,
+    secrets_of,
     subprocess_env,
 )
 
@@ -123,11 +124,7 @@ def two_processes(tmp_path: Path, backend: str, extra: list[str]) -> Iterator[tu
                 db_url=url,
                 extra_args=extra,
                 public_keys=[a.public_key],
-                secrets_env={
-                    "ENDPOINT_SERVER_ADMIN_TOKEN": a.admin_token,
-                    "ENDPOINT_SERVER_READER_TOKEN": a.reader_token,
-                    "ENDPOINT_SERVER_ENROLL_SECRET": a.enroll_secret,
-                },
+                secrets_env=secrets_of(a),
             )
         )
         yield a, b
