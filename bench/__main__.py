@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "console": "bench.console",
     "export": "bench.export",
     "fleet": "bench.fleet",
+    "readside": "bench.readside",
 }
 DEFAULT = (
     "scan",
@@ -46,6 +47,7 @@ DEFAULT = (
     "dns",
     "export",
     "fleet",
+    "readside",
 )
 
 

@@ -1,0 +1,197 @@
+"""The read side at fleet size: filtered /violations at 1 M rows, a /hosts page at 100,000 hosts.
+
+Fills a database with bench/bulkfill.py (1 M violations over 30 days from 100,000 hosts, ids in
+the order the events were detected, as on a real server), then asks the real application
+in-process (ASGI, reader token, JSON as clients get it) for one page of each filter of
+`GET /api/v1/violations` -- by host id and by hostname, rule (frequent and rare), category,
+action, severity, triage, time (last day, a week, a day a month back), a rule in the last day, the
+next page by cursor -- and for `GET /api/v1/hosts` pages (first, later, stale, mode, policy
+version, name prefix). Each query runs REPEAT times with varying values (other hosts, rules,
+cursors); the target is each query's p95 against 50 ms (value = p95 / 50 ms). SQLite, and
+PostgreSQL when ENDPOINT_TEST_PG_URL (or --readside-pg) names a server (a throwaway database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from bench.bulkfill import ACTIONS, RULES, fill
+from bench.report import Target, targets_block
+from bench.timing import fmt_seconds
+
+SUMMARY = "filtered /violations at 1 M violations and a /hosts page at 100,000 hosts (p95 <= 50 ms)"
+BUDGET_S = 0.050
+TOKEN = "r" * 32
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("readside")
+    g.add_argument(
+        "--readside-violations", type=int, default=1_000_000, help="violations to store (1,000,000)"
+    )
+    g.add_argument("--readside-hosts", type=int, default=100_000, help="hosts to enroll (100,000)")
+    g.add_argument("--readside-repeat", type=int, default=40, help="timed requests per query (40)")
+    g.add_argument("--readside-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _queries(
+    host_ids: list[str], hostnames: list[str], now: datetime
+) -> list[tuple[str, Callable[[int], str]]]:
+    """(label, i -> path): the i-th request of each query, values varying with i."""
+    rnd = random.Random(11)
+    noisy = len(host_ids) // 10 or 1
+    some = [rnd.randrange(len(host_ids)) for _ in range(64)]  # any host: most send a few violations
+    loud = [rnd.randrange(noisy) for _ in range(64)]  # the noisy tenth: hundreds each
+    common = [r for r, _ in RULES[:3]]
+    rare = [r for r, _ in RULES[-4:]]
+    categories = sorted({c for _, c in RULES})
+    actions = sorted(set(ACTIONS))
+    month_ago = [now - timedelta(days=20 + (i % 8)) for i in range(64)]
+
+    def v(query: str) -> str:
+        return "/api/v1/violations?" + query
+
+    return [
+        ("violations by host id", lambda i: v(f"host={host_ids[some[i % 64]]}")),
+        ("violations by host id (noisy host)", lambda i: v(f"host={host_ids[loud[i % 64]]}")),
+        ("violations by hostname", lambda i: v(f"host={hostnames[loud[i % 64]]}")),
+        ("violations by rule (frequent)", lambda i: v(f"rule_id={common[i % 3]}")),
+        ("violations by rule (rare)", lambda i: v(f"rule_id={rare[i % 4]}")),
+        ("violations by category", lambda i: v(f"category={categories[i % len(categories)]}")),
+        ("violations by action", lambda i: v(f"action={actions[i % len(actions)]}")),
+        ("violations by severity", lambda i: v(f"severity={('low', 'high', 'critical')[i % 3]}")),
+        ("violations triaged (acknowledged)", lambda i: v("triage=acknowledged")),
+        ("violations since 24h", lambda i: v("since=24h")),
+        ("violations since 7d", lambda i: v("since=7d")),
+        (
+            "violations one day, weeks ago",
+            lambda i: v(
+                f"since={_iso(month_ago[i % 64])}&until={_iso(month_ago[i % 64] + timedelta(days=1))}"
+            ),
+        ),
+        ("violations by rule since 24h", lambda i: v(f"rule_id={common[i % 3]}&since=24h")),
+        ("violations by host since 7d", lambda i: v(f"host={host_ids[loud[i % 64]]}&since=7d")),
+        ("hosts first page (default 1000)", lambda i: "/api/v1/hosts"),
+        (
+            "hosts page of 500 (endpoint-admin)",
+            lambda i: f"/api/v1/hosts?limit=500&hostname_prefix=ws-{i % 10}",
+        ),
+        ("hosts stale", lambda i: "/api/v1/hosts?stale=true&limit=500"),
+        ("hosts by mode", lambda i: "/api/v1/hosts?mode=monitor&limit=500"),
+        ("hosts by policy version", lambda i: "/api/v1/hosts?policy_version=1&limit=500"),
+        ("hosts by name prefix", lambda i: f"/api/v1/hosts?hostname_prefix={hostnames[some[i % 64]][:-2]}"),
+    ]
+
+
+@contextmanager
+def _database(kind: str, pg: str | None, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'readside.db'}"
+    else:
+        from tests.support.server import fresh_pg_database
+
+        assert pg is not None
+        with fresh_pg_database(pg) as url:
+            yield url
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]  # nearest rank
+
+
+def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, list[float]]:
+    import gc
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from fastapi.testclient import TestClient
+
+    from server_stub.app import create_app
+    from server_stub.config import ServerConfig
+    from server_stub.store import Store
+
+    with TemporaryDirectory(prefix="bench-readside-") as tmpdir, ExitStack() as stack:
+        tmp = Path(tmpdir)
+        store = Store.open(stack.enter_context(_database(kind, pg, tmp)))
+        stack.callback(store.close)
+        now = datetime.now(UTC)
+        filled = fill(store.engine, hosts=args.readside_hosts, violations=args.readside_violations, now=now)
+        print(f"  {kind}: stored {filled.violations:,} violations and {filled.agent_events:,} agent events "
+              f"from {len(filled.host_ids):,} hosts in {filled.seconds:.0f} s", flush=True)  # fmt: skip
+        config = ServerConfig(
+            data_dir=tmp,
+            public_keys=(Ed25519PrivateKey.generate().public_key(),),
+            admin_token="a" * 32,
+            reader_token=TOKEN,
+            enroll_secret="e" * 32,
+            rate_limit=1e6,
+            rate_burst=1_000_000,
+        )
+        client = stack.enter_context(TestClient(create_app(config, store=store)))
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        out: dict[str, list[float]] = {}
+        for label, path in _queries(filled.host_ids, filled.hostnames, now):
+            samples = []
+            for i in range(-1, args.readside_repeat):  # -1: the unmeasured warm-up
+                url = path(max(i, 0))
+                gc.collect()
+                start = time.perf_counter()
+                answer = client.get(url)
+                elapsed = time.perf_counter() - start
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
+                if i >= 0:
+                    samples.append(elapsed)
+            out[f"{kind}: {label}"] = samples
+        # Paging on: each request continues where the previous one stopped.
+        for label, first in (
+            ("violations next pages (cursor)", "/api/v1/violations?limit=100"),
+            ("violations by rule, next pages", f"/api/v1/violations?rule_id={RULES[-1][0]}&limit=100"),
+            ("hosts next pages (cursor, 500)", "/api/v1/hosts?limit=500"),
+        ):
+            samples, cursor = [], None
+            for i in range(-1, args.readside_repeat):
+                url = first + (f"&cursor={cursor}" if cursor else "")
+                gc.collect()
+                start = time.perf_counter()
+                answer = client.get(url)
+                elapsed = time.perf_counter() - start
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
+                cursor = answer.json().get("next_cursor")
+                if i >= 0:
+                    samples.append(elapsed)
+            out[f"{kind}: {label}"] = samples
+        return out
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    pg = args.readside_pg or os.environ.get("ENDPOINT_TEST_PG_URL")
+    kinds = [("sqlite", None)] + ([("postgresql", pg)] if pg and pg != "none" else [])
+    if len(kinds) == 1:
+        print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --readside-pg")
+    print("  (in-process ASGI through the real app; this 2-core machine is shared, so times are noisy)")
+    targets: list[Target] = []
+    for kind, url in kinds:
+        measured = _run_one(kind, url, args)
+        print(f"  {'':<56} {'p50':>9} {'p95':>9} {'max':>9}")
+        for label, samples in measured.items():
+            print(f"  {label:<56} {fmt_seconds(_p(samples, 0.5)):>9} {fmt_seconds(_p(samples, 0.95)):>9}"
+                  f" {fmt_seconds(max(samples)):>9}", flush=True)  # fmt: skip
+        targets += [
+            Target(f"{label} p95 / 50 ms", _p(s, 0.95) / BUDGET_S, 1.0) for label, s in measured.items()
+        ]
+    print(targets_block(targets))
+    return targets
