@@ -22,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 from bench.bulkfill import ACTIONS, RULES, fill
 from bench.report import Target, targets_block
@@ -34,11 +35,12 @@ TOKEN = "r" * 32
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("readside")
-    g.add_argument(
-        "--readside-violations", type=int, default=1_000_000, help="violations to store (1,000,000)"
-    )
-    g.add_argument("--readside-hosts", type=int, default=100_000, help="hosts to enroll (100,000)")
-    g.add_argument("--readside-repeat", type=int, default=40, help="timed requests per query (40)")
+    for name, default, what in (
+        ("violations", 1_000_000, "violations to store"),
+        ("hosts", 100_000, "hosts to enroll"),
+        ("repeat", 40, "timed requests per query"),
+    ):
+        g.add_argument(f"--readside-{name}", type=int, default=default, help=f"{what} ({default:,})")
     g.add_argument("--readside-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
 
 
@@ -110,9 +112,29 @@ def _p(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]  # nearest rank
 
 
-def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, list[float]]:
+def _sample(
+    client: Any, path: Callable[[int], str], repeat: int, cursors: list[str] | None = None
+) -> list[float]:
+    """Seconds of each of `repeat` requests (after one unmeasured); `cursors` collects next_cursor."""
     import gc
 
+    samples = []
+    for i in range(-1, repeat):
+        url = path(max(i, 0))
+        gc.collect()
+        start = time.perf_counter()
+        answer = client.get(url)
+        elapsed = time.perf_counter() - start
+        if answer.status_code != 200:
+            raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
+        if cursors is not None and answer.json().get("next_cursor"):
+            cursors.append(answer.json()["next_cursor"])
+        if i >= 0:
+            samples.append(elapsed)
+    return samples
+
+
+def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, list[float]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from fastapi.testclient import TestClient
 
@@ -144,37 +166,20 @@ def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, l
         client.headers["Authorization"] = f"Bearer {TOKEN}"
         out: dict[str, list[float]] = {}
         for label, path in _queries(filled.host_ids, filled.hostnames, now):
-            samples = []
-            for i in range(-1, args.readside_repeat):  # -1: the unmeasured warm-up
-                url = path(max(i, 0))
-                gc.collect()
-                start = time.perf_counter()
-                answer = client.get(url)
-                elapsed = time.perf_counter() - start
-                if answer.status_code != 200:
-                    raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
-                if i >= 0:
-                    samples.append(elapsed)
-            out[f"{kind}: {label}"] = samples
+            out[f"{kind}: {label}"] = _sample(client, path, args.readside_repeat)
         # Paging on: each request continues where the previous one stopped.
         for label, first in (
             ("violations next pages (cursor)", "/api/v1/violations?limit=100"),
             ("violations by rule, next pages", f"/api/v1/violations?rule_id={RULES[-1][0]}&limit=100"),
             ("hosts next pages (cursor)", "/api/v1/hosts?"),
         ):
-            samples, cursor = [], None
-            for i in range(-1, args.readside_repeat):
-                url = first + (f"&cursor={cursor}" if cursor else "")
-                gc.collect()
-                start = time.perf_counter()
-                answer = client.get(url)
-                elapsed = time.perf_counter() - start
-                if answer.status_code != 200:
-                    raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
-                cursor = answer.json().get("next_cursor")
-                if i >= 0:
-                    samples.append(elapsed)
-            out[f"{kind}: {label}"] = samples
+            cursor: list[str] = []
+            out[f"{kind}: {label}"] = _sample(
+                client,
+                lambda _i, f=first, c=cursor: f + (f"&cursor={c[-1]}" if c else ""),
+                args.readside_repeat,
+                cursor,
+            )
         return out
 
 
