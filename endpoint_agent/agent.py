@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -45,7 +45,7 @@ from endpoint_agent.policy import ActivePolicy, PolicyProvider
 from endpoint_agent.report.heartbeat import AgentPulse
 from endpoint_agent.report.store import NewEvent, ViolationStore
 from endpoint_agent.report.violation import build_violation
-from endpoint_agent.types import Finding, Snapshot, Violation
+from endpoint_agent.types import Finding, ProcessInfo, Snapshot, Violation
 from endpoint_contract.events import AgentEvent
 from endpoint_contract.timestamps import iso_utc
 
@@ -86,6 +86,27 @@ class TickResult:
     violations: tuple[Violation, ...] = ()
     agent_events: tuple[dict[str, object], ...] = ()
     stops: int = 0
+
+
+class _Live:
+    """The process instances the dedup keeps: the last tick's processes, plus those reactions saw since.
+
+    A lookup in the tick's own mapping, not a set of every process's key built per tick.
+    """
+
+    __slots__ = ("extra", "processes")
+
+    def __init__(self, processes: Mapping[int, ProcessInfo]) -> None:
+        self.processes = processes
+        self.extra: set[tuple[int, float]] = set()
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.extra:
+            return True
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        process = self.processes.get(key[0])
+        return process is not None and process.create_time == key[1]
 
 
 @dataclass
@@ -141,7 +162,7 @@ class Agent:
         # -- event-driven reaction: `react()` runs the same pipeline between ticks --
         self._react_evaluate = react_evaluate  # stateless: a partial snapshot must not feed scan windows
         self._lock = threading.RLock()  # one pipeline run at a time: the scan job or the exec watcher
-        self._live: set[tuple[int, float]] | None = None  # instances the dedup keeps: last tick + reactions
+        self._live: _Live | None = None  # instances the dedup keeps: last tick + reactions
         self.reactions = 0
         self._notifier = notifier
         self._store = store
@@ -277,7 +298,7 @@ class Agent:
         if partial:
             self._add_live(snapshot)
         else:
-            self._live = {p.key for p in snapshot.processes.values()}
+            self._live = _Live(snapshot.processes)
         # None: no full tick yet
         self._commit(now, violations, agent_events, live=self._live, skip_if_idle=partial)
         for v in violations:
@@ -307,7 +328,7 @@ class Agent:
 
     def _add_live(self, snapshot: Snapshot) -> None:
         if self._live is not None:
-            self._live.update(p.key for p in snapshot.processes.values())
+            self._live.extra.update(p.key for p in snapshot.processes.values())
 
     def _agent_event(self, body: dict[str, object], now: datetime) -> dict[str, object]:
         event = AgentEvent.model_validate({"event_id": str(uuid.uuid4()), "detected_at": now, **body})
@@ -319,7 +340,7 @@ class Agent:
         violations: Sequence[Violation],
         agent_events: Sequence[dict[str, object]],
         *,
-        live: Collection[tuple[int, float]] | None,
+        live: Container[tuple[int, float]] | None,
         skip_if_idle: bool = False,
     ) -> None:
         pending = self._unsaved

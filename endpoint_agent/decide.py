@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -162,10 +162,13 @@ class Deduplicator:
             self._dirty.add(key)
         return Observation(entry, record)
 
-    def changes(self, live: Iterable[tuple[int, float]]) -> tuple[list[SeenEntry], list[SeenKey]]:
-        """(entries to upsert, keys to delete), applied in that order; gone processes are forgotten."""
-        alive = set(live)
-        gone = [k for k in self._entries if (k[1], k[2]) not in alive]
+    def changes(self, live: Container[tuple[int, float]]) -> tuple[list[SeenEntry], list[SeenKey]]:
+        """(entries to upsert, keys to delete), applied in that order; gone processes are forgotten.
+
+        `live`: the (pid, create_time) of every running process; only asked about this dedup's own
+        entries, so a cheap membership test (no copy of every process) is all it needs.
+        """
+        gone = [k for k in self._entries if (k[1], k[2]) not in live]
         # A departing entry's exact last_seen is written once more (it ends up on its event).
         self._dirty.update(k for k in gone if self._persisted.get(k) != self._entries[k].last_seen)
         upserts = [self._entries[k] for k in sorted(self._dirty)]

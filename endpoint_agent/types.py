@@ -156,12 +156,29 @@ class P2PFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotDelta:
+    """How a snapshot differs from the previous one of the same source, for stages that keep state.
+
+    Every process of the snapshot whose pid is not in `changed` has the very same `ProcessInfo`
+    object it had in the snapshot whose delta's `token` is `base` (pids absent there are in
+    `changed`); `removed` are the pids that snapshot had and this one has not. A stage that saw
+    that snapshot last may skip the others; any other stage must ignore the delta.
+    """
+
+    base: object
+    token: object
+    changed: frozenset[int]
+    removed: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     taken_at: datetime
     processes: dict[int, ProcessInfo]
     connections: tuple[Connection, ...] = ()
     # (pid, create_time) -> behaviour over the last scans; filled by collect.behaviour.BehaviourTracker.
     behaviour: dict[tuple[int, float], P2PFeatures] = field(default_factory=dict)
+    delta: SnapshotDelta | None = None  # None: compare with nothing (a full walk, a partial snapshot)
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,7 +245,12 @@ class BehaviourTracker:
         by_pid = _group_by_pid(snapshot.connections, snapshot.processes)
         seen: set[tuple[int, float]] = set()
         features: dict[tuple[int, float], P2PFeatures] = {}
-        for pid, proc in snapshot.processes.items():
+        # Only processes with sockets now or a history: the others have nothing to observe, and
+        # visiting them would make every scan cost a step per process.
+        for pid in sorted(by_pid.keys() | {pid for pid, _ in self._history}):
+            proc = snapshot.processes.get(pid)
+            if proc is None:
+                continue
             key = proc.key
             seen.add(key)
             conns = by_pid.get(pid)

@@ -49,6 +49,7 @@ from endpoint_agent.collect.hashing import DEFAULT_MAX_BYTES, BudgetedHasher, Ha
 from endpoint_agent.collect.hashing import DEFAULT_MAX_ENTRIES as DEFAULT_HASH_ENTRIES
 from endpoint_agent.collect.heap import release_free_memory
 from endpoint_agent.collect.netns import netns_of
+from endpoint_agent.collect.new_pids import Listing, NewPids, Probe
 from endpoint_agent.collect.package_trust import PackageResolver, system_package_resolver
 from endpoint_agent.collect.proc_stat import ProcStat, boot_time, create_time, list_pids, read_stat
 from endpoint_agent.collect.process_cache import (
@@ -57,15 +58,17 @@ from endpoint_agent.collect.process_cache import (
     ProcessCache,
     same_program,
 )
+from endpoint_agent.collect.process_view import ProcessView
 from endpoint_agent.collect.socket_owners import DEFAULT_REWALK_EVERY, SocketOwners
 from endpoint_agent.collect.socket_tables import NamespaceTables, SocketTables, read_texts
 from endpoint_agent.errors import CollectError
-from endpoint_agent.types import Connection, ProcessInfo, Snapshot
+from endpoint_agent.types import Connection, ProcessInfo, Snapshot, SnapshotDelta
 
 logger = logging.getLogger(__name__)
 
 _COMM_LEN = 15  # the kernel truncates comm; psutil then takes the name from argv[0]
 _DENIED: Any = object()
+MAX_DIRTY = 100_000  # PIDs events may mark between two scans before the next one just reads everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,9 @@ class IncrementalCollector:
         self._details_read = 0
         self._boot: float | None = None
         self._tracking: _Tracking | None = None
+        self._view: ProcessView | None = None  # while tracking: the last trusted scan's processes
+        self._new_pids = NewPids(proc_root)
+        self._dirty: set[int] = set()  # PIDs events said changed (exec, rename, exit) since the last scan
         self._walk_all = False
         self._sockets_read = True
         self._scans = 0
@@ -200,6 +206,11 @@ class IncrementalCollector:
             self._cache.forget(pid)
             self._owners.forget(pid)
             self._suspects.discard(pid)  # the event came after all
+            if self._view is not None:
+                self._dirty.add(pid)  # read again at the next scan (gone, or another program)
+                if len(self._dirty) > MAX_DIRTY:
+                    self._walk_all = True  # scans stopped meanwhile? the next one reads everything
+                    self._dirty.clear()
 
     # -- tracking: process events keep the cache current -------------------------------------
 
@@ -216,6 +227,7 @@ class IncrementalCollector:
             raise ValueError("rewalk_scans must be >= 1")
         with self._lock:
             self._tracking = _Tracking(rewalk_scans, trusted, sockets_wanted)
+            self._view = ProcessView(rewalk_scans)  # the next trusted scan reads every process once
 
     def distrust(self) -> None:
         """Events were lost (an overrun, checks dropped, the source failed): the next scan walks all."""
@@ -236,6 +248,8 @@ class IncrementalCollector:
                 "untracked_read": self._untracked_read,
                 "files_hashed": self._hashes.stats.files_hashed,
                 "repairs": self._repairs,
+                "pid_probes": self._new_pids.probes,  # scans that read a PID range instead of listing /proc
+                "listings": self._new_pids.listings,
             }
 
     # -- full scan ---------------------------------------------------------------------------
@@ -245,35 +259,24 @@ class IncrementalCollector:
             self._hashing = self._want_hashes()
             taken_at = self._clock.now()
             boot = self._boot_time()
-            pids = list_pids(proc_root=self._proc)
-            if not pids:
-                raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
             self._scans += 1
             self._repairs += len(self._suspects)  # the events never told of these changes
             self._suspects.clear()
-            tracking = self._tracking
+            tracking, view = self._tracking, self._view
             trusted = tracking is not None and tracking.trusted() and not self._walk_all
+            delta: SnapshotDelta | None = None
             rewalk: set[int] | None = None
-            if tracking is not None and trusted:
-                entries, stats, rewalk = self._tracked_entries(pids, tracking.rewalk_scans)
+            if tracking is not None and view is not None and trusted:
+                stats, rewalk, delta = self._tracked_scan(view, boot)
+                processes = dict(view.infos)
+                # The records for the socket owners: only when a rule looks at connections.
+                entries: Mapping[int, CachedProcess] = (
+                    self._entries_of(processes) if tracking.sockets_wanted() else {}
+                )
             else:
-                stats = {pid: st for pid in pids if (st := read_stat(pid, proc_root=self._proc)) is not None}
-                entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
-                self._full_walks += 1
-                self._walk_all = False
-            self._cache.retain(entries.keys())
-            # Names of the processes read now, and of their parents; a reused record keeps its own.
-            names = {pid: _name(st.comm, entries[pid]) for pid, st in stats.items() if pid in entries}
-            for st in stats.values():
-                parent = entries.get(st.ppid)
-                if st.ppid not in names and parent is not None:
-                    names[st.ppid] = _known(parent).name
-            processes = {
-                pid: self._info(stats[pid], e, names, boot)
-                if pid in stats
-                else self._reused(e, names, entries)
-                for pid, e in entries.items()
-            }
+                processes, entries, stats = self._full_walk(boot)
+                if view is not None:  # tracking: the next trusted scan starts from this one
+                    view.reset(processes, (p for p, st in stats.items() if st.zombie or entries[p].retry_due))
             connections: tuple[Connection, ...] = ()
             # Trusting events, the tables are read only when some rule looks at connections.
             wanted = not trusted or tracking is None or tracking.sockets_wanted()
@@ -290,60 +293,140 @@ class IncrementalCollector:
             # A scan allocates and frees megabytes (the tables' text, the first scan everything):
             # give them back rather than hold them between scans (a millisecond; ~5 MB of RSS).
             release_free_memory()
-            return Snapshot(taken_at=taken_at, processes=processes, connections=connections)
+            return Snapshot(taken_at=taken_at, processes=processes, connections=connections, delta=delta)
 
-    def _tracked_entries(
-        self, pids: list[int], slices: int
-    ) -> tuple[dict[int, CachedProcess], dict[int, ProcStat], set[int]]:
-        """The consistency check: /proc's PID list against the cache, reading only what differs.
+    def _full_walk(
+        self, boot: float
+    ) -> tuple[dict[int, ProcessInfo], dict[int, CachedProcess], dict[int, ProcStat]]:
+        """Every process read again (no events to trust, or lost ones)."""
+        self._new_pids.mark()
+        pids = list_pids(proc_root=self._proc)
+        if not pids:
+            raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
+        stats = {pid: st for pid in pids if (st := read_stat(pid, proc_root=self._proc)) is not None}
+        entries = {pid: e for pid, st in stats.items() if (e := self._entry(st)) is not None}
+        if self._tracking is not None:
+            self._full_walks += 1
+            self._walk_all = False
+            self._dirty.clear()
+        self._cache.retain(entries.keys())
+        names = {pid: _name(st.comm, entries[pid]) for pid, st in stats.items() if pid in entries}
+        processes = {pid: self._info(stats[pid], e, names, boot) for pid, e in entries.items()}
+        return processes, entries, stats
 
-        Read: PIDs the cache does not hold (started without an exec event the triage kept, or
-        forked), records an event made stale (`forget`), processes whose parent is gone
-        (re-parented), records still incomplete, and this scan's slice of the re-walk.
+    def _tracked_scan(
+        self, view: ProcessView, boot: float
+    ) -> tuple[dict[int, ProcStat], set[int], SnapshotDelta]:
+        """The consistency check: read only what the events leave open, and update the view.
+
+        Read: PIDs that can belong to processes nobody announced (collect.new_pids: a range of
+        PIDs, or a listing of /proc against the view), PIDs an event made stale (`forget`),
+        zombies and incomplete records (`watch`), this scan's slice of the re-walk, and the
+        children of processes that ended (re-parented). Once per round of slices /proc is
+        listed as well: a new process the probes missed counts as a repair.
         """
-        listed = set(pids)
-        turn = self._scans % slices
-        entries: dict[int, CachedProcess] = {}
+        known = view.infos
+        turn = self._scans % view.slices
+        due = view.slice(turn)
+        found = self._new_pids.look(len(known), listing=turn == 0)
+        if isinstance(found, Listing):
+            listed = found.pids
+            if not listed:
+                raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
+            new = listed - known.keys()
+            ended = set(known.keys() - listed)
+            if found.expected is not None:
+                for pid in new - found.expected - self._dirty:
+                    self._suspects.add(pid)  # a repair unless its exec event comes by the next scan
+                    logger.debug("listing found pid %d that the PID probes missed", pid)
+        else:
+            new = found.pids - known.keys()
+            ended = set()
+        dirty, self._dirty = self._dirty, set()
         stats: dict[int, ProcStat] = {}
-        rewalk: set[int] = set()
-        for pid in pids:
-            cached = self._cache.get(pid)
-            due = pid % slices == turn
-            if due:
-                rewalk.add(pid)
-            if cached is not None and cached.info is not None and not due and not cached.retry_due:
-                ppid = cached.info.ppid
-                if ppid == 0 or ppid in listed:
-                    entries[pid] = cached
+        fresh: dict[int, CachedProcess] = {}
+        absent: set[int] = set()
+        queue: set[int] = set(new | dirty | view.watch | due) - ended
+        queue |= {c for pid in ended for c in view.children(pid)} - ended
+        while queue:
+            for pid in sorted(queue):
+                st = read_stat(pid, proc_root=self._proc)
+                entry = None if st is None or st.thread else self._tracked_entry(pid, st, pid in due)
+                if st is None or entry is None:  # gone, or a thread (a probe reads threads too)
+                    if pid in known:
+                        ended.add(pid)
+                    elif st is None and pid in new:
+                        absent.add(pid)
                     continue
-            st = read_stat(pid, proc_root=self._proc)
-            if st is None:
-                continue
-            if cached is None:
-                self._untracked_read += 1
-            elif due and not cached.retry_due and _stale(cached, st):
-                # An exec or rename no event told of -- or one whose event is still on its way (the
-                # watcher reads in batches): it counts as a repair unless that event comes by the next scan.
-                self._suspects.add(pid)
-                logger.debug("re-walk re-read pid %d (%s): changed without an event so far", pid, st.comm)
-            entry = self._entry(st)
-            if entry is not None:
-                entries[pid] = entry
                 stats[pid] = st
-        return entries, stats, rewalk
+                fresh[pid] = entry
+                old = known.get(pid)
+                if old is not None and old.create_time != create_time(st.start_ticks, boot):
+                    ended.add(pid)  # its PID names another process now: the old one's children...
+            # ...and the children of every process that ended were re-parented: read them too.
+            queue = {c for pid in ended for c in view.children(pid)} - stats.keys() - ended
+        if isinstance(found, Probe):
+            self._new_pids.missing(absent)
+        changed = self._apply(view, stats, fresh, ended, boot)
+        removed = frozenset(ended - stats.keys())
+        delta = SnapshotDelta(base=view.token, token=object(), changed=frozenset(changed), removed=removed)
+        view.token = delta.token
+        return stats, due, delta
 
-    def _reused(
-        self, entry: CachedProcess, fresh: Mapping[int, str], entries: Mapping[int, CachedProcess]
-    ) -> ProcessInfo:
-        """The record of a process events say is unchanged; only its parent's name may have moved."""
-        info = _known(entry)
-        ppid = info.ppid
-        if ppid != info.pid and ppid not in fresh and ppid in entries and entries[ppid].info is not None:
-            return info  # the parent is reused too: its name is the one this record has
-        parent_name = fresh.get(ppid) if ppid != info.pid else None
-        if parent_name != info.parent_name:
-            entry.info = info = dataclasses.replace(info, parent_name=parent_name)
-        return info
+    def _tracked_entry(self, pid: int, st: ProcStat, due: bool) -> CachedProcess | None:
+        cached = self._cache.get(pid)
+        if cached is None:
+            self._untracked_read += 1
+        elif due and not cached.retry_due and _stale(cached, st):
+            # An exec or rename no event told of -- or one whose event is still on its way (the
+            # watcher reads in batches): it counts as a repair unless that event comes by the next scan.
+            self._suspects.add(pid)
+            logger.debug("re-walk re-read pid %d (%s): changed without an event so far", pid, st.comm)
+        return self._entry(st)
+
+    def _apply(
+        self,
+        view: ProcessView,
+        stats: Mapping[int, ProcStat],
+        fresh: Mapping[int, CachedProcess],
+        ended: set[int],
+        boot: float,
+    ) -> set[int]:
+        """Put what the scan read into the view; the PIDs whose record is another object now."""
+        known = view.infos
+        for pid in ended - fresh.keys():
+            view.drop(pid)
+            self._cache.forget(pid)
+        names = {pid: _name(st.comm, fresh[pid]) for pid, st in stats.items()}
+        for st in stats.values():
+            parent = known.get(st.ppid)
+            if st.ppid not in names and parent is not None:
+                names[st.ppid] = parent.name
+        changed: set[int] = set()
+        renamed: set[int] = set()
+        for pid, st in stats.items():
+            entry = fresh[pid]
+            old = known.get(pid)
+            info = self._info(st, entry, names, boot)
+            view.put(info, watch=st.zombie or entry.retry_due)
+            if info is not old:
+                changed.add(pid)
+                if old is None or old.name != info.name or pid in ended:
+                    renamed.add(pid)
+        # A child the scan did not read keeps its record, with its parent's new name.
+        for pid in renamed:
+            for child in view.children(pid) - stats.keys():
+                info = known[child]
+                if info.parent_name != names[pid]:
+                    info = dataclasses.replace(info, parent_name=names[pid])
+                    view.put(info, watch=child in view.watch)
+                    if (record := self._cache.get(child)) is not None:
+                        record.info = info
+                    changed.add(child)
+        return changed
+
+    def _entries_of(self, processes: Mapping[int, ProcessInfo]) -> dict[int, CachedProcess]:
+        return {pid: e for pid in processes if (e := self._cache.get(pid)) is not None}
 
     def _all_sockets(
         self,
@@ -361,9 +444,9 @@ class IncrementalCollector:
         read.sort(key=lambda item: item[1].label is not None)  # the agent's own namespace first
         self._tables.retain(tables.netns_id for _, tables in read)
         owners = self._owners.resolve(
-            {pid: entries[pid].start_ticks for pid in processes},
+            {pid: e.start_ticks for pid, e in entries.items()},
             [(members, tables.records) for members, tables in read],
-            {pid: p.uid for pid, p in processes.items()},
+            {pid: processes[pid].uid for pid in entries},
             rewalk=rewalk,
         )
         out: list[Connection] = []
@@ -558,11 +641,6 @@ class _Tracking:
     rewalk_scans: int
     trusted: Callable[[], bool]
     sockets_wanted: Callable[[], bool]
-
-
-def _known(entry: CachedProcess) -> ProcessInfo:
-    assert entry.info is not None  # every record a scan keeps has had its info built
-    return entry.info
 
 
 def _stale(entry: CachedProcess, st: ProcStat) -> bool:

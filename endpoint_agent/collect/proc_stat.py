@@ -16,12 +16,16 @@ answers all three:
   ptrace the process (root); otherwise they read 0 and only the exec events (and `comm`)
   reveal an exec.
 * `comm`, `ppid`, `state` and the task `flags` (PF_KTHREAD) are read fresh every time.
+* `exit_signal` (field 38) is -1 for a thread that is not its group's leader (CLONE_THREAD):
+  /proc/<tid> opens for any thread although /proc lists leaders only, so a reader that probes
+  PIDs one by one (collect.new_pids) tells threads from processes by it.
 
 Nothing here raises for a vanished or unreadable process: `read_stat` returns None.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from dataclasses import dataclass
@@ -32,8 +36,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _ENCODING = sys.getfilesystemencoding()
 _ENCODING_ERRORS = sys.getfilesystemencodeerrors()
 # Indexes into the fields after the command name (field 3, the state, is index 0).
-_PPID, _FLAGS, _START = 1, 6, 19
+_PPID, _FLAGS, _START, _EXIT_SIGNAL = 1, 6, 19, 35
 _IMAGE = (23, 24, 25, 45, 46, 47, 48)  # startcode endcode startstack arg_start arg_end env_start env_end
+_IMAGE_FIELDS = operator.itemgetter(*_IMAGE)
 _READ_SIZE = 4096  # the line is < 1 KB; comm is at most 64 bytes
 
 
@@ -46,6 +51,12 @@ class ProcStat:
     flags: int
     start_ticks: int
     image: tuple[int, ...]  # all zeros when the kernel hides the layout from this reader
+    exit_signal: int = 0  # -1: a thread, not a process (its group's leader)
+
+    @property
+    def thread(self) -> bool:
+        """A non-leader thread (read through /proc/<tid>, which /proc does not list)."""
+        return self.exit_signal == -1
 
     @property
     def kernel_thread(self) -> bool:
@@ -69,7 +80,10 @@ def parse_stat(pid: int, data: bytes) -> ProcStat | None:
         return None
     fields = data[right + 2 :].split()
     try:
-        image = tuple(int(fields[i]) if i < len(fields) else 0 for i in _IMAGE)
+        if len(fields) > _IMAGE[-1]:
+            image = tuple(map(int, _IMAGE_FIELDS(fields)))  # one C call: every scan parses many lines
+        else:  # an older kernel's shorter line
+            image = tuple(int(fields[i]) if i < len(fields) else 0 for i in _IMAGE)
         return ProcStat(
             pid=pid,
             comm=data[left + 1 : right].decode(_ENCODING, _ENCODING_ERRORS),
@@ -78,6 +92,7 @@ def parse_stat(pid: int, data: bytes) -> ProcStat | None:
             flags=int(fields[_FLAGS]),
             start_ticks=int(fields[_START]),
             image=image,
+            exit_signal=int(fields[_EXIT_SIGNAL]) if len(fields) > _EXIT_SIGNAL else 0,
         )
     except (IndexError, ValueError):
         return None
