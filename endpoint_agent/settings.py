@@ -110,9 +110,10 @@ class AgentSettings(BaseModel):
     exec_gate_mounts: Literal["own", "init"] = "own"
     # While process events keep the process set current, scans re-read each process only once per
     # this many seconds (a slice of them per scan, never all at once); what that finds wrong is
-    # counted as a repair in `status`.
+    # counted as a repair in `status`. A safety net: its cost grows with the number of processes
+    # (one /proc/<pid>/stat read each per interval, and one listing of /proc), so it is rare.
     rewalk_interval: float = Field(
-        300.0,
+        1800.0,
         gt=0,
         le=86400,
         description="seconds in which every process is read again while events track them",

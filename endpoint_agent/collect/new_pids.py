@@ -96,7 +96,7 @@ class NewPids:
     def __init__(self, proc_root: str = "/proc") -> None:
         self._proc = proc_root
         self._marks: Marks | None = None
-        self._pid_max = read_pid_max(proc_root)
+        self._pid_max: int | None = None
         self.absent: set[int] = set()  # probed but not (yet) in /proc: looked at once more
         self._carried: set[int] = set()  # the last look's `absent`: not carried again
         self.probes = 0  # looks answered by a range (for status and tests)
@@ -110,6 +110,7 @@ class NewPids:
     def look(self, tracked: int, *, listing: bool = False) -> Probe | Listing:
         """`tracked`: how many processes the caller keeps (the bound); `listing`: list /proc anyway."""
         listed = frozenset(list_pids(proc_root=self._proc)) if listing else None  # before the marks
+        self._pid_max = read_pid_max(self._proc)  # it can be changed at run time
         marks = read_marks(self._proc)
         previous, self._marks = self._marks, marks
         self._carried, self.absent = self.absent, set()
@@ -118,7 +119,6 @@ class NewPids:
             pids = self._range(previous, marks, max(MIN_BOUND, tracked // 4))
         if listed is not None:
             self.listings += 1
-            self._pid_max = read_pid_max(self._proc)  # it can be changed at run time
             return Listing(listed, None if pids is None else frozenset(pids | self._carried))
         if pids is not None:
             self.probes += 1

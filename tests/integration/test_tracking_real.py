@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,21 @@ def test_a_program_started_during_an_overrun_is_judged_by_the_next_scan_which_wa
     agent.tick()
     assert enforcer.pids == [standin.pid]
     assert (collector.tracking or {})["full_walks"] == full_walks + 1
+
+
+def test_threads_started_between_scans_are_not_taken_for_processes(silent: Rig, spawn: SpawnFn) -> None:
+    """/proc/<tid> opens for any thread: the PIDs a scan probes include threads, which must not count."""
+    _, collector, *_ = silent
+    done = threading.Event()
+    tids: list[int] = []
+    thread = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), done.wait(30)))
+    thread.start()
+    try:
+        wait_for("the thread to run", lambda: bool(tids))
+        sleeper = spawn(unique("ea-beside-thread"), program="sleep")
+        snap = collector.snapshot()
+        assert tids[0] not in snap.processes
+        assert os.getpid() in snap.processes and sleeper.pid in snap.processes
+    finally:
+        done.set()
+        thread.join()

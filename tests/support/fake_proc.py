@@ -13,6 +13,7 @@ from endpoint_agent.collect.packages import PackageIndex
 
 FAKE_PID = 9_000_001  # above PID_MAX_LIMIT: no real process has it (its /proc/<pid>/exe never exists)
 BOOT = 1_700_000_000
+PID_MAX = 10_000_000  # a fake kernel's: the fake PIDs fit below it
 
 
 class FakeProc:
@@ -22,11 +23,32 @@ class FakeProc:
         self.root = root
         (root / "stat").write_text(f"cpu 1 2 3\nbtime {BOOT}\n")
 
-    def put(self, pid: int, *, start: int, comm: str, image: int = 7, flags: int = 0, ppid: int = 1) -> None:
+    def put(
+        self,
+        pid: int,
+        *,
+        start: int,
+        comm: str,
+        image: int = 7,
+        flags: int = 0,
+        ppid: int = 1,
+        state: str = "S",
+        thread: bool = False,
+    ) -> None:
+        """`thread`: a thread that is not its group's leader (/proc/<tid> opens, /proc does not list it)."""
         (self.root / str(pid)).mkdir(exist_ok=True)
-        after = ["S", str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(start)] + ["0"] * 3
-        after += [str(image)] * 3 + ["0"] * 19 + [str(image)] * 4 + ["0"]
+        after = [state, str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(start)] + ["0"] * 3
+        after += (
+            [str(image)] * 3 + ["0"] * 9 + ["-1" if thread else "17"] + ["0"] * 9 + [str(image)] * 4 + ["0"]
+        )
         (self.root / str(pid) / "stat").write_text(f"{pid} ({comm}) {' '.join(after)}\n")
+
+    def counters(self, *, forks: int, last_pid: int, tasks: int = 100, pid_max: int = PID_MAX) -> None:
+        """The kernel's fork counter and last PID (collect/new_pids.py); without them a scan lists /proc."""
+        (self.root / "stat").write_text(f"cpu 1 2 3\nbtime {BOOT}\nprocesses {forks}\n")
+        (self.root / "loadavg").write_text(f"0.00 0.01 0.05 1/{tasks} {last_pid}\n")
+        (self.root / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
+        (self.root / "sys" / "kernel" / "pid_max").write_text(f"{pid_max}\n")
 
 
 class FakeDetails:

@@ -115,7 +115,10 @@ def test_the_process_tracking_line_shows_the_repairs(tmp_path: Path) -> None:
     settings = AgentSettings(state_dir=tmp_path)
     events = {
         "mode": "events", "execs": 5000, "processes_checked": 40, "overruns": 0,
-        "tracking": {"trusted": True, "rewalk_scans": 10, "full_walks": 1, "untracked_read": 7, "repairs": 2},
+        "tracking": {
+            "trusted": True, "rewalk_scans": 10, "full_walks": 1, "untracked_read": 7, "repairs": 2,
+            "pid_probes": 55, "listings": 6,
+        },
     }  # fmt: skip
     write_status(
         settings.status_path,
@@ -124,6 +127,6 @@ def test_the_process_tracking_line_shows_the_repairs(tmp_path: Path) -> None:
     text = str(status_of(settings, as_json=False))
     assert "process starts: events (5000 execs seen, 40 checked, 0 overruns)" in text
     assert (
-        "process tracking: 2 repairs by the re-walk (every process re-read within 10 scans), 1 full walks"
-        in text
+        "process tracking: 2 repairs by the re-walk (every process re-read within 10 scans), 1 full walks,"
+        " 55 scans by PID range, 6 by listing" in text
     )

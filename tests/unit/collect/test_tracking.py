@@ -6,13 +6,18 @@ show without any event, which is what the periodic consistency check and re-walk
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from endpoint_agent.collect.incremental import Details, IncrementalCollector
+from endpoint_agent.collect.package_trust import PackageResolver
+from endpoint_agent.collect.packages import PackageIndex
 from endpoint_agent.collect.proc_stat import PF_KTHREAD
 from tests.support import Listen, SpawnFn
 from tests.support.fake_proc import FakeDetails, FakeProc, fake_collector
@@ -143,3 +148,128 @@ def test_a_kernel_worker_showing_other_work_in_its_name_is_not_a_repair(tmp_path
     for _ in range(3):
         collector.snapshot()
     assert collector.tracking is not None and collector.tracking["repairs"] == 0
+
+
+# -- with the kernel's counters: the PIDs that can be new, instead of a listing of /proc --------
+
+LAST = 9_000_400  # the fake kernel's last PID before each test's processes
+
+
+def counted(root: Path, slices: int = SLICES) -> tuple[FakeProc, FakeDetails, IncrementalCollector]:
+    proc, details, collector = tracked(root, slices)
+    proc.counters(forks=1000, last_pid=LAST)
+    return proc, details, collector
+
+
+def started(proc: FakeProc, details: FakeDetails, pid: int, comm: str, **kwargs: Any) -> None:
+    proc.put(pid, start=pid - LAST, comm=comm, **kwargs)
+    details.now[pid] = Details(None, (comm,), 1000, False)
+
+
+def test_a_process_forked_without_exec_is_found_in_the_new_pid_range_without_a_listing(
+    tmp_path: Path,
+) -> None:
+    proc, details, collector = counted(tmp_path)
+    started(proc, details, A, "steady")
+    collector.snapshot()  # the first scan lists /proc
+    started(proc, details, B, "forked")
+    proc.counters(forks=1002, last_pid=B)
+    listed: list[str] = []
+    real_listdir = os.listdir
+    with pytest.MonkeyPatch.context() as mp:  # a spy: the scan must not list /proc
+        mp.setattr(os, "listdir", lambda path: listed.append(str(path)) or real_listdir(path))
+        snap = collector.snapshot()
+    assert snap.processes[B].name == "forked" and listed == []
+    assert collector.tracking is not None
+    assert (collector.tracking["pid_probes"], collector.tracking["listings"]) == (1, 1)
+
+
+def test_a_thread_in_the_range_is_not_a_process(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    collector.snapshot()
+    started(proc, details, A, "worker", thread=True)
+    proc.counters(forks=1001, last_pid=A)
+    assert A not in collector.snapshot().processes
+    assert details.calls == [1]
+
+
+def test_a_pid_proc_shows_only_after_the_scan_is_found_by_the_next_one(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    collector.snapshot()
+    proc.counters(forks=1001, last_pid=A)  # allocated; fork attaches it to /proc a moment later
+    assert A not in collector.snapshot().processes
+    started(proc, details, A, "late")
+    assert collector.snapshot().processes[A].name == "late"  # no new task: only the absent PID
+
+
+def test_a_process_the_probes_missed_is_found_and_counted_by_the_listing_of_the_round(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path, slices=4)
+    collector.snapshot()
+    started(proc, details, 400, "set-tid")  # a PID outside any range (clone3 set_tid, restored)
+    names = [set(collector.snapshot().processes) for _ in range(4)]  # scans 2..5; the 4th lists /proc
+    assert [400 in n for n in names] == [False, False, True, True]
+    collector.snapshot()  # no exec event for it by the next scan: a repair
+    assert collector.tracking is not None and collector.tracking["repairs"] == 1
+
+
+def test_an_exec_the_events_announce_is_read_and_the_childs_parent_name_follows(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    started(proc, details, A, "bash")
+    started(proc, details, B, "child", ppid=A)
+    collector.snapshot()
+    assert collector.snapshot().processes[B].parent_name == "bash"
+    started(proc, details, A, "make", image=9)
+    collector.forget(A)  # the exec event
+    calls = len(details.calls)
+    snap = collector.snapshot()
+    assert (snap.processes[A].name, snap.processes[B].parent_name) == ("make", "make")
+    assert details.calls[calls:] == [A]  # the child's record was not read again
+    assert snap.delta is not None and snap.delta.changed == {A, B}
+
+
+def test_a_zombie_stays_until_reaped_and_then_leaves(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    started(proc, details, A, "short")
+    collector.snapshot()
+    started(proc, details, A, "short", state="Z")
+    collector.forget(A)  # its exit event; the parent has not reaped it yet
+    assert A in collector.snapshot().processes
+    assert A in collector.snapshot().processes  # watched at every scan, no event needed
+    shutil.rmtree(tmp_path / str(A))  # reaped
+    snap = collector.snapshot()
+    assert A not in snap.processes and A not in collector.cache
+    assert snap.delta is not None and snap.delta.removed == {A}
+
+
+def test_an_idle_scan_hands_on_the_same_records_and_says_nothing_changed(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    started(proc, details, A, "one")
+    started(proc, details, B, "two", ppid=A)
+    first = collector.snapshot()
+    second = collector.snapshot()
+    assert second.delta is not None and second.delta.changed == frozenset() == second.delta.removed
+    assert all(second.processes[pid] is info for pid, info in first.processes.items())
+    assert second.processes is not first.processes  # each snapshot its own mapping
+
+
+def test_the_tracked_view_matches_a_full_walk_after_events(tmp_path: Path) -> None:
+    """Whatever the events and probes did, the records equal those a fresh collector reads."""
+    proc, details, collector = counted(tmp_path, slices=3)
+    started(proc, details, A, "parent")
+    started(proc, details, B, "kid", ppid=A)
+    started(proc, details, A + 2, "grandkid", ppid=B)
+    collector.snapshot()
+    started(proc, details, A, "renamed", image=8)
+    collector.forget(A)
+    shutil.rmtree(tmp_path / str(B))
+    collector.forget(B)  # exit: the grandchild goes to init
+    started(proc, details, A + 2, "grandkid", ppid=1)
+    started(proc, details, A + 3, "new", ppid=A)
+    proc.counters(forks=1004, last_pid=A + 3)
+    for _ in range(4):
+        tracked_snap = collector.snapshot()
+    packages = PackageResolver(PackageIndex(str(tmp_path)), proc_root=str(tmp_path))
+    fresh_snap = IncrementalCollector(proc_root=str(tmp_path), details=details, packages=packages).snapshot()
+    assert tracked_snap.processes.keys() == fresh_snap.processes.keys() == {1, A, A + 2, A + 3}
+    for pid, info in fresh_snap.processes.items():
+        assert dataclasses.replace(tracked_snap.processes[pid]) == info
