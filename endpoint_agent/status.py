@@ -129,7 +129,8 @@ def _human(d: dict[str, Any]) -> list[str]:
                 f"process tracking: {tracking.get('repairs', 0)} repairs by the re-walk"
                 f" (every process re-read within {tracking.get('rewalk_scans')} scans),"
                 f" {tracking.get('full_walks', 0)} full walks,"
-                f" {tracking.get('pid_probes', 0)} scans by PID range, {tracking.get('listings', 0)} by listing"
+                f" {tracking.get('pid_probes', 0)} scans by PID range,"
+                f" {tracking.get('listings', 0)} by listing"
             )
     gate = d.get("exec_gate")
     if isinstance(gate, dict):

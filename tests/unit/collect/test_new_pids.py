@@ -1,4 +1,4 @@
-"""Where a scan looks for processes nobody announced: a PID range from the kernel's counters, else a listing."""
+"""Where a scan looks for unannounced processes: a PID range from the kernel's counters, else a listing."""
 
 from __future__ import annotations
 
