@@ -273,3 +273,11 @@ def test_the_tracked_view_matches_a_full_walk_after_events(tmp_path: Path) -> No
     assert tracked_snap.processes.keys() == fresh_snap.processes.keys() == {1, A, A + 2, A + 3}
     for pid, info in fresh_snap.processes.items():
         assert dataclasses.replace(tracked_snap.processes[pid]) == info
+
+
+def test_tracking_set_again_starts_from_a_listing(tmp_path: Path) -> None:
+    proc, details, collector = counted(tmp_path)
+    started(proc, details, A, "steady")
+    collector.snapshot()
+    collector.track(rewalk_scans=7, trusted=lambda: True, sockets_wanted=lambda: False)  # new slices
+    assert A in collector.snapshot().processes  # no new PID, yet every process is there
