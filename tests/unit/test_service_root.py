@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def test_each_part_is_built_once_and_the_agent_runs_on_them(service: Service) ->
     assert status["policy"]["name"] == "corporate-baseline"
     assert [j.name for j in service.jobs()] == ["scan"]
     assert status["exec_gate"] == {"state": "off"}
+    service.scan()  # the agent's own CPU time, to the microsecond (the idle benchmark reads it)
+    after = json.loads(service.settings.status_path.read_text())
+    assert 0 < status["cpu_seconds"] < after["cpu_seconds"] <= time.process_time()
 
 
 def test_registered_parts_add_jobs_status_and_close_in_reverse(service: Service) -> None:
