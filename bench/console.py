@@ -70,6 +70,9 @@ def _pages(host_id: str) -> list[tuple[str, str]]:
         ("policies", "/policies"),
         ("compliance report", "/report?since=30d"),
         ("audit log", "/audit"),
+        ("API summary (30 days)", "/api/v1/summary?since=30d"),
+        ("API summary (rule, open)", "/api/v1/summary?since=30d&rule_id=rule-01&triage=open"),
+        ("API report (30 days)", "/api/v1/report?since=30d"),
     ]
 
 
@@ -121,7 +124,8 @@ def _run_one(kind: str, url: str | None, args: argparse.Namespace) -> list[Timin
         assert signed.status_code in (200, 303), signed.text
 
         def get(path: str) -> None:
-            r = client.get(path)
+            api = {"Authorization": f"Bearer {config.admin_token}"} if path.startswith("/api/") else None
+            r = client.get(path, headers=api)
             if r.status_code != 200:
                 raise RuntimeError(f"{path}: {r.status_code}")
 

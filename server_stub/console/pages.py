@@ -29,7 +29,7 @@ from server_stub.pagination import decode_cursor, encode_cursor
 from server_stub.reporting import build_report, current_version, report_csv
 from server_stub.routes.admin import publish_envelope, set_rollout_percent
 from server_stub.routes.reports import event_item, violation_filter
-from server_stub.store import EventFilter
+from server_stub.store import EventFilter, EventRow
 from server_stub.store.events import AGENT, TRIAGE_FILTERS, TRIAGE_STATES, VIOLATION
 
 router = APIRouter(include_in_schema=False)
@@ -205,8 +205,8 @@ def violations(request: Request) -> HTMLResponse:
     given.setdefault("since", "30d")
     flt = _flt(ctx, given)
     before = _before(request)
-    items, more = ctx.store.events.newest(VIOLATION, flt, before_id=before, limit=PAGE_SIZE)
     summary = ctx.store.stats.summary(flt, top=0)
+    items, more = _newest(ctx, flt, summary.total, before, PAGE_SIZE)
     older = urlencode({**given, "before": encode_cursor(items[-1].id)}) if more and items else None
     return _page(
         request,
@@ -222,6 +222,16 @@ def violations(request: Request) -> HTMLResponse:
         triage_states=TRIAGE_STATES,
         message=request.query_params.get("message"),
     )
+
+
+def _newest(
+    ctx: ServerContext, flt: EventFilter, total: int, before: int | None, limit: int
+) -> tuple[list[EventRow], bool]:
+    """The newest violations of the filter; none to look for when its count is zero (the list
+    walks ids back from the newest, which finds nothing only after reading everything)."""
+    if total == 0:
+        return [], False
+    return ctx.store.events.newest(VIOLATION, flt, before_id=before, limit=limit)
 
 
 def _download(ctx: ServerContext, flt: EventFilter, fmt: str) -> Iterator[str]:
@@ -336,7 +346,7 @@ def host_page(request: Request, host: str) -> HTMLResponse:
     flt = _flt(ctx, {"since": since, "host": record.host_id})
     summary = ctx.store.stats.summary(flt)
     per_day = ctx.store.stats.per_day(flt)
-    items, _ = ctx.store.events.newest(VIOLATION, flt, before_id=None, limit=100)
+    items, _ = _newest(ctx, flt, summary.total, None, 100)
     agent, _ = ctx.store.events.newest(
         AGENT, EventFilter(since=flt.since, host=record.host_id), before_id=None, limit=100
     )
@@ -406,7 +416,7 @@ def rule_page(request: Request, rule_id: str) -> HTMLResponse:
     flt = _flt(ctx, {"since": since, "rule_id": rule_id})
     summary = ctx.store.stats.summary(flt, top=20)
     per_day = ctx.store.stats.per_day(flt)
-    items, _ = ctx.store.events.newest(VIOLATION, flt, before_id=None, limit=25)
+    items, _ = _newest(ctx, flt, summary.total, None, 25)
     rule = _active_rules(ctx).get(rule_id)
     text = yaml.safe_dump(rule.model_dump(mode="json", exclude_none=True), sort_keys=False) if rule else None
     now = ctx.now()

@@ -165,9 +165,9 @@ def _v2_console(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_events_rule_detected ON events (rule_id, kind, detected_at)"))
     # Counts by host over a period read the day's rows of every host: this index groups them by host.
     conn.execute(sa.text("CREATE INDEX ix_host_daily_host ON host_daily (host_id, day, triage, n)"))
-    from server_stub.store.rollup import rebuild  # reads only the columns added above
+    from server_stub.store.rollup import rebuild_counts  # reads only the columns added above
 
-    rebuild(conn)
+    rebuild_counts(conn)
 
 
 def _v3_event_severity(conn: Connection) -> None:
@@ -261,6 +261,33 @@ def _v10_rate_usage(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v11_host_running_totals(conn: Connection) -> None:
+    # Counts by host over a period from two running totals per host instead of a row per host and
+    # day (server_stub/store/rollup.py), filled from the violations already stored.
+    md = sa.MetaData()
+    sa.Table(
+        "host_running",
+        md,
+        sa.Column("scope", sa.String(200), primary_key=True),
+        sa.Column("host_id", sa.String(36), primary_key=True),
+        sa.Column("hour", sa.String(13), primary_key=True),
+        sa.Column("n_all", sa.BigInteger, nullable=False),
+        sa.Column("n_open", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "host_totals",
+        md,
+        sa.Column("scope", sa.String(200), primary_key=True),
+        sa.Column("host_id", sa.String(36), primary_key=True),
+        sa.Column("n_all", sa.BigInteger, nullable=False),
+        sa.Column("n_open", sa.BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+    from server_stub.store.rollup import rebuild_running  # reads columns every version since 2 has
+
+    rebuild_running(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -272,6 +299,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "enrollment: host binding, enroll tokens", _v8_enrollment),
     Migration(9, "indexes for every filter of the violation and host lists", _v9_read_side_indexes),
     Migration(10, "rate limits shared across server processes", _v10_rate_usage),
+    Migration(11, "running totals of violations by host", _v11_host_running_totals),
 )
 
 _version_md = sa.MetaData()

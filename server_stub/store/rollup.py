@@ -3,8 +3,15 @@
 Three levels answer a count over any period exactly: whole UTC days from `violation_daily`,
 whole hours at the period's ragged ends from `violation_hourly`, and the minutes left over
 from the events themselves. `host_daily` does the same for counts by host (days, then events).
+
+Counts by host over a period must not read a row per host and day: `host_running` keeps, per
+host (scope "" = every rule, or one rule id), a running total at the end of each hour the
+host had violations, and `host_totals` the host's total so far. A period's count is then two
+lookups per host (the running totals just before each end) plus the minutes left over from
+the events: a 30-day top ten reads about as many rows as there are hosts.
+
 The tables are kept in step inside the transaction that stores or triages violations
-(`apply`), and rebuilt from the events by `rebuild` (the migration and bulk loads).
+(`apply`), and rebuilt from the events by `rebuild` (the migrations and bulk loads).
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from server_stub.store.engine import dialect_insert, is_postgres
-from server_stub.store.tables import events, host_daily, violation_daily, violation_hourly
+from server_stub.store.tables import (
+    events,
+    host_daily,
+    host_running,
+    host_totals,
+    violation_daily,
+    violation_hourly,
+)
 
 OPEN = "open"
 STOPPED = ("killed", "suspended", "denied", "connection_blocked")
@@ -79,6 +93,13 @@ def hour_key(dt: datetime) -> str:
 
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
     """Add (sign=1) or remove (sign=-1) these violations from every rollup."""
+    listed = list(facts)
+    apply_counts(conn, listed, sign)
+    apply_running(conn, listed, sign)
+
+
+def apply_counts(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
+    """The per-day and per-hour counts only (a bulk load then rebuilds the running totals once)."""
     daily: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
     hourly: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
     hosts: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
@@ -113,8 +134,88 @@ def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
         conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), values)
 
 
+def apply_running(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
+    """Add to the running totals of each (scope, host) from each fact's hour on."""
+    deltas: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for f in facts:
+        hour = hour_key(f.detected_at)
+        for scope in ("", f.rule_id):
+            d = deltas[(scope, f.host_id, hour)]
+            d[0] += sign
+            d[1] += sign if f.triage == OPEN else 0
+    if not deltas:
+        return
+    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for (scope, host, _), (n_all, n_open) in deltas.items():
+        t = totals[(scope, host)]
+        t[0] += n_all
+        t[1] += n_open
+    stmt = dialect_insert(conn, host_totals)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["scope", "host_id"],
+            set_={"n_all": host_totals.c.n_all + stmt.excluded.n_all,
+                  "n_open": host_totals.c.n_open + stmt.excluded.n_open},
+        ),
+        [{"scope": sc, "host_id": h, "n_all": a, "n_open": o} for (sc, h), (a, o) in totals.items()],
+    )  # fmt: skip
+    # The changes go to a scratch table, then two statements apply them all: a new hour starts
+    # from the running total before it (read before any change), and every row from a changed
+    # hour on gets the sum of the changes at or before it. Set-based, so a bulk upload costs two
+    # statements, not two per host and hour.
+    conn.exec_driver_sql(_DELTA_DDL)
+    conn.execute(
+        running_delta.insert(),
+        [
+            {"scope": sc, "host_id": h, "hour": hr, "n_all": a, "n_open": o}
+            for (sc, h, hr), (a, o) in deltas.items()
+        ],
+    )
+    conn.exec_driver_sql(_START_HOURS)
+    conn.exec_driver_sql(_ADD_FROM_HOURS)
+    conn.exec_driver_sql("DELETE FROM running_delta")
+
+
+running_delta = sa.Table(  # a per-connection TEMPORARY table (not in tables.metadata: not schema)
+    "running_delta",
+    sa.MetaData(),
+    sa.Column("scope", sa.String(200)),
+    sa.Column("host_id", sa.String(36)),
+    sa.Column("hour", sa.String(13)),
+    sa.Column("n_all", sa.BigInteger),
+    sa.Column("n_open", sa.BigInteger),
+)
+_DELTA_DDL = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS running_delta "
+    "(scope VARCHAR(200), host_id VARCHAR(36), hour VARCHAR(13), n_all BIGINT, n_open BIGINT)"
+)
+_START_HOURS = (
+    "INSERT INTO host_running (scope, host_id, hour, n_all, n_open) "
+    "SELECT d.scope, d.host_id, d.hour, "
+    "COALESCE((SELECT b.n_all FROM host_running b WHERE b.scope = d.scope AND b.host_id = d.host_id "
+    "AND b.hour < d.hour ORDER BY b.hour DESC LIMIT 1), 0), "
+    "COALESCE((SELECT b.n_open FROM host_running b WHERE b.scope = d.scope AND b.host_id = d.host_id "
+    "AND b.hour < d.hour ORDER BY b.hour DESC LIMIT 1), 0) "
+    "FROM running_delta d WHERE true ON CONFLICT (scope, host_id, hour) DO NOTHING"
+)
+_ADD_FROM_HOURS = (
+    "UPDATE host_running SET n_all = host_running.n_all + x.a, n_open = host_running.n_open + x.o "
+    "FROM (SELECT r.scope, r.host_id, r.hour, SUM(d.n_all) AS a, SUM(d.n_open) AS o "
+    "FROM running_delta d JOIN host_running r "
+    "ON r.scope = d.scope AND r.host_id = d.host_id AND r.hour >= d.hour "
+    "GROUP BY r.scope, r.host_id, r.hour) AS x "
+    "WHERE host_running.scope = x.scope AND host_running.host_id = x.host_id AND host_running.hour = x.hour"
+)
+
+
 def rebuild(conn: Connection) -> None:
     """Recompute every rollup from the stored violations (one INSERT ... SELECT each)."""
+    rebuild_counts(conn)
+    rebuild_running(conn)
+
+
+def rebuild_counts(conn: Connection) -> None:
+    """violation_daily, violation_hourly and host_daily from the events."""
     for table in (violation_daily, violation_hourly, host_daily):
         conn.execute(sa.delete(table))
     stop = stop_expr(conn)
@@ -141,6 +242,37 @@ def rebuild(conn: Connection) -> None:
         .group_by(day, events.c.host_id, triage)
     )
     conn.execute(sa.insert(host_daily).from_select(["day", "host_id", "triage", "n"], select))
+
+
+def rebuild_running(conn: Connection) -> None:
+    """host_running and host_totals from the events: window sums over each (scope, host)'s hours."""
+    for table in (host_running, host_totals):
+        conn.execute(sa.delete(table))
+    hour = _hour_expr(conn)
+    is_open = sa.case((events.c.triage_state.is_(None), 1), else_=0)
+    viol = events.c.kind == "violation"
+    rule = sa.func.coalesce(events.c.rule_id, "")
+    per_hour = sa.union_all(
+        sa.select(sa.literal("").label("scope"), events.c.host_id, hour.label("hour"),
+                  sa.func.count().label("a"), sa.func.sum(is_open).label("o"))
+        .where(viol).group_by(events.c.host_id, hour),
+        sa.select(rule.label("scope"), events.c.host_id, hour.label("hour"),
+                  sa.func.count().label("a"), sa.func.sum(is_open).label("o"))
+        .where(viol).group_by(rule, events.c.host_id, hour),
+    ).subquery("per_hour")  # fmt: skip
+    part, order = [per_hour.c.scope, per_hour.c.host_id], per_hour.c.hour
+    running = sa.select(
+        per_hour.c.scope, per_hour.c.host_id, per_hour.c.hour,
+        sa.func.sum(per_hour.c.a).over(partition_by=part, order_by=order),
+        sa.func.sum(per_hour.c.o).over(partition_by=part, order_by=order),
+    )  # fmt: skip
+    cols = ["scope", "host_id", "hour", "n_all", "n_open"]
+    conn.execute(sa.insert(host_running).from_select(cols, running))
+    totals = sa.select(
+        host_running.c.scope, host_running.c.host_id, sa.func.max(host_running.c.n_all),
+        sa.func.max(host_running.c.n_open),
+    ).group_by(host_running.c.scope, host_running.c.host_id)  # fmt: skip
+    conn.execute(sa.insert(host_totals).from_select(["scope", "host_id", "n_all", "n_open"], totals))
 
 
 def _day_expr(conn: Connection) -> Any:
@@ -187,6 +319,14 @@ def _floor(dt: datetime, unit: timedelta) -> datetime:
     if unit == timedelta(days=1):
         return dt.replace(hour=0, minute=0, second=0, microsecond=0)
     return dt.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(dt: datetime) -> datetime:
+    return _ceil(dt, timedelta(hours=1))
+
+
+def floor_hour(dt: datetime) -> datetime:
+    return _floor(dt, timedelta(hours=1))
 
 
 def split(lo: datetime | None, hi: datetime | None) -> Split:

@@ -18,8 +18,19 @@ from sqlalchemy.engine import Connection, Engine
 from server_stub.store import rollup
 from server_stub.store.engine import db_errors, is_postgres, read_connection
 from server_stub.store.events import VIOLATION, EventFilter, conditions
-from server_stub.store.tables import events, host_daily, hosts, violation_daily, violation_hourly
+from server_stub.store.tables import (
+    events,
+    host_daily,
+    host_running,
+    host_totals,
+    hosts,
+    violation_daily,
+    violation_hourly,
+)
 
+# The minutes at a period's ends are read from this index (time first, every filter column in it);
+# SQLite would otherwise walk a host index once per host to group by host.
+RAW_INDEX = "INDEXED BY ix_events_console"
 # What counts as "stopped" for the detection-to-stop time.
 STOPPED_ACTIONS = rollup.STOPPED
 TOP = 10
@@ -140,6 +151,7 @@ def _counts(conn: Connection, flt: EventFilter, dims: list[str]) -> list[Any]:
                       sa.func.count().label("n"), sa.func.sum(rollup.stop_expr(conn)).label("s"))
             .where(*conditions(VIOLATION, raw_flt), sa.or_(*[rollup.raw_range(lo, hi) for lo, hi in sp.raw]))
             .group_by(*cols)
+            .with_hint(events, RAW_INDEX, dialect_name="sqlite")
         )  # fmt: skip
     if not parts:
         return []
@@ -149,6 +161,103 @@ def _counts(conn: Connection, flt: EventFilter, dims: list[str]) -> list[Any]:
         *[u.c[d] for d in dims]
     )
     return [r for r in conn.execute(query.order_by(n.desc(), *[u.c[d] for d in dims])) if r.n]
+
+
+def _running_value(table: Any, triage: str | None) -> Any:
+    """The running-total column for a triage filter (None: the rollup does not keep it)."""
+    if triage is None:
+        return table.c.n_all
+    if triage == rollup.OPEN:
+        return table.c.n_open
+    if triage == "triaged":
+        return table.c.n_all - table.c.n_open
+    return None
+
+
+def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[Any] | None:
+    """(host_id, n, hostname) over the period from the running totals, most first: per host, the
+    total before the period's end minus the total before its start (two index lookups), plus the
+    minutes at the ends read from the events. None when the running totals do not keep the filter.
+
+    For the `limit` largest, only the hosts with the largest totals so far are counted: a host's
+    count in any period is at most its total, so once the last of the `limit` counted beats the
+    total of every host not counted, no other host can enter (else count more and try again)."""
+    bound = _running_value(host_totals, flt.triage)
+    if flt.category is not None or flt.action is not None or bound is None:
+        return None
+    scope = flt.rule_id or ""
+    if limit is None:
+        return list(conn.execute(_running_query(flt, scope, None, None)))
+    k = max(4 * limit, 40)
+    while True:
+        ranked = (
+            sa.select(host_totals.c.host_id)
+            .where(host_totals.c.scope == scope)
+            .order_by(bound.desc(), host_totals.c.host_id)
+        )
+        rows = list(conn.execute(_running_query(flt, scope, ranked.limit(k).scalar_subquery(), limit)))
+        rest = conn.execute(
+            sa.select(bound).where(host_totals.c.scope == scope).order_by(bound.desc(), host_totals.c.host_id)
+            .offset(k).limit(1)
+        ).scalar()  # fmt: skip
+        if rest is None or int(rest) <= 0 or (len(rows) == limit and int(rows[-1].n) > int(rest)):
+            return rows
+        k *= 8
+
+
+def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | None) -> sa.Select[Any]:
+    """Counts by host of the period from the running totals and the events at its ends, for the
+    hosts in `only` (a subquery of host ids) or every host."""
+    lo = rollup.ceil_hour(flt.since) if flt.since is not None else None
+    hi = rollup.floor_hour(flt.until) if flt.until is not None else None
+    raw: list[tuple[datetime | None, datetime | None]] = []
+    parts: list[Any] = []
+    t = host_totals
+    if lo is not None and hi is not None and hi < lo:
+        raw.append((flt.since, flt.until))  # within one hour: the events alone
+    else:
+
+        def before(key: str) -> Any:
+            r = host_running.alias("r")
+            found = (
+                sa.select(_running_value(r, flt.triage))
+                .where(r.c.scope == t.c.scope, r.c.host_id == t.c.host_id, r.c.hour < key)
+                .order_by(r.c.hour.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            return sa.func.coalesce(found, 0)
+
+        upper = _running_value(t, flt.triage) if hi is None else before(rollup.hour_key(hi))
+        lower = before(rollup.hour_key(lo)) if lo is not None else sa.literal(0)
+        running = sa.select(t.c.host_id, (upper - lower).label("n")).where(t.c.scope == scope)
+        parts.append(running.where(t.c.host_id.in_(only)) if only is not None else running)
+        if flt.since is not None and lo is not None and flt.since < lo:
+            raw.append((flt.since, lo))
+        if flt.until is not None and hi is not None and hi < flt.until:
+            raw.append((hi, flt.until))
+    if raw:
+        ends = (
+            sa.select(events.c.host_id, sa.func.count().label("n"))
+            .where(
+                *conditions(VIOLATION, EventFilter(rule_id=flt.rule_id, triage=flt.triage)),
+                sa.or_(*[rollup.raw_range(a, b) for a, b in raw]),
+            )
+            .group_by(events.c.host_id)
+            .with_hint(events, RAW_INDEX, dialect_name="sqlite")
+        )  # fmt: skip
+        parts.append(ends.where(events.c.host_id.in_(only)) if only is not None else ends)
+    u = sa.union_all(*parts).subquery("parts")
+    n = sa.func.sum(u.c.n).label("n")
+    counted = sa.select(u.c.host_id, n).group_by(u.c.host_id).having(n > 0).order_by(n.desc(), u.c.host_id)
+    if limit is not None:
+        counted = counted.limit(limit)
+    c = counted.subquery("counted")
+    return (
+        sa.select(c.c.host_id, c.c.n, hosts.c.hostname)
+        .select_from(c.outerjoin(hosts, hosts.c.host_id == c.c.host_id))
+        .order_by(c.c.n.desc(), c.c.host_id)
+    )
 
 
 def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[Any]:
@@ -181,6 +290,7 @@ def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[
                 sa.or_(*[rollup.raw_range(a, b) for a, b in raw]),
             )
             .group_by(events.c.host_id)
+            .with_hint(events, RAW_INDEX, dialect_name="sqlite")
         )  # fmt: skip
     u = sa.union_all(*parts).subquery("parts")
     n = sa.func.sum(u.c.n).label("n")
@@ -207,14 +317,20 @@ class StatsRepo:
                     totals[r._mapping[dim]] = totals.get(r._mapping[dim], 0) + int(r.n)
                 return [Count(k, v) for k, v in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
 
+            running = None if top == 0 else _running_host_counts(conn, flt, top)
             if top == 0:
                 hosts_rows: list[Any] = []
+            elif running is not None:
+                hosts_rows = running
             elif flt.rule_id or flt.category or flt.action:
                 hosts_rows = self._hosts_raw(conn, flt, top)
             else:
                 hosts_rows = _host_counts(conn, flt, top)
             by_host = [Count(str(r.host_id), int(r.n)) for r in hosts_rows]
-            names = self._names(conn, [c.key for c in by_host])
+            if running is not None:  # named in the same query
+                names = {str(r.host_id): r.hostname for r in hosts_rows}
+            else:
+                names = self._names(conn, [c.key for c in by_host])
         by_triage = by("triage")
         return Summary(
             total=sum(c.count for c in by_triage),

@@ -139,6 +139,26 @@ host_daily = sa.Table(
     sa.Index("ix_host_daily_host", "host_id", "day", "triage", "n"),
 )
 
+# Running totals by host (server_stub/store/rollup.py): scope "" counts every rule, else one rule.
+host_running = sa.Table(
+    "host_running",
+    metadata,
+    sa.Column("scope", sa.String(200), primary_key=True),
+    sa.Column("host_id", sa.String(36), primary_key=True),
+    sa.Column("hour", sa.String(13), primary_key=True),
+    sa.Column("n_all", sa.BigInteger, nullable=False),  # violations up to the end of this hour
+    sa.Column("n_open", sa.BigInteger, nullable=False),  # of which untriaged
+)
+
+host_totals = sa.Table(
+    "host_totals",
+    metadata,
+    sa.Column("scope", sa.String(200), primary_key=True),
+    sa.Column("host_id", sa.String(36), primary_key=True),
+    sa.Column("n_all", sa.BigInteger, nullable=False),
+    sa.Column("n_open", sa.BigInteger, nullable=False),
+)
+
 users = sa.Table(
     "users",
     metadata,

@@ -7,9 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from server_stub.store import EventFilter, EventInsert, Store
 from server_stub.store.rollup import rebuild, split
+from server_stub.store.tables import host_running, host_totals
 
 T0 = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 RULES = [("p2p-a", "p2p"), ("p2p-b", "p2p"), ("remote", "remote-access"), ("miner", "mining")]
@@ -34,6 +36,11 @@ def _load(store: Store, rnd: random.Random) -> list[str]:
         store.events.insert_batch(host, batch, T0)
         store.events.insert_batch(host, batch[:10], T0)  # a retried upload is not counted twice
     return hosts
+
+
+def _running(store: Store) -> dict[str, set[tuple[object, ...]]]:
+    with store.engine.connect() as conn:
+        return {t.name: {tuple(r) for r in conn.execute(sa.select(t))} for t in (host_running, host_totals)}
 
 
 def _raw_total(store: Store, flt: EventFilter) -> int:
@@ -75,6 +82,7 @@ def test_rollup_counts_equal_the_events(store: Store, seed: int) -> None:
             s = store.stats.summary(flt)
             assert s.total == _raw_total(store, flt), (since, until, extra)
             assert sum(c.count for c in s.by_host) == s.total
+            assert store.stats.summary(flt, top=3).by_host == s.by_host[:3]
             for c in s.by_rule:
                 assert c.count == _raw_total(
                     store, EventFilter(since=since, until=until, **{**extra, "rule_id": c.key})
@@ -86,10 +94,46 @@ def test_rollup_counts_equal_the_events(store: Store, seed: int) -> None:
                 )
             assert sum(d.count for d in store.stats.per_day(flt)) == s.total
     before = store.stats.summary(EventFilter())
+    kept = _running(store)  # what uploads and triage kept in step, hour by hour
     with store.engine.begin() as conn:
         rebuild(conn)
     assert store.stats.summary(EventFilter()) == before
+    assert _running(store) == kept and len(kept["host_totals"]) > 4
     assert len(hosts) == 4
+
+
+def test_top_hosts_of_a_period_when_totals_mislead(store: Store) -> None:
+    """The top hosts come from the hosts with the largest totals first; hosts loud long ago but quiet
+    in the period must not hide the ones loud in it, however many there are."""
+    rnd = random.Random(5)
+    quiet_now = [store.hosts.enroll(machine_id=f"o{i}", hostname=f"old-{i}", node_key_hash=f"a{i:063x}",
+                                    now=T0) for i in range(70)]  # fmt: skip
+    loud_now = [store.hosts.enroll(machine_id=f"n{i}", hostname=f"new-{i}", node_key_hash=f"b{i:063x}",
+                                   now=T0) for i in range(8)]  # fmt: skip
+
+    def batch(n: int, ago: timedelta, rule: str) -> list[EventInsert]:
+        out = []
+        for _ in range(n):
+            event_id = str(uuid.uuid4())
+            when = T0 - ago - timedelta(minutes=rnd.randrange(600))
+            out.append(EventInsert(event_id, "violation", when, {"event_id": event_id}, rule_id=rule,
+                                   category="p2p", action="killed"))  # fmt: skip
+        return out
+
+    for host in quiet_now:
+        store.events.insert_batch(
+            host, batch(30, timedelta(days=9), "old-rule") + batch(1, timedelta(0), "r"), T0
+        )
+    for i, host in enumerate(loud_now):
+        store.events.insert_batch(host, batch(3 + i, timedelta(hours=2), "r"), T0)
+    for since in (T0 - timedelta(days=2), T0 - timedelta(hours=13, minutes=7), None):
+        for extra in ({}, {"rule_id": "r"}, {"triage": "open"}):
+            flt = EventFilter(since=since, **extra)
+            every = store.stats.summary(flt).by_host
+            for top in (1, 5, 10):
+                assert store.stats.summary(flt, top=top).by_host == every[:top], (since, extra, top)
+    recent = store.stats.summary(EventFilter(since=T0 - timedelta(days=2)), top=5).by_host
+    assert {c.label for c in recent} == {f"new-{i}" for i in range(3, 8)}
 
 
 def test_split_covers_the_period_once() -> None:
