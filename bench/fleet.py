@@ -178,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fleet-steady-seconds", type=float, default=300, help="time for the steady-state ramp (300)"
     )
     g.add_argument("--fleet-step-seconds", type=float, default=45, help="seconds per ramp step (45)")
-    g.add_argument("--fleet-max-hosts", type=int, default=300_000, help="largest simulated fleet (300,000)")
+    g.add_argument("--fleet-max-hosts", type=int, default=200_000, help="largest simulated fleet (200,000)")
     g.add_argument(
         "--fleet-server-arg", action="append", default=[], metavar="ARG",
         help="extra argument for `endpoint-server serve` (repeat), e.g. --fleet-server-arg=--workers=2",

@@ -98,7 +98,10 @@ def serving(
             url = sqlite_url(workdir / "data")
         seed_hosts(url, seed_hosts_n, seed)
         server = stack.enter_context(
-            run_server(workdir, db_url=url if db_url else None, extra_args=list(extra_args))
+            # A loaded machine (the benchmark runs niced) may take longer than a test allows.
+            run_server(
+                workdir, db_url=url if db_url else None, extra_args=list(extra_args), startup_timeout=120
+            )
         )
         answer = server.publish(POLICY)
         if answer.status_code != 200:

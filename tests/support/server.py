@@ -142,6 +142,7 @@ def run_server(
     public_keys: Sequence[Path] = (),
     secrets_env: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> Iterator[LiveServer]:
     """Start the server, wait for /healthz, yield it; always stop it (and show its log on failure)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,7 @@ def run_server(
             ca=tls.ca if tls else None,
         )
         try:
-            if wait_healthy(proc, server.base_url, ca=server.ca):
+            if wait_healthy(proc, server.base_url, startup_timeout, ca=server.ca):
                 yield server
                 return
             last_log = server.log()
