@@ -5,7 +5,7 @@
 Each process runs its own event loop (uvloop when installed: the simulator must cost far less
 per request than the server it measures) and sends one Recorder per result label; once every
 process has sent a label, `on_result(label, merged)` may return False to stop them all. Once all
-are ready, they start together at a moment `t0` (monotonic, also `params["t0"]`), told to
+have prepared (`await ctx.begin()`), they start together at a monotonic moment told to
 `on_start(pids, t0)`. The
 processes die with the driver (PR_SET_PDEATHSIG) and are killed by PID if they outlive it.
 """
@@ -49,7 +49,13 @@ def _worker(conn: Any, scenario: str, params: dict[str, Any], worker: int, procs
     raise_nofile_limit(65536)
     stop = False
 
-    async def main() -> None:
+    async def begin() -> bool:
+        nonlocal stop
+        conn.send(("ready", None, None))  # set up: the driver picks a common start
+        go = conn.recv()
+        if go == "stop":
+            return False
+
         def readable() -> None:
             nonlocal stop
             try:
@@ -58,17 +64,18 @@ def _worker(conn: Any, scenario: str, params: dict[str, Any], worker: int, procs
                 stop = True
 
         asyncio.get_running_loop().add_reader(conn.fileno(), readable)
-        ctx = Context(worker, procs, lambda label, rec: conn.send(("result", label, rec)), lambda: stop)
-        await asyncio.sleep(max(0.0, params["t0"] - time.monotonic()))
+        await asyncio.sleep(max(0.0, go - time.monotonic()))
+        return not stop
+
+    async def main() -> None:
+        ctx = Context(
+            worker, procs, lambda label, rec: conn.send(("result", label, rec)), lambda: stop, begin
+        )
         await SCENARIOS[scenario](ctx, params)
 
     try:
-        conn.send(("ready", None, None))  # imported and set up: the driver picks a common start
-        go = conn.recv()
-        if go != "stop":
-            params = {**params, "t0": go}
-            with asyncio.Runner(loop_factory=loop_factory()) as runner:
-                runner.run(main())
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(main())
         conn.send(("done", None, None))
     except BaseException:
         conn.send(("error", traceback.format_exc(limit=8), None))
@@ -94,8 +101,9 @@ def run_workers(
             pipes.append(parent)
             workers.append(proc)
         for pipe in pipes:
-            if pipe.recv()[0] != "ready":
-                raise RuntimeError("a fleet simulator process failed to start")
+            what, text, _ = pipe.recv()
+            if what != "ready":
+                raise RuntimeError(f"a fleet simulator process failed to start:\n{text}")
         t0 = time.monotonic() + 0.5
         for pipe in pipes:
             pipe.send(t0)

@@ -1,7 +1,8 @@
 """What one simulator process runs: a fleet ramp, or a closed or open loop of one request kind.
 
 Each scenario is `async def NAME(ctx, params)`; `ctx.report(label, recorder)` sends a result to
-the driver (bench/fleetsim/driver.py) and `ctx.stopped` tells that the driver asked to stop.
+the driver (bench/fleetsim/driver.py) and `ctx.stopped` tells that the driver asked to stop;
+every scenario prepares, then awaits `ctx.begin()`: all processes start at the same moment.
 Hosts are split among processes by index (`index % procs == worker`).
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class Context:
     procs: int
     report: Callable[[str, Recorder], None]
     stopped: Callable[[], bool]
+    begin: Callable[[], Awaitable[bool]]  # after preparing: wait for the common start (False: stop)
 
     def my_hosts(self, params: dict[str, Any], indices: range, rng: random.Random) -> list[SimHost]:
         """This process's share of the hosts `indices`."""
@@ -50,7 +52,7 @@ async def _sleep_until(when: float, ctx: Context) -> bool:
 
 
 async def ramp(ctx: Context, params: dict[str, Any]) -> None:
-    """params: steps [(hosts, seconds)], t0 (the common start), seed, seeded, intervals.
+    """params: steps [(hosts, seconds)], seed, seeded, intervals.
     The fleet grows to each step's size at the step's start (new hosts spread over one interval);
     one result per step, labelled by its index."""
     loop = asyncio.get_running_loop()
@@ -61,15 +63,16 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
         loop, _server(params), recorder, rng=rng,
         sync_interval=params["sync_interval"], upload_interval=params["upload_interval"],
     )  # fmt: skip
-    active = 0
-    boundary = params["t0"]
+    growth, active = [], 0
+    for size, _seconds in steps:
+        growth.append(ctx.my_hosts(params, range(active, size), rng))
+        active = max(active, size)
+    if not await ctx.begin():
+        return
+    boundary = time.monotonic()
     try:
-        if not await _sleep_until(boundary, ctx):
-            return
-        for k, (size, seconds) in enumerate(steps):
-            hosts = ctx.my_hosts(params, range(active, size), rng)  # made as the fleet grows
-            fleet.start(hosts)
-            active = max(active, size)
+        for k, (_size, seconds) in enumerate(steps):
+            fleet.start(growth[k])
             boundary += seconds
             finished = await _sleep_until(boundary, ctx)
             fleet.recorder = Recorder()
@@ -86,6 +89,8 @@ async def polls(ctx: Context, params: dict[str, Any]) -> None:
     """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`."""
     loop = asyncio.get_running_loop()
     hosts, recorder, fleet = _pollers(ctx, params)
+    if not await ctx.begin():
+        return
     deadline = time.monotonic() + params["seconds"]
 
     async def one(offset: int) -> None:
@@ -117,8 +122,10 @@ async def ingest(ctx: Context, params: dict[str, Any]) -> None:
     hosts = ctx.my_hosts(params, range(params["hosts"]), rng)
     recorder = Recorder()
     fleet = Fleet(loop, _server(params), recorder, rng=rng)
-    deadline = time.monotonic() + params["seconds"]
     headers = {"Content-Type": "application/json"}
+    if not await ctx.begin():
+        return
+    deadline = time.monotonic() + params["seconds"]
 
     async def one(offset: int) -> None:
         conn: Connection | None = None
@@ -148,6 +155,8 @@ async def enroll(ctx: Context, params: dict[str, Any]) -> None:
     rng = random.Random(ctx.worker)
     recorder = Recorder()
     fleet = Fleet(loop, _server(params), recorder, rng=rng)
+    if not await ctx.begin():
+        return
     deadline = time.monotonic() + params["seconds"]
     counter = iter(range(ctx.worker, 10**9, ctx.procs))
     clock = SystemClock()
@@ -174,6 +183,8 @@ async def overload(ctx: Context, params: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     hosts, recorder, fleet = _pollers(ctx, params)
     rate = params["rate"] / ctx.procs
+    if not await ctx.begin():
+        return
     started = time.monotonic()
     tasks: set[asyncio.Task[Any]] = set()
     sent = 0
