@@ -1,7 +1,8 @@
 """Which rate limits the server keeps, by scope: one definition for the gate, the routes and the exchange.
 
-- principals: per credential holder (role; each host by its node key) -- and each enrolling host
-  by its machine id, so a fleet enrolls in parallel instead of through one bucket;
+- principals: per credential holder (role; each host by its node key);
+- enrolling hosts: per machine id, at the principals' rate, so a fleet enrolls in parallel instead
+  of through one bucket (kept apart, so made-up machine ids never push real principals out);
 - addresses: per client address, for requests without a credential and every failed attempt;
 - enroll credentials: all enrollments made with one enroll credential (the fleet's secret, or one
   enroll token), whichever host they claim to be: a leaked secret cannot create hosts faster;
@@ -25,6 +26,7 @@ ENROLL_ADDRESS_SHARE = 0.5
 class Limits:
     principals: RateLimiter
     addresses: RateLimiter
+    enrolling_hosts: RateLimiter
     enroll_credentials: RateLimiter
     enroll_addresses: RateLimiter
 
@@ -34,6 +36,7 @@ class Limits:
         return cls(
             principals=RateLimiter(config.rate_limit, config.rate_burst),
             addresses=RateLimiter(config.rate_limit, config.rate_burst),
+            enrolling_hosts=RateLimiter(config.rate_limit, config.rate_burst),
             enroll_credentials=RateLimiter(config.enroll_rate, max(1, math.ceil(config.enroll_rate))),
             enroll_addresses=RateLimiter(per_address, max(1, math.ceil(per_address))),
         )
@@ -43,13 +46,14 @@ class Limits:
         return {
             "principal": self.principals,
             "address": self.addresses,
+            "enroll-host": self.enrolling_hosts,
             "enroll": self.enroll_credentials,
             "enroll-address": self.enroll_addresses,
         }
 
     def admit_enrolling_host(self, machine_id: str) -> None:
         """One host's own enrollment bucket (the principal limits): 429 when it is dry."""
-        wait = self.principals.acquire("enroll-host:" + machine_id)
+        wait = self.enrolling_hosts.acquire(machine_id)
         if wait > 0:
             raise TooManyRequests(
                 "this machine_id enrolls too often; retry later",
