@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "export": "bench.export",
     "fleet": "bench.fleet",
     "readside": "bench.readside",
+    "ingest": "bench.ingest",
 }
 DEFAULT = (
     "scan",

@@ -13,9 +13,9 @@ Text is bounded here (`SHORT_MAX`, `TEXT_MAX`); the agent clips before it builds
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
 
 from endpoint_contract.bounds import INT_MAX, Timestamp, json_problem
 from endpoint_contract.vocabulary import Outcome, Severity
@@ -35,6 +35,11 @@ RuleIdText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Pid = Annotated[int, Field(ge=0, le=2**32)]
 
 
+TEXT_CHECKED = "text_checked"
+"""Validation context key: the caller checked the JSON text for NUL and lone surrogates
+(endpoint_contract/batch.py), so only what no type bounds is walked."""
+
+
 def _check_values(value: Any) -> Any:
     """Every value, typed or extra, is held to endpoint_contract/bounds.py (depth, sizes, text, range)."""
     problem = json_problem(value)
@@ -48,10 +53,20 @@ class _Event(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded(cls, data: Any) -> Any:
-        return _check_values(data)
+    @model_validator(mode="after")
+    def _bounded(self, info: ValidationInfo) -> Self:
+        # After the fields, not before: no copy of the input is made, and JSON is validated as JSON.
+        # Typed fields are bounded by their types except for NUL and lone surrogates in text; a
+        # caller that ruled those out in the JSON text (TEXT_CHECKED) has only the untyped parts walked.
+        if info.context and info.context.get(TEXT_CHECKED):
+            _check_values(self._untyped())
+        else:
+            _check_values(self.model_dump())
+        return self
+
+    def _untyped(self) -> dict[str, Any]:
+        """What no field type bounds: the extra keys."""
+        return self.model_extra or {}
 
 
 class ConnectionRecord(BaseModel):
@@ -101,7 +116,7 @@ class Violation(_Event):
     connection: ConnectionRecord | None = None
     first_seen: Timestamp | None = None
     last_seen: Timestamp | None = None
-    create_time: Annotated[float, Field(ge=0)] | None = None
+    create_time: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     detail: Long | None = None  # what the enforcer said ("protected: sshd", "already stopped", ...)
     # What saw it when not the scan: "dns" (the DNS filter), "exec_gate" (before the program ran).
     source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
@@ -111,10 +126,16 @@ class Violation(_Event):
     host_id: Short | None = None
     os: Short | None = None
 
+    def _untyped(self) -> dict[str, Any]:
+        extra = dict(self.model_extra or {})
+        if self.connection is not None and self.connection.model_extra:
+            extra["connection"] = self.connection.model_extra
+        return extra
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object (every contract key present; `connection` only for network rules)."""
         out = self.model_dump(mode="json", exclude={"connection"} if self.connection is None else None)
-        for key in _OMIT_WHEN_NONE:
+        for key in OMIT_WHEN_NONE:
             if out.get(key) is None:
                 out.pop(key, None)
         if out.get("connection") and out["connection"].get("domain") is None:
@@ -127,7 +148,7 @@ class Violation(_Event):
 
 
 # Bookkeeping keys that say nothing when absent (the contract keys are always present).
-_OMIT_WHEN_NONE = ("first_seen", "last_seen", "create_time", "detail", "source", "hostname", "host_id", "os")
+OMIT_WHEN_NONE = ("first_seen", "last_seen", "create_time", "detail", "source", "hostname", "host_id", "os")
 
 
 class AgentEvent(_Event):
@@ -139,6 +160,9 @@ class AgentEvent(_Event):
     type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     detail: dict[str, Any] = Field(default_factory=dict)
     count: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
+
+    def _untyped(self) -> dict[str, Any]:
+        return {**(self.model_extra or {}), "detail": self.detail}
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -181,7 +205,7 @@ def add_keys(event_text: str, values: dict[str, Any]) -> str:
 
 
 VIOLATION_KEYS = frozenset(
-    name for name in Violation.model_fields if name not in (*_OMIT_WHEN_NONE, "kind", "connection")
+    name for name in Violation.model_fields if name not in (*OMIT_WHEN_NONE, "kind", "connection")
 )
 """The keys every finding / violation JSON object has (`connection` too for network rules)."""
 
@@ -191,7 +215,9 @@ WIRE_KEYS = VIOLATION_KEYS | {"hostname", "host_id", "os"}
 
 __all__ = [
     "MAX_EVIDENCE",
+    "OMIT_WHEN_NONE",
     "SHORT_MAX",
+    "TEXT_CHECKED",
     "TEXT_MAX",
     "VIOLATION_KEYS",
     "WIRE_KEYS",

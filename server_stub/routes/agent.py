@@ -6,17 +6,21 @@ After enrolment a host is known only by its node key; no request body can claim 
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 
-from endpoint_agent.logfmt import log_fields
-from endpoint_contract.events import EventBatch, EventsAck, Violation
+from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
+from endpoint_contract.events import EventsAck
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
 from server_stub.context import Ctx
-from server_stub.errors import Conflict, NotFound, PayloadTooLarge, Unauthorized
+from server_stub.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
+from server_stub.ingest import BATCH_SCHEMA, audit_stored
 from server_stub.models import EnrollRequest, EnrollResponse, Ok
-from server_stub.store import EnrollRefused, event_insert
+from server_stub.store import EnrollRefused
+from server_stub.store.events import VIOLATION, received_rows
 
 router = APIRouter(tags=["agent"])
 log = logging.getLogger(__name__)
@@ -85,37 +89,47 @@ def get_policy(
     return Response(served.envelope, media_type="application/json", headers=headers)
 
 
-@router.post("/events", response_model=EventsAck)
+async def _body(request: Request) -> bytes:
+    # Read here, decoded in the handler (once, by endpoint_contract/batch.py), not by FastAPI.
+    return await request.body()
+
+
+@router.post(
+    "/events",
+    response_model=EventsAck,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BATCH_SCHEMA}}}
+    },
+)
 def post_events(
-    batch: EventBatch,
+    body: Annotated[bytes, Depends(_body)],
     principal: Node,
     ctx: Ctx,
 ) -> EventsAck:
-    """Store a batch (all or nothing); ids stored before are acknowledged again, not duplicated."""
-    if len(batch.events) > ctx.config.max_events:
-        raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(batch.events)}")
+    """Store a batch (all or nothing); ids stored before are acknowledged again, not duplicated.
+
+    The body is an `EventBatch` (endpoint_contract/events.py); each event is stored as the JSON
+    text it was validated from, with the host's identity as the server knows it.
+    """
+    try:
+        received = parse_batch(body)
+    except BatchInvalid as exc:
+        raise RequestValidationError(exc.errors) from None
+    except BatchUnreadable as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    if len(received) > ctx.config.max_events:
+        raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(received)}")
     host = principal.host
     hostname = host.hostname if host is not None else None
-    rows = [event_insert(ev, principal.host_id, hostname) for ev in batch.events]
-    ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
-    for kind in ("violation", "agent"):
-        count = sum(1 for ev in batch.events if ev.kind == kind)
-        if count:
-            ctx.metrics.events_received(kind, count)
-    for ev in batch.events:  # the audit trail, one line per event (JSON logs: fields to filter on)
-        if isinstance(ev, Violation):
-            log.info(
-                "violation %s from host %s: rule %s, pid %d, %s",
-                ev.event_id,
-                principal.host_id,
-                ev.rule_id,
-                ev.pid,
-                ev.action.value,
-                extra=log_fields(
-                    host_id=principal.host_id, rule_id=ev.rule_id, pid=ev.pid, event_id=ev.event_id
-                ),
-            )
-    return EventsAck(acked=list(dict.fromkeys(ev.event_id for ev in batch.events)))
+    rows = received_rows(received, principal.host_id, hostname)
+    stored = ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
+    violations = sum(1 for row in rows if row.kind == VIOLATION)
+    if violations:
+        ctx.metrics.events_received("violation", violations)
+    if len(rows) > violations:
+        ctx.metrics.events_received("agent", len(rows) - violations)
+    audit_stored(log, principal.host_id, received, stored)
+    return EventsAck(acked=list(dict.fromkeys(r.event.event_id for r in received)))
 
 
 @router.post("/heartbeat", response_model=Ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -10,9 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from endpoint_contract.batch import Received
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.store import rollup
-from server_stub.store.engine import db_errors, dialect_insert, read_connection, serialize_writers
+from server_stub.store.bulk import bulk_insert
+from server_stub.store.engine import db_errors, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
 
 VIOLATION = "violation"
@@ -27,12 +30,13 @@ TRIAGE_FILTERS = (OPEN, TRIAGED, *TRIAGE_STATES)
 
 @dataclass(frozen=True, slots=True)
 class EventInsert:
-    """One row to insert: the event as the contract defines it (`data`) and the columns to filter on."""
+    """One row to insert: the event as the contract defines it (`data`: its JSON object, as text or
+    decoded) and the columns to filter on."""
 
     event_id: str
     kind: str
     detected_at: datetime
-    data: dict[str, Any]
+    data: dict[str, Any] | str
     rule_id: str | None = None
     category: str | None = None
     action: str | None = None
@@ -48,6 +52,42 @@ def event_insert(ev: Violation | AgentEvent, host_id: str, hostname: str | None 
     data["host_id"] = host_id
     if hostname is not None:
         data["hostname"] = hostname
+    return _row(ev, data)
+
+
+def received_rows(
+    received: Sequence[Received], host_id: str, hostname: str | None = None
+) -> list[EventInsert]:
+    """The rows of a batch as uploaded: each event's JSON text as validated (endpoint_contract/batch.py),
+    with the host's identity as the server knows it -- what `event_insert` stores, without re-encoding."""
+    with_id = _members({"host_id": host_id})
+    with_both = _members({"host_id": host_id, "hostname": hostname}) if hostname is not None else with_id
+    rows = []
+    for r in received:
+        ev, text = r.event, r.text
+        given = ev.model_fields_set
+        if "host_id" in given or (
+            hostname is not None and "hostname" in given and getattr(ev, "hostname", None) != hostname
+        ):
+            # A body that names a host (another one, or a stale name): its claims replaced (decoded: rare).
+            data = json.loads(text)
+            data["host_id"] = host_id
+            if hostname is not None:
+                data["hostname"] = hostname
+            rows.append(_row(ev, data))
+            continue
+        keys = with_id if "hostname" in given else with_both
+        # The text is one JSON object (validated): the server's keys go before its closing brace.
+        rows.append(_row(ev, f"{text.rstrip()[:-1]},{keys}}}"))
+    return rows
+
+
+def _members(values: dict[str, Any]) -> str:
+    """`"k":v,...`: JSON object members to add to an object's text."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))[1:-1]
+
+
+def _row(ev: Violation | AgentEvent, data: dict[str, Any] | str) -> EventInsert:
     if isinstance(ev, AgentEvent):
         return EventInsert(ev.event_id, AGENT, ev.detected_at, data, type=ev.type)
     return EventInsert(
@@ -233,37 +273,22 @@ class EventRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def insert_batch(self, host_id: str, batch: Sequence[EventInsert], now: datetime) -> None:
-        """Store every event not stored yet for this host; all or nothing."""
+    def insert_batch(self, host_id: str, batch: Sequence[EventInsert], now: datetime) -> list[EventInsert]:
+        """Store every event not stored yet for this host, in one transaction (all or nothing).
+
+        Returns the events stored now (the first copy of each id); ids stored before are skipped.
+        """
         unique: dict[str, EventInsert] = {}
         for ev in batch:
             unique.setdefault(ev.event_id, ev)
         if not unique:
-            return
-        rows = [
-            {
-                "host_id": host_id,
-                "event_id": ev.event_id,
-                "kind": ev.kind,
-                "received_at": now,
-                "detected_at": ev.detected_at,
-                "rule_id": ev.rule_id,
-                "category": ev.category,
-                "action": ev.action,
-                "type": ev.type,
-                "data": ev.data,
-                "first_seen": ev.first_seen,
-                "severity": ev.severity,
-            }
-            for ev in unique.values()
-        ]
+            return []
+        rows = list(unique.values())
         with db_errors("storing events"), self._engine.begin() as conn:
             # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
             # names only the rows really inserted, so the rollups count each violation once.
-            stmt = dialect_insert(conn, events).on_conflict_do_nothing(
-                index_elements=[events.c.host_id, events.c.event_id]
-            )
-            inserted = set(conn.execute(stmt.returning(events.c.event_id), rows).scalars().all())
+            inserted = bulk_insert(conn, host_id, rows, now)
+            stored = [ev for ev in rows if ev.event_id in inserted]
             rollup.apply(
                 conn,
                 [
@@ -276,11 +301,12 @@ class EventRepo:
                         triage=rollup.OPEN,
                         stop_seconds=_stop_seconds(ev),
                     )
-                    for ev in unique.values()
-                    if ev.kind == VIOLATION and ev.event_id in inserted
+                    for ev in stored
+                    if ev.kind == VIOLATION
                 ],
                 +1,
             )
+        return stored
 
     def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""

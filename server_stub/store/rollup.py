@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from server_stub.store import bulk
 from server_stub.store.engine import dialect_insert, is_postgres
 from server_stub.store.tables import (
     events,
@@ -105,13 +106,15 @@ def apply_counts(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
     hosts: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
     for f in facts:
         dims = (f.rule_id, f.category, f.action, f.triage)
+        hour = hour_key(f.detected_at)
+        day = hour[:10]  # the hour's key starts with its day's (one conversion per violation)
         for acc, key in (
-            (daily, (day_key(f.detected_at), *dims)),
-            (hourly, (hour_key(f.detected_at), *dims)),
+            (daily, (day, *dims)),
+            (hourly, (hour, *dims)),
         ):
             acc[key][0] += sign
             acc[key][1] += sign * f.stop_seconds
-        hosts[(day_key(f.detected_at), f.host_id, f.triage)][0] += sign
+        hosts[(day, f.host_id, f.triage)][0] += sign
     for table, rows, keys in (
         (violation_daily, daily, ("day", "rule_id", "category", "action", "triage")),
         (violation_hourly, hourly, ("hour", "rule_id", "category", "action", "triage")),
@@ -127,11 +130,7 @@ def apply_counts(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
             }
             for key, (n, s) in rows.items()
         ]
-        stmt = dialect_insert(conn, table)
-        updates = {"n": table.c.n + stmt.excluded.n}
-        if table is not host_daily:
-            updates["stop_seconds"] = table.c.stop_seconds + stmt.excluded.stop_seconds
-        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), values)
+        bulk.add_to_counts(conn, table, keys, values)  # n (and stop_seconds) added to the stored row
 
 
 def apply_running(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
