@@ -1,0 +1,226 @@
+"""An upload decoded once (endpoint_contract/batch.py): the same events and the same refusals as
+validating the decoded body as a whole (what FastAPI did), with each event's text kept as sent
+when it already is what the model writes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
+from endpoint_contract.events import AgentEvent, EventBatch, Violation, batch_body
+
+
+def agent_text(**over: Any) -> str:
+    """A violation's text as the agent stores and uploads it (Violation.to_json_text)."""
+    data = {
+        "event_id": str(uuid.uuid4()),
+        "detected_at": datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "first_seen": datetime(2030, 1, 2, 3, 4, 0, tzinfo=UTC),
+        "rule_id": "p2p",
+        "category": "p2p",
+        "severity": "high",
+        "action": "killed",
+        "pid": 4242,
+        "process_name": "qbittorrent",
+        "exe": "/usr/bin/qbittorrent",
+        "evidence": [{"attribute": "name", "pattern": "qbit*", "value": "qbittorrent"}],
+        "reason": "matched",
+        "policy_version": 3,
+        "hostname": "ws-1",
+        "os": "Debian",
+        **over,
+    }
+    return Violation.model_validate(data).to_json_text()
+
+
+def minimal(**over: Any) -> dict[str, Any]:
+    """A violation as a hand-written client sends it: optional keys left out, times with +00:00."""
+    return {
+        "kind": "violation",
+        "event_id": str(uuid.uuid4()),
+        "detected_at": "2030-01-02T03:04:05+00:00",
+        "rule_id": "p2p",
+        "category": "p2p",
+        "action": "killed",
+        "pid": 7,
+        "process_name": "x",
+        "reason": "y",
+        "policy_version": 1,
+        **over,
+    }
+
+
+def whole(body: bytes) -> list[Violation | AgentEvent]:
+    """The reference: the body decoded whole and validated as Python."""
+    return EventBatch.model_validate(json.loads(body)).events
+
+
+def test_an_agents_texts_are_kept_exactly_as_sent() -> None:
+    texts = [
+        agent_text(),
+        agent_text(connection={"laddr": "127.0.0.1:6881", "proto": "tcp", "domain": "t.example"}),
+        AgentEvent.model_validate(
+            {"event_id": str(uuid.uuid4()), "detected_at": "2030-01-02T03:04:05Z", "type": "circuit_open"}
+        ).to_json_text(),
+    ]
+    got = parse_batch(batch_body(texts))
+    assert [r.text for r in got] == texts
+    assert [r.event for r in got] == whole(batch_body(texts))
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        '{{"events":[{}]}}',
+        ' \n{{ "events" :\t[ {} ] }}\r\n',
+        '{{"events": [\n  {}\n]\n}}',
+    ],
+)
+def test_any_json_whitespace_around_the_events(layout: str) -> None:
+    texts = [agent_text(), agent_text()]
+    body = layout.format(" ,\n ".join(texts)).encode()
+    assert [r.text for r in parse_batch(body)] == texts
+
+
+def test_what_the_model_writes_differently_is_stored_as_the_model_writes_it() -> None:
+    """Keys left out, nulls to_json omits, coerced types: the stored text is to_json's, so readers
+    always get every contract key in the contract's types."""
+    events = [
+        minimal(),  # no severity, evidence, exe...: to_json adds them
+        minimal(first_seen=None),  # a null that to_json leaves out
+        minimal(pid="42"),  # a number sent as a string: coerced
+        minimal(connection={"laddr": "a", "domain": None}),
+        {"kind": "agent", "event_id": str(uuid.uuid4()), "detected_at": "2030-01-02T03:04:05Z", "type": "x"},
+    ]
+    body = json.dumps({"events": events}).encode()
+    got = parse_batch(body)
+    reference = whole(body)
+    assert [r.event for r in got] == reference
+    assert [r.text for r in got] == [ev.to_json_text() for ev in reference]
+    assert json.loads(got[0].text)["severity"] == "medium" and json.loads(got[2].text)["pid"] == 42
+
+
+def test_text_that_has_every_key_is_kept_with_its_own_time_format_and_extras() -> None:
+    text = agent_text()
+    data = json.loads(text)
+    data["detected_at"] = "2030-01-02T04:04:05.678901+01:00"
+    data["x-extra"] = {"nested": [1, 2.5, None, "é"]}
+    mine = json.dumps(data, ensure_ascii=False)
+    (got,) = parse_batch(batch_body([mine]))
+    assert got.text == mine and got.event == whole(batch_body([mine]))[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"events": {}}',
+        b'{"events": [], "extra": 1}',
+        b'{"extra": 1, "events": []}',
+        b'{"events": [1]}',
+        b'{"events": [{"kind": "gossip"}]}',
+        b'{"events": [{}],}',
+        b'{"events": [{},]}',
+        b'{"events": [] } x',
+        json.dumps({"events": [minimal(), minimal(rule_id="")]}).encode(),
+        json.dumps({"events": [minimal(detected_at="2030-01-01T00:00:00")]}).encode(),
+        json.dumps({"events": [minimal(pid=-1), minimal(action="exploded")]}).encode(),
+        json.dumps({"events": [minimal(extra="a\x00b")]}).encode(),
+        json.dumps({"events": [minimal(reason="x\ud800")]}).encode(),
+        json.dumps({"events": [minimal(**{"k\ud800": 1})]}).encode(),
+        json.dumps({"events": [minimal(big=2**70)]}).encode(),
+        json.dumps({"events": [minimal(create_time=float("inf"))]}).encode(),
+        json.dumps({"events": [minimal(extra=float("nan"))]}).encode(),
+        b'{"events": [' + json.dumps(minimal())[:-1].encode() + b', "create_time": 1e999}]}',
+        b'{"events": ['
+        + json.dumps(minimal())[:-1].encode()
+        + b', "x": '
+        + b'{"a":' * 300
+        + b"{}"
+        + b"}" * 300
+        + b"}]}",
+    ],
+)
+def test_a_bad_body_is_refused_naming_what_whole_validation_names(body: bytes) -> None:
+    with pytest.raises(BatchInvalid) as refused:
+        parse_batch(body)
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        assert refused.value.errors[0]["loc"][0] == "body"
+        return
+    with pytest.raises(ValidationError):
+        EventBatch.model_validate(decoded)
+    assert all(e["loc"][0] == "body" for e in refused.value.errors)
+    assert refused.value.errors[0]["msg"]
+
+
+def test_nesting_deeper_than_the_parser_goes_is_unreadable() -> None:
+    deep = b'{"a":' * 5000 + b"{}" + b"}" * 5000
+    body = b'{"events": [' + json.dumps(minimal())[:-1].encode() + b', "x": ' + deep + b"}]}"
+    with pytest.raises(BatchUnreadable):
+        parse_batch(body)
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+extras = st.dictionaries(
+    st.text(min_size=1, max_size=6),
+    st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6),
+    max_size=3,
+)
+overrides = st.fixed_dictionaries(
+    {},
+    optional={
+        "pid": st.one_of(st.integers(min_value=-2, max_value=2**33), st.text(max_size=4)),
+        "severity": st.sampled_from(["low", "high", "urgent"]),
+        "first_seen": st.one_of(st.none(), st.just("2030-01-02T03:04:05Z"), st.integers(0, 2**31)),
+        "create_time": st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-1, 5)),
+        "reason": st.text(max_size=8),
+        "hostname": st.one_of(st.none(), st.text(max_size=8)),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(st.tuples(overrides, extras), min_size=1, max_size=4), ascii_only=st.booleans())
+def test_one_pass_agrees_with_whole_validation(
+    events: list[tuple[dict[str, Any], dict[str, Any]]], ascii_only: bool
+) -> None:
+    body = json.dumps(
+        {"events": [{**extra, **minimal(**over)} for over, extra in events]}, ensure_ascii=ascii_only
+    ).encode()
+    try:
+        reference = whole(body)
+    except ValidationError:
+        with pytest.raises(BatchInvalid):
+            parse_batch(body)
+        return
+    got = parse_batch(body)
+    assert [r.event for r in got] == reference
+    for r in got:  # the text stored reads back as the model's JSON: every key, the same values
+        stored, written = json.loads(r.text), json.loads(r.event.to_json_text())
+        assert stored.keys() == written.keys()
+        for key, value in written.items():
+            if key in TIMES and value is not None:  # the same instant, maybe written another way
+                assert datetime.fromisoformat(stored[key]) == datetime.fromisoformat(value)
+            else:
+                assert stored[key] == value, key
+
+
+TIMES = ("detected_at", "first_seen", "last_seen")
