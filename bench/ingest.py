@@ -210,18 +210,6 @@ def _server_logging(path: Path) -> Iterator[None]:
         handler.close()
 
 
-@contextmanager
-def _database(kind: str, url: str | None, tmp: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'ingest.db'}"
-        return
-    from tests.support.server import fresh_pg_database
-
-    assert url is not None
-    with fresh_pg_database(url) as db:
-        yield db
-
-
 def _run_one(kind: str, url: str | None, batch: int, total: int) -> Result:
     import sqlalchemy as sa
     from sqlalchemy import event
@@ -237,7 +225,12 @@ def _run_one(kind: str, url: str | None, batch: int, total: int) -> Result:
 
     with TemporaryDirectory(prefix="bench-ingest-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
-        db = stack.enter_context(_database(kind, url, tmp))
+        if kind == "sqlite":
+            db = f"sqlite:///{tmp / 'ingest.db'}"
+        else:
+            from tests.support.server import fresh_pg_database
+
+            db = stack.enter_context(fresh_pg_database(url or ""))
         store = Store.open(db)
         stack.callback(store.close)
         stack.enter_context(_server_logging(tmp / "server.log"))

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
 from endpoint_contract.events import AgentEvent, EventBatch, Violation, batch_body
+from tests.support.server_events import violation
 
 
 def agent_text(**over: Any) -> str:
@@ -43,19 +44,7 @@ def agent_text(**over: Any) -> str:
 
 def minimal(**over: Any) -> dict[str, Any]:
     """A violation as a hand-written client sends it: optional keys left out, times with +00:00."""
-    return {
-        "kind": "violation",
-        "event_id": str(uuid.uuid4()),
-        "detected_at": "2030-01-02T03:04:05+00:00",
-        "rule_id": "p2p",
-        "category": "p2p",
-        "action": "killed",
-        "pid": 7,
-        "process_name": "x",
-        "reason": "y",
-        "policy_version": 1,
-        **over,
-    }
+    return violation(**{"detected_at": "2030-01-02T03:04:05+00:00", **over})
 
 
 def whole(body: bytes) -> list[Violation | AgentEvent]:
