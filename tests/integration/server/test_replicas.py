@@ -59,7 +59,8 @@ def wait_until(probe: object, timeout: float = 60.0) -> None:
 
 
 def test_workers_share_one_port_migrate_once_and_stop_on_sigterm(tmp_path: Path) -> None:
-    with run_server(tmp_path / "s", extra_args=["--workers", "2", "--log-level", "info"]) as server:
+    extra = ["--workers", "2", "--log-level", "info"]
+    with run_server(tmp_path / "s", extra_args=extra, startup_timeout=120) as server:
         wait_until(lambda: len(workers_of(server.pid)) == 2)
         workers = workers_of(server.pid)
         # The parent migrated once, before the workers started; they found the schema current.
@@ -261,3 +262,39 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path) -> None:
         assert get_from(server, "127.0.0.2", "10.0.0.3") == 401
         assert get_from(server, "127.0.0.2", "10.0.0.4") == 401
         assert get_from(server, "127.0.0.2", "10.0.0.3") == 429
+
+
+@pytest.mark.postgres
+def test_servers_with_workers_starting_together_migrate_once(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from server_stub.store import normalize_url
+    from server_stub.store.migrations import MIGRATIONS
+    from tests.support.ports import free_ports
+    from tests.support.server import make_keys, server_command, stop_server, wait_healthy
+
+    _, pub = make_keys(tmp_path / "keys")
+    env = subprocess_env({"ENDPOINT_SERVER_ADMIN_TOKEN": "a" * 20, "ENDPOINT_SERVER_ENROLL_SECRET": "e" * 20})
+    with fresh_pg_database(pg_url_or_skip()) as url:
+        procs: list[subprocess.Popen[bytes]] = []
+        ports = free_ports(2)
+        try:
+            for i, port in enumerate(ports):  # both started before either is waited for
+                cmd = [*server_command(port, tmp_path / f"d{i}", [pub], url), "--workers", "2"]
+                with (tmp_path / f"server-{i}.log").open("wb") as log:
+                    procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+            for proc, port in zip(procs, ports, strict=True):
+                logs = [p.read_text() for p in tmp_path.glob("server-*.log")]
+                assert wait_healthy(proc, f"http://127.0.0.1:{port}", timeout=120), logs
+                wait_until(lambda proc=proc: len(workers_of(proc.pid)) == 2)
+        finally:
+            for proc in procs:
+                stop_server(proc, timeout=30)
+        assert [proc.returncode for proc in procs] == [0, 0]
+        engine = sa.create_engine(normalize_url(url))
+        try:
+            with engine.connect() as conn:
+                versions = conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all()
+        finally:
+            engine.dispose()
+        assert sorted(versions) == [m.version for m in MIGRATIONS]
