@@ -237,15 +237,7 @@ def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | 
         if flt.until is not None and hi is not None and hi < flt.until:
             raw.append((hi, flt.until))
     if raw:
-        ends = (
-            sa.select(events.c.host_id, sa.func.count().label("n"))
-            .where(
-                *conditions(VIOLATION, EventFilter(rule_id=flt.rule_id, triage=flt.triage)),
-                sa.or_(*[rollup.raw_range(a, b) for a, b in raw]),
-            )
-            .group_by(events.c.host_id)
-            .with_hint(events, RAW_INDEX, dialect_name="sqlite")
-        )  # fmt: skip
+        ends = _raw_by_host(EventFilter(rule_id=flt.rule_id, triage=flt.triage), raw)
         parts.append(ends.where(events.c.host_id.in_(only)) if only is not None else ends)
     u = sa.union_all(*parts).subquery("parts")
     n = sa.func.sum(u.c.n).label("n")
@@ -257,6 +249,16 @@ def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | 
         sa.select(c.c.host_id, c.c.n, hosts.c.hostname)
         .select_from(c.outerjoin(hosts, hosts.c.host_id == c.c.host_id))
         .order_by(c.c.n.desc(), c.c.host_id)
+    )
+
+
+def _raw_by_host(flt: EventFilter, ranges: list[tuple[datetime | None, datetime | None]]) -> sa.Select[Any]:
+    """(host_id, n) of the violations in these time ranges, from the events."""
+    return (
+        sa.select(events.c.host_id, sa.func.count().label("n"))
+        .where(*conditions(VIOLATION, flt), sa.or_(*[rollup.raw_range(a, b) for a, b in ranges]))
+        .group_by(events.c.host_id)
+        .with_hint(events, RAW_INDEX, dialect_name="sqlite")
     )
 
 
@@ -283,15 +285,7 @@ def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[
     else:
         raw.append((flt.since, flt.until))
     if raw:
-        parts.append(
-            sa.select(events.c.host_id, sa.func.count().label("n"))
-            .where(
-                *conditions(VIOLATION, EventFilter(triage=flt.triage)),
-                sa.or_(*[rollup.raw_range(a, b) for a, b in raw]),
-            )
-            .group_by(events.c.host_id)
-            .with_hint(events, RAW_INDEX, dialect_name="sqlite")
-        )  # fmt: skip
+        parts.append(_raw_by_host(EventFilter(triage=flt.triage), raw))
     u = sa.union_all(*parts).subquery("parts")
     n = sa.func.sum(u.c.n).label("n")
     query = sa.select(u.c.host_id, n).group_by(u.c.host_id).order_by(n.desc(), u.c.host_id)
