@@ -187,7 +187,7 @@ def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) 
         return None
     scope = flt.rule_id or ""
     if limit is None:
-        return list(conn.execute(_running_query(flt, scope, None, None)))
+        return list(conn.execute(_running_query(flt, scope, None, None)).all())
     k = max(4 * limit, 40)
     while True:
         ranked = (
@@ -195,7 +195,7 @@ def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) 
             .where(host_totals.c.scope == scope)
             .order_by(bound.desc(), host_totals.c.host_id)
         )
-        rows = list(conn.execute(_running_query(flt, scope, ranked.limit(k).scalar_subquery(), limit)))
+        rows = list(conn.execute(_running_query(flt, scope, ranked.limit(k).scalar_subquery(), limit)).all())
         rest = conn.execute(
             sa.select(bound).where(host_totals.c.scope == scope).order_by(bound.desc(), host_totals.c.host_id)
             .offset(k).limit(1)
@@ -241,9 +241,9 @@ def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | 
         parts.append(ends.where(events.c.host_id.in_(only)) if only is not None else ends)
     u = sa.union_all(*parts).subquery("parts")
     n = sa.func.sum(u.c.n).label("n")
-    counted = sa.select(u.c.host_id, n).group_by(u.c.host_id).having(n > 0).order_by(n.desc(), u.c.host_id)
+    counted = sa.select(u.c.host_id, n).group_by(u.c.host_id).having(n > 0)
     if limit is not None:
-        counted = counted.limit(limit)
+        counted = counted.order_by(n.desc(), u.c.host_id).limit(limit)
     c = counted.subquery("counted")
     return (
         sa.select(c.c.host_id, c.c.n, hosts.c.hostname)
@@ -320,11 +320,11 @@ class StatsRepo:
                 hosts_rows = self._hosts_raw(conn, flt, top)
             else:
                 hosts_rows = _host_counts(conn, flt, top)
-            by_host = [Count(str(r.host_id), int(r.n)) for r in hosts_rows]
             if running is not None:  # named in the same query
-                names = {str(r.host_id): r.hostname for r in hosts_rows}
+                by_host = [Count(str(h), int(n), name) for h, n, name in hosts_rows]  # unpacked: fast
             else:
-                names = self._names(conn, [c.key for c in by_host])
+                names = self._names(conn, [str(r.host_id) for r in hosts_rows])
+                by_host = [Count(str(r.host_id), int(r.n), names.get(str(r.host_id))) for r in hosts_rows]
         by_triage = by("triage")
         return Summary(
             total=sum(c.count for c in by_triage),
@@ -332,7 +332,7 @@ class StatsRepo:
             by_rule=by("rule_id"),
             by_category=by("category"),
             by_action=by("action"),
-            by_host=[Count(c.key, c.count, names.get(c.key)) for c in by_host],
+            by_host=by_host,
             by_triage=by_triage,
         )
 
