@@ -288,6 +288,23 @@ def _v11_host_running_totals(conn: Connection) -> None:
     rebuild_running(conn)
 
 
+# (definition, PostgreSQL's covering version): a page of a period finds its ids in the index alone
+# (SQLite's indexes carry the row id already).
+_TIME_INDEXES = (
+    ("ix_events_kind_detected", "kind, detected_at"),
+    ("ix_events_host_detected", "host_id, kind, detected_at"),
+    ("ix_events_rule_detected", "rule_id, kind, detected_at, host_id, triage_state"),
+)
+
+
+def _v12_time_indexes_cover_ids(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        return
+    for name, columns in _TIME_INDEXES:
+        conn.execute(sa.text(f"DROP INDEX {name}"))
+        conn.execute(sa.text(f"CREATE INDEX {name} ON events ({columns}) INCLUDE (id)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -300,6 +317,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "indexes for every filter of the violation and host lists", _v9_read_side_indexes),
     Migration(10, "rate limits shared across server processes", _v10_rate_usage),
     Migration(11, "running totals of violations by host", _v11_host_running_totals),
+    Migration(12, "time indexes carry the event id (PostgreSQL)", _v12_time_indexes_cover_ids),
 )
 
 _version_md = sa.MetaData()

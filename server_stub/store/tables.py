@@ -94,12 +94,21 @@ events = sa.Table(
     sa.Column("severity", sa.String(16), nullable=True),
     sa.UniqueConstraint("host_id", "event_id", name="uq_events_host_event"),
     sa.Index("ix_events_kind_id", "kind", "id"),
-    sa.Index("ix_events_kind_detected", "kind", "detected_at"),
+    sa.Index("ix_events_kind_detected", "kind", "detected_at", postgresql_include=["id"]),
     sa.Index(
         "ix_events_console", "kind", "detected_at", "category", "action", "rule_id", "host_id", "triage_state"
     ),
-    sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at"),
-    sa.Index("ix_events_rule_detected", "rule_id", "kind", "detected_at", "host_id", "triage_state"),
+    # migration 12: on PostgreSQL these three also carry the id (a period's page reads only them)
+    sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at", postgresql_include=["id"]),
+    sa.Index(
+        "ix_events_rule_detected",
+        "rule_id",
+        "kind",
+        "detected_at",
+        "host_id",
+        "triage_state",
+        postgresql_include=["id"],
+    ),
     sa.Index("ix_events_kind_severity_id", "kind", "severity", "id"),
     sa.Index("ix_events_rule_id", "rule_id", "kind", "id"),
     # migration 9: each filter of the lists seeks its rows in receive order
