@@ -17,7 +17,9 @@ were last read, and reads fds again only where that can have changed:
   processes to read on every scan, so the same coverage never costs one big scan; and the
   search for an unknown socket's owner stops at the processes whose number of fds changed
   (a socket that appeared without that, or was closed before it was found, waits for its
-  holder's slice instead of a walk of every process on every scan).
+  holder's slice instead of a walk of every process on every scan), and it looks first at the
+  processes that held sockets at their last walk, so a new connection of a process that had
+  some is found without looking at every process that holds none.
 
 Inodes that no process holds (kernel sockets, or a holder the agent may not inspect) are
 remembered as ownerless while they stay in the tables, so they are not searched for again
@@ -140,6 +142,9 @@ class SocketOwners:
     ) -> None:
         socket_uids = {r.uid for r in records if r.inode in unknown}
         inside = set(members)
+        if not everyone:
+            self._search_changed(unknown, inside, socket_uids, live, uids, owners)
+            return
         candidates = []
         # Every process (or, with `everyone` off, those whose fds changed), most likely first: in the
         # socket's namespace (a socket can be passed to a process elsewhere), with a changed number
@@ -160,6 +165,36 @@ class SocketOwners:
             unknown -= inodes
             if not unknown:
                 return
+        self._ownerless |= unknown
+
+    def _search_changed(
+        self,
+        unknown: set[int],
+        inside: set[int],
+        socket_uids: set[int],
+        live: Mapping[int, int],
+        uids: Mapping[int, int | None],
+        owners: dict[int, list[int]],
+    ) -> None:
+        """Among processes whose fds changed: those that held sockets first, each checked only when
+        reached, so a new socket of a process that had some costs no look at every process."""
+        holders: list[int] = []
+        others: list[int] = []
+        for pid, walked in self._walked.items():
+            if pid in live:
+                (holders if walked.inodes else others).append(pid)
+        for group in (holders, others):
+            group.sort(key=lambda p: (p not in inside, uids.get(p) not in socket_uids, p))
+            for pid in group:
+                walked = self._walked[pid]
+                if walked.fd_count != 0 and self._fd_count(pid) == walked.fd_count:
+                    continue  # its fds did not change: its slice of the re-walk will look again
+                inodes = self.walk(pid, live[pid])
+                for inode in inodes - walked.inodes:
+                    owners.setdefault(inode, []).append(pid)
+                unknown -= inodes
+                if not unknown:
+                    return
         self._ownerless |= unknown
 
     def _fd_count(self, pid: int) -> int:

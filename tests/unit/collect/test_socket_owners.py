@@ -96,3 +96,23 @@ def test_every_few_scans_everything_is_walked_again() -> None:
     for _ in range(6):
         owners.resolve(live, [], {})
     assert owners.stats.full_walks == 2 and owners.stats.walks == 3  # first sight + two full walks
+
+
+def test_tracked_a_new_socket_of_a_holder_is_found_without_looking_at_processes_that_hold_none(
+    listener: socket.socket, spawn: SpawnFn
+) -> None:
+    quiet = [spawn(f"ea-owners-quiet-{i}", program="sleep") for i in range(5)]
+    owners = SocketOwners()
+    live = {ME: ticks(ME), **{p.pid: ticks(p.pid) for p in quiet}}
+    every = [([*live], records_of(inode(listener)))]
+    assert owners.resolve(live, every, {}, rewalk=())[inode(listener)] == [ME]
+    looked: list[str] = []
+    real_stat = os.stat
+    with socket.socket() as later, pytest.MonkeyPatch.context() as mp:
+        later.bind(("127.0.0.1", 0))
+        later.listen()
+        mp.setattr(os, "stat", lambda path, *a, **k: looked.append(str(path)) or real_stat(path, *a, **k))
+        new = inode(later)
+        got = owners.resolve(live, [([*live], records_of(inode(listener), new))], {}, rewalk=())
+    assert got[new] == [ME] and owners.stats.searches == 1
+    assert not any(f"/{p.pid}/" in path for p in quiet for path in looked)  # sleepers were never looked at
