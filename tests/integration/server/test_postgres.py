@@ -93,7 +93,7 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
                 )
                 log.close()
             for proc, port in zip(procs, ports, strict=True):
-                assert wait_healthy(proc, f"http://127.0.0.1:{port}"), [
+                assert wait_healthy(proc, f"http://127.0.0.1:{port}", timeout=120), [
                     p.read_text() for p in tmp_path.glob("server-*.log")
                 ]
             with httpx.Client() as c:
