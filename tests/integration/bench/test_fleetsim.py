@@ -169,3 +169,20 @@ def test_python_m_bench_fleet_runs_end_to_end() -> None:
     assert "hosts per server core" in out
     policy_line = next(line for line in out.splitlines() if line.strip().startswith("policy"))
     assert "304:" in policy_line and "timeout" not in policy_line
+
+
+def test_recorders_merge_and_give_percentiles_by_outcome() -> None:
+    from bench.fleetsim.stats import TIMEOUT
+
+    one, two = Recorder(), Recorder()
+    for ms in range(1, 101):
+        one.add("policy", 304, ms / 1000)
+    two.add("policy", 503, 0.002)
+    two.add("policy", TIMEOUT, 15.0)
+    two.events_acked = 7
+    merged = Recorder.merged([one, two])
+    stats = merged.kinds["policy"]
+    assert stats.outcomes == {304: 100, 503: 1, TIMEOUT: 1}
+    assert stats.percentile(0.5, 304) == 0.050 and stats.percentile(0.99, 304) == 0.099
+    assert stats.percentile(1.0) == 15.0 and stats.percentile(0.5, 503) == 0.002
+    assert merged.count(TIMEOUT) == 1 and merged.events_acked == 7
