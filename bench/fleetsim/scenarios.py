@@ -74,12 +74,11 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
         for k, (_size, seconds) in enumerate(steps):
             fleet.start(growth[k])
             boundary += seconds
-            finished = await _sleep_until(boundary, ctx)
+            if not await _sleep_until(boundary, ctx):
+                return  # stopped: a step cut short says nothing
             fleet.recorder = Recorder()
             ctx.report(str(k), recorder)
             recorder = fleet.recorder
-            if not finished:
-                return
     finally:
         fleet.stop()
         await fleet.drain()
