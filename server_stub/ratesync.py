@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL = 0.5
 SLOT_SECONDS = 1
 PRUNE_EVERY = 20  # exchanges (about 10 s)
-KEEP_SLOTS = 60
+KEEP_SLOTS = 5  # beyond the window: rows no process reads any more (a flood of keys stays small)
 
 
 class RateSync:
@@ -105,7 +105,7 @@ class RateSync:
         self._forget_before(oldest)
         self._rounds += 1
         if self._rounds % PRUNE_EVERY == 0:
-            self._repo.prune(slot - KEEP_SLOTS)
+            self._repo.prune(oldest - KEEP_SLOTS)
         return debited
 
     def _forget_before(self, slot: int) -> None:

@@ -217,7 +217,7 @@ export_cursors = sa.Table(
 )
 
 # What each rate-limit key consumed per one-second slot, summed over every server process that
-# shares this database (server_stub/ratesync.py); rows older than a minute are deleted.
+# shares this database (server_stub/ratesync.py); rows older than the window read are deleted.
 rate_usage = sa.Table(
     "rate_usage",
     metadata,
