@@ -146,24 +146,16 @@ class SocketOwners:
             self._search_changed(unknown, inside, socket_uids, live, uids, owners)
             return
         candidates = []
-        # Every process (or, with `everyone` off, those whose fds changed), most likely first: in the
-        # socket's namespace (a socket can be passed to a process elsewhere), with a changed number
-        # of fds, of the socket's owner.
+        # Every process, most likely first: in the socket's namespace (a socket can be passed to a
+        # process elsewhere), with a changed number of fds, of the socket's owner.
         for pid, walked in self._walked.items():
             if pid not in live:
                 continue
             fds_changed = walked.fd_count == 0 or self._fd_count(pid) != walked.fd_count
-            if not fds_changed and not everyone:
-                continue
             candidates.append((pid not in inside, not fds_changed, uids.get(pid) not in socket_uids, pid))
         candidates.sort()
         for *_, pid in candidates:
-            before = self._walked[pid].inodes
-            inodes = self.walk(pid, live[pid])
-            for inode in inodes - before:
-                owners.setdefault(inode, []).append(pid)
-            unknown -= inodes
-            if not unknown:
+            if self._take(pid, live[pid], unknown, owners):
                 return
         self._ownerless |= unknown
 
@@ -189,13 +181,18 @@ class SocketOwners:
                 walked = self._walked[pid]
                 if walked.fd_count != 0 and self._fd_count(pid) == walked.fd_count:
                     continue  # its fds did not change: its slice of the re-walk will look again
-                inodes = self.walk(pid, live[pid])
-                for inode in inodes - walked.inodes:
-                    owners.setdefault(inode, []).append(pid)
-                unknown -= inodes
-                if not unknown:
+                if self._take(pid, live[pid], unknown, owners):
                     return
         self._ownerless |= unknown
+
+    def _take(self, pid: int, start_ticks: int, unknown: set[int], owners: dict[int, list[int]]) -> bool:
+        """Walk `pid`, add the sockets it gained, strike them from `unknown`; True once none is left."""
+        before = self._walked[pid].inodes
+        inodes = self.walk(pid, start_ticks)
+        for inode in inodes - before:
+            owners.setdefault(inode, []).append(pid)
+        unknown -= inodes
+        return not unknown
 
     def _fd_count(self, pid: int) -> int:
         try:
