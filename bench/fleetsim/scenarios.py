@@ -52,7 +52,7 @@ async def _sleep_until(when: float, ctx: Context) -> bool:
 
 
 async def ramp(ctx: Context, params: dict[str, Any]) -> None:
-    """params: steps [(hosts, seconds)], seed, seeded, intervals.
+    """params: steps [(hosts, seconds)], seed, seeded (already enrolled and running), etag, intervals.
     The fleet grows to each step's size at the step's start (new hosts spread over one interval);
     one result per step, labelled by its index."""
     loop = asyncio.get_running_loop()
@@ -67,6 +67,9 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
     for size, _seconds in steps:
         growth.append(ctx.my_hosts(params, range(active, size), rng))
         active = max(active, size)
+        if params["seeded"]:  # a running agent holds the current ETag (in memory, policy_sync.py)
+            for host in growth[-1]:
+                host.etag = params["etag"] or None
     if not await ctx.begin():
         return
     boundary = time.monotonic()
