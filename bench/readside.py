@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         g.add_argument(f"--readside-{name}", type=int, default=default, help=f"{what} ({default:,})")
     g.add_argument("--readside-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
+    g.add_argument("--readside-only", choices=["sqlite", "postgresql"], help="one database only")
 
 
 def _iso(dt: datetime) -> str:
@@ -88,6 +89,7 @@ def _queries(
         ("violations by host since 7d", lambda i: v(f"host={host_ids[loud[i % 64]]}&since=7d")),
         ("hosts first page (default: 500)", lambda i: "/api/v1/hosts"),
         ("hosts page of 1000 (the most)", lambda i: "/api/v1/hosts?limit=1000"),
+        ("hosts page of 100 (the console's)", lambda i: "/api/v1/hosts?limit=100"),
         ("hosts stale", lambda i: "/api/v1/hosts?stale=true"),
         ("hosts by mode", lambda i: "/api/v1/hosts?mode=monitor"),
         ("hosts by policy version", lambda i: "/api/v1/hosts?policy_version=1"),
@@ -110,6 +112,11 @@ def _database(kind: str, pg: str | None, tmp: Path) -> Iterator[str]:
 def _p(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]  # nearest rank
+
+
+def _after(first: str, cursors: list[str]) -> Callable[[int], str]:
+    """The next page's path: after the last cursor seen (the first page before any)."""
+    return lambda _i: first + (f"&cursor={cursors[-1]}" if cursors else "")
 
 
 def _sample(
@@ -173,13 +180,8 @@ def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, l
             ("violations by rule, next pages", f"/api/v1/violations?rule_id={RULES[-1][0]}&limit=100"),
             ("hosts next pages (cursor)", "/api/v1/hosts?"),
         ):
-            cursor: list[str] = []
-            out[f"{kind}: {label}"] = _sample(
-                client,
-                lambda _i, f=first, c=cursor: f + (f"&cursor={c[-1]}" if c else ""),
-                args.readside_repeat,
-                cursor,
-            )
+            cursors: list[str] = []
+            out[f"{kind}: {label}"] = _sample(client, _after(first, cursors), args.readside_repeat, cursors)
         return out
 
 
@@ -188,6 +190,7 @@ def run(args: argparse.Namespace) -> list[Target]:
     kinds = [("sqlite", None)] + ([("postgresql", pg)] if pg and pg != "none" else [])
     if len(kinds) == 1:
         print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --readside-pg")
+    kinds = [(kind, url) for kind, url in kinds if args.readside_only in (None, kind)]
     print("  (in-process ASGI through the real app; this 2-core machine is shared, so times are noisy)")
     targets: list[Target] = []
     for kind, url in kinds:
