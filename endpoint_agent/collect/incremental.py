@@ -305,7 +305,8 @@ class IncrementalCollector:
         self, boot: float
     ) -> tuple[dict[int, ProcessInfo], dict[int, CachedProcess], dict[int, ProcStat]]:
         """Every process read again (no events to trust, or lost ones)."""
-        self._new_pids.mark()
+        if self._tracking is not None:
+            self._new_pids.mark()  # the next trusted scan's PID range starts here
         pids = list_pids(proc_root=self._proc)
         if not pids:
             raise CollectError(f"cannot list processes: {self._proc} is empty or unreadable")
