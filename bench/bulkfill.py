@@ -199,7 +199,7 @@ def _templates() -> _Templates:
                 "last_seen": at, "hostname": "ws-0", "os": "Debian GNU/Linux 13",
             }
         )  # fmt: skip
-        data = event_insert(v, "h", "ws-0").data
+        data = _data(event_insert(v, "h", "ws-0").data)
         if data["detected_at"] != _iso(at):  # the contract changed how it writes times: follow it
             raise RuntimeError(
                 f"bench.bulkfill: times are written as {data['detected_at']!r}, not {_iso(at)!r}"
@@ -209,7 +209,12 @@ def _templates() -> _Templates:
         {"event_id": str(uuid.UUID(int=2, version=4)), "detected_at": at, "type": "events_dropped",
          "detail": {"reason": "queue full"}, "count": 3}
     )  # fmt: skip
-    return _Templates(formats, _format(event_insert(a, "h", "ws-0").data, _AGENT_VARYING))
+    return _Templates(formats, _format(_data(event_insert(a, "h", "ws-0").data), _AGENT_VARYING))
+
+
+def _data(data: dict[str, Any] | str) -> dict[str, Any]:
+    """The stored object (an upload's row may carry its JSON text instead)."""
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def _violation_row(
