@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from endpoint_agent import __version__
 from endpoint_agent.errors import SettingsError, StoreError
+from server_stub.admission import AdmissionMiddleware
 from server_stub.apidocs import document_errors, render_docs
 from server_stub.auth import Authenticator, Reader
 from server_stub.config import ServerConfig
@@ -23,15 +25,21 @@ from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
+from server_stub.keycache import NodeKeyCache
 from server_stub.limits import Limits
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
+from server_stub.policycache import PolicyCache
+from server_stub.policyserve import PolicyFastPath
 from server_stub.ratesync import RateSync
 from server_stub.retention import RetentionService
 from server_stub.routes import admin, agent, compliance, enrollment, reports
 from server_stub.store import Store, sqlite_url
+from server_stub.store.engine import BACKGROUND_CONNECTIONS
+from server_stub.watcher import CacheWatcher
+from server_stub.writebehind import HostActivity
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -41,15 +49,16 @@ _UNION_TAGS = frozenset({"violation", "agent"})
 
 
 def open_store(config: ServerConfig) -> Store:
+    pool = config.threads + BACKGROUND_CONNECTIONS  # every thread that queries holds one connection
     if config.db_url:
-        return Store.open(config.db_url)
+        return Store.open(config.db_url, pool)
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise SettingsError(f"--data-dir: cannot create {config.data_dir}: {exc.strerror or exc}") from exc
     if not os.access(config.data_dir, os.W_OK):
         raise SettingsError(f"--data-dir: {config.data_dir} is not writable")
-    return Store.open(sqlite_url(config.data_dir))
+    return Store.open(sqlite_url(config.data_dir), pool)
 
 
 def _retention(config: ServerConfig, store: Store) -> RetentionService | None:
@@ -69,15 +78,35 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     store = store if store is not None else open_store(config)
     metrics = Metrics(store, config.stale_after, config.clock)
     limits = Limits.from_config(config)
-    ctx = ServerContext(
-        config=config, store=store, auth=Authenticator(config, store), metrics=metrics, limits=limits
-    )
     rate_sync = RateSync(store.rate_usage, limits.by_scope())
+    # Hot paths from memory: node keys, served policies; contact times written behind.
+    keys = NodeKeyCache()
+    policies = PolicyCache(store.policies)
+    watcher = CacheWatcher(store.changes, keys, policies, config.clock)
+    keys.fresh = policies.fresh = watcher.fresh
+    store.hosts.on_key_change.append(keys.forget)
+    store.policies.on_change.append(policies.refresh)
+    activity = HostActivity(store.hosts, config.write_behind)
+    auth = Authenticator(config, store, keys, activity.seen)
+    ctx = ServerContext(
+        config=config,
+        store=store,
+        auth=auth,
+        metrics=metrics,
+        policies=policies,
+        activity=activity,
+        limits=limits,
+    )
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
     retention = _retention(config, store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run in at most this many threads; the database pool was sized to match.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
+        watcher.start()
+        policies.refresh()  # the first poll is answered from memory already
+        activity.start()
         exporter.start()
         if retention is not None:
             retention.start()
@@ -89,6 +118,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
             if retention is not None:
                 retention.stop()
             exporter.stop()
+            watcher.stop()
+            try:
+                activity.stop()  # the last contact times and heartbeats reach the database
+            except StoreError as exc:
+                log.error("could not write the last contact times on the way out: %s", exc)
             store.close()
 
     app = FastAPI(
@@ -102,6 +136,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     app.state.ctx = ctx
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    # A node's policy poll, answered from memory once it is known who calls (no body, no framework).
+    app.add_middleware(PolicyFastPath, cache=policies, path=f"{API_PREFIX}/policy")
     # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
     app.add_middleware(
         AuthGateMiddleware,
@@ -110,7 +146,14 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         api_prefix=API_PREFIX,
         enrollments=limits,
     )
-    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s and 429s too
+    # Before any work: past --max-in-flight requests in progress, 503 + Retry-After at once.
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=config.in_flight_limit,
+        exempt=UNLIMITED_PATHS,
+        on_refused=metrics.refused_overload,
+    )
+    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s, 429s, 503s
 
     @app.get(
         f"{API_PREFIX}/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"]

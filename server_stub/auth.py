@@ -2,6 +2,8 @@
 
 Enroll tokens (`endpoint-admin enroll-token create`) are stored and looked up the same way and
 admit the enroll role while they have uses left and have not expired.
+Node keys are answered from memory after their first lookup (server_stub/keycache.py), and a
+host's contact time is noted for a batched write (server_stub/writebehind.py).
 Static secrets are compared in constant time, every one of them on every request. Node keys
 are stored as sha256 digests and looked up by digest, so the database never holds a usable
 key and the lookup leaks nothing about the key. Missing or unknown credentials: 401; a valid
@@ -13,16 +15,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from server_stub.config import ServerConfig
 from server_stub.errors import Forbidden, Unauthorized
+from server_stub.keycache import NodeKeyCache
 from server_stub.store import HostRecord, Store
 
 
@@ -60,9 +65,17 @@ def hash_node_key(node_key: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        keys: NodeKeyCache | None = None,
+        seen: Callable[[str, datetime], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = config.clock
+        self._keys = keys if keys is not None else NodeKeyCache()
+        self._seen = seen if seen is not None else self._touch_now
         self._secrets: list[tuple[Role, bytes]] = [
             (role, value.encode("utf-8"))
             for role, value in (
@@ -80,28 +93,50 @@ class Authenticator:
         matches = [role for role, secret in self._secrets if hmac.compare_digest(presented, secret)]
         return Principal(matches[0]) if matches else None
 
-    def identify(self, token: str) -> Principal | None:
+    def identify_from_memory(self, token: str) -> tuple[bool, Principal | None]:
+        """(decided, principal) without touching the database: static secrets and cached node keys.
+
+        Not decided: the key must be looked up (`identify`, from a worker thread).
+        """
         static = self.identify_static(token)
         if static is not None:
-            return static
+            return True, static
+        known, host = self._keys.get(hash_node_key(token))
+        if host is None:
+            return known, None
+        self._seen(host.host_id, self._clock())
+        return True, Principal(Role.NODE, host)
+
+    def identify(self, token: str) -> Principal | None:
+        decided, principal = self.identify_from_memory(token)
+        if decided:
+            return principal
         digest = hash_node_key(token)
-        host = self._store.hosts.authenticate(digest, self._clock())
+        epoch = self._keys.epoch  # read before the query: an invalidation meanwhile wins
+        host = self._store.hosts.by_key(digest)
         if host is not None:
+            self._keys.put(digest, host, epoch)
+            self._seen(host.host_id, self._clock())
             return Principal(Role.NODE, host)
         if self._store.enroll_tokens.usable(digest, self._clock()):
             return Principal(Role.ENROLL, enroll_token=digest)
+        self._keys.put(digest, None, epoch)
         return None
+
+    def _touch_now(self, host_id: str, at: datetime) -> None:
+        self._store.hosts.touch_many({host_id: at})
 
 
 _bearer = HTTPBearer(auto_error=False, description="admin token, reader token, enroll secret or node key")
 
 
-def requires(*roles: Role) -> Callable[..., Principal]:
+def requires(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency admitting only these roles."""
     allowed = frozenset(roles)
     names = " or ".join(sorted(r.value for r in allowed))
 
-    def dependency(
+    # async: answered in the event loop, no worker thread for the common case.
+    async def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
         # Normally identified already, before the body was read (server_stub/middleware.py).
@@ -110,7 +145,7 @@ def requires(*roles: Role) -> Callable[..., Principal]:
             if credentials is None or not credentials.credentials:
                 raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
             authenticator: Authenticator = request.app.state.ctx.auth
-            principal = authenticator.identify(credentials.credentials)
+            principal = await run_in_threadpool(authenticator.identify, credentials.credentials)
         if principal is None:
             raise Unauthorized("invalid credentials")
         if principal.role not in allowed:

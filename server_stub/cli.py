@@ -29,7 +29,14 @@ from endpoint_agent.logfmt import JsonLineFormatter
 from endpoint_agent.settings import is_loopback_host
 from endpoint_contract.envelope import load_public_key
 from server_stub import users_cli
-from server_stub.config import ADMIN_TOKEN_ENV, ENROLL_SECRET_ENV, READER_TOKEN_ENV, ServerConfig
+from server_stub.config import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_THREADS,
+    ENROLL_SECRET_ENV,
+    IN_FLIGHT_PER_THREAD,
+    READER_TOKEN_ENV,
+    ServerConfig,
+)
 from server_stub.errors import ApiError
 from server_stub.export.config import ExportConfig, load_export_config
 
@@ -106,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=_address_or_network,
         metavar="ADDRESS",
         help="a reverse proxy's address or network whose X-Forwarded-For names the client (repeatable)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"worker threads for database work; the database pool is sized to match ({DEFAULT_THREADS})",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        help=f"requests in progress at once; past it 503 + Retry-After ({IN_FLIGHT_PER_THREAD} x --threads)",
+    )
+    p.add_argument(
+        "--write-behind",
+        type=float,
+        default=2.0,
+        help="seconds between batched writes of hosts' last contact and heartbeats (2)",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
@@ -196,6 +220,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate_burst=args.rate_burst,
         body_timeout=args.body_timeout,
         enroll_rate=args.enroll_rate,
+        threads=args.threads,
+        max_in_flight=args.max_in_flight,
+        write_behind=args.write_behind,
         export=load_export_config(args.config) if args.config else ExportConfig(),
         retention_days=args.retention_days,
     )

@@ -23,6 +23,11 @@ MIN_SECRET_LENGTH = 16
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 500
 REPORT_DAYS = 30  # the period compliance reports usually cover
+DEFAULT_THREADS = 16
+# Requests admitted per worker thread: enough to keep every thread busy while others parse, wait
+# on the network or are answered from memory; few enough that a refused agent hears it at once
+# (503 + Retry-After) instead of waiting in a queue until it times out.
+IN_FLIGHT_PER_THREAD = 4
 
 
 def utcnow() -> datetime:
@@ -46,6 +51,9 @@ class ServerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout: float = 30.0  # seconds to receive a whole request body (408 after)
     max_events: int = MAX_EVENTS_PER_BATCH
+    threads: int = DEFAULT_THREADS  # worker threads for blocking (database) routes
+    max_in_flight: int | None = None  # requests in progress before 503; None: IN_FLIGHT_PER_THREAD x threads
+    write_behind: float = 2.0  # seconds between flushes of last_seen and heartbeats (writebehind.py)
     export: ExportConfig = field(default_factory=ExportConfig)
     retention_days: float = 0.0  # events detected longer ago are purged; 0 keeps them forever
     clock: Callable[[], datetime] = field(default=utcnow, compare=False)
@@ -87,3 +95,13 @@ class ServerConfig:
             raise SettingsError("--rate-limit must be > 0 and --rate-burst >= 1")
         if not 0 < self.enroll_rate <= 1_000_000:
             raise SettingsError("--enroll-rate: must be > 0 and at most 1000000 per second")
+        if not 1 <= self.threads <= 1024:
+            raise SettingsError("--threads: must be between 1 and 1024")
+        if not 0 < self.write_behind <= 60:
+            raise SettingsError("--write-behind: must be > 0 and <= 60 seconds")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise SettingsError("--max-in-flight: must be >= 1")
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight if self.max_in_flight is not None else IN_FLIGHT_PER_THREAD * self.threads

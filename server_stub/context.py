@@ -12,7 +12,9 @@ from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
 from server_stub.limits import Limits
 from server_stub.metrics import Metrics
+from server_stub.policycache import PolicyCache
 from server_stub.store import Store
+from server_stub.writebehind import HostActivity
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class ServerContext:
     store: Store
     auth: Authenticator
     metrics: Metrics
+    policies: PolicyCache  # the served versions, in memory (server_stub/policycache.py)
+    activity: HostActivity  # last_seen and heartbeats, written behind (server_stub/writebehind.py)
     limits: Limits | None = None  # the rate limits (server_stub/limits.py); set by create_app
 
     def now(self) -> datetime:
@@ -32,4 +36,9 @@ def get_context(request: Request) -> ServerContext:
     return ctx
 
 
-Ctx = Annotated[ServerContext, Depends(get_context)]
+async def _context(request: Request) -> ServerContext:
+    # A coroutine: FastAPI runs a plain-function dependency in a worker thread, one hop per request.
+    return get_context(request)
+
+
+Ctx = Annotated[ServerContext, Depends(_context)]

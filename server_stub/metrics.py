@@ -3,6 +3,8 @@
 - `endpoint_server_events_received_total{kind}`: events accepted by POST /events (ingest rate:
   `rate(endpoint_server_events_received_total[5m])`);
 - `endpoint_server_requests_total{method,status}`: every API answer, by status code;
+- `endpoint_server_requests_refused_total{reason}`: requests refused at once with 503 because
+  --max-in-flight were in progress (`overload`), server_stub/admission.py;
 - `endpoint_server_hosts{state}`: enrolled hosts, `ok` or `stale` (silent longer than --stale-after);
 - `endpoint_server_hosts_by_mode{mode}`: hosts by the mode their last heartbeat reported;
 - `endpoint_server_agent_queue_pending` / `endpoint_server_agent_events_dropped`: the agents' own
@@ -43,13 +45,29 @@ class Metrics:
             ["method", "status"],
             registry=self.registry,
         )
+        self._refused = Counter(
+            "endpoint_server_requests_refused",
+            "Requests refused with 503 before any work, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._overload = self._refused.labels(reason="overload")
+        self._answered: dict[tuple[str, int], Any] = {}
         self.registry.register(_HostCollector(store, stale_after, now))
 
     def events_received(self, kind: str, count: int) -> None:
         self._events.labels(kind=kind).inc(count)
 
+    def refused_overload(self) -> None:
+        self._overload.inc()
+
     def answered(self, method: str, status: int) -> None:
-        self._requests.labels(method=method, status=str(status)).inc()
+        child = self._answered.get((method, status))
+        if child is None:  # labels() costs more than the count itself: once per (method, status)
+            child = self._requests.labels(method=method, status=str(status))
+            if len(self._answered) < 256:  # methods come from clients: bounded
+                self._answered[(method, status)] = child
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

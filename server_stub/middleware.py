@@ -135,8 +135,9 @@ class AuthGateMiddleware:
             await self.app(scope, receive, send)
             return
         authenticator = scope["app"].state.ctx.auth
-        principal = authenticator.identify_static(token)
-        if principal is None:
+        # Static secrets and node keys held in memory (server_stub/keycache.py): no thread, no query.
+        decided, principal = authenticator.identify_from_memory(token)
+        if not decided:
             if self.addresses.blocked(address):  # node keys from a flooding address: not even looked up
                 await _too_many(self.addresses.wait(address))(scope, receive, send)
                 return

@@ -19,6 +19,7 @@ from server_stub.context import Ctx
 from server_stub.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
 from server_stub.ingest import BATCH_SCHEMA, audit_stored
 from server_stub.models import EnrollRequest, EnrollResponse, Ok
+from server_stub.policyserve import answer_poll
 from server_stub.store import EnrollRefused
 from server_stub.store.events import VIOLATION, received_rows
 
@@ -60,11 +61,6 @@ def enroll(
     return EnrollResponse(host_id=host_id, node_key=node_key)
 
 
-def _etag_matches(if_none_match: str, etag: str) -> bool:
-    candidates = [c.strip() for c in if_none_match.split(",")]
-    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
-
-
 @router.get(
     "/policy",
     responses={
@@ -78,15 +74,17 @@ def get_policy(
     principal: Node,
     ctx: Ctx,
 ) -> Response:
-    """The envelope this host should run (rollout-aware), with a strong ETag."""
-    served = ctx.store.policies.for_host(principal.host_id)
-    if served is None:
+    """The envelope this host should run (rollout-aware), with a strong ETag.
+
+    A node's poll is normally answered before this route, from memory (server_stub/policyserve.py);
+    this answers the same when the in-memory copy had to be loaded first.
+    """
+    result = answer_poll(principal.host_id, ctx.policies.current(), request.headers.get("if-none-match"))
+    if result is None:
         raise NotFound("no policy is published for this host yet")
-    headers = {"ETag": served.etag, "Cache-Control": "no-cache", "X-Policy-Version": str(served.version)}
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and _etag_matches(if_none_match, served.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(served.envelope, media_type="application/json", headers=headers)
+    if result.status == 304:
+        return Response(status_code=304, headers=result.headers)
+    return Response(result.body, media_type="application/json", headers=result.headers)
 
 
 async def _body(request: Request) -> bytes:
@@ -133,10 +131,11 @@ def post_events(
 
 
 @router.post("/heartbeat", response_model=Ok)
-def heartbeat(
+async def heartbeat(
     body: Heartbeat,
     principal: Node,
     ctx: Ctx,
 ) -> Ok:
-    ctx.store.hosts.heartbeat(principal.host_id, body, ctx.now())
+    """Stored behind, in a batch with others within a few seconds (server_stub/writebehind.py)."""
+    ctx.activity.heartbeat(principal.host_id, body, ctx.now())
     return Ok()

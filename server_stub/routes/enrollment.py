@@ -37,7 +37,7 @@ def create_enroll_token(body: EnrollTokenRequest, _: AdminOnly, ctx: Ctx) -> Enr
 @router.post("/hosts/{host}/reset", response_model=HostResetOut)
 def reset_host(host: str, _: AdminOnly, ctx: Ctx) -> HostResetOut:
     """Let this host (id or name) enroll once more with the fleet secret; its node key stops working."""
-    record = ctx.store.hosts.reset(host)
+    record = ctx.store.hosts.reset(host, ctx.now())
     if record is None:
         raise NotFound(f"no host {host!r}")
     ctx.store.audit.record(

@@ -9,13 +9,14 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from server_stub.store.audit import AuditRepo
+from server_stub.store.changes import ChangeFeed
 from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
 from server_stub.store.enroll_tokens import EnrollTokenRepo
 from server_stub.store.events import EventFilter, EventInsert, EventRepo, EventRow, event_insert
 from server_stub.store.exports import ExportRepo, ExportRow
 from server_stub.store.hosts import EnrollRefused, HostRecord, HostRepo
 from server_stub.store.migrations import migrate
-from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, ServedPolicy
+from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, Rollout, ServedPolicy
 from server_stub.store.ratelimits import RateUsageRepo
 from server_stub.store.retention import RetentionRepo
 from server_stub.store.stats import StatsRepo, Summary
@@ -35,11 +36,15 @@ class Store:
         self.enroll_tokens = EnrollTokenRepo(engine)
         self.rate_usage = RateUsageRepo(engine)
         self.retention = RetentionRepo(engine)
+        self.changes = ChangeFeed(engine)
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Connect and migrate to the newest schema (safe to run from several processes at once)."""
-        engine = create_db_engine(url)
+    def open(cls, url: str, pool_size: int | None = None) -> Store:
+        """Connect and migrate to the newest schema (safe to run from several processes at once).
+
+        `pool_size`: database connections kept open (server_stub/store/engine.py sizes the default).
+        """
+        engine = create_db_engine(url, pool_size)
         try:
             migrate(engine)
         except BaseException:
@@ -58,8 +63,11 @@ __all__ = [
     "EventRow",
     "ExportRow",
     "HostRecord",
+    "HostRepo",
     "NewPolicy",
+    "PolicyRepo",
     "PolicyVersion",
+    "Rollout",
     "ServedPolicy",
     "Store",
     "Summary",

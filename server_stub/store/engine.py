@@ -39,17 +39,42 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / SQLITE_FILE}"
 
 
-def create_db_engine(url: str) -> Engine:
+# Connections beyond the worker threads: the cache watcher, the write-behind flush, the exporter.
+BACKGROUND_CONNECTIONS = 4
+DEFAULT_POOL_SIZE = 16 + BACKGROUND_CONNECTIONS  # the server's default worker threads, plus those
+POOL_OVERFLOW = 4  # a little slack; never hundreds of short-lived connections under load
+
+
+def create_db_engine(url: str, pool_size: int | None = None) -> Engine:
+    """An engine whose pool holds `pool_size` connections (+ POOL_OVERFLOW, closed when idle).
+
+    Size it to the threads that use it (server_stub/app.py: worker threads + background ones): a
+    pool smaller than that makes threads open and close a connection per request under load.
+    """
     url = normalize_url(url)
+    size = pool_size if pool_size is not None else DEFAULT_POOL_SIZE
     try:
-        if url.startswith("sqlite"):
-            engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        if url.startswith("sqlite") and _in_memory(url):
+            engine = sa.create_engine(url)  # one connection, by nature: no pool to size
+            _configure_sqlite(engine)
+        elif url.startswith("sqlite"):
+            engine = sa.create_engine(
+                url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                pool_size=size,
+                max_overflow=POOL_OVERFLOW,
+            )
             _configure_sqlite(engine)
         else:
-            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=size, max_overflow=POOL_OVERFLOW)
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
         raise SettingsError(f"--db: cannot use {_redact(url)!r}: {exc}") from exc
     return engine
+
+
+def _in_memory(url: str) -> bool:
+    database = sa.engine.make_url(url).database
+    return not database or database == ":memory:" or "mode=memory" in url
 
 
 def _enable_wal(cur: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -13,8 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from endpoint_contract.heartbeat import Heartbeat
-from server_stub.store.engine import db_errors, read_connection
+from server_stub.store.changes import HOST_KEY, record_change
+from server_stub.store.coltypes import UTCDateTime
+from server_stub.store.engine import db_errors, read_connection, utcnow
 from server_stub.store.tables import hosts
+
+_BATCH = 2000  # rows per statement of a write-behind flush
 
 
 class EnrollRefused(Exception):
@@ -107,6 +112,12 @@ def _record(row: Any) -> HostRecord:
 class HostRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # Called with a host id after its node key changed (commit done): this process forgets it now.
+        self.on_key_change: list[Callable[[str], None]] = []
+
+    def _key_changed(self, host_id: str) -> None:
+        for listener in self.on_key_change:
+            listener(host_id)
 
     def enroll(
         self,
@@ -149,9 +160,11 @@ class HostRepo:
                 .where(hosts.c.host_id == row.host_id)
                 .values(hostname=hostname, node_key_hash=node_key_hash, last_seen=now, reenroll_open=False)
             )
-            return str(row.host_id)
+            record_change(conn, HOST_KEY, row.host_id, now)  # the old key stops working everywhere
+        self._key_changed(row.host_id)
+        return str(row.host_id)
 
-    def reset(self, host: str) -> HostRecord | None:
+    def reset(self, host: str, now: datetime | None = None) -> HostRecord | None:
         """Open a host (by id or name) for one new enrollment; its node key stops working now."""
         with db_errors("resetting a host"), self._engine.begin() as conn:
             row = conn.execute(
@@ -165,38 +178,83 @@ class HostRepo:
                 .where(hosts.c.host_id == row.host_id)
                 .values(node_key_hash=unusable, reenroll_open=True)
             )
+            record_change(conn, HOST_KEY, row.host_id, now or utcnow())
+        self._key_changed(row.host_id)
         return _record(row)
+
+    def by_key(self, node_key_hash: str) -> HostRecord | None:
+        """The host owning this key; None for an unknown (or rotated) key. A read, never a write."""
+        with db_errors("looking up a node key"), read_connection(self._engine) as conn:
+            row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).first()
+        return _record(row) if row is not None else None
 
     def authenticate(self, node_key_hash: str, now: datetime) -> HostRecord | None:
         """The host owning this key, marked as seen now; None for an unknown (or rotated) key.
 
         Read first: an unknown key (a flood of made-up tokens) never writes to the database.
+        The server itself resolves keys from memory and writes `last_seen` behind
+        (server_stub/keycache.py, server_stub/writebehind.py).
         """
-        with db_errors("looking up a node key"), read_connection(self._engine) as conn:
-            row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).first()
-        if row is None:
+        record = self.by_key(node_key_hash)
+        if record is None:
             return None
-        with db_errors("looking up a node key"), self._engine.begin() as conn:
-            conn.execute(sa.update(hosts).where(hosts.c.host_id == row.host_id).values(last_seen=now))
-        return replace(_record(row), last_seen=now)
+        self.touch_many({record.host_id: now})
+        return replace(record, last_seen=now)
+
+    def touch_many(self, seen: Mapping[str, datetime]) -> None:
+        """Hosts last seen at these times, in batched statements; `last_seen` never moves back."""
+        at = sa.bindparam("b_seen", type_=UTCDateTime)
+        stmt = (
+            sa.update(hosts)
+            .where(
+                hosts.c.host_id == sa.bindparam("b_host"),
+                sa.or_(hosts.c.last_seen.is_(None), hosts.c.last_seen < at),
+            )
+            .values(last_seen=at)
+        )
+        rows = [{"b_host": host_id, "b_seen": at} for host_id, at in seen.items()]
+        self._execute_batches("recording hosts as seen", stmt, rows)
+
+    def heartbeat_many(self, beats: Sequence[tuple[str, Heartbeat, datetime]]) -> None:
+        """Store heartbeats (host id, content, received at), in batched statements."""
+        stmt = (
+            sa.update(hosts)
+            .where(hosts.c.host_id == sa.bindparam("b_host"))
+            .values(
+                agent_version=sa.bindparam("b_agent_version"),
+                policy_version=sa.bindparam("b_policy_version"),
+                mode=sa.bindparam("b_mode"),
+                last_scan_at=sa.bindparam("b_last_scan_at", type_=UTCDateTime),
+                counters=sa.bindparam("b_counters", type_=sa.JSON),
+                circuit_state=sa.bindparam("b_circuit_state"),
+                mode_reason=sa.bindparam("b_mode_reason"),
+                heartbeat_at=sa.bindparam("b_at", type_=UTCDateTime),
+                last_seen=sa.bindparam("b_at", type_=UTCDateTime),
+            )
+        )
+        rows = [
+            {
+                "b_host": host_id,
+                "b_agent_version": beat.agent_version,
+                "b_policy_version": beat.policy_version,
+                "b_mode": beat.mode,
+                "b_last_scan_at": beat.last_scan_at,
+                "b_counters": dict(beat.counters),
+                "b_circuit_state": beat.circuit_state,
+                "b_mode_reason": beat.mode_reason,
+                "b_at": at,
+            }
+            for host_id, beat, at in beats
+        ]
+        self._execute_batches("recording heartbeats", stmt, rows)
 
     def heartbeat(self, host_id: str, beat: Heartbeat, now: datetime) -> None:
-        with db_errors("recording a heartbeat"), self._engine.begin() as conn:
-            conn.execute(
-                sa.update(hosts)
-                .where(hosts.c.host_id == host_id)
-                .values(
-                    agent_version=beat.agent_version,
-                    policy_version=beat.policy_version,
-                    mode=beat.mode,
-                    last_scan_at=beat.last_scan_at,
-                    counters=dict(beat.counters),
-                    circuit_state=beat.circuit_state,
-                    mode_reason=beat.mode_reason,
-                    heartbeat_at=now,
-                    last_seen=now,
-                )
-            )
+        self.heartbeat_many([(host_id, beat, now)])
+
+    def _execute_batches(self, what: str, stmt: Any, rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), _BATCH):
+            with db_errors(what), self._engine.begin() as conn:
+                conn.execute(stmt, rows[start : start + _BATCH])
 
     def get(self, host: str) -> HostRecord | None:
         """One host by id or hostname."""

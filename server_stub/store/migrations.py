@@ -305,6 +305,21 @@ def _v12_time_indexes_cover_ids(conn: Connection) -> None:
         conn.execute(sa.text(f"CREATE INDEX {name} ON events ({columns}) INCLUDE (id)"))
 
 
+def _v13_cache_changes(conn: Connection) -> None:
+    # What each server process's in-memory caches must drop (node keys, policies), in commit order.
+    md = sa.MetaData()
+    sa.Table(
+        "cache_changes",
+        md,
+        sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("subject", sa.String(64), nullable=False),
+        sa.Column("at", UTCDateTime, nullable=False, index=True),
+        sqlite_autoincrement=True,
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -318,6 +333,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "rate limits shared across server processes", _v10_rate_usage),
     Migration(11, "running totals of violations by host", _v11_host_running_totals),
     Migration(12, "time indexes carry the event id (PostgreSQL)", _v12_time_indexes_cover_ids),
+    Migration(13, "cache invalidation feed", _v13_cache_changes),
 )
 
 _version_md = sa.MetaData()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from server_stub.errors import Conflict, NotFound
 from server_stub.rollout import choose_version
-from server_stub.store.engine import db_errors, read_connection, serialize_writers
+from server_stub.store.changes import POLICY, record_change
+from server_stub.store.engine import db_errors, read_connection, serialize_writers, utcnow
 from server_stub.store.tables import policy_versions
 
 _LOCK = "endpoint-server:policy"
@@ -32,6 +34,16 @@ class PolicyVersion:
 @dataclass(frozen=True, slots=True)
 class ServedPolicy:
     version: int
+    envelope: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """One version that can be served: its rollout percent, envelope and ETag."""
+
+    version: int
+    percent: int
     envelope: bytes
     etag: str
 
@@ -75,6 +87,12 @@ def _active(conn: Connection) -> list[PolicyVersion]:
 class PolicyRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # Called after a change commits: this process's caches refresh at once, not at the next poll.
+        self.on_change: list[Callable[[], object]] = []
+
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
 
     def publish(self, new: NewPolicy, now: datetime) -> tuple[PolicyVersion, int | None]:
         """Store a new version; returns it and the previously newest active version."""
@@ -103,6 +121,8 @@ class PolicyRepo:
                 )
             )
             row = conn.execute(sa.select(*_META).where(policy_versions.c.version == new.version)).one()
+            record_change(conn, POLICY, "*", now)
+        self._changed()
         return _version(row), (active[0].version if active else None)
 
     def for_host(self, host_id: str) -> ServedPolicy | None:
@@ -118,7 +138,26 @@ class PolicyRepo:
             ).one()
         return ServedPolicy(version=version, envelope=row.envelope.encode("utf-8"), etag=row.etag)
 
-    def set_rollout(self, percent: int) -> PolicyVersion:
+    def rollouts(self) -> list[Rollout]:
+        """What can be served, newest first: active versions down to the first one at 100%
+        (no host ever gets past it, rollout.py), each with its envelope (held in memory)."""
+        with db_errors("reading the policy"), read_connection(self._engine) as conn:
+            chosen: list[PolicyVersion] = []
+            for version in _active(conn):
+                chosen.append(version)
+                if version.rollout_percent >= 100:
+                    break
+            if not chosen:
+                return []
+            rows = conn.execute(
+                sa.select(policy_versions.c.version, policy_versions.c.envelope).where(
+                    policy_versions.c.version.in_([v.version for v in chosen])
+                )
+            ).all()
+        envelopes = {r.version: r.envelope.encode("utf-8") for r in rows}
+        return [Rollout(v.version, v.rollout_percent, envelopes[v.version], v.etag) for v in chosen]
+
+    def set_rollout(self, percent: int, now: datetime | None = None) -> PolicyVersion:
         """Change the rollout percent of the newest active version."""
         with db_errors("changing the rollout"), self._engine.begin() as conn:
             serialize_writers(conn, _LOCK)
@@ -132,6 +171,8 @@ class PolicyRepo:
                 .values(rollout_percent=percent)
             )
             row = conn.execute(sa.select(*_META).where(policy_versions.c.version == newest)).one()
+            record_change(conn, POLICY, "*", now or utcnow())
+        self._changed()
         return _version(row)
 
     def rollback(self, now: datetime) -> tuple[int, PolicyVersion]:
@@ -157,6 +198,8 @@ class PolicyRepo:
                 .values(rollout_percent=100)
             )
             row = conn.execute(sa.select(*_META).where(policy_versions.c.version == previous)).one()
+            record_change(conn, POLICY, "*", now)
+        self._changed()
         return newest, _version(row)
 
     def envelope(self, version: int) -> bytes | None:

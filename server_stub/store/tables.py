@@ -227,3 +227,14 @@ rate_usage = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Index("ix_rate_usage_slot", "slot"),
 )
+
+# Changes that in-memory caches of every server process must see (server_stub/store/changes.py).
+cache_changes = sa.Table(
+    "cache_changes",
+    metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sqlite_autoincrement=True,
+)

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from tests.support.ports import free_port
 from tests.support.reaper import die_with_parent
 from tests.support.tls import TlsFiles
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1"
 PG_URL_ENV = "ENDPOINT_TEST_PG_URL"
@@ -106,6 +108,23 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+WRITE_BEHIND_DEADLINE = 20.0
+
+
+def written_behind(read: Callable[[], T], ready: Callable[[T], bool]) -> T:
+    """`read()` again until `ready(reading)` holds, or the deadline passes; the last reading.
+
+    Heartbeats and contact times reach the database up to --write-behind (2 s) after the request
+    (server_stub/writebehind.py); what reads the database (/hosts, /metrics) sees them then.
+    """
+    deadline = time.monotonic() + WRITE_BEHIND_DEADLINE
+    while True:
+        reading = read()
+        if ready(reading) or time.monotonic() > deadline:
+            return reading
+        time.sleep(0.1)
 
 
 def server_command(port: int, data_dir: Path, public_keys: Sequence[Path], db_url: str | None) -> list[str]:

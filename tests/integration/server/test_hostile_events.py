@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
+from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server, written_behind
 from tests.support.server_events import agent_event, violation
 
 
@@ -112,7 +112,10 @@ def test_heartbeat_bounds(server: LiveServer) -> None:
         r = c.post("/heartbeat", json={"agent_version": "1", "last_scan_at": "0001-01-01T00:00:00+05:00"})
         assert r.status_code == 422 and "last_scan_at" in r.text
     with server.reader() as c:
-        mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
+        mine = written_behind(
+            lambda: [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id],
+            lambda hosts: hosts[0]["policy_version"] is not None,
+        )
     assert mine[0]["policy_version"] == 2**40
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.server import REPO_ROOT, LiveServer, make_keys, run_server, subprocess_env
+from tests.support.server import REPO_ROOT, LiveServer, make_keys, run_server, subprocess_env, written_behind
 
 
 def test_heartbeat_is_visible_in_hosts(live_server: LiveServer) -> None:
@@ -25,7 +25,9 @@ def test_heartbeat_is_visible_in_hosts(live_server: LiveServer) -> None:
         assert c.post("/heartbeat", json={**beat, "counters": {"scans": -1}}).status_code == 422
         assert c.post("/heartbeat", json={"mode": "enforce"}).status_code == 422
     with live_server.reader() as c:
-        (item,) = c.get("/hosts").json()["items"]
+        (item,) = written_behind(
+            lambda: c.get("/hosts").json()["items"], lambda items: bool(items[0]["agent_version"])
+        )
     assert (
         item["host_id"] == host.host_id and item["hostname"] == "ws-1" and item["machine_id"] == "machine-1"
     )

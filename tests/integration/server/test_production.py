@@ -17,7 +17,14 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import SpawnFn
-from tests.support.server import REPO_ROOT, LiveServer, run_server, stop_server, subprocess_env
+from tests.support.server import (
+    REPO_ROOT,
+    LiveServer,
+    run_server,
+    stop_server,
+    subprocess_env,
+    written_behind,
+)
 from tests.support.tls import make_tls
 
 ERROR_CODES = {"400", "401", "403", "404", "409", "413", "422", "429", "503"}
@@ -210,7 +217,10 @@ def test_metrics_scraped_and_parsed(tmp_path: Path) -> None:
                 "counters": {"queue_pending": 4},
             }
             assert c.post("/heartbeat", json=beat).status_code == 200
-        response = scrape(server, server.admin_token)
+        response = written_behind(
+            lambda: scrape(server, server.admin_token),
+            lambda r: samples(r.text).get(("endpoint_server_agent_queue_pending", ())) == 9,
+        )
         assert response.headers["content-type"].startswith("text/plain")
         after = samples(response.text)
     assert after[("endpoint_server_events_received_total", (("kind", "violation"),))] == 3

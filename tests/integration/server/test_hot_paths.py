@@ -1,0 +1,275 @@
+"""The agent-facing hot paths of the real server: memory, not database; overload answered at once.
+
+- a node key reset or rotated through one server stops working on a second server process that
+  shares the database, within the change feed's bound (server_stub/watcher.py);
+- a policy poll (304 or 200) and a heartbeat run no SQL statement (uvicorn in this process, so
+  the engine's statements can be counted);
+- heartbeats and contact times are written behind, and a stopping server writes what it holds;
+- past --max-in-flight requests in progress, 503 + Retry-After at once; /healthz still answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from server_stub.store import Store
+from tests.support.server import (
+    API,
+    LiveServer,
+    fresh_pg_database,
+    make_keys,
+    pg_url_or_skip,
+    run_server,
+    stop_server,
+)
+from tests.support.server_policies import policy_yaml
+
+# The documented bound is about 1-2 s (poll interval plus one query); the deadline only keeps a
+# broken build from hanging, it is not what the test measures.
+DEADLINE = 20.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    with fresh_pg_database(pg_url_or_skip()) as url:
+        yield url
+
+
+def _eventually(check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _status(server: LiveServer, token: str) -> int:
+    with server.client(token) as c:
+        return c.get("/policy").status_code
+
+
+def test_a_reset_key_stops_working_on_another_server(tmp_path: Path, shared_db: str) -> None:
+    with (
+        run_server(tmp_path / "a", db_url=shared_db) as a,
+        run_server(tmp_path / "b", db_url=shared_db, public_keys=[a.public_key]) as b,
+    ):
+        assert a.publish(policy_yaml(1)).status_code == 200
+        host = a.enroll("ws-1")
+        # B sees the policy A published at its next read of the feed (the same ~1 s bound).
+        assert _eventually(lambda: _status(b, host.node_key) == 200)
+        assert _status(b, host.node_key) == 200  # the key, looked up once, is now held in memory
+        with a.admin() as c:
+            assert c.post(f"/hosts/{host.host_id}/reset").status_code == 200
+        assert _status(a, host.node_key) == 401  # the server that reset it: at once
+        assert _eventually(lambda: _status(b, host.node_key) == 401)
+        # Enrolled again (through B), rotated (through A): B refuses each old key, takes each new one.
+        again = b.enroll("ws-1", machine_id=host.machine_id)
+        assert _status(b, again.node_key) == 200
+        rotated = a.enroll("ws-1", machine_id=host.machine_id, node_key=again.node_key)
+        assert _eventually(lambda: _status(b, again.node_key) == 401)
+        assert _status(b, rotated.node_key) == 200 and _status(a, rotated.node_key) == 200
+
+
+# --- in this process: the engine's statements can be counted ---------------------------------
+
+
+class _InProcessServer:
+    """The app under a real uvicorn on 127.0.0.1, in a thread of this process."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        import uvicorn
+
+        from server_stub.app import create_app
+        from server_stub.config import ServerConfig
+        from tests.support.ports import free_port
+
+        self.tmp_path = tmp_path
+        private, public = make_keys(tmp_path / "keys")
+        self.private_key = private
+        self.config = ServerConfig(
+            data_dir=tmp_path / "data",
+            public_keys=(_load_public(public),),
+            admin_token="adm-" + "a" * 24,
+            enroll_secret="enr-" + "e" * 24,
+            reader_token="rdr-" + "r" * 24,
+            write_behind=60.0,  # flushed only when asked, or on the way out
+            rate_burst=10_000,
+        )
+        self.app = create_app(self.config)
+        self.store: Store = self.app.state.ctx.store
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.statements: list[tuple[str, str]] = []  # (thread name, SQL)
+        sa.event.listen(self.store.engine, "before_cursor_execute", self._count)
+
+    def _count(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.statements.append((threading.current_thread().name, statement))
+
+    def request_statements(self) -> list[str]:
+        """Statements run on behalf of requests (not by the watcher or the write-behind flush)."""
+        background = {"cache-watcher", "host-activity-flush"}
+        return [sql for name, sql in self.statements if name not in background]
+
+    def start(self) -> None:
+        self.thread.start()
+        assert _eventually(lambda: self.server.started)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}{API}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+
+def _load_public(path: Path) -> Any:
+    from endpoint_contract.envelope import load_public_key
+
+    return load_public_key(path)
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[_InProcessServer]:
+    server = _InProcessServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _publish(server: _InProcessServer, version: int) -> None:
+    from endpoint_agent.policy import parse_policy
+    from endpoint_contract.envelope import load_private_key, sign_policy
+
+    envelope = sign_policy(
+        parse_policy(policy_yaml(version), "<test>"), [load_private_key(server.private_key)], "default"
+    )
+    with server.client(server.config.admin_token) as c:
+        r = c.put("/policy", json={"envelope": envelope.decode(), "rollout_percent": 100})
+        assert r.status_code == 200, r.text
+
+
+def test_polls_and_heartbeats_run_no_sql(in_process: _InProcessServer) -> None:
+    _publish(in_process, 1)
+    with in_process.client(in_process.config.enroll_secret) as c:
+        enrolled = c.post("/enroll", json={"hostname": "ws-1", "machine_id": "m-1"}).json()
+    with in_process.client(enrolled["node_key"]) as c:
+        first = c.get("/policy")  # the key's one lookup
+        assert first.status_code == 200
+        etag = first.headers["etag"]
+        in_process.statements.clear()
+        for _ in range(50):
+            assert c.get("/policy", headers={"If-None-Match": etag}).status_code == 304
+            assert c.get("/policy").content == first.content
+            beat = {"agent_version": "7.7", "mode": "enforce", "counters": {"queue_pending": 5}}
+            assert c.post("/heartbeat", json=beat).status_code == 200
+        assert in_process.request_statements() == []
+    # What the heartbeats said is written by the flush, in one batch.
+    assert in_process.store.hosts.get(enrolled["host_id"]).agent_version is None  # type: ignore[union-attr]
+    in_process.app.state.ctx.activity.flush()
+    stored = in_process.store.hosts.get(enrolled["host_id"])
+    assert stored is not None and stored.agent_version == "7.7" and stored.counters == {"queue_pending": 5}
+
+
+def test_a_stopping_server_writes_what_it_holds(tmp_path: Path) -> None:
+    with run_server(tmp_path / "s", extra_args=["--write-behind", "60"]) as server:
+        host = server.enroll("ws-1")
+        with server.client(host.node_key) as c:
+            assert c.post("/heartbeat", json={"agent_version": "3.1", "mode": "audit"}).status_code == 200
+        with server.reader() as c:  # a minute before the next flush: not in the database yet
+            mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
+            assert mine[0]["agent_version"] is None
+        stop_server(server.process)  # SIGTERM: uvicorn shuts down, then re-raises the signal
+    store = Store.open(f"sqlite:///{server.data_dir / 'endpoint-server.db'}")
+    try:
+        record = store.hosts.get(host.host_id)
+        assert record is not None and record.agent_version == "3.1" and record.mode == "audit"
+    finally:
+        store.close()
+
+
+def test_heartbeats_reach_the_database_within_the_flush_interval(tmp_path: Path) -> None:
+    with run_server(tmp_path / "s") as server:
+        host = server.enroll("ws-1")
+        with server.client(host.node_key) as c:
+            assert c.post("/heartbeat", json={"agent_version": "4.2", "mode": "enforce"}).status_code == 200
+
+        def stored() -> bool:
+            with server.reader() as c:
+                mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
+            return bool(mine[0]["agent_version"] == "4.2")
+
+        assert _eventually(stored)
+
+
+def _hold_a_request(server: LiveServer, token: str) -> socket.socket:
+    """A request admitted and in progress: its body announced, never sent."""
+    port = int(server.base_url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(
+        (
+            f"POST {API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_overload_is_refused_at_once_with_retry_after(tmp_path: Path) -> None:
+    args = ["--max-in-flight", "2", "--body-timeout", "120"]
+    with run_server(tmp_path / "s", extra_args=args) as server:
+        host = server.enroll("ws-1")
+        server.publish(policy_yaml(1))
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                held.enter_context(contextlib.closing(_hold_a_request(server, host.node_key)))
+            with server.client(host.node_key) as c:
+                answers: list[httpx.Response] = []
+
+                def refused() -> bool:
+                    answers.append(c.get("/policy"))
+                    return answers[-1].status_code == 503
+
+                assert _eventually(refused)
+                r = answers[-1]
+                assert r.headers["retry-after"] == "2"
+                assert "busy" in r.json()["error"]
+                # With a body: refused before reading it, and the connection closed.
+                r = c.post("/heartbeat", json={"agent_version": "1"})
+                assert r.status_code == 503 and r.headers["connection"] == "close"
+            with httpx.Client(base_url=server.api_url, timeout=30) as c:
+                assert c.get("/healthz").status_code == 200  # never refused
+        # The held requests gone, everything is answered again; the refusals were counted.
+        assert _eventually(lambda: _status(server, host.node_key) == 200)
+        with server.client(server.reader_token) as c:
+            text = c.get(server.base_url + "/metrics").text
+        refused = {
+            s.labels["reason"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "endpoint_server_requests_refused_total"
+        }
+        assert refused["overload"] >= 2
