@@ -276,6 +276,16 @@ def pg_url_or_skip() -> str:
 
 
 @contextlib.contextmanager
+def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of this kind ("sqlite": a file under tmp_path; else PostgreSQL or skip)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'server.db'}"
+        return
+    with fresh_pg_database(pg_url_or_skip()) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def fresh_pg_database(base_url: str) -> Iterator[str]:
     """A new, empty database on the server of `base_url`; dropped afterwards. Yields its URL."""
     import psycopg

@@ -27,9 +27,8 @@ from server_stub.store import Store
 from tests.support.server import (
     API,
     LiveServer,
-    fresh_pg_database,
+    database_url,
     make_keys,
-    pg_url_or_skip,
     run_server,
     stop_server,
 )
@@ -42,10 +41,7 @@ DEADLINE = 20.0
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    with fresh_pg_database(pg_url_or_skip()) as url:
+    with database_url(request.param, tmp_path) as url:
         yield url
 
 

@@ -8,15 +8,12 @@ from pathlib import Path
 import pytest
 
 from server_stub.store import Store
-from tests.support.server import fresh_pg_database, pg_url_or_skip
+from tests.support.server import database_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'server.db'}"
-        return
-    with fresh_pg_database(pg_url_or_skip()) as url:
+    with database_url(request.param, tmp_path) as url:
         yield url
 
 

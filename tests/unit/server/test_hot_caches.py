@@ -14,10 +14,11 @@ import pytest
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.keycache import NodeKeyCache
 from server_stub.policycache import PolicyCache, served_for
-from server_stub.store import HostRecord, NewPolicy, Store
+from server_stub.store import HostRecord, Store
 from server_stub.store.engine import POOL_OVERFLOW, create_db_engine
 from server_stub.watcher import TRUST_WINDOW, CacheWatcher
 from server_stub.writebehind import HostActivity
+from tests.support.server_policies import stored_policy
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -26,16 +27,7 @@ def _host(host_id: str) -> HostRecord:
     return HostRecord(host_id=host_id, machine_id="m-" + host_id, hostname=host_id, enrolled_at=T0)
 
 
-def _policy(version: int, rollout: int = 100) -> NewPolicy:
-    return NewPolicy(
-        version=version,
-        envelope=f'{{"payload": "v{version}"}}',
-        etag=f'"etag-{version}"',
-        key_id="0123456789abcdef",
-        policy_name="base",
-        fleet_id="default",
-        rollout_percent=rollout,
-    )
+_policy = stored_policy
 
 
 class _Clock:

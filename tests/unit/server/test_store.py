@@ -10,21 +10,13 @@ import pytest
 from endpoint_contract.events import Violation
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.errors import Conflict, NotFound
-from server_stub.store import EnrollRefused, EventFilter, NewPolicy, Store, event_insert
+from server_stub.store import EnrollRefused, EventFilter, Store, event_insert
+from tests.support.server_policies import stored_policy
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def _policy(version: int, rollout: int = 100) -> NewPolicy:
-    return NewPolicy(
-        version=version,
-        envelope=f'{{"payload": "v{version}", "signatures": []}}',
-        etag=f'"etag-{version}"',
-        key_id="0123456789abcdef",
-        policy_name="base",
-        fleet_id="default",
-        rollout_percent=rollout,
-    )
+_policy = stored_policy
 
 
 def insert(store: Store, host_id: str, batch: list[Violation], hostname: str | None = None) -> None:
