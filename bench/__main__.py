@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "fleet": "bench.fleet",
     "readside": "bench.readside",
     "ingest": "bench.ingest",
+    "hotpath": "bench.hotpath",
 }
 DEFAULT = (
     "scan",

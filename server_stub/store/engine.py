@@ -39,8 +39,9 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / SQLITE_FILE}"
 
 
-# Connections beyond the worker threads: the cache watcher, the write-behind flush, the exporter.
-BACKGROUND_CONNECTIONS = 4
+# Connections beyond the worker threads: the cache watcher, the write-behind flush, the exporter,
+# the rate-limit exchange, retention, and one spare.
+BACKGROUND_CONNECTIONS = 6
 DEFAULT_POOL_SIZE = 16 + BACKGROUND_CONNECTIONS  # the server's default worker threads, plus those
 POOL_OVERFLOW = 4  # a little slack; never hundreds of short-lived connections under load
 
