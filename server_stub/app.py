@@ -87,6 +87,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     store.hosts.on_key_change.append(keys.forget)
     store.policies.on_change.append(policies.refresh)
     activity = HostActivity(store.hosts, config.write_behind)
+    store.hosts.before_read.append(activity.flush)
     auth = Authenticator(config, store, keys, activity.seen)
     ctx = ServerContext(
         config=config,

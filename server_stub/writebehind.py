@@ -3,9 +3,10 @@
 A request from a host only notes the time here; a heartbeat only stores its content here. A
 background thread writes everything noted since the last flush in a few batched statements
 (server_stub/store/hosts.py touch_many/heartbeat_many), and the server flushes once more on the
-way out. So the database (and whoever reads it: /hosts, the console, /metrics, other replicas)
-sees a host's last contact and last heartbeat at most FLUSH_INTERVAL plus one flush late; a
-crash (not a stop) loses at most that much. Memory holds at most one entry per enrolled host
+way out. A listing of hosts in this process (/hosts, the console, /metrics) flushes first
+(HostRepo.before_read), so it shows what this process was told; the database, and so every other
+process sharing it, sees a host's last contact and last heartbeat at most FLUSH_INTERVAL plus one
+flush late. A crash (not a stop) loses at most that much. Memory holds at most one entry per enrolled host
 that called, whatever the rate. A failed flush keeps its entries for the next one.
 """
 

@@ -120,9 +120,10 @@ class _InProcessServer:
         self.statements.append((threading.current_thread().name, statement))
 
     def request_statements(self) -> list[str]:
-        """Statements run on behalf of requests (not by the watcher or the write-behind flush)."""
-        background = {"cache-watcher", "host-activity-flush"}
-        return [sql for name, sql in self.statements if name not in background]
+        """Statements run on behalf of requests: in the event loop or a worker thread (not by the
+        background threads: cache watcher, write-behind flush, rate-limit exchange)."""
+        serving = {self.thread.name, "AnyIO worker thread"}
+        return [sql for name, sql in self.statements if name in serving]
 
     def start(self) -> None:
         self.thread.start()
@@ -176,6 +177,7 @@ def test_polls_and_heartbeats_run_no_sql(in_process: _InProcessServer) -> None:
         first = c.get("/policy")  # the key's one lookup
         assert first.status_code == 200
         etag = first.headers["etag"]
+        assert any("node_key_hash" in sql for sql in in_process.request_statements())  # it counts
         in_process.statements.clear()
         for _ in range(50):
             assert c.get("/policy", headers={"If-None-Match": etag}).status_code == 304
@@ -184,7 +186,7 @@ def test_polls_and_heartbeats_run_no_sql(in_process: _InProcessServer) -> None:
             assert c.post("/heartbeat", json=beat).status_code == 200
         assert in_process.request_statements() == []
     # What the heartbeats said is written by the flush, in one batch.
-    assert in_process.store.hosts.get(enrolled["host_id"]).agent_version is None  # type: ignore[union-attr]
+    assert _stored_agent_version(in_process.config.data_dir, enrolled["host_id"]) is None
     in_process.app.state.ctx.activity.flush()
     stored = in_process.store.hosts.get(enrolled["host_id"])
     assert stored is not None and stored.agent_version == "7.7" and stored.counters == {"queue_pending": 5}
@@ -195,9 +197,7 @@ def test_a_stopping_server_writes_what_it_holds(tmp_path: Path) -> None:
         host = server.enroll("ws-1")
         with server.client(host.node_key) as c:
             assert c.post("/heartbeat", json={"agent_version": "3.1", "mode": "audit"}).status_code == 200
-        with server.reader() as c:  # a minute before the next flush: not in the database yet
-            mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
-            assert mine[0]["agent_version"] is None
+        assert _stored_agent_version(server.data_dir, host.host_id) is None  # next flush: in a minute
         stop_server(server.process)  # SIGTERM: uvicorn shuts down, then re-raises the signal
     store = Store.open(f"sqlite:///{server.data_dir / 'endpoint-server.db'}")
     try:
@@ -207,18 +207,36 @@ def test_a_stopping_server_writes_what_it_holds(tmp_path: Path) -> None:
         store.close()
 
 
+def _stored_agent_version(data_dir: Path, host_id: str) -> str | None:
+    """What the database holds, read past the server (its listings write what it holds first)."""
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'endpoint-server.db'}")
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT agent_version FROM hosts WHERE host_id = :h")
+            return conn.execute(query, {"h": host_id}).scalar_one()  # type: ignore[no-any-return]
+    finally:
+        engine.dispose()
+
+
+def test_a_listing_shows_what_its_process_holds(tmp_path: Path) -> None:
+    with run_server(tmp_path / "s", extra_args=["--write-behind", "60"]) as server:
+        host = server.enroll("ws-1")
+        with server.client(host.node_key) as c:
+            assert c.post("/heartbeat", json={"agent_version": "5.0", "mode": "enforce"}).status_code == 200
+        assert _stored_agent_version(server.data_dir, host.host_id) is None
+        with server.reader() as c:
+            mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
+        assert mine[0]["agent_version"] == "5.0"
+        assert _stored_agent_version(server.data_dir, host.host_id) == "5.0"
+
+
 def test_heartbeats_reach_the_database_within_the_flush_interval(tmp_path: Path) -> None:
     with run_server(tmp_path / "s") as server:
         host = server.enroll("ws-1")
         with server.client(host.node_key) as c:
             assert c.post("/heartbeat", json={"agent_version": "4.2", "mode": "enforce"}).status_code == 200
 
-        def stored() -> bool:
-            with server.reader() as c:
-                mine = [h for h in c.get("/hosts").json()["items"] if h["host_id"] == host.host_id]
-            return bool(mine[0]["agent_version"] == "4.2")
-
-        assert _eventually(stored)
+        assert _eventually(lambda: _stored_agent_version(server.data_dir, host.host_id) == "4.2")
 
 
 def _hold_a_request(server: LiveServer, token: str) -> socket.socket:
