@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from endpoint_agent import __version__
@@ -159,9 +160,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     @app.get(
         f"{API_PREFIX}/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"]
     )
-    def healthz() -> Health:
+    async def healthz() -> Health:
         """Liveness, and each export sink's health (state, lag, last success, last error)."""
-        sinks = exporter.health()
+        # In the event loop unless a sink's lag needs the database: a busy server (every worker
+        # thread taken) still answers its health check at once.
+        sinks = await run_in_threadpool(exporter.health) if exporter.runners else {}
         return Health(export=sinks or None)
 
     for router in (agent.router, admin.router, reports.router, compliance.router, enrollment.router):
