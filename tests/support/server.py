@@ -299,10 +299,25 @@ def fresh_pg_database(base_url: str) -> Iterator[str]:
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        _drop_pg_database(conninfo, name)
+
+
+def _drop_pg_database(conninfo: str, name: str, attempts: int = 20) -> None:
+    """DROP a test database, retrying while a backend we may not end still holds it."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for attempt in range(attempts):
             try:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
             except psycopg.errors.InsufficientPrivilege:
-                # FORCE may not end an autovacuum worker (a superuser's) busy on a big fill; a
-                # plain DROP asks it to stop and waits for it.
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                # FORCE may not end a backend of another role (an autovacuum worker busy on a big
+                # fill); a plain DROP asks autovacuum to stop and waits for it a few seconds.
+                try:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    return
+                except psycopg.errors.ObjectInUse:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(0.5)
