@@ -56,14 +56,20 @@ def _worker(conn: Any, scenario: str, params: dict[str, Any], worker: int, procs
         if go == "stop":
             return False
 
-        def readable() -> None:
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            # Polled, not loop.add_reader: that makes the pipe non-blocking, and a large result
+            # would then be sent in part.
             nonlocal stop
             try:
-                stop = stop or conn.recv() == "stop"
-            except EOFError:
+                stop = stop or (conn.poll() and conn.recv() == "stop")
+            except (EOFError, OSError):
                 stop = True
+            if not stop:
+                loop.call_later(0.2, check)
 
-        asyncio.get_running_loop().add_reader(conn.fileno(), readable)
+        check()
         await asyncio.sleep(max(0.0, go - time.monotonic()))
         return not stop
 

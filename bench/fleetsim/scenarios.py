@@ -88,7 +88,8 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
 
 
 async def polls(ctx: Context, params: dict[str, Any]) -> None:
-    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`."""
+    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`;
+    a connection told to come back later (Retry-After) waits that long."""
     loop = asyncio.get_running_loop()
     hosts, recorder, fleet = _pollers(ctx, params)
     if not await ctx.begin():
@@ -104,8 +105,8 @@ async def polls(ctx: Context, params: dict[str, Any]) -> None:
             i = (i + params["concurrency"]) % len(hosts)
             try:
                 await fleet.poll_policy(hosts[i], conn)
-            except Unavailable:
-                pass
+            except Unavailable as exc:  # refused (503/429): this connection waits as an agent would
+                await asyncio.sleep(exc.retry_after or 0.0)
             except Exception:
                 conn.close()
                 raise
