@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> list[Target]:
     pg = args.console_pg or os.environ.get("ENDPOINT_TEST_PG_URL")
     kinds: list[tuple[str, str | None]] = [] if args.console_no_sqlite else [("sqlite", None)]
     kinds += [("postgresql", pg)] if pg and pg != "none" else []
-    if len(kinds) == 1:
+    if all(kind != "postgresql" for kind, _ in kinds):
         print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --console-pg")
     timings: list[Timing] = []
     for kind, url in kinds:
