@@ -140,6 +140,9 @@ def add_to_counts(
     if not rows:
         return
     columns = list(rows[0])
+    # In key order: two transactions upserting overlapping rows then lock them in the same order
+    # (PostgreSQL), and wait for each other instead of deadlocking.
+    rows = sorted(rows, key=lambda row: tuple(row[k] for k in keys))
     summed = [c for c in columns if c not in keys]
     conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(
         f"{c} = {table.name}.{c} + excluded.{c}" for c in summed
@@ -147,9 +150,9 @@ def add_to_counts(
     if is_postgres(conn):
         types = {c: table.c[c].type.compile(dialect=conn.dialect) for c in columns}
         sql = (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest("
+            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM unnest("
             + ", ".join(f"%({c})b::{types[c]}[]" for c in columns)
-            + f") {conflict}"
+            + f") WITH ORDINALITY AS u({', '.join(columns)}, ord) ORDER BY ord {conflict}"
         )
         conn.exec_driver_sql(sql, {c: [row[c] for row in rows] for c in columns})
         return

@@ -285,6 +285,9 @@ class EventRepo:
             return []
         rows = list(unique.values())
         with db_errors("storing events"), self._engine.begin() as conn:
+            # Two uploads of one host at once (a retry through another replica) may carry the same
+            # ids in another order: one waits for the other (and for its rollup rows).
+            rollup.lock_hosts(conn, (host_id,))
             # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
             # names only the rows really inserted, so the rollups count each violation once.
             inserted = bulk_insert(conn, host_id, rows, now)
@@ -343,6 +346,7 @@ class EventRepo:
         changed = 0
         with db_errors("triaging violations"), self._engine.begin() as conn:
             serialize_writers(conn, "endpoint-server:triage")  # old and new state counted once each
+            rollup.lock_hosts(conn, (host_id for host_id, _ in keys))  # before any row: no deadlock
             for host_id, event_id in keys:
                 where = (
                     events.c.host_id == host_id,

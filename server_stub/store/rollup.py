@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from server_stub.store import bulk
-from server_stub.store.engine import dialect_insert, is_postgres
+from server_stub.store.engine import dialect_insert, is_postgres, serialize_writers
 from server_stub.store.tables import (
     events,
     host_daily,
@@ -92,9 +92,22 @@ def hour_key(dt: datetime) -> str:
     return _utc(dt).strftime("%Y-%m-%d %H")
 
 
+def lock_hosts(conn: Connection, host_ids: Iterable[str]) -> None:
+    """Hold these hosts' rollup rows for this transaction (PostgreSQL; SQLite serializes writers).
+
+    A new hour's running total starts from the total before it, read in the transaction: two
+    uploads of one host at once (a retry through another replica) must not both read the old
+    total. Every writer takes its hosts' locks first, in sorted order, before any row lock, and
+    upserts rows in key order, so concurrent writers queue instead of deadlocking.
+    """
+    for host in sorted(set(host_ids)):
+        serialize_writers(conn, "endpoint-server:host:" + host)
+
+
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
     """Add (sign=1) or remove (sign=-1) these violations from every rollup."""
     listed = list(facts)
+    lock_hosts(conn, (f.host_id for f in listed))
     apply_counts(conn, listed, sign)
     apply_running(conn, listed, sign)
 
@@ -156,7 +169,7 @@ def apply_running(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
             set_={"n_all": host_totals.c.n_all + stmt.excluded.n_all,
                   "n_open": host_totals.c.n_open + stmt.excluded.n_open},
         ),
-        [{"scope": sc, "host_id": h, "n_all": a, "n_open": o} for (sc, h), (a, o) in totals.items()],
+        [{"scope": sc, "host_id": h, "n_all": a, "n_open": o} for (sc, h), (a, o) in sorted(totals.items())],
     )  # fmt: skip
     # The changes go to a scratch table, then two statements apply them all: a new hour starts
     # from the running total before it (read before any change), and every row from a changed
