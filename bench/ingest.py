@@ -9,7 +9,7 @@ too. Printed per database and batch size: server CPU per event (this process, ev
 database CPU per event (PostgreSQL: its backends serving this process), and events/s for one
 uploader in a row. Every event must be stored exactly once (checked at the end).
 
-Targets (issue 17's on a 2-core machine: >= 20,000 events/s in batches of 500 and >= 8,000/s in
+Targets (the fleet's, on a 2-core machine: >= 20,000 events/s in batches of 500 and >= 8,000/s in
 batches of 50, PostgreSQL, with the load generator and the database on the same two cores): the
 server may spend half a core on them, so at most 25 us of server CPU per event in batches of 500
 and 62 us in batches of 50. End to end over sockets: `python -m bench.fleet` (the fleet simulator).
