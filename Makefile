@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Test files run two at a time (pytest-xdist): `make test TEST_WORKERS=1` runs them one by one.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint detect-report clean venv schema deb
@@ -18,7 +20,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m demo
 
 test: $(STAMP)
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
