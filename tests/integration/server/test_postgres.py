@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def test_servers_share_every_state_through_the_database(two_servers: tuple[LiveS
     assert a.publish(policy_yaml(2)).status_code == 409
     with b.admin() as c:  # b saw a's publications
         assert [v["version"] for v in c.get("/policy/versions").json()["items"]] == [2, 1]
+    # b serves policies from memory, following the database's change feed within about a second
+    # (server_stub/API.md): wait, bounded, until it serves what a serves.
+    deadline = time.monotonic() + 15
+    with a.client() as ca, b.client() as cb:
+        while any(
+            ca.get("/policy", headers=auth).content != cb.get("/policy", headers=auth).content
+            for auth in ({"Authorization": f"Bearer {h.node_key}"} for h in hosts)
+        ):
+            assert time.monotonic() < deadline, "b never served the policies a published"
+            time.sleep(0.1)
 
     # The same host gets the same version, byte for byte, from either process; ETags carry over.
     for h in hosts:
@@ -61,8 +72,11 @@ def test_servers_share_every_state_through_the_database(two_servers: tuple[LiveS
     # Rolling back through one process is what the other serves.
     with b.admin() as c:
         assert c.post("/policy/rollback").status_code == 200
+    deadline = time.monotonic() + 15
     with a.client(hosts[0].node_key) as c:
-        assert c.get("/policy").headers["x-policy-version"] == "1"
+        while c.get("/policy").headers["x-policy-version"] != "1":
+            assert time.monotonic() < deadline, "a never served the version b rolled back to"
+            time.sleep(0.1)
 
 
 def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
