@@ -88,33 +88,15 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
 
 
 async def polls(ctx: Context, params: dict[str, Any]) -> None:
-    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`;
-    a connection told to come back later (Retry-After) waits that long."""
-    loop = asyncio.get_running_loop()
+    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`."""
     hosts, recorder, fleet = _pollers(ctx, params)
     if not await ctx.begin():
         return
-    deadline = time.monotonic() + params["seconds"]
 
-    async def one(offset: int) -> None:
-        conn: Connection | None = None
-        i = offset
-        while time.monotonic() < deadline and not ctx.stopped():
-            if conn is None or not conn.usable:
-                conn = await Connection.open(loop, "127.0.0.1", params["port"], timeout=fleet.timeout)
-            i = (i + params["concurrency"]) % len(hosts)
-            try:
-                await fleet.poll_policy(hosts[i], conn)
-            except Unavailable as exc:  # refused (503/429): this connection waits as an agent would
-                await asyncio.sleep(exc.retry_after or 0.0)
-            except Exception:
-                conn.close()
-                raise
-        if conn is not None:
-            conn.close()
+    async def poll(host: SimHost, conn: Connection) -> None:
+        await fleet.poll_policy(host, conn)
 
-    share = _share(params["concurrency"], ctx)
-    await asyncio.gather(*(one(c) for c in range(share)))
+    await _closed_loop(ctx, params, fleet, hosts, poll)
     ctx.report("polls", recorder)
 
 
@@ -128,6 +110,28 @@ async def ingest(ctx: Context, params: dict[str, Any]) -> None:
     headers = {"Content-Type": "application/json"}
     if not await ctx.begin():
         return
+
+    async def upload(host: SimHost, conn: Connection) -> None:
+        body = event_batch(host.hostname, params["batch"], rng)
+        answer = await fleet.node_call(host, "events", b"POST", "/events", headers, body, conn)
+        if answer.status == 200:
+            recorder.events_acked += len(json.loads(answer.body).get("acked", ()))
+
+    await _closed_loop(ctx, params, fleet, hosts, upload)
+    ctx.report("ingest", recorder)
+
+
+async def _closed_loop(
+    ctx: Context,
+    params: dict[str, Any],
+    fleet: Fleet,
+    hosts: list[SimHost],
+    request: Callable[[SimHost, Connection], Awaitable[None]],
+) -> None:
+    """This process's share of `concurrency` keep-alive connections, each sending `request` for
+    the next host until `seconds` pass; a connection told to come back later (503/429) waits its
+    Retry-After, as an agent would."""
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + params["seconds"]
 
     async def one(offset: int) -> None:
@@ -137,18 +141,17 @@ async def ingest(ctx: Context, params: dict[str, Any]) -> None:
             if conn is None or not conn.usable:
                 conn = await Connection.open(loop, "127.0.0.1", params["port"], timeout=fleet.timeout)
             i = (i + params["concurrency"]) % len(hosts)
-            body = event_batch(hosts[i].hostname, params["batch"], rng)
             try:
-                answer = await fleet.node_call(hosts[i], "events", b"POST", "/events", headers, body, conn)
-            except Unavailable:
-                continue
-            if answer.status == 200:
-                recorder.events_acked += len(json.loads(answer.body).get("acked", ()))
+                await request(hosts[i], conn)
+            except Unavailable as exc:
+                await asyncio.sleep(exc.retry_after or 0.0)
+            except Exception:
+                conn.close()
+                raise
         if conn is not None:
             conn.close()
 
     await asyncio.gather(*(one(c) for c in range(_share(params["concurrency"], ctx))))
-    ctx.report("ingest", recorder)
 
 
 async def enroll(ctx: Context, params: dict[str, Any]) -> None:

@@ -105,9 +105,11 @@ def lock_hosts(conn: Connection, host_ids: Iterable[str]) -> None:
 
 
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
-    """Add (sign=1) or remove (sign=-1) these violations from every rollup."""
+    """Add (sign=1) or remove (sign=-1) these violations from every rollup.
+
+    The caller holds `lock_hosts` for the facts' hosts, taken before its first row lock.
+    """
     listed = list(facts)
-    lock_hosts(conn, (f.host_id for f in listed))
     apply_counts(conn, listed, sign)
     apply_running(conn, listed, sign)
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from endpoint_agent.report.store import NewEvent, ViolationStore
-from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import pid_namespaces_available
+from tests.support.service_rig import policy_yaml, unique
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

@@ -10,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.e2e_harness import REPO, clean_env
+from tests.support.e2e_harness import REPO
 from tests.support.enforce_procs import PidNamespace, pid_namespaces_available
+from tests.support.service_rig import clean_env
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

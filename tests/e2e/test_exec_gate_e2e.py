@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.support.ci_skip import require
-from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import pid_namespaces_available
 from tests.support.gate_ns import unavailable
+from tests.support.service_rig import policy_yaml, unique
 
 pytestmark = pytest.mark.root
 

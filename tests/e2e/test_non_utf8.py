@@ -15,8 +15,9 @@ import pytest
 
 from endpoint_contract.text import unescape_bytes
 from tests.support.contract import WIRE_KEYS
-from tests.support.e2e_harness import Agent, Server, clean_env, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import SLEEPER, pid_namespaces_available, python_env
+from tests.support.service_rig import clean_env, policy_yaml, unique
 from tests.support.spawn import named_executable
 
 _why_not = pid_namespaces_available()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from endpoint_contract.envelope import key_id, load_public_key
-from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import NsProcess, is_dead, pid_namespaces_available
 from tests.support.policy_inject import (
     expired,
@@ -28,6 +28,7 @@ from tests.support.policy_inject import (
     strip_signatures,
     unknown_key,
 )
+from tests.support.service_rig import policy_yaml, unique
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.ci_skip import require
-from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import PidNamespace, is_dead, pid_namespaces_available
 from tests.support.haproxy import Haproxy, haproxy_missing
 from tests.support.server import fresh_pg_database, pg_url_or_skip
+from tests.support.service_rig import policy_yaml, unique
 
 pytestmark = [pytest.mark.root, pytest.mark.postgres]
 

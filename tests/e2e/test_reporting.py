@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tests.support.contract import CONTRACT_KEYS
-from tests.support.e2e_harness import Agent, Server, policy_yaml, unique, wait_for
+from tests.support.e2e_harness import Agent, Server, wait_for
 from tests.support.enforce_procs import is_dead, pid_namespaces_available
 from tests.support.holding_proxy import HoldingProxy
+from tests.support.service_rig import policy_yaml, unique
 
 _why_not = pid_namespaces_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ from tests.support.server import (
     subprocess_env,
     wait_healthy,
 )
+from tests.support.service_rig import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -49,22 +48,6 @@ def wait_for(
             return last
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}\n{context()}")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def policy_yaml(rules: list[tuple[str, str, str]], *, mode: str = "enforce", version: int = 1) -> str:
-    """rules: (rule_id, action, process name glob)."""
-    lines = [f"name: e2e\nversion: {version}\nmode: {mode}\nrules:"]
-    for rule_id, action, name in rules:
-        lines.append(
-            f"  - id: {rule_id}\n    category: p2p\n    action: {action}\n"
-            f'    message: "Peer-to-peer clients are not allowed."\n'
-            f'    process:\n      name: ["{name}"]'
-        )
-    return "\n".join(lines) + "\n"
 
 
 class Server:
@@ -179,13 +162,6 @@ class Server:
         )
         assert done.returncode == 0, f"endpoint-admin {' '.join(args)}: {done.stderr}"
         return done
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The machine's own ENDPOINT_AGENT_* settings must not leak into the agent under test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENDPOINT_AGENT_")}
-    env.update(extra)
-    return env
 
 
 class Agent:

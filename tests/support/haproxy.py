@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from tests.support.ports import free_port
 from tests.support.reaper import die_with_parent
+from tests.support.server import stop_server
 
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -103,10 +104,4 @@ class Haproxy:
         self.close()
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        self._proc.wait(10)
+        stop_server(self._proc)  # SIGTERM, then SIGKILL; reaped

@@ -30,6 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def policy_yaml(rules: list[tuple[str, str, str]], *, mode: str = "enforce", version: int = 1) -> str:
+    """rules: (rule_id, action, process name glob)."""
     lines = [f"name: service-test\nversion: {version}\nmode: {mode}\nrules:"]
     for rule_id, action, name in rules:
         lines.append(
