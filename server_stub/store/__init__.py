@@ -29,7 +29,7 @@ class Store:
         self.hosts = HostRepo(engine)
         self.policies = PolicyRepo(engine)
         self.events = EventRepo(engine)
-        self.stats = StatsRepo(engine)
+        self.stats = StatsRepo(engine, settle_hosts=self.hosts.settle)
         self.users = UserRepo(engine)
         self.audit = AuditRepo(engine)
         self.exports = ExportRepo(engine)

@@ -118,7 +118,7 @@ class HostRepo:
         # holds for a batched write land first, so what it was told it also shows (writebehind.py).
         self.before_read: list[Callable[[], None]] = []
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         for flush in self.before_read:
             flush()
 
@@ -265,7 +265,7 @@ class HostRepo:
 
     def get(self, host: str) -> HostRecord | None:
         """One host by id or hostname."""
-        self._settle()
+        self.settle()
         with db_errors("reading a host"), read_connection(self._engine) as conn:
             row = conn.execute(
                 sa.select(hosts).where(sa.or_(hosts.c.host_id == host, hosts.c.hostname == host)).limit(1)
@@ -283,7 +283,7 @@ class HostRepo:
                     hosts.c.host_id.like(escaped + "%", escape="\\"),
                 )
             )
-        self._settle()
+        self.settle()
         with db_errors("searching hosts"), read_connection(self._engine) as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(hosts).where(*conds)).scalar_one()
             rows = conn.execute(
@@ -303,7 +303,7 @@ class HostRepo:
         Keyset order: a host enrolled while someone pages shows up on a later page or not at all,
         and never moves a host already listed onto another page.
         """
-        self._settle()
+        self.settle()
         with db_errors("listing hosts"), read_connection(self._engine) as conn:
             query = host_page_query(
                 flt, after=after, limit=limit + 1, binary_order=conn.dialect.name == "sqlite"
@@ -312,7 +312,7 @@ class HostRepo:
         return [_record(r) for r in rows[:limit]], len(rows) > limit
 
     def list_hosts(self) -> list[HostRecord]:
-        self._settle()
+        self.settle()
         with db_errors("listing hosts"), read_connection(self._engine) as conn:
             rows = conn.execute(sa.select(hosts).order_by(hosts.c.hostname, hosts.c.host_id)).all()
         return [_record(r) for r in rows]

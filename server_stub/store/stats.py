@@ -8,6 +8,7 @@ shapes the (small) grouped results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -295,8 +296,11 @@ def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[
 
 
 class StatsRepo:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, settle_hosts: Callable[[], None] = lambda: None) -> None:
         self._engine = engine
+        # Lands the contact times and heartbeats this process holds (HostRepo.settle) before the
+        # fleet figures read the hosts table, as a host listing does.
+        self._settle_hosts = settle_hosts
 
     def summary(self, flt: EventFilter, *, top: int | None = None) -> Summary:
         """Counts by rule, category, action, triage state and host (the `top` largest, or all)."""
@@ -429,6 +433,7 @@ class StatsRepo:
         def count(conn: Connection, *conds: Any) -> int:
             return int(conn.execute(sa.select(sa.func.count()).select_from(hosts).where(*conds)).scalar_one())
 
+        self._settle_hosts()
         with db_errors("counting hosts"), read_connection(self._engine) as conn:
             enrolled = count(conn)
             reporting = count(conn, fresh)

@@ -188,6 +188,19 @@ def test_contact_times_and_heartbeats_are_written_in_batches(store: Store) -> No
     assert store.hosts.get(ids[1]).last_seen == later  # type: ignore[union-attr]
 
 
+def test_fleet_figures_include_heartbeats_held_for_a_batched_write(store: Store) -> None:
+    """The overview and the report count what this process was told, as a host listing does."""
+    host_id = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="1" * 64, now=T0)
+    activity = HostActivity(store.hosts, interval=3600.0)  # never flushes by itself here
+    store.hosts.before_read.append(activity.flush)
+    beat = Heartbeat.model_validate(
+        {"agent_version": "9.9", "mode": "monitor", "mode_reason": "break-glass file present"}
+    )
+    activity.heartbeat(host_id, beat, T0 + timedelta(seconds=5))
+    fleet = store.stats.fleet(T0 + timedelta(seconds=6), 600.0, None)
+    assert (fleet.monitor, fleet.held_total, fleet.reporting) == (1, 1, 1)
+
+
 def test_the_pool_is_sized_to_its_threads(db_url: str) -> None:
     engine = create_db_engine(db_url, pool_size=7)
     try:
