@@ -2,6 +2,8 @@
 
     python -m bench.fleet --hosts 20000 --duration 120 [--db postgresql://...] [--fresh]
     python -m bench fleet                      # the targets below, ~10 minutes
+    python -m bench fleet --fleet-steps poll,overload --fleet-seconds 5    # one or two steps, ~1 min
+    python -m bench fleet --fleet-steps steady --fleet-hosts 20000,40000 --fleet-step-seconds 30
 
 The server runs as its own process (`endpoint-server serve` under uvicorn on 127.0.0.1; SQLite,
 or a throwaway PostgreSQL database with --db, dropped afterwards); simulated agents
@@ -52,6 +54,10 @@ STEADY_P95 = 0.100
 OVERLOAD_P95 = 0.100
 REQ_PER_HOST_S = 2.1 / 60  # a policy poll and a heartbeat a minute, and uploads from the noisy tenth
 SEED = 7
+STEPS = ("poll", "enroll", "ingest", "steady", "overload")
+SMALL_FLEET = 5000  # hosts seeded when the steady state is not run (polls and overload use 5,000)
+STEADY_FIRST = 5000  # the steady state's first size when no poll rate was measured
+OVERLOAD_RATE = 4000.0  # polls/s offered in overload when no poll rate was measured
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -180,6 +186,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fleet-step-seconds", type=float, default=45, help="seconds per ramp step (45)")
     g.add_argument("--fleet-max-hosts", type=int, default=200_000, help="largest simulated fleet (200,000)")
     g.add_argument(
+        "--fleet-steps", default=",".join(STEPS), metavar="STEP,...",
+        help=f"which steps to run, in this order (default: all: {','.join(STEPS)}); e.g. "
+        "--fleet-steps poll,overload to measure a server change in a minute or two",
+    )  # fmt: skip
+    g.add_argument(
+        "--fleet-seconds", type=float, default=10.0,
+        help="seconds of each poll, enroll and ingest measurement (10); overload runs 1.5 times as long",
+    )  # fmt: skip
+    g.add_argument(
+        "--fleet-hosts", metavar="N,...",
+        help="steady state: these fleet sizes instead of doubling from what the poll rate suggests",
+    )  # fmt: skip
+    g.add_argument(
+        "--fleet-overload-rate", type=float,
+        help="overload: polls per second offered (default: 2.5 x the measured poll rate, or 4,000)",
+    )  # fmt: skip
+    g.add_argument(
         "--fleet-server-arg", action="append", default=[], metavar="ARG",
         help="extra argument for `endpoint-server serve` (repeat), e.g. --fleet-server-arg=--workers=2",
     )  # fmt: skip
@@ -190,36 +213,76 @@ def _db_choice(value: str | None) -> str | None:
     return None if not url or url == "sqlite" else url
 
 
+def chosen_steps(text: str) -> list[str]:
+    """The steps named in `--fleet-steps` (comma-separated), in the order given."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STEPS]
+    if unknown or not names:
+        raise ValueError(f"--fleet-steps: {', '.join(unknown) or 'none'}; choose from {','.join(STEPS)}")
+    return names
+
+
+def fleet_sizes(text: str | None, max_hosts: int) -> list[int] | None:
+    """The sizes of `--fleet-hosts` (comma-separated, 1..max_hosts, increasing), or None."""
+    if not text:
+        return None
+    try:
+        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"--fleet-hosts: not a list of numbers: {text[:80]!r}") from None
+    if not sizes or sizes[0] < 1 or sizes[-1] > max_hosts:
+        raise ValueError(f"--fleet-hosts: sizes from 1 to --fleet-max-hosts ({max_hosts:,})")
+    return sizes
+
+
 def run(args: argparse.Namespace) -> list[Target]:
     from bench.load import raise_nofile_limit
 
+    try:
+        steps = chosen_steps(args.fleet_steps)
+        sizes = fleet_sizes(args.fleet_hosts, args.fleet_max_hosts)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
     raise_nofile_limit(65536)
     db_url = _db_choice(args.fleet_db)
     cores = os.cpu_count() or 1
-    max_hosts = args.fleet_max_hosts
+    # Seed only what the chosen steps use: 200,000 hosts take a while to write.
+    seeded = SMALL_FLEET
+    if "steady" in steps:
+        seeded = max(seeded, sizes[-1] if sizes else args.fleet_max_hosts)
     print(f"  {SHARED.format(cores=cores)}; simulator: {args.fleet_procs} process(es) on {loop_name()}")
     with (
         tempfile.TemporaryDirectory(prefix="ea-bench-fleet-") as tmp,
         serving(
-            Path(tmp), db_url=db_url, seed_hosts_n=max_hosts, seed=SEED, extra_args=args.fleet_server_arg
+            Path(tmp), db_url=db_url, seed_hosts_n=seeded, seed=SEED, extra_args=args.fleet_server_arg
         ) as srv,
     ):
         print(f"  server: endpoint-server serve {' '.join(args.fleet_server_arg)} on {srv.db_kind}, "
-              f"{max_hosts:,} hosts enrolled before the run", flush=True)  # fmt: skip
+              f"{seeded:,} hosts enrolled before the run; steps: {','.join(steps)}", flush=True)  # fmt: skip
         bench = Bench(srv, args.fleet_procs)
-        targets = _polls(bench)
-        poll_rate = targets.pop()
-        targets += _enroll(bench)
-        targets += _ingest(bench, srv.db_kind)
-        targets += _steady(bench, args, poll_rate)
-        targets += _overload(bench, poll_rate)
+        seconds = args.fleet_seconds
+        targets: list[Target] = []
+        poll_rate: float | None = None
+        for step in steps:
+            if step == "poll":
+                got, poll_rate = _polls(bench, seconds)
+            elif step == "enroll":
+                got = _enroll(bench, seconds)
+            elif step == "ingest":
+                got = _ingest(bench, srv.db_kind, seconds)
+            elif step == "steady":
+                got = _steady(bench, args, poll_rate, sizes)
+            else:
+                rate = args.fleet_overload_rate or (2.5 * poll_rate if poll_rate else OVERLOAD_RATE)
+                got = _overload(bench, rate, 1.5 * seconds)
+            targets += got
     print(targets_block(targets))
     return targets
 
 
-def _polls(bench: Bench) -> list[Target]:
-    seconds = 10.0
-    results, cores, _span = bench.run("polls", bench.params(hosts=5000, concurrency=200, seconds=seconds))
+def _polls(bench: Bench, seconds: float) -> tuple[list[Target], float]:
+    params = bench.params(hosts=SMALL_FLEET, concurrency=200, seconds=seconds)
+    results, cores, _span = bench.run("polls", params)
     rec = results["polls"]
     stats = rec.kinds.get("policy")
     n304 = stats.outcomes.get(304, 0) if stats else 0
@@ -232,12 +295,10 @@ def _polls(bench: Bench) -> list[Target]:
     return [
         Target("3000 / 304 polls/s per server core", POLL_PER_CORE / max(per_core, 1e-9), 1.0),
         Target("304 poll p99 / 50 ms (200 concurrent)", p99 / POLL_P99 if stats else math.inf, 1.0),
-        Target("(poll rate)", rate, math.inf),
-    ]
+    ], rate
 
 
-def _enroll(bench: Bench) -> list[Target]:
-    seconds = 10.0
+def _enroll(bench: Bench, seconds: float) -> list[Target]:
     results, cores, span = bench.run("enroll", bench.params(concurrency=200, seconds=seconds))
     rec = results["enroll"]
     stats = rec.kinds.get("enroll")
@@ -249,10 +310,9 @@ def _enroll(bench: Bench) -> list[Target]:
     return [Target("1000 / enrollments/s (default limits)", ENROLL_RATE / max(rate, 1e-9), 1.0)]
 
 
-def _ingest(bench: Bench, db_kind: str) -> list[Target]:
+def _ingest(bench: Bench, db_kind: str, seconds: float) -> list[Target]:
     out = []
     for batch, goal in ((500, INGEST_500), (50, INGEST_50)):
-        seconds = 10.0
         params = bench.params(hosts=2000, concurrency=8, batch=batch, seconds=seconds)
         results, cores, _span = bench.run("ingest", params)
         rec = results["ingest"]
@@ -267,13 +327,16 @@ def _ingest(bench: Bench, db_kind: str) -> list[Target]:
     return out
 
 
-def _steady(bench: Bench, args: argparse.Namespace, poll_rate: Target) -> list[Target]:
+def _steady(
+    bench: Bench, args: argparse.Namespace, poll_rate: float | None, sizes: list[int] | None
+) -> list[Target]:
     step_s = args.fleet_step_seconds
-    count = max(1, int(args.fleet_steady_seconds // step_s))
-    # Start well below what the 304 rate suggests the server can carry, and double.
-    guess = poll_rate.value / REQ_PER_HOST_S
-    first = max(500, min(args.fleet_max_hosts, int(guess / 8)))
-    sizes = sorted({min(args.fleet_max_hosts, first * 2**k) for k in range(count)})
+    if sizes is None:
+        count = max(1, int(args.fleet_steady_seconds // step_s))
+        # Start well below what the 304 rate suggests the server can carry, and double.
+        first = int(poll_rate / REQ_PER_HOST_S / 8) if poll_rate else STEADY_FIRST
+        first = max(500, min(args.fleet_max_hosts, first))
+        sizes = sorted({min(args.fleet_max_hosts, first * 2**k) for k in range(count)})
     print(f"  steady state at the default intervals (60 s): steps of {step_s:.0f} s, "
           f"{', '.join(f'{n:,}' for n in sizes)} hosts, until one does not hold", flush=True)  # fmt: skip
     steps = ramp(
@@ -293,11 +356,10 @@ def _steady(bench: Bench, args: argparse.Namespace, poll_rate: Target) -> list[T
     ]
 
 
-def _overload(bench: Bench, poll_rate: Target) -> list[Target]:
+def _overload(bench: Bench, rate: float, seconds: float) -> list[Target]:
     wait_idle(bench.srv.port)
-    seconds = 15.0
-    rate = min(8000.0, max(1000.0, 2.5 * poll_rate.value))
-    params = bench.params(hosts=5000, rate=rate, seconds=seconds)
+    rate = min(8000.0, max(1000.0, rate))
+    params = bench.params(hosts=SMALL_FLEET, rate=rate, seconds=seconds)
     # Two processes at least: connections cost the simulator more than the server's refusals do.
     results, cores, span = bench.run("overload", params, procs=max(2, bench.procs))
     rec = results["overload"]
