@@ -24,6 +24,7 @@ from server_stub.auth import Authenticator, Reader
 from server_stub.config import ServerConfig
 from server_stub.console import mount_console
 from server_stub.context import ServerContext
+from server_stub.enrollbatch import EnrollBatcher
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.keycache import NodeKeyCache
@@ -90,6 +91,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     activity = HostActivity(store.hosts, config.write_behind)
     store.hosts.before_read.append(activity.flush)
     auth = Authenticator(config, store, keys, activity.seen)
+    enrollments = EnrollBatcher(store.hosts.enroll_many, config.clock)  # group commit
     ctx = ServerContext(
         config=config,
         store=store,
@@ -98,6 +100,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         policies=policies,
         activity=activity,
         limits=limits,
+        enrollments=enrollments,
     )
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
     retention = _retention(config, store)
@@ -117,6 +120,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
             yield
         finally:
             rate_sync.stop()
+            enrollments.stop()  # what is queued is written first
             if retention is not None:
                 retention.stop()
             exporter.stop()

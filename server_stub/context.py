@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
+from server_stub.enrollbatch import EnrollBatcher
 from server_stub.limits import Limits
 from server_stub.metrics import Metrics
 from server_stub.policycache import PolicyCache
@@ -26,6 +27,7 @@ class ServerContext:
     policies: PolicyCache  # the served versions, in memory (server_stub/policycache.py)
     activity: HostActivity  # last_seen and heartbeats, written behind (server_stub/writebehind.py)
     limits: Limits | None = None  # the rate limits (server_stub/limits.py); set by create_app
+    enrollments: EnrollBatcher | None = None  # group commit (server_stub/enrollbatch.py); set by create_app
 
     def now(self) -> datetime:
         return self.config.clock()

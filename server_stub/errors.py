@@ -45,3 +45,7 @@ class Unprocessable(ApiError):
 
 class TooManyRequests(ApiError):
     status_code = 429
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503

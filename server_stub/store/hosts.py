@@ -11,8 +11,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
+from endpoint_agent.errors import StoreError
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.store.changes import HOST_KEY, record_change
 from server_stub.store.coltypes import UTCDateTime
@@ -109,6 +111,116 @@ def _record(row: Any) -> HostRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """One enrollment, as HostRepo.enroll_many takes it."""
+
+    machine_id: str
+    hostname: str
+    node_key_hash: str
+    current_key_hash: str | None = None  # the key a known machine proves itself with
+
+
+@dataclass(slots=True)
+class _Bound:
+    """A machine id's host as the enrollments decided so far leave it."""
+
+    host_id: str
+    hostname: str
+    node_key_hash: str
+    reenroll_open: bool
+    new: dict[str, Any] | None = None  # the row to insert: a machine first enrolled here
+    rotated: bool = False  # a known host whose key changed here
+
+
+# Built once: a statement constructed per call costs more CPU than the work it asks of the database.
+_KNOWN = (
+    sa.select(
+        hosts.c.machine_id, hosts.c.host_id, hosts.c.hostname, hosts.c.node_key_hash, hosts.c.reenroll_open
+    )
+    .where(hosts.c.machine_id.in_(sa.bindparam("b_machines", expanding=True)))
+    .order_by(hosts.c.machine_id)  # PostgreSQL locks the rows in this order (no deadlock cycle)
+    .with_for_update()  # another process rotating the same host waits (SQLite: BEGIN IMMEDIATE)
+)
+# A machine another process enrolled after the SELECT is left out here (and decided again).
+_INSERT = {
+    "postgresql": postgresql.insert(hosts)
+    .on_conflict_do_nothing(index_elements=[hosts.c.machine_id])
+    .returning(hosts.c.machine_id),
+    "sqlite": sqlite.insert(hosts)
+    .on_conflict_do_nothing(index_elements=[hosts.c.machine_id])
+    .returning(hosts.c.machine_id),
+}
+_REENROLL = (
+    sa.update(hosts)
+    .where(hosts.c.host_id == sa.bindparam("b_host"))
+    .values(
+        hostname=sa.bindparam("b_hostname"),
+        node_key_hash=sa.bindparam("b_key"),
+        last_seen=sa.bindparam("b_now", type_=UTCDateTime),
+        reenroll_open=False,
+    )
+)
+
+
+def _decide(bound: dict[str, _Bound], item: Enrollment, now: datetime) -> str | EnrollRefused:
+    host = bound.get(item.machine_id)
+    if host is None:
+        host_id = str(uuid.uuid4())
+        row = {"host_id": host_id, "machine_id": item.machine_id, "enrolled_at": now, "last_seen": now}
+        host = bound[item.machine_id] = _Bound(host_id, item.hostname, item.node_key_hash, False, new=row)
+    elif host.reenroll_open or item.current_key_hash == host.node_key_hash:
+        host.hostname, host.node_key_hash, host.reenroll_open = item.hostname, item.node_key_hash, False
+        host.rotated = host.new is None
+    else:
+        return EnrollRefused(item.machine_id)
+    if host.new is not None:
+        host.new.update(hostname=host.hostname, node_key_hash=host.node_key_hash)
+    return host.host_id
+
+
+def _by_machine(row: dict[str, Any]) -> str:
+    return str(row["machine_id"])  # rows in index order: two writers' inserts wait, never cross
+
+
+def _enroll_in(
+    conn: Connection, items: Sequence[Enrollment], now: datetime
+) -> tuple[list[str | EnrollRefused], list[str]]:
+    """HostRepo.enroll_many inside the caller's transaction: the outcomes, and the rotated hosts."""
+    outcomes: list[str | EnrollRefused] = [EnrollRefused("")] * len(items)
+    todo = list(range(len(items)))
+    rotated: list[str] = []
+    for _round in range(3):  # again only for machines another process enrolled meanwhile
+        machines = sorted({items[i].machine_id for i in todo})
+        bound = {
+            r.machine_id: _Bound(r.host_id, r.hostname, r.node_key_hash, bool(r.reenroll_open))
+            for r in conn.execute(_KNOWN, {"b_machines": machines})
+        }
+        for i in todo:
+            outcomes[i] = _decide(bound, items[i], now)
+        rows = sorted((host.new for host in bound.values() if host.new is not None), key=_by_machine)
+        inserted = set(conn.execute(_INSERT[conn.dialect.name], rows).scalars()) if rows else set()
+        changed = [host for host in bound.values() if host.rotated]
+        if changed:
+            conn.execute(
+                _REENROLL,
+                [
+                    {"b_host": h.host_id, "b_hostname": h.hostname, "b_key": h.node_key_hash, "b_now": now}
+                    for h in changed
+                ],
+            )
+            rotated += [host.host_id for host in changed]
+        raced = {row["machine_id"] for row in rows} - inserted
+        todo = [i for i in todo if items[i].machine_id in raced]
+        if not todo:
+            break
+    else:
+        raise StoreError("database error while enrolling hosts: a machine id kept being enrolled elsewhere")
+    for host_id in rotated:
+        record_change(conn, HOST_KEY, host_id, now)  # last: the old keys stop working everywhere
+    return outcomes, rotated
+
+
 class HostRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -141,35 +253,25 @@ class HostRepo:
         its history kept) only with its current node key, or once after an admin's `reset`;
         anything else raises EnrollRefused: a shared secret cannot take over a host.
         """
-        with db_errors("enrolling a host"), self._engine.begin() as conn:
-            row = conn.execute(
-                sa.select(hosts.c.host_id, hosts.c.node_key_hash, hosts.c.reenroll_open).where(
-                    hosts.c.machine_id == machine_id
-                )
-            ).first()
-            if row is None:
-                host_id = str(uuid.uuid4())
-                conn.execute(
-                    sa.insert(hosts).values(
-                        host_id=host_id,
-                        machine_id=machine_id,
-                        hostname=hostname,
-                        node_key_hash=node_key_hash,
-                        enrolled_at=now,
-                        last_seen=now,
-                    )
-                )
-                return host_id
-            if not (row.reenroll_open or current_key_hash == row.node_key_hash):
-                raise EnrollRefused(machine_id)
-            conn.execute(
-                sa.update(hosts)
-                .where(hosts.c.host_id == row.host_id)
-                .values(hostname=hostname, node_key_hash=node_key_hash, last_seen=now, reenroll_open=False)
-            )
-            record_change(conn, HOST_KEY, row.host_id, now)  # the old key stops working everywhere
-        self._key_changed(row.host_id)
-        return str(row.host_id)
+        (outcome,) = self.enroll_many(
+            [Enrollment(machine_id, hostname, node_key_hash, current_key_hash)], now
+        )
+        if isinstance(outcome, EnrollRefused):
+            raise outcome
+        return outcome
+
+    def enroll_many(self, items: Sequence[Enrollment], now: datetime) -> list[str | EnrollRefused]:
+        """Each enrollment decided as `enroll` decides it, in order, and all written in ONE transaction.
+
+        Outcomes in the order of `items`: the host id, or EnrollRefused. A later item sees the
+        earlier ones (a machine enrolled twice here: the second needs the first's key). A database
+        failure raises StoreError and stores none of them.
+        """
+        with db_errors("enrolling hosts"), self._engine.begin() as conn:
+            outcomes, rotated = _enroll_in(conn, items, now)
+        for host_id in rotated:
+            self._key_changed(host_id)
+        return outcomes
 
     def reset(self, host: str, now: datetime | None = None) -> HostRecord | None:
         """Open a host (by id or name) for one new enrollment; its node key stops working now."""
