@@ -1,0 +1,111 @@
+"""Many enrollments at once (the real server, SQLite and PostgreSQL): they are written together
+(server_stub/enrollbatch.py) and each still gets exactly what a lone enrollment gets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from server_stub.store.engine import SQLITE_FILE, normalize_url
+from tests.support.poison import poison_hostname
+from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
+
+Body = dict[str, str]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server_and_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[LiveServer, str]]:
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "postgres":
+            url = stack.enter_context(fresh_pg_database(pg_url_or_skip()))
+        server = stack.enter_context(run_server(tmp_path / "server", db_url=url))
+        yield server, url or f"sqlite:///{server.data_dir / SQLITE_FILE}"
+
+
+def enroll_all(server: LiveServer, bodies: list[Body]) -> list[httpx.Response]:
+    """Every body POSTed to /enroll at the same time, each on its own connection."""
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(bodies))
+        headers = {"Authorization": f"Bearer {server.enroll_secret}"}
+        async with httpx.AsyncClient(base_url=server.api_url, headers=headers, limits=limits, timeout=60) as c:
+            return list(await asyncio.gather(*(c.post("/enroll", json=b) for b in bodies)))
+
+    return asyncio.run(run())
+
+
+def key_works(server: LiveServer, node_key: str) -> bool:
+    """A node key the server knows gets past authentication (404: no policy published yet)."""
+    with server.client(node_key) as c:
+        status = c.get("/policy").status_code
+    assert status in (401, 404), status
+    return status == 404
+
+
+def stored_machines(url: str) -> dict[str, str]:
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            return dict(conn.exec_driver_sql("SELECT machine_id, host_id FROM hosts").all())  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+
+def test_distinct_machines_enrolling_together_all_get_their_own_working_key(
+    server_and_db: tuple[LiveServer, str],
+) -> None:
+    server, url = server_and_db
+    bodies = [{"hostname": f"ws-{n}", "machine_id": uuid.uuid4().hex} for n in range(60)]
+    answers = enroll_all(server, bodies)
+    assert [a.status_code for a in answers] == [200] * len(bodies), [a.text for a in answers][:3]
+    keys = [a.json()["node_key"] for a in answers]
+    host_ids = [a.json()["host_id"] for a in answers]
+    assert len(set(keys)) == len(keys) and len(set(host_ids)) == len(host_ids)
+    assert stored_machines(url) == {b["machine_id"]: h for b, h in zip(bodies, host_ids, strict=True)}
+    assert all(key_works(server, k) for k in keys)
+
+
+def test_one_machine_rotating_its_key_many_times_at_once_ends_with_one_key(
+    server_and_db: tuple[LiveServer, str],
+) -> None:
+    server, _url = server_and_db
+    host = server.enroll("ws-busy")
+    body = {"hostname": "ws-busy", "machine_id": host.machine_id, "node_key": host.node_key}
+    answers = enroll_all(server, [body] * 20)
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [409] * 19, statuses  # only the first still held the current key
+    (winner,) = [a.json() for a in answers if a.status_code == 200]
+    assert winner["host_id"] == host.host_id
+    assert key_works(server, winner["node_key"])
+    assert not key_works(server, host.node_key)  # the old key stopped working
+
+
+def test_a_batch_the_database_refuses_answers_503_and_stores_none_of_it(
+    server_and_db: tuple[LiveServer, str],
+) -> None:
+    server, url = server_and_db
+    poison_hostname(url, "poison")
+    bodies = [{"hostname": f"ws-{n}", "machine_id": uuid.uuid4().hex} for n in range(40)]
+    bodies[20] = {"hostname": "poison", "machine_id": uuid.uuid4().hex}
+    answers = enroll_all(server, bodies)
+    stored = stored_machines(url)
+    assert answers[20].status_code == 503
+    for body, answer in zip(bodies, answers, strict=True):
+        if answer.status_code == 200:  # in a batch without the poisoned row: stored, and it works
+            assert stored[body["machine_id"]] == answer.json()["host_id"]
+            assert key_works(server, answer.json()["node_key"])
+        else:  # in its batch: the answer a failed write always gets, and nothing of it stored
+            assert answer.status_code == 503, answer.text
+            assert answer.json() == {"error": "database unavailable; retry later"}
+            assert answer.headers["Retry-After"] == "5"
+            assert body["machine_id"] not in stored
+    # The next enrollment is written as usual.
+    assert key_works(server, server.enroll("ws-after").node_key)

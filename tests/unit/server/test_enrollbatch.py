@@ -1,0 +1,137 @@
+"""Group commit of enrollments, on SQLite and PostgreSQL: enrollments queued together are decided
+in order as lone ones would be and written in one transaction; a failed batch fails every request
+in it and stores none; the queue is bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from endpoint_agent.errors import StoreError
+from server_stub.enrollbatch import EnrollBatcher, EnrollmentsBusy
+from server_stub.store import EnrollRefused, Store
+from server_stub.store.hosts import Enrollment
+from server_stub.store.tables import cache_changes, hosts
+from tests.support.poison import poison_hostname
+
+T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def key(n: int) -> str:
+    return f"{n:064x}"
+
+
+@pytest.fixture
+def commits(store: Store) -> Iterator[list[int]]:
+    seen: list[int] = []
+
+    def record(_conn: Any) -> None:
+        seen.append(1)
+
+    sa.event.listen(store.engine, "commit", record)
+    yield seen
+    sa.event.remove(store.engine, "commit", record)
+
+
+def batcher(store: Store, **kwargs: Any) -> EnrollBatcher:
+    return EnrollBatcher(store.hosts.enroll_many, lambda: T0, autostart=False, **kwargs)
+
+
+def machines(store: Store) -> dict[str, tuple[str, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(hosts.c.machine_id, hosts.c.host_id, hosts.c.node_key_hash)).all()
+    return {r.machine_id: (r.host_id, r.node_key_hash) for r in rows}
+
+
+def test_enrollments_queued_together_are_decided_in_order_in_one_transaction(
+    store: Store, commits: list[int]
+) -> None:
+    known = store.hosts.enroll(machine_id="known", hostname="ws-known", node_key_hash=key(1), now=T0)
+    forgotten: list[str] = []
+    store.hosts.on_key_change.append(forgotten.append)
+    commits.clear()
+    b = batcher(store)
+    futures = [
+        b.submit(Enrollment("m1", "ws-1", key(11))),
+        b.submit(Enrollment("m2", "ws-2", key(12))),
+        b.submit(Enrollment("m1", "ws-1-again", key(13))),  # m1 is known by now: no key, refused
+        b.submit(Enrollment("m2", "ws-2b", key(14), current_key_hash=key(12))),  # its first key: rotated
+        b.submit(Enrollment("known", "ws-evil", key(15), current_key_hash=key(99))),  # wrong key
+        b.submit(Enrollment("known", "ws-known-2", key(16), current_key_hash=key(1))),  # a rotation
+    ]
+    b.start()
+    outcomes = [f.result(timeout=30) for f in futures]
+    b.stop()
+    assert len(commits) == 1
+    m1, m2 = outcomes[0], outcomes[1]
+    assert isinstance(m1, str) and isinstance(m2, str) and m1 != m2
+    assert isinstance(outcomes[2], EnrollRefused) and isinstance(outcomes[4], EnrollRefused)
+    assert outcomes[3] == m2 and outcomes[5] == known
+    stored = machines(store)
+    assert stored == {"m1": (m1, key(11)), "m2": (m2, key(14)), "known": (known, key(16))}
+    assert store.hosts.by_key(key(1)) is None and store.hosts.by_key(key(12)) is None
+    by_new_key = store.hosts.by_key(key(16))
+    assert by_new_key is not None and by_new_key.hostname == "ws-known-2"
+    # The rotated host (and only it: new hosts had no key to forget) is in the change feed.
+    with store.engine.connect() as conn:
+        feed = conn.execute(sa.select(cache_changes.c.kind, cache_changes.c.subject)).all()
+    assert [tuple(r) for r in feed] == [("host", known)]
+    assert forgotten == [known]
+
+
+def test_a_failed_batch_fails_each_request_and_stores_none(store: Store, db_url: str) -> None:
+    store.hosts.enroll(machine_id="known", hostname="ws-known", node_key_hash=key(1), now=T0)
+    poison_hostname(db_url, "poison")
+    b = batcher(store)
+    futures = [b.submit(Enrollment(f"m{n}", f"ws-{n}", key(10 + n))) for n in range(3)]
+    futures.append(b.submit(Enrollment("known", "ws-known-2", key(20), current_key_hash=key(1))))
+    futures.append(b.submit(Enrollment("bad", "poison", key(30))))
+    b.start()
+    for future in futures:
+        with pytest.raises(StoreError, match="enrolling hosts"):
+            future.result(timeout=30)
+    assert set(machines(store)) == {"known"}
+    assert store.hosts.by_key(key(1)) is not None  # the rotation in the batch was undone too
+    # The writer goes on: the next batch is written.
+    assert isinstance(b.submit(Enrollment("m9", "ws-9", key(40))).result(timeout=30), str)
+    b.stop()
+    assert set(machines(store)) == {"known", "m9"}
+
+
+def test_the_queue_is_bounded_and_stop_answers_what_waits(store: Store) -> None:
+    b = batcher(store, max_queue=2)
+    waiting = [b.submit(Enrollment(f"m{n}", f"ws-{n}", key(n))) for n in range(2)]
+    with pytest.raises(EnrollmentsBusy):
+        b.submit(Enrollment("m3", "ws-3", key(3)))
+    b.stop()  # never started: nobody writes them, each is answered
+    for future in waiting:
+        with pytest.raises(EnrollmentsBusy):
+            future.result(timeout=5)
+    with pytest.raises(EnrollmentsBusy):
+        b.submit(Enrollment("m4", "ws-4", key(4)))
+    assert machines(store) == {}
+
+
+def test_a_request_given_up_before_its_batch_is_not_written(store: Store) -> None:
+    b = batcher(store)
+    gone = b.submit(Enrollment("gone", "ws-gone", key(1)))
+    kept = b.submit(Enrollment("kept", "ws-kept", key(2)))
+    assert gone.cancel()
+    b.start()
+    assert isinstance(kept.result(timeout=30), str)
+    with pytest.raises(CancelledError):
+        gone.result()
+    b.stop()
+    assert set(machines(store)) == {"kept"}
+
+
+def test_a_lone_enrollment_waits_for_no_batch(store: Store) -> None:
+    b = EnrollBatcher(store.hosts.enroll_many, lambda: T0)  # started by its first request
+    host_id = b.submit(Enrollment("m1", "ws-1", key(1))).result(timeout=30)
+    b.stop()
+    assert machines(store) == {"m1": (host_id, key(1))}
