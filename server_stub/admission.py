@@ -5,42 +5,47 @@ up (and retried); one that refuses the excess at once keeps answering what it ad
 speed, and the refused agents come back after Retry-After (they honour it, with jitter:
 endpoint_agent/sync/client.py). The count is of requests, not connections: idle keep-alive
 connections of a large fleet cost nothing here. /healthz is never refused (a load balancer must
-not take a busy server for a dead one).
+not take a busy server for a dead one). The first layer a request meets (server_stub/frontdoor.py)
+keeps the count and refuses, before any other work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from server_stub.middleware import error_response
 
 RETRY_AFTER_SECONDS = 2
+BUSY_MESSAGE = "server busy; retry later"
+
+# The refusal, encoded once: it is sent most when the server can least afford to build it.
+_REFUSAL = error_response(503, BUSY_MESSAGE, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+REFUSAL_BODY: bytes = bytes(_REFUSAL.body)
+_REFUSAL_HEADERS = list(_REFUSAL.raw_headers)
+_REFUSAL_CLOSING = [*_REFUSAL_HEADERS[:1], (b"connection", b"close"), *_REFUSAL_HEADERS[1:]]
 
 
-class AdmissionMiddleware:
-    def __init__(
-        self, app: ASGIApp, limit: int, exempt: Collection[str], on_refused: Callable[[], None]
-    ) -> None:
-        self.app, self.limit, self.exempt, self.on_refused = app, limit, exempt, on_refused
-        self.in_flight = 0  # the event loop is single-threaded: a plain counter is exact
+class Admission:
+    """The requests in progress in this process (the event loop is single-threaded: a plain count)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            self.on_refused()
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            request = Headers(scope=scope)
-            if request.get("content-length", "0") != "0" or "transfer-encoding" in request:
-                headers["Connection"] = "close"  # the unread body is never taken
-            await error_response(503, "server busy; retry later", headers)(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+    def __init__(self, limit: int, on_refused: Callable[[], None]) -> None:
+        self.limit = limit
+        self.on_refused = on_refused
+        self.in_flight = 0
+
+    def full(self) -> bool:
+        return self.in_flight >= self.limit
+
+    async def refuse(self, scope: Scope, send: Send) -> None:
+        """503 + Retry-After; the connection closed when a body was announced (it is never read)."""
+        self.on_refused()
+        with_body = False
+        for name, value in scope["headers"]:
+            if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+                with_body = True
+                break
+        headers = _REFUSAL_CLOSING if with_body else _REFUSAL_HEADERS
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": REFUSAL_BODY})

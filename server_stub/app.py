@@ -15,10 +15,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from endpoint_agent import __version__
 from endpoint_agent.errors import SettingsError, StoreError
-from server_stub.admission import AdmissionMiddleware
+from server_stub.admission import Admission
 from server_stub.apidocs import document_errors, render_docs
 from server_stub.auth import Authenticator, Reader
 from server_stub.config import ServerConfig
@@ -27,6 +28,7 @@ from server_stub.context import ServerContext
 from server_stub.enrollbatch import EnrollBatcher
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
+from server_stub.frontdoor import FrontDoor
 from server_stub.keycache import NodeKeyCache
 from server_stub.limits import Limits
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -34,7 +36,6 @@ from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
 from server_stub.policycache import PolicyCache
-from server_stub.policyserve import PolicyFastPath
 from server_stub.ratesync import RateSync
 from server_stub.retention import RetentionService
 from server_stub.routes import admin, agent, compliance, enrollment, reports
@@ -73,6 +74,22 @@ def _retention(config: ServerConfig, store: Store) -> RetentionService | None:
         export_floor=lambda: store.exports.lowest_cursor(sinks),
         clock=config.clock,
     )
+
+
+class ServerApp(FastAPI):
+    """The application, entered through its first layer (server_stub/frontdoor.py) when one is set."""
+
+    front_door: FrontDoor | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front_door is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front_door(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything behind the first layer: middleware, routing, error handlers."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
@@ -131,7 +148,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
                 log.error("could not write the last contact times on the way out: %s", exc)
             store.close()
 
-    app = FastAPI(
+    app = ServerApp(
         title="endpoint-server",
         version=__version__,
         description="Signed policy distribution and violation reports for endpoint agents.",
@@ -142,8 +159,6 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     app.state.ctx = ctx
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
-    # A node's policy poll, answered from memory once it is known who calls (no body, no framework).
-    app.add_middleware(PolicyFastPath, cache=policies, path=f"{API_PREFIX}/policy")
     # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
     app.add_middleware(
         AuthGateMiddleware,
@@ -152,14 +167,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         api_prefix=API_PREFIX,
         enrollments=limits,
     )
-    # Before any work: past --max-in-flight requests in progress, 503 + Retry-After at once.
-    app.add_middleware(
-        AdmissionMiddleware,
-        limit=config.in_flight_limit,
-        exempt=UNLIMITED_PATHS,
-        on_refused=metrics.refused_overload,
-    )
-    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s, 429s, 503s
+    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s, 429s
+    # Before any of it: past --max-in-flight requests in progress, 503 + Retry-After at once; a
+    # node's poll and heartbeat answered without the framework (counted there too).
+    admission = Admission(config.in_flight_limit, on_refused=metrics.refused_overload)
+    app.front_door = FrontDoor(app.framework, ctx, admission, API_PREFIX)
 
     @app.get(
         f"{API_PREFIX}/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"]

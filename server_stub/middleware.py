@@ -118,7 +118,9 @@ class AuthGateMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in UNLIMITED_PATHS:
+        state = scope.get("state")
+        # Unless identified and admitted already, by the first layer (server_stub/frontdoor.py).
+        if scope["type"] != "http" or path in UNLIMITED_PATHS or (state and "principal" in state):
             await self.app(scope, receive, send)
             return
         address = "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
@@ -139,7 +141,7 @@ class AuthGateMiddleware:
         decided, principal = authenticator.identify_from_memory(token)
         if not decided:
             if self.addresses.blocked(address):  # node keys from a flooding address: not even looked up
-                await _too_many(self.addresses.wait(address))(scope, receive, send)
+                await too_many(self.addresses.wait(address))(scope, receive, send)
                 return
             principal = await run_in_threadpool(authenticator.identify, token)
         if principal is None:
@@ -167,7 +169,7 @@ class AuthGateMiddleware:
     ) -> bool:
         wait = limiter.acquire(key)
         if wait > 0:
-            await _too_many(wait)(scope, receive, send)
+            await too_many(wait)(scope, receive, send)
             return False
         return True
 
@@ -185,7 +187,7 @@ def bearer_token(header: str | None) -> str | None:
 
 # Refused before the body: the connection is closed after the answer, so an unread body is never
 # kept and a slow client cannot keep the socket.
-def _too_many(wait: float) -> JSONResponse:
+def too_many(wait: float) -> JSONResponse:
     retry = str(max(1, math.ceil(wait)))
     return error_response(
         429, "too many requests; retry later", {"Retry-After": retry, "Connection": "close"}

@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,11 +23,11 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from server_stub.store import Store
+from tests.support.inprocess_server import InProcessServer, in_process_server
 from tests.support.server import (
     API,
     LiveServer,
     database_url,
-    make_keys,
     run_server,
     stop_server,
 )
@@ -84,95 +83,15 @@ def test_a_reset_key_stops_working_on_another_server(tmp_path: Path, shared_db: 
 # --- in this process: the engine's statements can be counted ---------------------------------
 
 
-class _InProcessServer:
-    """The app under a real uvicorn on 127.0.0.1, in a thread of this process."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        import uvicorn
-
-        from server_stub.app import create_app
-        from server_stub.config import ServerConfig
-        from tests.support.ports import free_port
-
-        self.tmp_path = tmp_path
-        private, public = make_keys(tmp_path / "keys")
-        self.private_key = private
-        self.config = ServerConfig(
-            data_dir=tmp_path / "data",
-            public_keys=(_load_public(public),),
-            admin_token="adm-" + "a" * 24,
-            enroll_secret="enr-" + "e" * 24,
-            reader_token="rdr-" + "r" * 24,
-            write_behind=60.0,  # flushed only when asked, or on the way out
-            rate_burst=10_000,
-        )
-        self.app = create_app(self.config)
-        self.store: Store = self.app.state.ctx.store
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.statements: list[tuple[str, str]] = []  # (thread name, SQL)
-        sa.event.listen(self.store.engine, "before_cursor_execute", self._count)
-
-    def _count(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        self.statements.append((threading.current_thread().name, statement))
-
-    def request_statements(self) -> list[str]:
-        """Statements run on behalf of requests: in the event loop or a worker thread (not by the
-        background threads: cache watcher, write-behind flush, rate-limit exchange)."""
-        serving = {self.thread.name, "AnyIO worker thread"}
-        return [sql for name, sql in self.statements if name in serving]
-
-    def start(self) -> None:
-        self.thread.start()
-        assert _eventually(lambda: self.server.started)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def client(self, token: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}{API}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-
-def _load_public(path: Path) -> Any:
-    from endpoint_contract.envelope import load_public_key
-
-    return load_public_key(path)
-
-
 @pytest.fixture
-def in_process(tmp_path: Path) -> Iterator[_InProcessServer]:
-    server = _InProcessServer(tmp_path)
-    server.start()
-    try:
+def in_process(tmp_path: Path) -> Iterator[InProcessServer]:
+    with in_process_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
-def _publish(server: _InProcessServer, version: int) -> None:
-    from endpoint_agent.policy import parse_policy
-    from endpoint_contract.envelope import load_private_key, sign_policy
-
-    envelope = sign_policy(
-        parse_policy(policy_yaml(version), "<test>"), [load_private_key(server.private_key)], "default"
-    )
-    with server.client(server.config.admin_token) as c:
-        r = c.put("/policy", json={"envelope": envelope.decode(), "rollout_percent": 100})
-        assert r.status_code == 200, r.text
-
-
-def test_polls_and_heartbeats_run_no_sql(in_process: _InProcessServer) -> None:
-    _publish(in_process, 1)
-    with in_process.client(in_process.config.enroll_secret) as c:
-        enrolled = c.post("/enroll", json={"hostname": "ws-1", "machine_id": "m-1"}).json()
+def test_polls_and_heartbeats_run_no_sql(in_process: InProcessServer) -> None:
+    in_process.publish(1)
+    enrolled = in_process.enroll("ws-1")
     with in_process.client(enrolled["node_key"]) as c:
         first = c.get("/policy")  # the key's one lookup
         assert first.status_code == 200
@@ -287,3 +206,45 @@ def test_overload_is_refused_at_once_with_retry_after(tmp_path: Path) -> None:
             if s.name == "endpoint_server_requests_refused_total"
         }
         assert refused["overload"] >= 2
+
+
+async def _flood(port: int, request: bytes, count: int) -> list[bytes]:
+    """`count` connections at once, one request each; the head of each answer (b"" if none)."""
+
+    async def one() -> bytes:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return b""
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError):
+            return b""
+        finally:
+            writer.close()
+
+    # The deadline only keeps a broken build from hanging; answers come at once.
+    async with asyncio.timeout(DEADLINE * 3):
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_a_flood_past_the_cap_is_answered_503_not_left_waiting(tmp_path: Path) -> None:
+    args = ["--max-in-flight", "2", "--body-timeout", "120"]
+    with run_server(tmp_path / "s", extra_args=args) as server:
+        host = server.enroll("ws-1")
+        server.publish(policy_yaml(1))
+        port = int(server.base_url.rsplit(":", 1)[1])
+        poll = (
+            f"GET {API}/policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {host.node_key}\r\n\r\n".encode()
+        )
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                held.enter_context(contextlib.closing(_hold_a_request(server, host.node_key)))
+            # The held requests are admitted once the server has read their headers.
+            assert _eventually(lambda: asyncio.run(_flood(port, poll, 1))[0].startswith(b"HTTP/1.1 503"))
+            heads = asyncio.run(_flood(port, poll, 300))
+        assert all(h.startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 2\r\n" in h for h in heads), {
+            h.split(b"\r\n", 1)[0] for h in heads
+        }
