@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
 from server_stub.keycache import NodeKeyCache
 from server_stub.limits import Limits
+from server_stub.listener import LISTENER_STATE, LoopLag
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
@@ -122,8 +123,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
     retention = _retention(config, store)
 
+    admission = Admission(config.in_flight_limit, on_refused=metrics.refused_overload)
+    lag = LoopLag(config.max_loop_lag, admission.limit, _refusable, _counter(metrics))
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # Sync routes run in at most this many threads; the database pool was sized to match.
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
         watcher.start()
@@ -133,9 +137,12 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         if retention is not None:
             retention.start()
         rate_sync.start()
+        if config.max_loop_lag > 0:
+            lag.start()  # uvicorn's protocol factory finds it in the lifespan state
         try:
-            yield
+            yield {LISTENER_STATE: lag} if config.max_loop_lag > 0 else {}
         finally:
+            lag.stop()
             rate_sync.stop()
             enrollments.stop()  # what is queued is written first
             if retention is not None:
@@ -170,7 +177,6 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # outermost: counts 413s, 429s
     # Before any of it: past --max-in-flight requests in progress, 503 + Retry-After at once; a
     # node's poll and heartbeat answered without the framework (counted there too).
-    admission = Admission(config.in_flight_limit, on_refused=metrics.refused_overload)
     app.front_door = FrontDoor(app.framework, ctx, admission, API_PREFIX)
 
     @app.get(
@@ -188,6 +194,19 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     _install_docs_and_metrics(app, metrics)
     mount_console(app)
     return app
+
+
+def _refusable(path: bytes) -> bool:
+    return path.decode("latin-1") not in UNLIMITED_PATHS
+
+
+def _counter(metrics: Metrics) -> Callable[[str | None], None]:
+    def refused(method: str | None) -> None:
+        metrics.refused_overload()
+        if method is not None:
+            metrics.answered(method, 503)
+
+    return refused
 
 
 def _install_docs_and_metrics(app: FastAPI, metrics: Metrics) -> None:

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds between batched writes of hosts' last contact and heartbeats (2)",
     )
+    p.add_argument(
+        "--max-loop-lag",
+        type=float,
+        default=0.05,
+        help="seconds the event loop may lag before new connections get 503 + Retry-After (0.05; 0: off)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--log-format",
@@ -223,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         threads=args.threads,
         max_in_flight=args.max_in_flight,
         write_behind=args.write_behind,
+        max_loop_lag=args.max_loop_lag,
         export=load_export_config(args.config) if args.config else ExportConfig(),
         retention_days=args.retention_days,
     )
@@ -246,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from server_stub.app import create_app, open_store
+        from server_stub.listener import protocol_factory
 
         config = config_from_args(args)
         if args.workers > 1:
@@ -282,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy_headers=bool(args.trusted_proxy),
             forwarded_allow_ips=args.trusted_proxy or None,
             date_header=True,
+            # uvicorn's own HTTP protocol, or a 503 at once while the event loop lags (listener.py)
+            http=protocol_factory,  # type: ignore[arg-type]
             **tls,  # type: ignore[arg-type]
         )
     return 0

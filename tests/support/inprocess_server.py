@@ -29,12 +29,14 @@ STARTUP_DEADLINE = 20.0
 
 
 class InProcessServer:
-    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+    def __init__(self, tmp_path: Path, *, listener: bool = False, **overrides: Any) -> None:
+        """`listener`: with serve's protocol factory (server_stub/listener.py), as `serve` runs it."""
         import uvicorn
 
         from endpoint_contract.envelope import load_public_key
         from server_stub.app import create_app
         from server_stub.config import ServerConfig
+        from server_stub.listener import protocol_factory
         from tests.support.ports import free_port
 
         self.tmp_path = tmp_path
@@ -54,7 +56,14 @@ class InProcessServer:
         self.store: Store = self.app.state.ctx.store
         self.port = free_port()
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+                http=protocol_factory if listener else "auto",  # type: ignore[arg-type]
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.statements: list[tuple[str, str]] = []  # (thread name, SQL)
@@ -109,8 +118,10 @@ class InProcessServer:
 
 
 @contextlib.contextmanager
-def in_process_server(tmp_path: Path, **overrides: Any) -> Iterator[InProcessServer]:
-    server = InProcessServer(tmp_path, **overrides)
+def in_process_server(
+    tmp_path: Path, *, listener: bool = False, **overrides: Any
+) -> Iterator[InProcessServer]:
+    server = InProcessServer(tmp_path, listener=listener, **overrides)
     server.start()
     try:
         yield server

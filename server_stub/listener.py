@@ -1,0 +1,157 @@
+"""Overload refused at the listener: while the event loop lags, a new connection gets 503 at once.
+
+The in-flight cap (server_stub/admission.py) sees a request only once the event loop has read
+it. A flood of new connections -- each answered from memory, so never many in progress -- can
+still outrun the loop: connections then wait in the kernel's accept queue and in the loop's
+backlog, and the agents time out before anything refuses them. So the loop's lag is measured (a
+timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag` with
+at least `min_connections` open (the in-flight cap), a connection accepted is not given to the
+HTTP server: its first request is answered with the same
+503 + Retry-After the in-flight cap sends (and Connection: close), by a small protocol that
+parses nothing but the request line. That costs a fraction of serving the request, so the loop
+catches up and the refused agents come back after Retry-After. /healthz is still served (the
+connection is handed to the HTTP server). Counted like the cap's refusals (reason "overload").
+
+Wired as uvicorn's `http` protocol factory (server_stub/cli.py); the app's lifespan starts the
+meter and hands it over in the lifespan state (LISTENER_STATE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
+
+LISTENER_STATE = "endpoint.listener"
+TICK = 0.01
+DEFAULT_MAX_LAG = 0.05
+REQUEST_WAIT = 2.0  # a refused connection that sends nothing is closed after this
+_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
+_REFUSAL_HEAD = (
+    "HTTP/1.1 503 Service Unavailable\r\n"
+    f"retry-after: {RETRY_AFTER_SECONDS}\r\nconnection: close\r\n"
+    f"content-length: {len(REFUSAL_BODY)}\r\ncontent-type: application/json\r\n"
+).encode()
+
+
+class LoopLag:
+    """How late the event loop runs a timer; `lagging` while that exceeds `max_lag`."""
+
+    def __init__(
+        self,
+        max_lag: float,
+        min_connections: int,
+        unexempt: Callable[[bytes], bool],
+        on_refused: Callable[[str | None], None],
+    ) -> None:
+        self.max_lag = max_lag
+        # Lag alone may be a starved machine (CPU taken by others); a flood also holds connections.
+        self.min_connections = min_connections
+        self.unexempt = unexempt  # whether a request line's path may be refused
+        self.on_refused = on_refused  # (method or None): counts a refusal
+        self.lagging = False
+        self.lag = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """In the event loop (the app's lifespan)."""
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + TICK
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.lagging = False
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self.lag = now - self._due
+        self.lagging = self.lag > self.max_lag
+        self._due = now + TICK
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+
+def protocol_factory(
+    config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None
+) -> asyncio.Protocol:
+    """uvicorn's `http` setting: its own HTTP protocol, or the refusal while the loop lags."""
+    meter: LoopLag | None = app_state.get(LISTENER_STATE)
+    if meter is not None and meter.lagging and len(server_state.connections) >= meter.min_connections:
+        return _Refusal(meter, lambda: _http(config, server_state, app_state, _loop), server_state)
+    return _http(config, server_state, app_state, _loop)
+
+
+def _http(config: Any, server_state: Any, app_state: dict[str, Any], loop: Any) -> asyncio.Protocol:
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    protocol: asyncio.Protocol = AutoHTTPProtocol(  # type: ignore[call-arg]
+        config=config, server_state=server_state, app_state=app_state, _loop=loop
+    )
+    return protocol
+
+
+class _Refusal(asyncio.Protocol):
+    """Reads the request line; answers 503 and closes (or hands /healthz to the HTTP server)."""
+
+    def __init__(self, meter: LoopLag, http: Callable[[], asyncio.Protocol], server_state: Any) -> None:
+        self.meter = meter
+        self.http = http
+        self.server_state = server_state
+        self.transport: Any = None  # an asyncio.Transport (uvloop's is not a subclass)
+        self.head = b""
+        self.answered = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.timer = asyncio.get_running_loop().call_later(REQUEST_WAIT, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return  # the rest of a refused request: dropped
+        self.head += data
+        line_end = self.head.find(b"\r\n")
+        if line_end < 0:
+            if len(self.head) > 8192:
+                self._close()
+            return
+        method, _, rest = self.head[:line_end].partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if not self.meter.unexempt(path):
+            self._hand_over()
+            return
+        self.answered = True
+        self.meter.on_refused(method.decode("ascii") if method in _METHODS else None)
+        date = b"".join(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers)
+        self.transport.write(_REFUSAL_HEAD + date + b"\r\n" + REFUSAL_BODY)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # FIN after the answer; closed when the client closes
+        else:
+            self._close()
+
+    def _hand_over(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        protocol = self.http()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(self.head)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport.close()

@@ -1,0 +1,128 @@
+"""Overload refused at the listener (server_stub/listener.py), against the real uvicorn on 127.0.0.1.
+
+- the lag meter sees an event loop that was blocked, and lets go once it runs freely again;
+- while the loop lags, every new connection's request is answered 503 + Retry-After +
+  Connection: close (the same body as the in-flight cap's), a flood of them included, nothing
+  left waiting; /healthz is still served; the refusals are counted; once the loop keeps up,
+  requests are served again;
+- `serve` wires it in (a real server process refuses a flood while its loop is held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server_stub.listener import LISTENER_STATE, TICK, LoopLag
+from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.server import API
+
+DEADLINE = 60.0  # only keeps a broken build from hanging
+
+
+def test_the_meter_sees_a_blocked_loop_and_lets_go() -> None:
+    async def scenario() -> tuple[bool, bool, float, bool]:
+        meter = LoopLag(0.05, 0, lambda _: True, lambda _: None)
+        meter.start()
+        await asyncio.sleep(TICK * 3)
+        calm = meter.lagging
+        time.sleep(0.2)  # the loop held: its next tick runs ~0.2 s late
+        seen, lag = False, 0.0
+        for _ in range(200):  # the late tick runs at the loop's next turn
+            await asyncio.sleep(0.001)
+            if meter.lagging:
+                seen, lag = True, meter.lag
+                break
+        deadline = time.monotonic() + DEADLINE
+        while meter.lagging and time.monotonic() < deadline:
+            await asyncio.sleep(TICK)
+        meter.stop()
+        return calm, seen, lag, meter.lagging
+
+    calm, seen, lag, still = asyncio.run(scenario())
+    assert not calm and seen and lag >= 0.15 and not still
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with in_process_server(tmp_path, listener=True) as live:
+        yield live
+
+
+def _meter(server: InProcessServer) -> LoopLag:
+    meter: LoopLag = server.server.lifespan.state[LISTENER_STATE]
+    return meter
+
+
+async def _flood(port: int, requests: list[bytes]) -> list[bytes]:
+    """One connection per request, all at once; each whole answer (b"" if none came)."""
+
+    async def one(request: bytes) -> bytes:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return b""
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await reader.read()  # to the server's close
+        except OSError:
+            return b""
+        finally:
+            writer.close()
+
+    async with asyncio.timeout(DEADLINE):
+        return await asyncio.gather(*(one(r) for r in requests))
+
+
+def _refused_total(server: InProcessServer) -> float:
+    with server.client(server.config.reader_token) as c:
+        text = c.get(server.base_url + "/metrics").text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "endpoint_server_requests_refused_total" and s.labels["reason"] == "overload"
+    )
+
+
+def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer) -> None:
+    server.publish(1)
+    host = server.enroll("ws-1")
+    poll = (
+        f"GET {API}/policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {host['node_key']}\r\n\r\n".encode()
+    )
+    beat_body = b'{"agent_version": "1"}'
+    beat = (
+        f"POST {API}/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {host['node_key']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(beat_body)}\r\n\r\n"
+    ).encode() + beat_body
+    health = f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    before = _refused_total(server)
+    meter = _meter(server)
+    meter.max_lag, meter.min_connections = -1.0, 0  # any lag at all counts: every new connection refused
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not meter.lagging and time.monotonic() < deadline:
+            time.sleep(TICK)
+        answers = asyncio.run(_flood(server.port, [poll] * 200 + [beat] * 50 + [health]))
+    finally:
+        meter.max_lag = 60.0
+    *refused, healthz = answers
+    for answer in refused:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"\r\nretry-after: 2\r\n" in head and b"\r\nconnection: close\r\n" in head
+        assert body == b'{"error":"server busy; retry later"}'
+    assert healthz.startswith(b"HTTP/1.1 200")  # never refused
+    assert _refused_total(server) - before == 250
+    # The loop keeps up again: served.
+    deadline = time.monotonic() + DEADLINE
+    while meter.lagging and time.monotonic() < deadline:
+        time.sleep(TICK)
+    assert asyncio.run(_flood(server.port, [poll]))[0].startswith(b"HTTP/1.1 200")
