@@ -248,3 +248,16 @@ def test_a_flood_past_the_cap_is_answered_503_not_left_waiting(tmp_path: Path) -
         assert all(h.startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 2\r\n" in h for h in heads), {
             h.split(b"\r\n", 1)[0] for h in heads
         }
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_no_access_log_leaves_out_the_line_per_request(tmp_path: Path, quiet: bool) -> None:
+    args = ["--log-level", "info", *(["--no-access-log"] if quiet else [])]
+    with run_server(tmp_path / "s", extra_args=args) as server:
+        host = server.enroll("ws-1")
+        with server.client(host.node_key) as c:
+            assert c.get("/policy").status_code == 404
+        # uvicorn writes the line before the answer: it is in the log once the answer is here.
+        logged = f'"GET {API}/policy HTTP/1.1" 404' in server.log()
+        assert logged is not quiet
+        assert "Application startup complete" in server.log()  # the rest of the log is kept
