@@ -26,6 +26,7 @@ from server_stub.config import ServerConfig
 from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.enrollbatch import EnrollBatcher
+from server_stub.enrollserve import EnrollFastPath
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
@@ -165,6 +166,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     _install_error_handlers(app)
+    # An enrollment answered once its body is read (no routing, no dependencies): server_stub/enrollserve.py.
+    app.add_middleware(EnrollFastPath, path=f"{API_PREFIX}/enroll")
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
     # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
     app.add_middleware(

@@ -10,33 +10,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 
 from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
 from endpoint_contract.events import EventsAck
 from endpoint_contract.heartbeat import Heartbeat
-from server_stub.auth import Enroller, Node, hash_node_key, new_node_key
-from server_stub.context import Ctx, ServerContext
-from server_stub.enrollbatch import EnrollmentsBusy
-from server_stub.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    Unauthorized,
-)
+from server_stub.auth import Enroller, Node
+from server_stub.context import Ctx
+from server_stub.enrollserve import enroll_host
+from server_stub.errors import BadRequest, NotFound, PayloadTooLarge
 from server_stub.ingest import BATCH_SCHEMA, audit_stored
 from server_stub.models import EnrollRequest, EnrollResponse, Ok
 from server_stub.policyserve import answer_poll
-from server_stub.store import EnrollRefused
 from server_stub.store.events import VIOLATION, received_rows
-from server_stub.store.hosts import Enrollment
 
 router = APIRouter(tags=["agent"])
 log = logging.getLogger(__name__)
-
-BUSY_RETRY_AFTER = 2  # seconds, as the admission control answers (server_stub/admission.py)
 
 
 @router.post("/enroll", response_model=EnrollResponse)
@@ -50,44 +38,7 @@ async def enroll(
     The first enrollment binds the machine id; enrolling it again (rotating the key) needs the
     host's current node key in the body, or an admin's reset (`POST /hosts/{host}/reset`).
     """
-    if ctx.limits is not None:  # each host its own bucket (server_stub/limits.py)
-        ctx.limits.admit_enrolling_host(body.machine_id)
-    if principal.enroll_token is not None and not await run_in_threadpool(
-        ctx.store.enroll_tokens.use, principal.enroll_token, ctx.now()
-    ):
-        raise Unauthorized("enroll token expired or used up")
-    node_key = new_node_key()
-    item = Enrollment(
-        machine_id=body.machine_id,
-        hostname=body.hostname,
-        node_key_hash=hash_node_key(node_key),
-        current_key_hash=hash_node_key(body.node_key) if body.node_key else None,
-    )
-    try:
-        if ctx.enrollments is not None:  # written with the others arriving now (server_stub/enrollbatch.py)
-            host_id = await ctx.enrollments.enroll(item)
-        else:
-            host_id = await run_in_threadpool(_enroll_alone, ctx, item)
-    except EnrollRefused:
-        raise Conflict(
-            "this machine_id is already enrolled: re-enrolling needs the host's current node_key "
-            "or an admin's reset (endpoint-admin hosts reset HOST)"
-        ) from None
-    except EnrollmentsBusy:
-        raise ServiceUnavailable(
-            "too many enrollments waiting; retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER)}
-        ) from None
-    return EnrollResponse(host_id=host_id, node_key=node_key)
-
-
-def _enroll_alone(ctx: ServerContext, item: Enrollment) -> str:
-    return ctx.store.hosts.enroll(
-        machine_id=item.machine_id,
-        hostname=item.hostname,
-        node_key_hash=item.node_key_hash,
-        now=ctx.now(),
-        current_key_hash=item.current_key_hash,
-    )
+    return await enroll_host(ctx, principal, body)  # most are answered before (server_stub/enrollserve.py)
 
 
 @router.get(
