@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -11,14 +12,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from endpoint_agent.errors import StoreError
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.store.changes import HOST_KEY, record_change
 from server_stub.store.coltypes import UTCDateTime
-from server_stub.store.engine import db_errors, read_connection, utcnow
+from server_stub.store.engine import db_errors, is_postgres, read_connection, utcnow
 from server_stub.store.tables import hosts
 
 _BATCH = 2000  # rows per statement of a write-behind flush
@@ -125,32 +125,38 @@ class Enrollment:
 class _Bound:
     """A machine id's host as the enrollments decided so far leave it."""
 
+    machine_id: str
     host_id: str
     hostname: str
     node_key_hash: str
     reenroll_open: bool
-    new: dict[str, Any] | None = None  # the row to insert: a machine first enrolled here
+    new: bool = False  # to insert: a machine first enrolled here
     rotated: bool = False  # a known host whose key changed here
 
 
-# Built once: a statement constructed per call costs more CPU than the work it asks of the database.
-_KNOWN = (
-    sa.select(
-        hosts.c.machine_id, hosts.c.host_id, hosts.c.hostname, hosts.c.node_key_hash, hosts.c.reenroll_open
-    )
-    .where(hosts.c.machine_id.in_(sa.bindparam("b_machines", expanding=True)))
-    .order_by(hosts.c.machine_id)  # PostgreSQL locks the rows in this order (no deadlock cycle)
-    .with_for_update()  # another process rotating the same host waits (SQLite: BEGIN IMMEDIATE)
+# Fixed statement text, sent to the driver as is: building, compiling and binding a statement per
+# batch (and psycopg parsing a new text for every batch size) cost more CPU than the writes.
+# Rows are read (and locked, on PostgreSQL) and inserted in machine id order: two processes'
+# batches wait on each other, never in a cycle. SQLite: BEGIN IMMEDIATE already serializes them.
+_KNOWN_COLUMNS = "machine_id, host_id, hostname, node_key_hash, reenroll_open"
+_PG_KNOWN = (
+    f"SELECT {_KNOWN_COLUMNS} FROM {hosts.name} WHERE machine_id = ANY(%(machines)b::text[]) "
+    "ORDER BY machine_id FOR UPDATE"
 )
-# A machine another process enrolled after the SELECT is left out here (and decided again).
-_INSERT = {
-    "postgresql": postgresql.insert(hosts)
-    .on_conflict_do_nothing(index_elements=[hosts.c.machine_id])
-    .returning(hosts.c.machine_id),
-    "sqlite": sqlite.insert(hosts)
-    .on_conflict_do_nothing(index_elements=[hosts.c.machine_id])
-    .returning(hosts.c.machine_id),
-}
+_SQLITE_KNOWN = (
+    f"SELECT {_KNOWN_COLUMNS} FROM {hosts.name} WHERE machine_id IN (SELECT value FROM json_each(?)) "
+    "ORDER BY machine_id"
+)
+_NEW_COLUMNS = "host_id, machine_id, hostname, node_key_hash, enrolled_at, last_seen"
+# A machine another process enrolled since the SELECT is left out (and decided again).
+_PG_INSERT = (
+    f"INSERT INTO {hosts.name} ({_NEW_COLUMNS}) "
+    "SELECT u.h, u.m, u.n, u.k, %(now)s, %(now)s "
+    "FROM unnest(%(h)b::text[], %(m)b::text[], %(n)b::text[], %(k)b::text[]) "
+    "WITH ORDINALITY AS u(h, m, n, k, o) "
+    "ORDER BY u.o ON CONFLICT (machine_id) DO NOTHING RETURNING machine_id"
+)
+_SQLITE_INSERT = f"INSERT INTO {hosts.name} ({_NEW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _REENROLL = (
     sa.update(hosts)
     .where(hosts.c.host_id == sa.bindparam("b_host"))
@@ -163,24 +169,45 @@ _REENROLL = (
 )
 
 
-def _decide(bound: dict[str, _Bound], item: Enrollment, now: datetime) -> str | EnrollRefused:
+def _known(conn: Connection, machines: list[str]) -> dict[str, _Bound]:
+    if is_postgres(conn):
+        result = conn.exec_driver_sql(_PG_KNOWN, {"machines": machines})
+    else:
+        result = conn.exec_driver_sql(_SQLITE_KNOWN, (json.dumps(machines),))
+    return {r[0]: _Bound(r[0], r[1], r[2], r[3], bool(r[4])) for r in result}
+
+
+def _insert(conn: Connection, new: list[_Bound], now: datetime) -> set[str]:
+    """Insert these hosts (in machine id order); the machine ids really inserted."""
+    to_db = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    at = to_db(now) if to_db is not None else now
+    if is_postgres(conn):
+        params = {
+            "h": [b.host_id for b in new],
+            "m": [b.machine_id for b in new],
+            "n": [b.hostname for b in new],
+            "k": [b.node_key_hash for b in new],
+            "now": at,
+        }
+        return {r[0] for r in conn.exec_driver_sql(_PG_INSERT, params)}
+    rows = [(b.host_id, b.machine_id, b.hostname, b.node_key_hash, at, at) for b in new]
+    conn.exec_driver_sql(_SQLITE_INSERT, rows)  # a duplicate fails the batch: it cannot race here
+    return {b.machine_id for b in new}
+
+
+def _decide(bound: dict[str, _Bound], item: Enrollment) -> str | EnrollRefused:
     host = bound.get(item.machine_id)
     if host is None:
         host_id = str(uuid.uuid4())
-        row = {"host_id": host_id, "machine_id": item.machine_id, "enrolled_at": now, "last_seen": now}
-        host = bound[item.machine_id] = _Bound(host_id, item.hostname, item.node_key_hash, False, new=row)
-    elif host.reenroll_open or item.current_key_hash == host.node_key_hash:
-        host.hostname, host.node_key_hash, host.reenroll_open = item.hostname, item.node_key_hash, False
-        host.rotated = host.new is None
-    else:
+        bound[item.machine_id] = _Bound(
+            item.machine_id, host_id, item.hostname, item.node_key_hash, False, new=True
+        )
+        return host_id
+    if not (host.reenroll_open or item.current_key_hash == host.node_key_hash):
         return EnrollRefused(item.machine_id)
-    if host.new is not None:
-        host.new.update(hostname=host.hostname, node_key_hash=host.node_key_hash)
+    host.hostname, host.node_key_hash, host.reenroll_open = item.hostname, item.node_key_hash, False
+    host.rotated = not host.new  # a key first given in this batch was never stored: nothing to forget
     return host.host_id
-
-
-def _by_machine(row: dict[str, Any]) -> str:
-    return str(row["machine_id"])  # rows in index order: two writers' inserts wait, never cross
 
 
 def _enroll_in(
@@ -191,26 +218,21 @@ def _enroll_in(
     todo = list(range(len(items)))
     rotated: list[str] = []
     for _round in range(3):  # again only for machines another process enrolled meanwhile
-        machines = sorted({items[i].machine_id for i in todo})
-        bound = {
-            r.machine_id: _Bound(r.host_id, r.hostname, r.node_key_hash, bool(r.reenroll_open))
-            for r in conn.execute(_KNOWN, {"b_machines": machines})
-        }
+        bound = _known(conn, sorted({items[i].machine_id for i in todo}))
         for i in todo:
-            outcomes[i] = _decide(bound, items[i], now)
-        rows = sorted((host.new for host in bound.values() if host.new is not None), key=_by_machine)
-        inserted = set(conn.execute(_INSERT[conn.dialect.name], rows).scalars()) if rows else set()
-        changed = [host for host in bound.values() if host.rotated]
+            outcomes[i] = _decide(bound, items[i])
+        new = sorted((b for b in bound.values() if b.new), key=lambda b: b.machine_id)
+        raced = {b.machine_id for b in new} - _insert(conn, new, now) if new else set()
+        changed = [b for b in bound.values() if b.rotated]
         if changed:
             conn.execute(
                 _REENROLL,
                 [
-                    {"b_host": h.host_id, "b_hostname": h.hostname, "b_key": h.node_key_hash, "b_now": now}
-                    for h in changed
+                    {"b_host": b.host_id, "b_hostname": b.hostname, "b_key": b.node_key_hash, "b_now": now}
+                    for b in changed
                 ],
             )
-            rotated += [host.host_id for host in changed]
-        raced = {row["machine_id"] for row in rows} - inserted
+            rotated += [b.host_id for b in changed]
         todo = [i for i in todo if items[i].machine_id in raced]
         if not todo:
             break
