@@ -8,6 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,14 @@ import sqlalchemy as sa
 
 from server_stub.store.engine import SQLITE_FILE, normalize_url
 from tests.support.poison import poison_hostname
-from tests.support.server import LiveServer, fresh_pg_database, pg_url_or_skip, run_server
+from tests.support.server import (
+    LiveServer,
+    fresh_pg_database,
+    pg_url_or_skip,
+    run_server,
+    secrets_of,
+    written_behind,
+)
 
 Body = dict[str, str]
 
@@ -33,14 +41,27 @@ def server_and_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
 
 def enroll_all(server: LiveServer, bodies: list[Body]) -> list[httpx.Response]:
     """Every body POSTed to /enroll at the same time, each on its own connection."""
+    return enroll_at_once([(server, body) for body in bodies])
+
+
+def enroll_at_once(requests: list[tuple[LiveServer, Body]]) -> list[httpx.Response]:
+    """Each (server, body) POSTed to that server's /enroll, all at the same time."""
 
     async def run() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=len(bodies))
-        headers = {"Authorization": f"Bearer {server.enroll_secret}"}
-        async with httpx.AsyncClient(
-            base_url=server.api_url, headers=headers, limits=limits, timeout=60
-        ) as c:
-            return list(await asyncio.gather(*(c.post("/enroll", json=b) for b in bodies)))
+        async with contextlib.AsyncExitStack() as stack:
+            clients: dict[str, httpx.AsyncClient] = {}
+            for server, _ in requests:
+                if server.api_url not in clients:
+                    clients[server.api_url] = await stack.enter_async_context(
+                        httpx.AsyncClient(
+                            base_url=server.api_url,
+                            headers={"Authorization": f"Bearer {server.enroll_secret}"},
+                            limits=httpx.Limits(max_connections=len(requests)),
+                            timeout=60,
+                        )
+                    )
+            calls = (clients[server.api_url].post("/enroll", json=body) for server, body in requests)
+            return list(await asyncio.gather(*calls))
 
     return asyncio.run(run())
 
@@ -57,7 +78,7 @@ def stored_machines(url: str) -> dict[str, str]:
     engine = sa.create_engine(normalize_url(url))
     try:
         with engine.connect() as conn:
-            return dict(conn.exec_driver_sql("SELECT machine_id, host_id FROM hosts").all())  # type: ignore[arg-type]
+            return dict(conn.exec_driver_sql("SELECT machine_id, host_id FROM hosts").all())
     finally:
         engine.dispose()
 
@@ -149,3 +170,32 @@ def test_the_fast_layer_and_the_route_answer_alike(live_server: LiveServer) -> N
         answer = post(content_type, new)
         assert answer.status_code == 200 and sorted(answer.json()) == ["host_id", "node_key"]
         assert key_works(live_server, answer.json()["node_key"])
+
+
+@pytest.mark.postgres
+def test_two_servers_enrolling_the_same_machines_at_once_bind_each_once(tmp_path: Path) -> None:
+    with fresh_pg_database(pg_url_or_skip()) as url, contextlib.ExitStack() as stack:
+        a = stack.enter_context(run_server(tmp_path / "a", db_url=url))
+        b = stack.enter_context(
+            run_server(tmp_path / "b", db_url=url, public_keys=[a.public_key], secrets_env=secrets_of(a))
+        )
+        # Each new machine sent to both servers at once: one of them binds it, the other refuses.
+        bodies = [{"hostname": f"ws-{n}", "machine_id": uuid.uuid4().hex} for n in range(30)]
+        answers = enroll_at_once([(server, body) for body in bodies for server in (a, b)])
+        stored = stored_machines(url)
+        for n, body in enumerate(bodies):
+            pair = answers[2 * n : 2 * n + 2]
+            assert sorted(r.status_code for r in pair) == [200, 409], [r.text for r in pair]
+            (winner,) = [r.json() for r in pair if r.status_code == 200]
+            assert stored[body["machine_id"]] == winner["host_id"]
+            assert key_works(a, winner["node_key"]) and key_works(b, winner["node_key"])
+        # One machine rotating its key on both servers at once: exactly one rotation wins.
+        host = a.enroll("ws-busy")
+        assert key_works(b, host.node_key)  # b holds the old key in memory now
+        body = {"hostname": "ws-busy", "machine_id": host.machine_id, "node_key": host.node_key}
+        answers = enroll_at_once([(server, body) for server in (a, b) for _ in range(10)])
+        assert sorted(r.status_code for r in answers) == [200] + [409] * 19
+        (winner,) = [r.json() for r in answers if r.status_code == 200]
+        assert key_works(a, winner["node_key"]) and key_works(b, winner["node_key"])
+        for server in (a, b):  # the old key stops on both (b: told by the change feed)
+            assert not written_behind(partial(key_works, server, host.node_key), lambda ok: not ok)
