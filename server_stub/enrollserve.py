@@ -17,13 +17,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from endpoint_agent.errors import StoreError
 from server_stub.auth import Principal, Role, hash_node_key, new_node_key
 from server_stub.context import ServerContext
 from server_stub.enrollbatch import EnrollmentsBusy
 from server_stub.errors import ApiError, Conflict, ServiceUnavailable, Unauthorized
+from server_stub.frontdoor import _is_json as is_json
+from server_stub.frontdoor import _replay as replay  # the message read here, then the rest
 from server_stub.models import EnrollRequest, EnrollResponse
 from server_stub.store import EnrollRefused
 from server_stub.store.hosts import Enrollment
@@ -75,11 +77,9 @@ def _enroll_alone(ctx: ServerContext, item: Enrollment) -> str:
 
 def parse_enroll_body(headers: list[tuple[bytes, bytes]], body: bytes) -> EnrollRequest | None:
     """The request as the framework would validate it; None for anything the route must answer."""
-    for name, value in headers:
-        if name.lower() == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            if media != b"application/json":
-                return None
+    content_type = next((value for name, value in headers if name == b"content-type"), None)
+    if not is_json(content_type):
+        return None
     try:
         return EnrollRequest.model_validate(json.loads(body))
     except (ValueError, ValidationError):  # ValueError: also a body that is not JSON
@@ -105,7 +105,7 @@ class EnrollFastPath:
         body = message.get("body", b"") if message["type"] == "http.request" else b""
         request = None if message.get("more_body") else parse_enroll_body(scope["headers"], body)
         if request is None:
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replay(message, receive), send)
             return
         ctx: ServerContext = scope["app"].state.ctx
         response: Response
@@ -115,19 +115,6 @@ class EnrollFastPath:
         except (ApiError, StoreError) as exc:  # answered by the application's own handlers
             response = await _handled(scope, exc)
         await response(scope, receive, send)
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return first
-        return await receive()
-
-    return replay
 
 
 async def _handled(scope: Scope, exc: Exception) -> Response:
