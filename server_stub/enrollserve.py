@@ -58,9 +58,9 @@ async def enroll_host(ctx: ServerContext, principal: Principal, body: EnrollRequ
             "this machine_id is already enrolled: re-enrolling needs the host's current node_key "
             "or an admin's reset (endpoint-admin hosts reset HOST)"
         ) from None
-    except EnrollmentsBusy:
+    except EnrollmentsBusy as exc:
         raise ServiceUnavailable(
-            "too many enrollments waiting; retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER)}
+            f"cannot enroll now ({exc}); retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER)}
         ) from None
     return EnrollResponse(host_id=host_id, node_key=node_key)
 

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from server_stub.store.engine import SQLITE_FILE, normalize_url
+from tests.support.inprocess_server import in_process_server
 from tests.support.poison import poison_hostname
 from tests.support.server import (
     LiveServer,
@@ -199,3 +200,14 @@ def test_two_servers_enrolling_the_same_machines_at_once_bind_each_once(tmp_path
         assert key_works(a, winner["node_key"]) and key_works(b, winner["node_key"])
         for server in (a, b):  # the old key stops on both (b: told by the change feed)
             assert not written_behind(partial(key_works, server, host.node_key), lambda ok: not ok)
+
+
+def test_enrollments_the_writer_cannot_take_are_answered_503_at_once(tmp_path: Path) -> None:
+    with in_process_server(tmp_path) as server:
+        assert server.enroll("ws-before")["node_key"]
+        server.app.state.ctx.enrollments.stop()  # as on the way out: nothing more is queued
+        with server.client(server.config.enroll_secret) as c:
+            answer = c.post("/enroll", json={"hostname": "ws-late", "machine_id": uuid.uuid4().hex})
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "2"
+        assert answer.json() == {"error": "cannot enroll now (the server is stopping); retry later"}
+        assert [h.hostname for h in server.store.hosts.list_hosts()] == ["ws-before"]
