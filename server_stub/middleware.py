@@ -155,9 +155,9 @@ class AuthGateMiddleware:
             # Not one bucket for the whole fleet: the credential and the address each have a large
             # one here, and each enrolling host its own once its body is read (server_stub/limits.py).
             credential = principal.enroll_token or "fleet-secret"
-            if not await self._admit(self.enrollments.enroll_credentials, credential, scope, receive, send):
-                return
-            if not await self._admit(self.enrollments.enroll_addresses, address, scope, receive, send):
+            wait = self.enrollments.admit_enrollment(credential, address)
+            if wait > 0:
+                await too_many(wait)(scope, receive, send)
                 return
         elif not await self._admit(self.principals, principal.limit_key, scope, receive, send):
             return
