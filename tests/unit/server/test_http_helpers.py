@@ -109,6 +109,8 @@ def _config(**overrides: object) -> ServerConfig:
         ({"stale_after": -1.0}, "--stale-after"),
         ({"rate_limit": 0.0}, "--rate-limit"),
         ({"retention_days": -1.0}, "--retention-days"),
+        ({"max_loop_lag": -0.1}, "--max-loop-lag"),
+        ({"max_loop_lag": 11.0}, "--max-loop-lag"),
     ],
 )
 def test_config_is_validated_once_naming_the_flag(overrides: dict[str, object], message: str) -> None:
