@@ -119,11 +119,17 @@ def _agent_event(when: datetime) -> str:
 
 
 class _Asgi:
-    """POSTs to the application through ASGI calls on one event loop (no socket, no client)."""
+    """POSTs to the application through ASGI calls on one event loop (no socket, no client).
+
+    The application's lifespan runs as under uvicorn: its cache watcher is what lets node keys be
+    answered from memory (without it every upload would look its key up in the database).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
+        self._lifespan = app.router.lifespan_context(app)
+        self.loop.run_until_complete(self._lifespan.__aenter__())
 
     def post(self, path: str, body: bytes, token: str) -> tuple[int, bytes]:
         return self.loop.run_until_complete(self._post(path, body, token))
@@ -170,7 +176,10 @@ class _Asgi:
         return status, b"".join(chunks)
 
     def close(self) -> None:
-        self.loop.close()
+        try:
+            self.loop.run_until_complete(self._lifespan.__aexit__(None, None, None))
+        finally:
+            self.loop.close()
 
 
 def _cpu_seconds() -> float:

@@ -10,11 +10,14 @@ they are stored exactly as SQLAlchemy stores them), and one statement per batch:
                  RETURNING event_id   (one plan and ten array parameters, whatever the batch size)
 
 Rows are inserted in the batch's order, so receive ids follow upload order. The `data` column gets
-each event's JSON text as is (no re-encoding).
+each event's JSON text as is (no re-encoding). On PostgreSQL the caller may have more done in the
+same statement, from the rows inserted (`with_inserted`: the rollups, server_stub/store/rollup.py
+counting_ctes), so that a whole upload is one round trip after its host's lock.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -51,10 +54,23 @@ _SQLITE_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _CONFLICT = "ON CONFLICT (host_id, event_id) DO NOTHING RETURNING event_id"
 
 
-def bulk_insert(conn: Connection, host_id: str, rows: Sequence[EventInsert], now: datetime) -> set[str]:
-    """Insert `rows` (distinct event ids) for `host_id`; returns the event ids really inserted."""
+def bulk_insert(
+    conn: Connection,
+    host_id: str,
+    rows: Sequence[EventInsert],
+    now: datetime,
+    *,
+    with_inserted: str | None = None,
+) -> set[str]:
+    """Insert `rows` (distinct event ids) for `host_id`; returns the event ids really inserted.
+
+    `with_inserted` (PostgreSQL only): more CTEs run in the same statement, reading the rows
+    inserted from the CTE `inserted` (its columns: _PG_RETURNED) and the parameter `%(host_id)s`.
+    """
     if not rows:
         return set()
+    if with_inserted is not None and not is_postgres(conn):
+        raise ValueError("with_inserted: PostgreSQL only")
     to_db = _time_converter(conn)
     values = [
         (
@@ -72,7 +88,7 @@ def bulk_insert(conn: Connection, host_id: str, rows: Sequence[EventInsert], now
         for ev in rows
     ]
     if is_postgres(conn):
-        return _postgres(conn, host_id, to_db(now), values)
+        return _postgres(conn, host_id, to_db(now), values, with_inserted)
     return _sqlite(conn, host_id, to_db(now), values)
 
 
@@ -111,22 +127,38 @@ def _sqlite(conn: Connection, host_id: str, now: Any, values: list[tuple[Any, ..
     return inserted
 
 
-_PG_SQL = (
+_PG_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(_COLUMNS)}) "
     f"SELECT %(host_id)s, %(now)s, "
     + ", ".join(f"u.{c}::json" if c == "data" else f"u.{c}" for c in _PER_ROW)
     + " FROM unnest("
     # %(x)b: arrays sent in binary (psycopg's text format escapes each element in Python: 10x slower)
     + ", ".join(f"%({c})b::{_PG_ARRAY_TYPE.get(c, 'text[]')}" for c in _PER_ROW)
-    + f") WITH ORDINALITY AS u({', '.join(_PER_ROW)}, n) ORDER BY u.n {_CONFLICT}"
+    + f") WITH ORDINALITY AS u({', '.join(_PER_ROW)}, n) ORDER BY u.n"
+    + " ON CONFLICT (host_id, event_id) DO NOTHING"
 )
+# What the CTEs given to bulk_insert may read of each inserted row.
+INSERTED = "inserted"
+_PG_RETURNED = "event_id, kind, detected_at, rule_id, category, action, first_seen"
 
 
-def _postgres(conn: Connection, host_id: str, now: Any, values: list[tuple[Any, ...]]) -> set[str]:
+@functools.cache
+def _pg_sql(with_inserted: str | None) -> str:
+    if with_inserted is None:
+        return f"{_PG_INSERT} RETURNING event_id"
+    return (
+        f"WITH {INSERTED} AS MATERIALIZED ({_PG_INSERT} RETURNING {_PG_RETURNED}), {with_inserted} "
+        f"SELECT event_id FROM {INSERTED}"
+    )
+
+
+def _postgres(
+    conn: Connection, host_id: str, now: Any, values: list[tuple[Any, ...]], with_inserted: str | None
+) -> set[str]:
     params: dict[str, Any] = {"host_id": host_id, "now": now}
     for i, column in enumerate(_PER_ROW):
         params[column] = [row[i] for row in values]
-    return {r[0] for r in conn.exec_driver_sql(_PG_SQL, params)}
+    return {r[0] for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
 
 
 def add_to_counts(

@@ -15,7 +15,7 @@ from endpoint_contract.batch import Received
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.store import rollup
 from server_stub.store.bulk import bulk_insert
-from server_stub.store.engine import db_errors, read_connection, serialize_writers
+from server_stub.store.engine import db_errors, is_postgres, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
 
 VIOLATION = "violation"
@@ -290,6 +290,10 @@ class EventRepo:
             rollup.lock_hosts(conn, (host_id,))
             # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
             # names only the rows really inserted, so the rollups count each violation once.
+            if is_postgres(conn):
+                # The rollups in the same statement, from its RETURNING (no round trip between).
+                inserted = bulk_insert(conn, host_id, rows, now, with_inserted=rollup.COUNT_INSERTED)
+                return [ev for ev in rows if ev.event_id in inserted]
             inserted = bulk_insert(conn, host_id, rows, now)
             stored = [ev for ev in rows if ev.event_id in inserted]
             rollup.apply(

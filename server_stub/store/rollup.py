@@ -222,6 +222,103 @@ _ADD_FROM_HOURS = (
 )
 
 
+# Key order as Python sorts strings (add_to_counts, the triage path), whatever the database's collation.
+_C = 'COLLATE "C"'
+
+
+def counting_ctes(inserted: str) -> str:
+    """PostgreSQL: CTEs that add the violations of `inserted` to every rollup, in the statement
+    that inserts them (`apply(conn, facts, +1)` for new open violations, without a round trip).
+
+    `inserted` names a CTE of the rows just stored for ONE host, the parameter `%(host_id)s`
+    (kind, detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The
+    caller holds `lock_hosts` for that host, taken in an earlier statement so that this one's
+    snapshot sees what the host's previous writer committed. Rows are upserted in key order,
+    the shared daily rows before the hourly ones (as `apply_counts` does), so this statement,
+    other uploads and triage queue for each other's row locks instead of deadlocking.
+
+    Running totals: a new hour starts from the stored total before it plus the batch's
+    violations up to it; stored hours from the batch's first on get the batch's violations up
+    to them. The two sets are disjoint (one snapshot), so one statement does both.
+    """
+    stopped = ", ".join(f"'{a}'" for a in STOPPED)
+    counts = ", ".join(f"{c} = {{t}}.{c} + excluded.{c}" for c in ("n", "stop_seconds"))
+    dims = "rule_id, category, action"
+    dims_c = ", ".join(f"{d} {_C}" for d in dims.split(", "))
+    return f"""
+    new_violations AS MATERIALIZED (
+        SELECT to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') AS hour,
+               coalesce(rule_id, '') AS rule_id, coalesce(category, '') AS category,
+               coalesce(action, '') AS action,
+               CASE WHEN action IN ({stopped}) AND first_seen IS NOT NULL
+                    THEN greatest(extract(epoch FROM detected_at - first_seen)::float8, 0.0)
+                    ELSE 0.0 END AS stop
+        FROM {inserted} WHERE kind = 'violation'
+    ),
+    daily_added AS (
+        INSERT INTO {violation_daily.name} (day, {dims}, triage, n, stop_seconds)
+        SELECT left(hour, 10), {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
+        GROUP BY 1, 2, 3, 4 ORDER BY left(hour, 10) {_C}, {dims_c}
+        ON CONFLICT (day, {dims}, triage) DO UPDATE SET {counts.format(t=violation_daily.name)}
+        RETURNING 1
+    ),
+    hourly_added AS (
+        INSERT INTO {violation_hourly.name} (hour, {dims}, triage, n, stop_seconds)
+        SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
+        WHERE (SELECT count(*) FROM daily_added) >= 0  -- after the daily rows: one lock order
+        GROUP BY 1, 2, 3, 4 ORDER BY hour {_C}, {dims_c}
+        ON CONFLICT (hour, {dims}, triage) DO UPDATE SET {counts.format(t=violation_hourly.name)}
+        RETURNING 1
+    ),
+    host_daily_added AS (
+        INSERT INTO {host_daily.name} (day, host_id, triage, n)
+        SELECT left(hour, 10), %(host_id)s, '{OPEN}', count(*) FROM new_violations
+        GROUP BY 1 ORDER BY left(hour, 10) {_C}
+        ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
+        RETURNING 1
+    ),
+    running_delta AS MATERIALIZED (
+        SELECT scope, hour, count(*) AS n
+        FROM (SELECT '' AS scope, hour FROM new_violations
+              UNION ALL SELECT rule_id, hour FROM new_violations) AS per_scope
+        GROUP BY scope, hour
+    ),
+    totals_added AS (
+        INSERT INTO {host_totals.name} (scope, host_id, n_all, n_open)
+        SELECT scope, %(host_id)s, sum(n), sum(n) FROM running_delta GROUP BY scope ORDER BY scope {_C}
+        ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
+            n_open = {host_totals.name}.n_open + excluded.n_open
+        RETURNING 1
+    ),
+    hours_started AS (
+        INSERT INTO {host_running.name} (scope, host_id, hour, n_all, n_open)
+        SELECT d.scope, %(host_id)s, d.hour, coalesce(b.n_all, 0) + upto.n, coalesce(b.n_open, 0) + upto.n
+        FROM running_delta d
+        CROSS JOIN LATERAL (SELECT sum(e.n) AS n FROM running_delta e
+                            WHERE e.scope = d.scope AND e.hour <= d.hour) AS upto
+        LEFT JOIN LATERAL (SELECT r.n_all, r.n_open FROM {host_running.name} r
+                           WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour < d.hour
+                           ORDER BY r.hour DESC LIMIT 1) AS b ON true
+        WHERE NOT EXISTS (SELECT 1 FROM {host_running.name} r
+                          WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour = d.hour)
+        ORDER BY d.scope {_C}, d.hour {_C}
+        RETURNING 1
+    ),
+    hours_added AS (
+        UPDATE {host_running.name} r SET n_all = r.n_all + x.n, n_open = r.n_open + x.n
+        FROM (SELECT s.scope, s.hour, sum(d.n) AS n FROM running_delta d
+              JOIN {host_running.name} s
+                ON s.scope = d.scope AND s.host_id = %(host_id)s AND s.hour >= d.hour
+              GROUP BY s.scope, s.hour) AS x
+        WHERE r.scope = x.scope AND r.host_id = %(host_id)s AND r.hour = x.hour
+        RETURNING 1
+    )"""
+
+
+# New open violations of one host counted in the statement that inserts them (store/bulk.py).
+COUNT_INSERTED = counting_ctes(bulk.INSERTED)
+
+
 def rebuild(conn: Connection) -> None:
     """Recompute every rollup from the stored violations (one INSERT ... SELECT each)."""
     rebuild_counts(conn)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from server_stub.store import EventFilter, EventInsert, Store
 from server_stub.store.rollup import rebuild, split
-from server_stub.store.tables import host_running, host_totals
+from server_stub.store.tables import host_daily, host_running, host_totals, violation_daily, violation_hourly
 
 T0 = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 RULES = [("p2p-a", "p2p"), ("p2p-b", "p2p"), ("remote", "remote-access"), ("miner", "mining")]
@@ -205,3 +205,60 @@ def test_concurrent_uploads_neither_deadlock_nor_lose_counts(store: Store) -> No
     assert _running(store) == kept
     summary = store.stats.summary(EventFilter())
     assert summary.total == 17 * 40 and summary.open == 17 * 40 - 10
+
+
+def _rollup_rows(store: Store) -> dict[str, dict[tuple[object, ...], list[float]]]:
+    """Every rollup table's rows, the stop seconds apart: SQLite's rebuild computes them from
+    julianday, which keeps milliseconds (the count `n` ends the key)."""
+    out = {}
+    with store.engine.connect() as conn:
+        for table in (violation_daily, violation_hourly, host_daily, host_running, host_totals):
+            out[table.name] = {
+                tuple(v for v in row if not isinstance(v, float)): [v for v in row if isinstance(v, float)]
+                for row in conn.execute(sa.select(table))
+            }
+    return out
+
+
+def test_uploads_keep_every_rollup_as_a_rebuild_gives_it(store: Store) -> None:
+    """Batch after batch of one host, each reaching hours before, between and after the hours
+    stored so far (and across days), stopped and reported alike, with retried ids and agent
+    events mixed in: every rollup (counts by day and hour, by host and day, running totals by
+    host and hour, totals) equals a rebuild from the events. On PostgreSQL the rollups are kept
+    by the statement that inserts the batch."""
+    rnd = random.Random(11)
+    hosts = [
+        store.hosts.enroll(machine_id=f"m-r{i}", hostname=f"ws-r{i}", node_key_hash=f"c{i:063x}", now=T0)
+        for i in range(2)
+    ]
+    sent: dict[str, list[EventInsert]] = {host: [] for host in hosts}
+    for n in range(8):
+        host = hosts[n % 2]
+        batch = []
+        for _ in range(rnd.randrange(1, 30)):
+            event_id = str(uuid.uuid4())
+            when = T0 - timedelta(hours=rnd.randrange(72), minutes=rnd.randrange(60))
+            when -= timedelta(microseconds=rnd.randrange(10**6))
+            rule, category = rnd.choice(RULES)
+            action = rnd.choice(ACTIONS)
+            first = when - timedelta(seconds=rnd.randrange(100), microseconds=rnd.randrange(10**6))
+            first_seen = rnd.choice([first, None, when + timedelta(seconds=1)])
+            batch.append(EventInsert(event_id, "violation", when, {"event_id": event_id}, rule_id=rule,
+                                     category=category, action=action, first_seen=first_seen))  # fmt: skip
+        event_id = str(uuid.uuid4())
+        batch.append(EventInsert(event_id, "agent", T0, {"event_id": event_id}, type="events_dropped"))
+        batch += rnd.sample(sent[host], min(len(sent[host]), 3))  # retried: counted once
+        stored = store.events.insert_batch(host, batch, T0)
+        assert {ev.event_id for ev in stored} == {ev.event_id for ev in batch} - {
+            ev.event_id for ev in sent[host]
+        }
+        sent[host] += [ev for ev in stored if ev.kind == "violation"]
+    kept = _rollup_rows(store)
+    with store.engine.begin() as conn:
+        rebuild(conn)
+    rebuilt = _rollup_rows(store)
+    for name, rows in kept.items():
+        assert rows.keys() == rebuilt[name].keys(), name
+        for key, stop in rows.items():
+            assert stop == pytest.approx(rebuilt[name][key], abs=1e-3 * key[-1]), (name, key)  # type: ignore[operator]
+    assert store.stats.summary(EventFilter()).total == sum(len(v) for v in sent.values())
