@@ -81,10 +81,13 @@ def _show(name: str) -> str:
     return repr(name[:40].encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace"))
 
 
+_NAIVE_MIN = TIME_MIN.replace(tzinfo=None)
+_NAIVE_MAX = TIME_MAX.replace(tzinfo=None)
+
+
 def check_time(value: datetime) -> datetime:
     # Judged on the local wall time first: converting year 1 or 9999 with an offset overflows.
-    naive = value.replace(tzinfo=None)
-    if not TIME_MIN.replace(tzinfo=None) <= naive < TIME_MAX.replace(tzinfo=None):
+    if not _NAIVE_MIN <= value.replace(tzinfo=None) < _NAIVE_MAX:
         raise ValueError(f"time out of range ({TIME_MIN.year} to {TIME_MAX.year - 1})")
     return value
 
