@@ -318,6 +318,22 @@ def _run_one(kind: str, url: str | None, batch: int, total: int) -> Result:
         )
 
 
+def _split_line(kind: str, by_size: dict[int, Result]) -> str:
+    """Per upload and per event, from the two batch sizes (cost = fixed / batch + per event)."""
+    (small, a), (large, b) = sorted(by_size.items())
+
+    def split(x: float, y: float) -> tuple[float, float]:
+        fixed = (x - y) / (1 / small - 1 / large)
+        return fixed, y - fixed / large
+
+    server = split(a.server_us, b.server_us)
+    text = f"  {kind}: server {server[0] / 1e3:.1f} ms per upload + {server[1]:.1f} us per event"
+    if a.db_us is not None and b.db_us is not None:
+        db = split(a.db_us, b.db_us)
+        text += f"; database {db[0] / 1e3:.1f} ms per upload + {db[1]:.1f} us per event"
+    return text
+
+
 def run(args: argparse.Namespace) -> list[Target]:
     pg = args.ingest_pg or os.environ.get("ENDPOINT_TEST_PG_URL")
     kinds = [("sqlite", None)] + ([("postgresql", pg)] if pg and pg != "none" else [])
@@ -326,10 +342,13 @@ def run(args: argparse.Namespace) -> list[Target]:
     print(f"  on {os.cpu_count()} cores shared with everything else running; one uploader, in process")
     results = []
     for kind, url in kinds:
+        by_size = {}
         for batch in BATCH_SIZES:
             result = _run_one(kind, url, batch, args.ingest_events)
             print(result.line(), flush=True)
             results.append(result)
+            by_size[batch] = result
+        print(_split_line(kind, by_size), flush=True)
     targets = [
         Target(
             f"{r.label}: server us/event / {CPU_BUDGET_US[int(r.label.rsplit(' ', 1)[1])]:g}",
