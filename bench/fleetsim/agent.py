@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.fleetsim.http import Answer, Connection, Timeout
+from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
 from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder
 from endpoint_agent import __version__
 from endpoint_agent.clock import SystemClock
@@ -54,6 +54,11 @@ BURST_PER_S = 1 / 1800  # ... and a burst every half hour
 BURST_SIZE = 200
 _CLOCK = SystemClock()
 _HEADERS = {"Accept": "application/json", "User-Agent": f"endpoint-agent/{__version__}"}
+_JSON = {"Content-Type": "application/json"}
+
+
+def _encode(method: bytes, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    return encode(method, API + path, {**_HEADERS, **headers}, body)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class SimHost:
     poll: PollSchedule | None = None
     report: ReportSchedule | None = None
     enrolling: asyncio.Future[None] | None = None  # one enrollment at a time, as the agent's lock
+    polled_with: tuple[str | None, str | None, bytes] | None = None  # (key, etag, the poll request)
 
 
 def make_hosts(indices: Iterable[int], *, seed: int, seeded: bool, rng: random.Random) -> list[SimHost]:
@@ -259,7 +265,7 @@ class Fleet:
 
     async def poll_policy(self, host: SimHost, conn: Connection | None = None) -> Answer:
         headers = {"If-None-Match": host.etag} if host.etag else {}
-        answer = await self.node_call(host, "policy", b"GET", "/policy", headers, b"", conn)
+        answer = await self.node_call(host, "policy", b"GET", "/policy", headers, b"", conn, cache=True)
         if answer.status == 200:
             host.etag = answer.header(b"etag")
         return answer
@@ -267,22 +273,25 @@ class Fleet:
     async def report_round(self, host: SimHost) -> bool:
         """Upload pending events (at most 100 batches), then a heartbeat; True when events are left."""
         self._accrue(host)
-        conn = await self._connect("events" if host.pending else "heartbeat")
+        if not host.pending:  # most rounds: a heartbeat alone, on a connection of its own
+            await self.node_call(
+                host, "heartbeat", b"POST", "/heartbeat", _JSON, heartbeat_body(), None,
+            )  # fmt: skip
+            return False
+        conn = await self.connect("events")
         try:
             for _ in range(100):
                 if not host.pending:
                     break
                 count = min(host.pending, MAX_BATCH)
                 body = event_batch(host.hostname, count, self.rng)
-                answer = await self.node_call(
-                    host, "events", b"POST", "/events", {"Content-Type": "application/json"}, body, conn
-                )
+                answer = await self.node_call(host, "events", b"POST", "/events", _JSON, body, conn)
                 acked = len(json.loads(answer.body).get("acked", ()))
                 host.pending -= acked
                 self.recorder.events_acked += acked
-                conn = conn if conn.usable else await self._connect("heartbeat")
+                conn = conn if conn.usable else await self.connect("heartbeat")
             await self.node_call(
-                host, "heartbeat", b"POST", "/heartbeat", {"Content-Type": "application/json"},
+                host, "heartbeat", b"POST", "/heartbeat", _JSON,
                 heartbeat_body(), conn,
             )  # fmt: skip
         finally:
@@ -303,7 +312,8 @@ class Fleet:
         if host.node_key:
             body["node_key"] = host.node_key  # a rotation: the server re-enrolls a known machine only so
         headers = {"Authorization": f"Bearer {self.server.enroll_secret}", "Content-Type": "application/json"}
-        answer = await self.call("enroll", b"POST", "/enroll", headers, json.dumps(body).encode(), conn)
+        raw = _encode(b"POST", "/enroll", headers, json.dumps(body).encode())
+        answer = await self.call("enroll", raw, conn)
         self._raise_for_status(answer)
         obj = json.loads(answer.body)
         host.host_id, host.node_key = obj["host_id"], obj["node_key"]
@@ -333,15 +343,21 @@ class Fleet:
 
     async def node_call(
         self, host: SimHost, kind: str, method: bytes, path: str, headers: dict[str, str], body: bytes,
-        conn: Connection | None = None,
+        conn: Connection | None = None, *, cache: bool = False,
     ) -> Answer:  # fmt: skip
-        """A node-key request; enrolls first if needed, and again (once) on 401."""
+        """A node-key request; enrolls first if needed, and again (once) on 401. `cache`: the
+        request is the same while the host's key and ETag are (a poll): encoded once."""
         if host.node_key is None:
             await self._enroll_once(host, None)
         for attempt in (1, 2):
             key = host.node_key
-            auth = {**headers, "Authorization": f"Bearer {key}"}
-            answer = await self.call(kind, method, path, auth, body, conn)
+            if cache and (held := host.polled_with) and held[0] == key and held[1] == host.etag:
+                raw = held[2]
+            else:
+                raw = _encode(method, path, {**headers, "Authorization": f"Bearer {key}"}, body)
+                if cache:
+                    host.polled_with = (key, host.etag, raw)
+            answer = await self.call(kind, raw, conn)
             if answer.status != 401:
                 self._raise_for_status(answer)
                 return answer
@@ -350,31 +366,26 @@ class Fleet:
                 conn = None  # a 401 closes the connection (server_stub/middleware.py)
         raise Rejected(f"{kind}: node key refused right after enrolling")
 
-    async def call(
-        self, kind: str, method: bytes, path: str, headers: dict[str, str], body: bytes,
-        conn: Connection | None = None,
-    ) -> Answer:  # fmt: skip
-        """One request, timed and recorded; on `conn` if it is still usable, else on a new connection."""
+    async def call(self, kind: str, raw: bytes, conn: Connection | None = None) -> Answer:
+        """One encoded request, timed and recorded; on `conn` if it is still usable, else on a
+        connection of its own (closed after)."""
         started = time.perf_counter()
-        own = conn is None or not conn.usable
         try:
-            if own:
-                conn = await self._connect(kind)  # records its own failure
-            assert conn is not None
-            answer = await conn.request(method, API + path, {**_HEADERS, **headers}, body)
+            if conn is not None and conn.usable:
+                answer = await conn.send(raw)
+            else:
+                server = self.server
+                answer = await exchange(self.loop, server.host, server.port, raw, timeout=self.timeout)
         except Timeout as exc:
             self.recorder.add(kind, TIMEOUT, time.perf_counter() - started)
             raise Unavailable(f"{kind}: timed out") from exc
         except OSError as exc:
             self.recorder.add(kind, ERROR, time.perf_counter() - started)
             raise Unavailable(f"{kind}: {exc}") from exc
-        finally:
-            if own and conn is not None:
-                conn.close()
         self.recorder.add(kind, answer.status, time.perf_counter() - started)
         return answer
 
-    async def _connect(self, kind: str) -> Connection:
+    async def connect(self, kind: str) -> Connection:
         started = time.perf_counter()
         try:
             return await Connection.open(self.loop, self.server.host, self.server.port, timeout=self.timeout)

@@ -9,7 +9,6 @@ Hosts are split among processes by index (`index % procs == worker`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -73,16 +72,19 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
     if not await ctx.begin():
         return
     boundary = time.monotonic()
+    watch = LagWatch(loop, recorder)
+    watch.start()
     try:
         for k, (_size, seconds) in enumerate(steps):
             fleet.start(growth[k])
             boundary += seconds
             if not await _sleep_until(boundary, ctx):
                 return  # stopped: a step cut short says nothing
-            fleet.recorder = Recorder()
+            fleet.recorder = watch.recorder = Recorder()
             ctx.report(str(k), recorder)
             recorder = fleet.recorder
     finally:
+        watch.stop()
         fleet.stop()
         await fleet.drain()
 
@@ -133,6 +135,8 @@ async def _closed_loop(
     Retry-After, as an agent would."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + params["seconds"]
+    watch = LagWatch(loop, fleet.recorder)
+    watch.start()
 
     async def one(offset: int) -> None:
         conn: Connection | None = None
@@ -151,7 +155,10 @@ async def _closed_loop(
         if conn is not None:
             conn.close()
 
-    await asyncio.gather(*(one(c) for c in range(_share(params["concurrency"], ctx))))
+    try:
+        await asyncio.gather(*(one(c) for c in range(_share(params["concurrency"], ctx))))
+    finally:
+        watch.stop()
 
 
 async def enroll(ctx: Context, params: dict[str, Any]) -> None:
@@ -179,37 +186,84 @@ async def enroll(ctx: Context, params: dict[str, Any]) -> None:
                 except Unavailable as exc:
                     await asyncio.sleep(min(schedule.failed(exc.retry_after), deadline - time.monotonic()))
 
-    await asyncio.gather(*(one() for _ in range(_share(params["concurrency"], ctx))))
+    watch = LagWatch(loop, recorder)
+    watch.start()
+    try:
+        await asyncio.gather(*(one() for _ in range(_share(params["concurrency"], ctx))))
+    finally:
+        watch.stop()
     ctx.report("enroll", recorder)
 
 
 async def overload(ctx: Context, params: dict[str, Any]) -> None:
-    """Open loop: policy polls arriving at `rate`/s (each on its own connection, no retries) for
-    `seconds`, far past what the server can do; then every request is waited for (up to the timeout)."""
+    """More polls than the server can answer, cheaply: `conns` keep-alive connections (this
+    process's share), each sending a poll, waiting for its answer (at most `timeout` s), then
+    another after a random pause of mean `think` s, for `seconds`: `conns / think` polls/s offered
+    while the server answers at once. A share `fresh` of the polls comes on a new connection, as
+    an agent's at the default intervals does. Retry-After is counted, not waited: the next poll of
+    a connection stands for another agent arriving. Nothing is retried."""
     loop = asyncio.get_running_loop()
+    rng = random.Random(params["seed"] + ctx.worker)
     hosts, recorder, fleet = _pollers(ctx, params)
-    rate = params["rate"] / ctx.procs
+    fleet.timeout = params["timeout"]
+    conns, think, fresh = _share(params["conns"], ctx), params["think"], params["fresh"]
+    watch = LagWatch(loop, recorder)
     if not await ctx.begin():
         return
-    started = time.monotonic()
-    tasks: set[asyncio.Task[Any]] = set()
-    sent = 0
-    while (now := time.monotonic()) < started + params["seconds"] and not ctx.stopped():
-        due = int((now - started) * rate)
-        while sent < due:
-            task = loop.create_task(_quiet(fleet.poll_policy(hosts[sent % len(hosts)])))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.sleep(0.005)
-    if tasks:
-        await asyncio.gather(*tasks)
+    deadline = time.monotonic() + params["seconds"]
+
+    async def one(first: int) -> None:
+        conn: Connection | None = None
+        await asyncio.sleep(rng.uniform(0, think))  # arrivals spread, not all at the start
+        i = first
+        while time.monotonic() < deadline and not ctx.stopped():
+            host = hosts[i % len(hosts)]
+            i += conns
+            try:
+                if rng.random() < fresh:
+                    await fleet.poll_policy(host)
+                else:
+                    if conn is None or not conn.usable:
+                        conn = await fleet.connect("policy")
+                    await fleet.poll_policy(host, conn)
+            except Unavailable:
+                pass  # counted by the recorder
+            await asyncio.sleep(min(rng.expovariate(1.0 / think), max(0.0, deadline - time.monotonic())))
+        if conn is not None:
+            conn.close()
+
+    watch.start()
+    try:
+        await asyncio.gather(*(one(c) for c in range(conns)))
+    finally:
+        watch.stop()
     ctx.report("overload", recorder)
 
 
-async def _quiet(coro: Any) -> None:
-    with contextlib.suppress(Unavailable):  # counted by the recorder
-        await coro
+class LagWatch:
+    """How late the simulator's loop runs a timer due every 20 ms, into `recorder.late`: a busy
+    simulator answers its sockets late too, and its latencies are then its own, not the server's."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder, every: float = 0.02) -> None:
+        self.loop = loop
+        self.recorder = recorder
+        self.every = every
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._arm(self.loop.time() + self.every)
+
+    def _arm(self, due: float) -> None:
+        self._timer = self.loop.call_at(due, self._tick, due)
+
+    def _tick(self, due: float) -> None:
+        now = self.loop.time()
+        self.recorder.late(now - due)
+        self._arm(max(due + self.every, now))
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _pollers(ctx: Context, params: dict[str, Any]) -> tuple[list[SimHost], Recorder, Fleet]:
@@ -228,4 +282,4 @@ def _share(total: int, ctx: Context) -> int:
 
 SCENARIOS = {"ramp": ramp, "polls": polls, "ingest": ingest, "enroll": enroll, "overload": overload}
 
-__all__ = ["SCENARIOS", "Context"]
+__all__ = ["SCENARIOS", "Context", "LagWatch"]

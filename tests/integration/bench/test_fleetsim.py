@@ -14,10 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from bench.fleetsim.agent import Fleet, Server, SimHost, Unavailable, make_hosts
-from bench.fleetsim.http import Answer, Connection
+from bench.fleetsim.agent import Fleet, Server, SimHost, make_hosts
 from bench.fleetsim.server import POLICY
 from bench.fleetsim.stats import Recorder
 from tests.support.server import REPO_ROOT, LiveServer, run_server, subprocess_env
@@ -111,52 +108,6 @@ def test_a_rate_limited_host_waits_for_retry_after(tmp_path: Path) -> None:
         assert not later or later[0] - at >= after * 0.99  # never sooner than asked
 
 
-def test_the_client_refuses_anything_but_loopback() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        with pytest.raises(ValueError, match="loopback only"):
-            await Connection.open(loop, "192.0.2.1", 80, timeout=1.0)
-
-    asyncio.run(main())
-
-
-def test_the_client_reads_chunked_and_split_answers() -> None:
-    async def main() -> None:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            for piece in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"x\"\r\n\r\n5\r\nhel",
-                          b"lo\r\n6\r\n world\r\n0\r\n\r\n"):  # fmt: skip
-                writer.write(piece)
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}")
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(answer, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        conn = await Connection.open(asyncio.get_running_loop(), "127.0.0.1", port, timeout=5.0)
-        first = await conn.request(b"GET", "/a", {})
-        assert (first.status, first.body, first.header(b"etag")) == (200, b"hello world", '"x"')
-        second = await conn.request(b"GET", "/b", {})
-        assert (second.status, second.body, second.header(b"retry-after")) == (503, b"{}", "7")
-        with pytest.raises(ConnectionError):
-            await conn.request(b"GET", "/c", {})
-        conn.close()
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(main())
-
-
-def test_unavailable_carries_retry_after_from_a_503() -> None:
-    fleet = Fleet(None, Server("127.0.0.1", 1, "x"), Recorder())
-    with pytest.raises(Unavailable) as caught:
-        fleet._raise_for_status(Answer(503, b"\r\nretry-after: 5\r\n", b""))
-    assert caught.value.retry_after == 5.0
-
-
 def test_python_m_bench_fleet_runs_end_to_end() -> None:
     cmd = [sys.executable, "-m", "bench.fleet", "--hosts", "30", "--duration", "4"]
     cmd += ["--sync-interval", "1", "--upload-interval", "1", "--procs", "2"]
@@ -169,20 +120,3 @@ def test_python_m_bench_fleet_runs_end_to_end() -> None:
     assert "hosts per server core" in out
     policy_line = next(line for line in out.splitlines() if line.strip().startswith("policy"))
     assert "304:" in policy_line and "timeout" not in policy_line
-
-
-def test_recorders_merge_and_give_percentiles_by_outcome() -> None:
-    from bench.fleetsim.stats import TIMEOUT
-
-    one, two = Recorder(), Recorder()
-    for ms in range(1, 101):
-        one.add("policy", 304, ms / 1000)
-    two.add("policy", 503, 0.002)
-    two.add("policy", TIMEOUT, 15.0)
-    two.events_acked = 7
-    merged = Recorder.merged([one, two])
-    stats = merged.kinds["policy"]
-    assert stats.outcomes == {304: 100, 503: 1, TIMEOUT: 1}
-    assert stats.percentile(0.5, 304) == 0.050 and stats.percentile(0.99, 304) == 0.099
-    assert stats.percentile(1.0) == 15.0 and stats.percentile(0.5, 503) == 0.002
-    assert merged.count(TIMEOUT) == 1 and merged.events_acked == 7

@@ -1,0 +1,274 @@
+"""The fleet simulator's pieces: its HTTP client (against small servers on 127.0.0.1), the
+latency histograms, the detection of a simulator that lags its own schedule, and the verdict
+of a steady-state step."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bench.fleet import FAILED, HELD, SIM_LAGGED, lagged, step_verdict
+from bench.fleetsim.agent import Fleet, Server, Unavailable
+from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
+from bench.fleetsim.scenarios import LagWatch
+from bench.fleetsim.stats import ERROR, TIMEOUT, Histogram, Recorder
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _serve(handler: Handler) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+# -- HTTP client -------------------------------------------------------------------------------
+
+
+def test_encode_writes_the_request_as_sent() -> None:
+    raw = encode(b"POST", "/api/v1/heartbeat", {"Authorization": "Bearer k"}, b"{}")
+    assert raw == (
+        b"POST /api/v1/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    assert b"Content-Length: 0" in encode(b"POST", "/x", {})  # an empty POST says so
+    assert b"Content-Length" not in encode(b"GET", "/x", {})
+
+
+def test_the_client_refuses_anything_but_loopback() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ValueError, match="loopback only"):
+            await Connection.open(loop, "192.0.2.1", 80, timeout=1.0)
+        with pytest.raises(ValueError, match="loopback only"):
+            await exchange(loop, "192.0.2.1", 80, b"GET / HTTP/1.1\r\n\r\n", timeout=1.0)
+
+    asyncio.run(main())
+
+
+def test_the_client_reads_chunked_and_split_answers() -> None:
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for piece in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"x\"\r\n\r\n5\r\nhel",
+                          b"lo\r\n6\r\n world\r\n0\r\n\r\n"):  # fmt: skip
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        server, port = await _serve(answer)
+        conn = await Connection.open(asyncio.get_running_loop(), "127.0.0.1", port, timeout=5.0)
+        first = await conn.request(b"GET", "/a", {})
+        assert (first.status, first.body, first.header(b"etag")) == (200, b"hello world", '"x"')
+        second = await conn.send(encode(b"GET", "/b", {}))
+        assert (second.status, second.body, second.header(b"retry-after")) == (503, b"{}", "7")
+        with pytest.raises(ConnectionError):
+            await conn.request(b"GET", "/c", {})
+        conn.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_exchange_sends_on_a_new_connection_and_reads_the_whole_answer() -> None:
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            seen.append(head + body)
+            big = b"x" * 200_000  # several reads
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big))
+            for i in range(0, len(big), 50_000):
+                writer.write(big[i : i + 50_000])
+                await writer.drain()
+            await reader.read()  # until the client closes
+            writer.close()
+
+        server, port = await _serve(answer)
+        raw = encode(b"POST", "/events", {}, b"y" * 300_000)  # more than one send
+        got = await exchange(asyncio.get_running_loop(), "127.0.0.1", port, raw, timeout=10.0)
+        assert (got.status, len(got.body)) == (200, 200_000)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen == [encode(b"POST", "/events", {}, b"y" * 300_000)]
+
+
+def test_exchange_fails_on_a_refused_port_a_silent_server_and_a_closed_connection() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]  # bound, not listening: refused
+            with pytest.raises(ConnectionError):
+                await exchange(loop, "127.0.0.1", closed_port, b"GET / HTTP/1.1\r\n\r\n", timeout=5.0)
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+
+        server, port = await _serve(silent)
+        started = time.monotonic()
+        with pytest.raises(Timeout):
+            await exchange(loop, "127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n", timeout=0.3)
+        assert time.monotonic() - started >= 0.3
+        server.close()
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+            writer.close()
+
+        server, port = await _serve(hang_up)
+        with pytest.raises(ConnectionError, match="closed"):
+            await exchange(loop, "127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n", timeout=5.0)
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_request_is_recorded_by_kind_and_carries_retry_after() -> None:
+    async def main() -> Recorder:
+        async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        server, port = await _serve(busy)
+        rec = Recorder()
+        fleet = Fleet(None, Server("127.0.0.1", port, "x"), rec, timeout=5.0)
+        answer = await fleet.call("policy", encode(b"GET", "/api/v1/policy", {}))
+        with pytest.raises(Unavailable) as caught:
+            fleet._raise_for_status(answer)
+        assert caught.value.retry_after == 5.0
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(Unavailable):  # nobody listens any more
+            await fleet.call("heartbeat", encode(b"POST", "/api/v1/heartbeat", {}))
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.kinds["policy"].outcomes == {503: 1} and rec.retry_after_seen == 1
+    assert rec.kinds["heartbeat"].outcomes == {ERROR: 1}
+
+
+def test_an_answer_finds_its_headers() -> None:
+    answer = Answer(304, b'http/1.1 304 not modified\r\netag: "v1"\r\nretry-after:  3 \r\n', b"")
+    assert answer.header(b"etag") == '"v1"' and answer.header(b"retry-after") == "3"
+    assert answer.header(b"content-type") is None
+
+
+# -- histograms ---------------------------------------------------------------------------------
+
+
+def test_histogram_percentiles_are_within_one_percent_of_the_exact_ones() -> None:
+    rng = random.Random(3)
+    values = [rng.lognormvariate(-5, 1.5) for _ in range(20_000)] + [15.0] * 30
+    hist = Histogram()
+    for v in values:
+        hist.add(v)
+    ordered = sorted(values)
+    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        exact = ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+        assert hist.percentile(q) == pytest.approx(exact, rel=0.011), q
+    assert hist.n == len(values)
+
+
+def test_histograms_merge_pickle_and_take_any_value() -> None:
+    one, two, both = Histogram(), Histogram(), Histogram()
+    for i in range(1, 1001):
+        (one if i % 2 else two).add(i / 1000)
+        both.add(i / 1000)
+    one.extend(two)
+    assert list(one.counts) == list(both.counts) and one.n == both.n == 1000
+    again = pickle.loads(pickle.dumps(one))
+    assert list(again.counts) == list(one.counts) and again.percentile(0.5) == one.percentile(0.5)
+    assert len(pickle.dumps(one)) < 20_000  # the same size at a million samples
+    edge = Histogram()
+    for v in (0.0, 1e-9, 1e9):
+        edge.add(v)
+    assert edge.percentile(0.0) <= 1e-6 and edge.max() >= 1e4
+    assert math.isnan(Histogram().percentile(0.5))
+
+
+def test_recorders_merge_and_give_percentiles_by_outcome() -> None:
+    one, two = Recorder(), Recorder()
+    for ms in range(1, 101):
+        one.add("policy", 304, ms / 1000)
+    two.add("policy", 503, 0.002)
+    two.add("policy", TIMEOUT, 15.0)
+    two.events_acked = 7
+    two.late(0.5)
+    merged = Recorder.merged([one, two])
+    stats = merged.kinds["policy"]
+    assert stats.outcomes == {304: 100, 503: 1, TIMEOUT: 1}
+    assert stats.percentile(0.5, 304) == pytest.approx(0.050, rel=0.01)
+    assert stats.percentile(0.99, 304) == pytest.approx(0.099, rel=0.01)
+    assert stats.percentile(1.0) == pytest.approx(15.0, rel=0.01)
+    assert stats.percentile(0.5, 503) == pytest.approx(0.002, rel=0.01)
+    assert math.isnan(stats.percentile(0.5, 429))
+    assert merged.count(TIMEOUT) == 1 and merged.events_acked == 7
+    assert merged.late_max == pytest.approx(0.5, rel=0.01)
+
+
+# -- the simulator's own lag, and a step's verdict ------------------------------------------------
+
+
+def test_the_lag_watch_sees_a_simulator_that_blocks_its_loop() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        watch = LagWatch(asyncio.get_running_loop(), rec, every=0.01)
+        watch.start()
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the simulator busy elsewhere: its timers (and sockets) wait
+        await asyncio.sleep(0.05)
+        watch.stop()
+
+    asyncio.run(main())
+    assert rec.lag.n >= 2
+    assert rec.late_max >= 0.25
+    assert lagged(rec)
+
+
+def _served(p95_ms: float, n: int = 1000) -> Recorder:
+    rec = Recorder()
+    for i in range(n):
+        rec.add("policy", 304, p95_ms / 1000 if i >= n * 0.9 else 0.001)
+    for _ in range(100):
+        rec.late(0.001)
+    return rec
+
+
+def test_a_step_holds_fails_on_the_server_or_is_inconclusive_when_the_simulator_lagged() -> None:
+    assert step_verdict(_served(20))[0] == HELD
+    verdict, why = step_verdict(_served(300))
+    assert verdict == FAILED and why.startswith("p95 ") and why.endswith("> 100.0 ms")
+    timed_out = _served(20)
+    for _ in range(5):
+        timed_out.add("policy", TIMEOUT, 15.0)
+    assert step_verdict(timed_out)[0] == FAILED and "timeouts" in step_verdict(timed_out)[1]
+    refused = _served(20)
+    for _ in range(50):
+        refused.add("heartbeat", 503, 0.001)
+    assert step_verdict(refused)[0] == FAILED
+    # The same slow answers while the simulator's own timers ran 200 ms late: not the server's fault.
+    lagging = _served(300)
+    for _ in range(10):
+        lagging.late(0.2)
+    verdict, why = step_verdict(lagging)
+    assert verdict == SIM_LAGGED and "simulator" in why
+    assert step_verdict(Recorder())[0] == FAILED
