@@ -32,13 +32,14 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
 from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder
+from bench.fleetsim.timers import Wheel
 from endpoint_agent import __version__
 from endpoint_agent.clock import SystemClock
 from endpoint_agent.report.backoff import ReportSchedule
@@ -180,37 +181,62 @@ class Fleet:
     ) -> None:
         self._loop = loop
         self.server = server
-        self.recorder = recorder
+        self._recorder = recorder
         self.rng = rng or random.Random()
         self.sync_interval = sync_interval
         self.upload_interval = upload_interval
         self.timeout = timeout
         self.running = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._wheel: Wheel | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop given, else the running one (a fleet made before its loop runs)."""
         return self._loop or asyncio.get_running_loop()
 
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: Recorder) -> None:
+        """Results from now on go to `recorder` (the scheduler's lag too)."""
+        self._recorder = recorder
+        if self._wheel is not None:
+            self._wheel.recorder = recorder
+
     # -- scheduling ----------------------------------------------------------------------------
 
-    def start(self, hosts: list[SimHost]) -> None:
-        """Run `hosts` on the agent's schedules, as if each had booted at a random earlier time."""
-        self.running = True
+    def plan(self, hosts: Iterable[SimHost], offset: float = 0.0) -> None:
+        """Run `hosts` from `offset` seconds after the start (or now, if started) on the agent's
+        schedules, as if each had booted at a random earlier time: a first poll and a first
+        report round at a random point of one interval each. Their schedules are made when first
+        due; plan a large fleet before the start, so that its clock starts with them in place."""
+        wheel = self._wheel
+        if wheel is None:
+            wheel = self._wheel = Wheel(self.loop, self._recorder)
+        if self.running:
+            offset += self.loop.time() - wheel.origin
+        after, uniform = wheel.after, self.rng.uniform
         for host in hosts:
-            host.poll = PollSchedule(self.sync_interval, clock=_CLOCK, rng=self.rng)
-            host.report = ReportSchedule(self.upload_interval, clock=_CLOCK, rng=self.rng)
-            host.accrued_at = time.monotonic()
-            self._later(self.rng.uniform(0, self.sync_interval), self._poll, host)
-            self._later(host.report.seconds_until_due(), self._report, host)
+            after(offset + uniform(0, self.sync_interval), self._fire, self._poll, host)
+            after(offset + uniform(0, self.upload_interval), self._fire, self._report, host)
+
+    def start(self, hosts: Sequence[SimHost] = ()) -> None:
+        """Start the clock (hosts planned before run from now) and run `hosts` too."""
+        if hosts:
+            self.plan(hosts)
+        if self._wheel is None:
+            self._wheel = Wheel(self.loop, self._recorder)
+        self.running = True
+        self._wheel.start()
 
     def stop(self) -> None:
         self.running = False
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._wheel is not None:
+            self._wheel.stop()
+            self._wheel = None
         for task in self._tasks:
             task.cancel()
 
@@ -221,24 +247,18 @@ class Fleet:
     def _later(
         self, delay: float, job: Callable[[SimHost], Coroutine[Any, Any, None]], host: SimHost
     ) -> None:
-        if not self.running:
-            return
-        due = self.loop.time() + delay
-        timer: asyncio.TimerHandle | None = None
+        if self.running and self._wheel is not None:
+            self._wheel.at(self.loop.time() + delay, self._fire, job, host)
 
-        def fire() -> None:
-            self._timers.discard(timer)  # type: ignore[arg-type]
-            self.recorder.late(self.loop.time() - due)
-            if self.running:
-                task = self.loop.create_task(job(host))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-        timer = self.loop.call_at(due, fire)
-        self._timers.add(timer)
+    def _fire(self, job: Callable[[SimHost], Coroutine[Any, Any, None]], host: SimHost) -> None:
+        if self.running:
+            task = self.loop.create_task(job(host))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _poll(self, host: SimHost) -> None:
-        assert host.poll is not None
+        if host.poll is None:
+            host.poll = PollSchedule(self.sync_interval, clock=_CLOCK, rng=self.rng)
         try:
             await self.poll_policy(host)
         except Unavailable as exc:
@@ -250,7 +270,9 @@ class Fleet:
         self._later(delay, self._poll, host)
 
     async def _report(self, host: SimHost) -> None:
-        assert host.report is not None
+        if host.report is None:  # its first due time was drawn by plan(): an interval's events
+            host.report = ReportSchedule(self.upload_interval, clock=_CLOCK, rng=self.rng)
+            host.accrued_at = min(host.accrued_at, time.monotonic() - self.upload_interval)
         try:
             more = await self.report_round(host)
         except Unavailable as exc:

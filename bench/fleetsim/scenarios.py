@@ -9,6 +9,7 @@ Hosts are split among processes by index (`index % procs == worker`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from bench.fleetsim.agent import Fleet, Server, SimHost, Unavailable, event_batch, make_hosts
 from bench.fleetsim.http import Connection
 from bench.fleetsim.stats import Recorder
+from bench.fleetsim.timers import Wheel
 from endpoint_agent.clock import SystemClock
 from endpoint_agent.sync.schedule import PollSchedule
 
@@ -69,22 +71,24 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
         if params["seeded"]:  # a running agent holds the current ETag (in memory, policy_sync.py)
             for host in growth[-1]:
                 host.etag = params["etag"] or None
+    offset = 0.0
+    for k, (_size, seconds) in enumerate(steps):
+        fleet.plan(growth[k], offset)
+        offset += seconds
+    gc.freeze()  # the fleet lives to the end: no collection need walk it again
     if not await ctx.begin():
         return
     boundary = time.monotonic()
-    watch = LagWatch(loop, recorder)
-    watch.start()
+    fleet.start()
     try:
         for k, (_size, seconds) in enumerate(steps):
-            fleet.start(growth[k])
             boundary += seconds
             if not await _sleep_until(boundary, ctx):
                 return  # stopped: a step cut short says nothing
-            fleet.recorder = watch.recorder = Recorder()
+            fleet.recorder = Recorder()
             ctx.report(str(k), recorder)
             recorder = fleet.recorder
     finally:
-        watch.stop()
         fleet.stop()
         await fleet.drain()
 
@@ -135,7 +139,7 @@ async def _closed_loop(
     Retry-After, as an agent would."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + params["seconds"]
-    watch = LagWatch(loop, fleet.recorder)
+    watch = Wheel(loop, fleet.recorder)
     watch.start()
 
     async def one(offset: int) -> None:
@@ -186,7 +190,7 @@ async def enroll(ctx: Context, params: dict[str, Any]) -> None:
                 except Unavailable as exc:
                     await asyncio.sleep(min(schedule.failed(exc.retry_after), deadline - time.monotonic()))
 
-    watch = LagWatch(loop, recorder)
+    watch = Wheel(loop, recorder)
     watch.start()
     try:
         await asyncio.gather(*(one() for _ in range(_share(params["concurrency"], ctx))))
@@ -207,7 +211,7 @@ async def overload(ctx: Context, params: dict[str, Any]) -> None:
     hosts, recorder, fleet = _pollers(ctx, params)
     fleet.timeout = params["timeout"]
     conns, think, fresh = _share(params["conns"], ctx), params["think"], params["fresh"]
-    watch = LagWatch(loop, recorder)
+    watch = Wheel(loop, recorder)
     if not await ctx.begin():
         return
     deadline = time.monotonic() + params["seconds"]
@@ -240,32 +244,6 @@ async def overload(ctx: Context, params: dict[str, Any]) -> None:
     ctx.report("overload", recorder)
 
 
-class LagWatch:
-    """How late the simulator's loop runs a timer due every 20 ms, into `recorder.late`: a busy
-    simulator answers its sockets late too, and its latencies are then its own, not the server's."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder, every: float = 0.02) -> None:
-        self.loop = loop
-        self.recorder = recorder
-        self.every = every
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self._arm(self.loop.time() + self.every)
-
-    def _arm(self, due: float) -> None:
-        self._timer = self.loop.call_at(due, self._tick, due)
-
-    def _tick(self, due: float) -> None:
-        now = self.loop.time()
-        self.recorder.late(now - due)
-        self._arm(max(due + self.every, now))
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
 def _pollers(ctx: Context, params: dict[str, Any]) -> tuple[list[SimHost], Recorder, Fleet]:
     """This process's hosts, holding the current ETag, on a fleet that records into a new Recorder."""
     rng = random.Random(ctx.worker)
@@ -282,4 +260,4 @@ def _share(total: int, ctx: Context) -> int:
 
 SCENARIOS = {"ramp": ramp, "polls": polls, "ingest": ingest, "enroll": enroll, "overload": overload}
 
-__all__ = ["SCENARIOS", "Context", "LagWatch"]
+__all__ = ["SCENARIOS", "Context"]

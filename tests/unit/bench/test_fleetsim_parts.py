@@ -17,8 +17,8 @@ import pytest
 from bench.fleet import FAILED, HELD, SIM_LAGGED, lagged, step_verdict
 from bench.fleetsim.agent import Fleet, Server, Unavailable
 from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
-from bench.fleetsim.scenarios import LagWatch
 from bench.fleetsim.stats import ERROR, TIMEOUT, Histogram, Recorder
+from bench.fleetsim.timers import Wheel
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -227,16 +227,39 @@ def test_recorders_merge_and_give_percentiles_by_outcome() -> None:
 # -- the simulator's own lag, and a step's verdict ------------------------------------------------
 
 
-def test_the_lag_watch_sees_a_simulator_that_blocks_its_loop() -> None:
+def test_the_wheel_runs_jobs_in_time_order_counting_planned_ones_from_its_start() -> None:
+    ran: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wheel = Wheel(loop, Recorder(), every=0.01)
+        wheel.after(0.10, lambda: ran.append(("b", loop.time() - wheel.origin)))
+        wheel.after(0.05, lambda: ran.append(("a", loop.time() - wheel.origin)))
+        await asyncio.sleep(0.2)  # planned, not started: nothing runs
+        assert ran == [] and len(wheel) == 2
+        wheel.start()
+        wheel.at(loop.time() + 0.02, lambda: ran.append(("first", loop.time() - wheel.origin)))
+        wheel.after(10.0, lambda: ran.append(("never", 0.0)))
+        while len(ran) < 3:
+            await asyncio.sleep(0.01)
+        wheel.stop()
+        assert len(wheel) == 0  # stopped: the rest is forgotten
+
+    asyncio.run(main())
+    assert [name for name, _ in ran] == ["first", "a", "b"]
+    assert [at >= due for (_, at), due in zip(ran, (0.02, 0.05, 0.10), strict=True)] == [True] * 3
+
+
+def test_the_wheel_records_how_late_a_busy_simulator_ran() -> None:
     rec = Recorder()
 
     async def main() -> None:
-        watch = LagWatch(asyncio.get_running_loop(), rec, every=0.01)
-        watch.start()
+        wheel = Wheel(asyncio.get_running_loop(), rec, every=0.01)
+        wheel.start()
         await asyncio.sleep(0.05)
         time.sleep(0.3)  # the simulator busy elsewhere: its timers (and sockets) wait
         await asyncio.sleep(0.05)
-        watch.stop()
+        wheel.stop()
 
     asyncio.run(main())
     assert rec.lag.n >= 2
