@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
+from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange, head, with_body
 from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder
 from bench.fleetsim.timers import Wheel
 from endpoint_agent import __version__
@@ -100,7 +100,8 @@ class SimHost:
     poll: PollSchedule | None = None
     report: ReportSchedule | None = None
     enrolling: asyncio.Future[None] | None = None  # one enrollment at a time, as the agent's lock
-    polled_with: tuple[str | None, str | None, bytes] | None = None  # (key, etag, the poll request)
+    # kind -> (key, etag, request head): a poll or heartbeat is the same request while they are
+    heads: dict[str, tuple[str | None, str | None, bytes]] | None = None
 
 
 def make_hosts(indices: Iterable[int], *, seed: int, seeded: bool, rng: random.Random) -> list[SimHost]:
@@ -189,6 +190,7 @@ class Fleet:
         self.running = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._wheel: Wheel | None = None
+        self._beat: tuple[int, bytes] = (0, b"")  # (second, heartbeat body): the same for a second
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -287,7 +289,7 @@ class Fleet:
 
     async def poll_policy(self, host: SimHost, conn: Connection | None = None) -> Answer:
         headers = {"If-None-Match": host.etag} if host.etag else {}
-        answer = await self.node_call(host, "policy", b"GET", "/policy", headers, b"", conn, cache=True)
+        answer = await self.node_call(host, "policy", b"GET", "/policy", headers, b"", conn, keep=True)
         if answer.status == 200:
             host.etag = answer.header(b"etag")
         return answer
@@ -297,7 +299,7 @@ class Fleet:
         self._accrue(host)
         if not host.pending:  # most rounds: a heartbeat alone, on a connection of its own
             await self.node_call(
-                host, "heartbeat", b"POST", "/heartbeat", _JSON, heartbeat_body(), None,
+                host, "heartbeat", b"POST", "/heartbeat", _JSON, self._heartbeat_body(), None, keep=True,
             )  # fmt: skip
             return False
         conn = await self.connect("events")
@@ -314,11 +316,17 @@ class Fleet:
                 conn = conn if conn.usable else await self.connect("heartbeat")
             await self.node_call(
                 host, "heartbeat", b"POST", "/heartbeat", _JSON,
-                heartbeat_body(), conn,
+                self._heartbeat_body(), conn, keep=True,
             )  # fmt: skip
         finally:
             conn.close()
         return host.pending > 0
+
+    def _heartbeat_body(self) -> bytes:
+        second = int(time.time())
+        if self._beat[0] != second:
+            self._beat = (second, heartbeat_body())
+        return self._beat[1]
 
     def _accrue(self, host: SimHost) -> None:
         now = time.monotonic()
@@ -365,20 +373,25 @@ class Fleet:
 
     async def node_call(
         self, host: SimHost, kind: str, method: bytes, path: str, headers: dict[str, str], body: bytes,
-        conn: Connection | None = None, *, cache: bool = False,
+        conn: Connection | None = None, *, keep: bool = False,
     ) -> Answer:  # fmt: skip
-        """A node-key request; enrolls first if needed, and again (once) on 401. `cache`: the
-        request is the same while the host's key and ETag are (a poll): encoded once."""
+        """A node-key request; enrolls first if needed, and again (once) on 401. `keep`: the
+        request's head is the same while the host's key and ETag are (polls, heartbeats): kept."""
         if host.node_key is None:
             await self._enroll_once(host, None)
         for attempt in (1, 2):
             key = host.node_key
-            if cache and (held := host.polled_with) and held[0] == key and held[1] == host.etag:
-                raw = held[2]
+            heads = host.heads
+            held = heads.get(kind) if heads else None
+            if held and held[0] == key and held[1] == host.etag:
+                raw = with_body(held[2], body, post=method == b"POST")
             else:
-                raw = _encode(method, path, {**headers, "Authorization": f"Bearer {key}"}, body)
-                if cache:
-                    host.polled_with = (key, host.etag, raw)
+                top = head(method, API + path, {**_HEADERS, **headers, "Authorization": f"Bearer {key}"})
+                if keep:
+                    if heads is None:
+                        heads = host.heads = {}
+                    heads[kind] = (key, host.etag, top)
+                raw = with_body(top, body, post=method == b"POST")
             answer = await self.call(kind, raw, conn)
             if answer.status != 401:
                 self._raise_for_status(answer)

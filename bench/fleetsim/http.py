@@ -185,13 +185,22 @@ def encode(
     method: bytes, path: str, headers: Mapping[str, str], body: bytes = b"", *, host: bytes = b"127.0.0.1"
 ) -> bytes:
     """One request as sent on the wire (a body gets its Content-Length; so does any POST)."""
+    return with_body(head(method, path, headers, host=host), body, post=method == b"POST")
+
+
+def head(method: bytes, path: str, headers: Mapping[str, str], *, host: bytes = b"127.0.0.1") -> bytes:
+    """The request line and headers, without the Content-Length and the blank line: kept for a
+    request sent again with another body (`with_body`)."""
     lines = [method, b" ", path.encode("ascii"), b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     for name, value in headers.items():
         lines += [name.encode("ascii"), b": ", value.encode("latin-1"), b"\r\n"]
-    if body or method == b"POST":
-        lines += [b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n"]
-    lines += [b"\r\n", body]
     return b"".join(lines)
+
+
+def with_body(head: bytes, body: bytes, *, post: bool = True) -> bytes:
+    if body or post:
+        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+    return head + b"\r\n"
 
 
 async def exchange(
@@ -280,4 +289,4 @@ def _expire(waiter: asyncio.Future[Answer]) -> None:
         waiter.set_exception(Timeout("no answer in time"))
 
 
-__all__ = ["Answer", "Connection", "Timeout", "encode", "exchange"]
+__all__ = ["Answer", "Connection", "Timeout", "encode", "exchange", "head", "with_body"]
