@@ -24,7 +24,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from bench.bulkfill import ACTIONS, RULES, fill
+from bench.bulkfill import ACTIONS, RULES, Filled, fill
 from bench.report import Target, targets_block
 from bench.timing import fmt_seconds
 
@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g.add_argument(f"--readside-{name}", type=int, default=default, help=f"{what} ({default:,})")
     g.add_argument("--readside-pg", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'none' skips it")
     g.add_argument("--readside-only", choices=["sqlite", "postgresql"], help="one database only")
+    g.add_argument(
+        "--readside-reuse",
+        metavar="URL",
+        help="measure a database bench.bulkfill filled before (migrated first; kept) instead of filling one",
+    )
 
 
 def _iso(dt: datetime) -> str:
@@ -142,6 +147,21 @@ def _sample(
     return samples
 
 
+def _filled(store: Any) -> Filled:
+    """What bench.bulkfill stored in a database it filled earlier: its hosts in fill order (the
+    zero-padded names sort so; the first tenth are the noisy ones)."""
+    import sqlalchemy as sa
+
+    from server_stub.store.tables import events, hosts
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(hosts.c.host_id, hosts.c.hostname).order_by(hosts.c.hostname)).all()
+        violations = conn.execute(
+            sa.select(sa.func.count()).select_from(events).where(events.c.kind == "violation")
+        ).scalar_one()
+    return Filled([r.host_id for r in rows], [r.hostname for r in rows], int(violations), 0, 0.0)
+
+
 def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, list[float]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from fastapi.testclient import TestClient
@@ -152,13 +172,23 @@ def _run_one(kind: str, pg: str | None, args: argparse.Namespace) -> dict[str, l
 
     with TemporaryDirectory(prefix="bench-readside-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
-        store = Store.open(stack.enter_context(_database(kind, pg, tmp)))
-        stack.callback(store.close)
         now = datetime.now(UTC)
-        filled = fill(store.engine, hosts=args.readside_hosts, violations=args.readside_violations, now=now)
-        print(f"  {kind}: stored {filled.violations:,} violations and {filled.agent_events:,} agent events "
-              f"from {len(filled.host_ids):,} hosts in {filled.seconds:.0f} s", flush=True)  # fmt: skip
-        if kind == "postgresql":  # what autovacuum does on a server that has run a while
+        if args.readside_reuse:
+            started = time.monotonic()
+            store = Store.open(args.readside_reuse)  # brings it to this schema: the migrations' cost
+            stack.callback(store.close)
+            filled = _filled(store)
+            print(f"  {kind}: reusing {filled.violations:,} violations from {len(filled.host_ids):,} hosts "
+                  f"(opened and migrated in {time.monotonic() - started:.1f} s)", flush=True)  # fmt: skip
+        else:
+            store = Store.open(stack.enter_context(_database(kind, pg, tmp)))
+            stack.callback(store.close)
+            size = {"hosts": args.readside_hosts, "violations": args.readside_violations}
+            filled = fill(store.engine, now=now, **size)
+            print(f"  {kind}: stored {filled.violations:,} violations and {filled.agent_events:,} agent "
+                  f"events from {len(filled.host_ids):,} hosts in {filled.seconds:.0f} s",
+                  flush=True)  # fmt: skip
+        if kind == "postgresql" and not args.readside_reuse:  # what autovacuum does on a running server
             with store.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         config = ServerConfig(
@@ -191,6 +221,8 @@ def run(args: argparse.Namespace) -> list[Target]:
     kinds = [("sqlite", None)] + ([("postgresql", pg)] if pg and pg != "none" else [])
     if len(kinds) == 1:
         print("  PostgreSQL skipped: set ENDPOINT_TEST_PG_URL or --readside-pg")
+    if args.readside_reuse:
+        kinds = [("postgresql" if args.readside_reuse.startswith("postgres") else "sqlite", None)]
     kinds = [(kind, url) for kind, url in kinds if args.readside_only in (None, kind)]
     print("  (in-process ASGI through the real app; this 2-core machine is shared, so times are noisy)")
     targets: list[Target] = []

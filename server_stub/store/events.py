@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from endpoint_contract.batch import Received
 from endpoint_contract.events import AgentEvent, Violation
@@ -196,6 +197,29 @@ def conditions(kind: str, flt: EventFilter, *, time_first: bool = False) -> list
     return conds
 
 
+class detected_day(sa.sql.expression.FunctionElement[date]):
+    """The UTC day an event was detected: the expression ix_events_kind_day_id is built on
+    (migration 14), spelled exactly as there so each database serves it from that index."""
+
+    type = sa.Date()
+    inherit_cache = True
+
+
+@compiles(detected_day, "sqlite")
+def _detected_day_sqlite(element: detected_day, compiler: Any, **kw: Any) -> str:
+    # Stored as 'YYYY-MM-DD HH:MM:SS...' in UTC (coltypes.UTCDateTime).
+    return f"substr({compiler.process(events.c.detected_at, **kw)}, 1, 10)"
+
+
+@compiles(detected_day, "postgresql")
+def _detected_day_postgresql(element: detected_day, compiler: Any, **kw: Any) -> str:
+    return f"CAST(timezone('UTC', {compiler.process(events.c.detected_at, **kw)}) AS DATE)"
+
+
+# The most days a page reads in parallel from ix_events_kind_day_id (beyond it, the time range).
+MAX_DAYS = 62
+
+
 def page_query(
     kind: str,
     flt: EventFilter,
@@ -205,14 +229,21 @@ def page_query(
     before_id: int | None = None,
     newest_first: bool = False,
     walk_ids: bool = True,
+    days: Sequence[date] | None = None,
+    sorted_parts: bool = False,
 ) -> sa.Select[Any]:
     """Events between the cursors in receive order (or newest first).
 
     `walk_ids`: each filter's (column, kind, id) index walked from the cursor, stopping after
-    `limit` rows. Else (see walk_ids()) the ids are found through the time range: in a subquery of
-    the events table alone, ordered by `id + 0` (which no index serves) and with only the host,
-    rule and time conditions indexable, so each database reads the range from a (..., detected_at)
-    index, keeps the first `limit` ids and fetches just those rows.
+    `limit` rows. Else (see walk_ids()) the ids are found through the time range:
+
+    - `days` (a time-only filter; plan() lists every day it can hold events on): one walk per day
+      of ix_events_kind_day_id, each in id order from the cursor, merged, stopping after `limit`
+      ids -- about `limit` index entries read, plus the part of the first day before `since`
+      (`sorted_parts` for PostgreSQL: see _by_day);
+    - else in a subquery of the events table alone, ordered by `id + 0` (which no index serves)
+      and with only the host, rule and time conditions indexable, so each database reads the
+      range from a (..., detected_at) index, keeps the first `limit` ids and fetches just those.
     """
     conds = conditions(kind, flt, time_first=not walk_ids)
     conds.append(events.c.id > after_id)
@@ -222,13 +253,66 @@ def page_query(
     query = sa.select(*_EVENT_COLUMNS).select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
     if walk_ids:
         return query.where(*conds).order_by(order).limit(limit)
+    if days is not None:
+        return query.where(events.c.id.in_(_by_day(conds, days, newest_first, limit, sorted_parts))).order_by(
+            order
+        )
     unordered = (events.c.id + 0).desc() if newest_first else events.c.id + 0
     found = sa.select(events.c.id).where(*conds).order_by(unordered).limit(limit)
     return query.where(events.c.id.in_(found)).order_by(order)
 
 
+def _by_day(
+    conds: list[sa.ColumnElement[bool]],
+    days: Sequence[date],
+    newest_first: bool,
+    limit: int,
+    sorted_parts: bool,
+) -> sa.CompoundSelect | sa.Select[Any]:
+    """The first `limit` ids (in id order, or newest first) of the events detected on `days` that
+    meet `conds`: each day's ids in order straight from the index, merged, each day read only as
+    far as the merge needs. SQLite merges a UNION ALL of plain parts so (and refuses an ORDER BY
+    inside one); PostgreSQL merges only parts that are ordered and limited themselves."""
+    order: Any = events.c.id.desc() if newest_first else events.c.id
+    parts = []
+    for day in days:
+        part = (
+            sa.select(events.c.id)
+            .where(detected_day() == sa.bindparam(None, day, type_=sa.Date), *conds)
+            .with_hint(events, "INDEXED BY ix_events_kind_day_id", dialect_name="sqlite")
+        )
+        parts.append(part.order_by(order).limit(limit) if sorted_parts else part)
+    if not parts:
+        return sa.select(events.c.id).where(sa.false())
+    if len(parts) == 1:
+        return parts[0].order_by(order).limit(limit)
+    merged = sa.union_all(*parts)
+    by_id = merged.selected_columns.id
+    return merged.order_by(by_id.desc() if newest_first else by_id).limit(limit)
+
+
 # A row walked in id order costs a table read for its time; a row of a time range is an index entry.
 WALK_COST = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How page_query finds a page (see there)."""
+
+    walk_ids: bool = True
+    days: tuple[date, ...] | None = None
+
+
+def _span(conn: Connection, kind: str) -> tuple[datetime | None, datetime | None]:
+    """The first and last detection time stored for `kind` (two index seeks)."""
+    first = sa.select(events.c.detected_at).where(events.c.kind == kind)
+    lo, hi = conn.execute(
+        sa.select(
+            first.order_by(events.c.detected_at).limit(1).scalar_subquery(),
+            first.order_by(events.c.detected_at.desc()).limit(1).scalar_subquery(),
+        )
+    ).one()
+    return lo, hi
 
 
 def walk_ids(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> bool:
@@ -242,23 +326,41 @@ def walk_ids(conn: Connection, kind: str, flt: EventFilter, *, newest_first: boo
     planner picks the id walk ("stops after `limit` rows"), seconds at a million rows for the last
     day: `id + 0` is what takes the id index away from it.
     """
+    return plan(conn, kind, flt, newest_first=newest_first).walk_ids
+
+
+def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> Plan:
+    """The cheapest exact plan for a page of this filter (walk_ids() says when to walk ids);
+    a time-only filter not walked is read day by day when it spans at most MAX_DAYS days."""
     if flt.since is None and flt.until is None:
-        return True
-    first = sa.select(events.c.detected_at).where(events.c.kind == kind)
-    span = conn.execute(
-        sa.select(
-            first.order_by(events.c.detected_at).limit(1).scalar_subquery(),
-            first.order_by(events.c.detected_at.desc()).limit(1).scalar_subquery(),
-        )
-    ).one()
-    lo, hi = span
+        return Plan()
+    lo, hi = _span(conn, kind)
     if lo is None or hi is None or hi <= lo:
-        return True
+        return Plan()
     since = min(max(flt.since or lo, lo), hi)
     until = max(min(flt.until or hi, hi), since)
     inside = (until - since).total_seconds()
     skipped = (hi - until if newest_first else since - lo).total_seconds()
-    return skipped * WALK_COST <= inside
+    if skipped * WALK_COST <= inside:
+        return Plan()
+    if replace(flt, since=None, until=None) != EventFilter():
+        return Plan(walk_ids=False)
+    # Every stored event was detected in [lo, hi] (this snapshot: see _snapshot), so the days of
+    # the filter's period within it are all the days a matching event can be on.
+    first = max(flt.since or lo, lo).astimezone(UTC).date()
+    last_at = min(flt.until - timedelta(microseconds=1), hi) if flt.until is not None else hi
+    last = last_at.astimezone(UTC).date()
+    n = (last - first).days + 1
+    if n > MAX_DAYS:
+        return Plan(walk_ids=False)
+    return Plan(walk_ids=False, days=tuple(first + timedelta(days=i) for i in range(max(n, 0))))
+
+
+def _snapshot(conn: Connection) -> None:
+    """The plan's look at the data and the page it reads see the same rows: one snapshot
+    (PostgreSQL's REPEATABLE READ; a SQLite read transaction is one already)."""
+    if is_postgres(conn):
+        conn.execution_options(isolation_level="REPEATABLE READ")
 
 
 def _triage(row: Any) -> Triage | None:
@@ -318,11 +420,13 @@ class EventRepo:
     def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""
         with db_errors("listing events"), read_connection(self._engine) as conn:
+            _snapshot(conn)
             flt = resolve_host(conn, flt)
-            walk = walk_ids(conn, kind, flt)
-            rows = conn.execute(
-                page_query(kind, flt, after_id=after_id, limit=limit + 1, walk_ids=walk)
-            ).all()
+            p = plan(conn, kind, flt)
+            query = page_query(
+                kind, flt, after_id=after_id, limit=limit + 1, walk_ids=p.walk_ids, days=p.days
+            )
+            rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
     def newest(
@@ -330,10 +434,17 @@ class EventRepo:
     ) -> tuple[list[EventRow], bool]:
         """Up to `limit` events, newest received first (the console's lists); and whether older follow."""
         with db_errors("listing events"), read_connection(self._engine) as conn:
+            _snapshot(conn)
             flt = resolve_host(conn, flt)
-            walk = walk_ids(conn, kind, flt, newest_first=True)
+            p = plan(conn, kind, flt, newest_first=True)
             query = page_query(
-                kind, flt, before_id=before_id, limit=limit + 1, newest_first=True, walk_ids=walk
+                kind,
+                flt,
+                before_id=before_id,
+                limit=limit + 1,
+                newest_first=True,
+                walk_ids=p.walk_ids,
+                days=p.days,
             )
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit

@@ -320,6 +320,25 @@ def _v13_cache_changes(conn: Connection) -> None:
     md.create_all(conn)
 
 
+# A page of a period reads each day of it in receive order and merges them (store/events.py
+# page_query), instead of reading the whole period and sorting it. The expression is the UTC day,
+# spelled as store/events.py detected_day() compiles it; detected_at rides along for the first and
+# last day's bounds (SQLite keeps the row id in every index entry).
+_DAY_INDEX = {
+    "sqlite": (
+        "CREATE INDEX ix_events_kind_day_id ON events (kind, substr(detected_at, 1, 10), id, detected_at)"
+    ),
+    "postgresql": (
+        "CREATE INDEX ix_events_kind_day_id ON events "
+        "(kind, (CAST(timezone('UTC', detected_at) AS DATE)), id) INCLUDE (detected_at)"
+    ),
+}
+
+
+def _v14_detection_day_index(conn: Connection) -> None:
+    conn.execute(sa.text(_DAY_INDEX[conn.dialect.name]))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "hosts, policy versions, events", _v1_initial),
     Migration(2, "console users, sessions, audit log, triage", _v2_console),
@@ -334,6 +353,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "running totals of violations by host", _v11_host_running_totals),
     Migration(12, "time indexes carry the event id (PostgreSQL)", _v12_time_indexes_cover_ids),
     Migration(13, "cache invalidation feed", _v13_cache_changes),
+    Migration(14, "events by detection day in receive order", _v14_detection_day_index),
 )
 
 _version_md = sa.MetaData()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from server_stub.store.engine import create_db_engine
 from server_stub.store.events import VIOLATION, page_query, resolve_host
 from server_stub.store.hosts import HostFilter, HostRecord, host_page_query
 from server_stub.store.migrations import MIGRATIONS, migrate
+from server_stub.store.tables import events
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -245,6 +247,21 @@ def _spread(store: Store, n: int) -> tuple[list[str], datetime]:
     return hosts, now
 
 
+def _days(store: Store, flt: EventFilter) -> tuple[date, ...]:
+    """Every UTC day of the filter's period on which a violation is stored."""
+    with store.engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.detected_at).where(events.c.kind == VIOLATION)).scalars()
+        return tuple(
+            sorted(
+                {
+                    at.date()
+                    for at in stored
+                    if (flt.since is None or at >= flt.since) and (flt.until is None or at < flt.until)
+                }
+            )
+        )
+
+
 def test_both_plans_of_a_time_filter_list_the_same_events(store: Store) -> None:
     hosts, now = _spread(store, 240)
     filters = [
@@ -259,15 +276,29 @@ def test_both_plans_of_a_time_filter_list_the_same_events(store: Store) -> None:
         EventFilter(since=now - timedelta(days=7), triage="acknowledged"),
         EventFilter(since=now - timedelta(days=9), host_ids=(hosts[1],)),
     ]
+    # The id walk, the time range, and for a time-only filter each day of it merged.
+    time_only = [replace(flt, since=None, until=None) == EventFilter() for flt in filters]
+    days = {i: _days(store, flt) for i, flt in enumerate(filters) if time_only[i]}
+    found: dict[int, list[int] | None] = {}
     with store.engine.connect() as conn:
-        for flt in filters:
+        for i, flt in enumerate(filters):
             expected = None
-            for walk in (True, False):
+            plans = [(True, None), (False, None)] + ([(False, days[i])] if i in days else [])
+            for walk, on_days in plans:
                 for newest in (False, True):
                     ids, cursor = [], None
                     while True:  # every page, 7 at a time
                         kw: dict[str, Any] = {"before_id": cursor} if newest else {"after_id": cursor or 0}
-                        q = page_query(VIOLATION, flt, limit=8, newest_first=newest, walk_ids=walk, **kw)
+                        q = page_query(
+                            VIOLATION,
+                            flt,
+                            limit=8,
+                            newest_first=newest,
+                            walk_ids=walk,
+                            days=on_days,
+                            sorted_parts=conn.dialect.name == "postgresql",
+                            **kw,
+                        )
                         page = [row.id for row in conn.execute(q)]
                         ids += page[:7]
                         if len(page) <= 7:
@@ -277,12 +308,13 @@ def test_both_plans_of_a_time_filter_list_the_same_events(store: Store) -> None:
                     if expected is None:
                         expected = sorted(ids)
                         assert expected, flt  # each filter finds something
-                    assert sorted(ids) == expected, (flt, walk, newest)
-    # The store picks a plan and finds the same.
-    for flt in filters:
+                    assert sorted(ids) == expected, (flt, walk, on_days, newest)
+            found[i] = expected
+    # The store picks a plan (the days of a recent period: see the next test) and finds the same.
+    for i, flt in enumerate(filters):
         items, _ = store.events.page(VIOLATION, flt, after_id=0, limit=500)
         newest_items, _ = store.events.newest(VIOLATION, flt, before_id=None, limit=500)
-        assert [e.id for e in items] == sorted(e.id for e in newest_items)
+        assert [e.id for e in items] == found[i] == sorted(e.id for e in newest_items), flt
 
 
 def test_a_recent_period_is_read_by_time_an_old_start_by_id(store: Store) -> None:
@@ -300,6 +332,47 @@ def test_a_recent_period_is_read_by_time_an_old_start_by_id(store: Store) -> Non
             walk_ids(conn, VIOLATION, EventFilter(since=now - timedelta(days=1)), newest_first=True) is True
         )
         assert walk_ids(conn, "agent", EventFilter(since=now)) is True  # no agent events at all
+
+
+def test_a_recent_period_is_read_day_by_day_through_the_last_stored_day(store: Store) -> None:
+    from server_stub.store.events import MAX_DAYS, plan
+
+    _, now = _spread(store, 60)
+    with store.engine.connect() as conn:
+        latest = conn.execute(sa.select(sa.func.max(events.c.detected_at))).scalar_one()
+        recent = plan(conn, VIOLATION, EventFilter(since=now - timedelta(days=1)))
+        assert recent.days is not None and not recent.walk_ids
+        # From the first day of the period to the last day an event is stored on (a clock ahead).
+        assert recent.days[0] == (now - timedelta(days=1)).date()
+        assert recent.days[-1] == latest.astimezone(UTC).date() > now.date()
+        assert list(recent.days) == [recent.days[0] + timedelta(days=i) for i in range(len(recent.days))]
+        old_day = EventFilter(since=now - timedelta(days=26), until=now - timedelta(days=25))
+        days = plan(conn, VIOLATION, old_day).days
+        assert days == ((now - timedelta(days=26)).date(), (now - timedelta(days=25)).date())
+        # Other filters (read from their own indexes), and more days than MAX_DAYS: the time range.
+        assert plan(conn, VIOLATION, EventFilter(since=now - timedelta(days=1), rule_id="r1")).days is None
+        with_category = EventFilter(since=now - timedelta(days=1), category="p2p")
+        assert plan(conn, VIOLATION, with_category).days is None
+        far = now + timedelta(days=MAX_DAYS + 1)
+        assert plan(conn, VIOLATION, EventFilter(since=now - timedelta(days=1), until=far)).days is not None
+        conn.execute(
+            sa.update(events).where(events.c.id == conn.execute(sa.select(sa.func.min(events.c.id))).scalar())
+            .values(detected_at=far)
+        )  # fmt: skip
+        assert plan(conn, VIOLATION, EventFilter(since=now - timedelta(days=1))).days is None
+
+
+def test_the_day_plan_merges_each_day_from_its_index_without_sorting(store: Store) -> None:
+    days = tuple(T0.date() + timedelta(days=i) for i in range(5))
+    with store.engine.begin() as conn:
+        for newest in (False, True):
+            query = page_query(
+                VIOLATION, EventFilter(since=T0), after_id=10, limit=101, walk_ids=False, days=days,
+                newest_first=newest, sorted_parts=conn.dialect.name == "postgresql",
+            )  # fmt: skip
+            plan = _plan(conn, query)
+            assert plan.count("ix_events_kind_day_id") == len(days), plan
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan
 
 
 TIME_FILTERS = [
