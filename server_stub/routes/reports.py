@@ -14,7 +14,7 @@ from endpoint_contract.vocabulary import Severity
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import BadRequest
-from server_stub.models import CountOut, EventPage, HostList, HostOut, SummaryOut
+from server_stub.models import CountOut, EventPage, HostList, SummaryOut
 from server_stub.pagination import decode_cursor, decode_host_cursor, encode_cursor, encode_host_cursor
 from server_stub.store import EventFilter, EventRow
 from server_stub.store.events import AGENT, TRIAGE_FILTERS, VIOLATION
@@ -171,27 +171,28 @@ def hosts(
         hostname_prefix=hostname_prefix or None,
     )
     records, more = ctx.store.hosts.page(flt, after=decode_host_cursor(cursor), limit=limit)
+    # Validated in one call from plain dicts: a thousand HostOut(...) calls cost more than the page.
     items = [
-        HostOut(
-            host_id=h.host_id,
-            hostname=h.hostname,
-            machine_id=h.machine_id,
-            enrolled_at=h.enrolled_at,
-            last_seen=h.last_seen,
-            stale=h.last_seen is None or (now - h.last_seen).total_seconds() > stale_after,
-            agent_version=h.agent_version,
-            policy_version=h.policy_version,
-            mode=h.mode,
-            last_scan_at=h.last_scan_at,
-            heartbeat_at=h.heartbeat_at,
-            counters=h.counters,
-            circuit_state=h.circuit_state,
-        )
+        {
+            "host_id": h.host_id,
+            "hostname": h.hostname,
+            "machine_id": h.machine_id,
+            "enrolled_at": h.enrolled_at,
+            "last_seen": h.last_seen,
+            "stale": h.last_seen is None or (now - h.last_seen).total_seconds() > stale_after,
+            "agent_version": h.agent_version,
+            "policy_version": h.policy_version,
+            "mode": h.mode,
+            "last_scan_at": h.last_scan_at,
+            "heartbeat_at": h.heartbeat_at,
+            "counters": h.counters,
+            "circuit_state": h.circuit_state,
+        }
         for h in records
     ]
     last = records[-1] if more and records else None
     next_cursor = encode_host_cursor(last.hostname, last.host_id) if last else None
-    return json_body(HostList(items=items, next_cursor=next_cursor))
+    return json_body(HostList.model_validate({"items": items, "next_cursor": next_cursor}))
 
 
 @router.get("/summary", response_model=SummaryOut, response_model_exclude_none=True)
