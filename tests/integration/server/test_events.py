@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -221,3 +222,25 @@ def test_text_that_was_not_utf8_is_accepted_escaped_and_bad_forensics_are_named(
     for field, value in (("sha256", "XYZ"), ("severity", "urgent"), ("evidence", [{"attribute": "name"}])):
         response = post(live_server, host, [violation(**{field: value})])
         assert response.status_code == 422 and field in response.json()["error"], response.text
+
+
+def test_the_summary_is_written_as_its_model_writes_it(live_server: LiveServer) -> None:
+    # by_host is written apart from the model (server_stub/routes/reports.py): same text, names
+    # that need escaping included.
+    from server_stub.models import SummaryOut
+
+    names = ['ws-"quoted"', "ws\\back", "工作站-1", "ws-tab\tx", "ws-\x01", "ws-plain"]
+    for i, name in enumerate(names):
+        host = live_server.enroll(name)
+        post(live_server, host, [violation(rule_id=f"r{j}") for j in range(i + 1)])
+    with live_server.reader() as c:
+        for params in ({}, {"since": "24h"}, {"rule_id": "r0"}, {"host": "ws-plain"}, {"rule_id": "none"}):
+            text = c.get("/summary", params=params).text
+            answer = json.loads(text)
+            model = SummaryOut.model_validate({"since": None, "until": None, **answer})
+            assert text == model.model_dump_json(exclude_none=True), params
+            by_host = answer["by_host"]
+            if not params or "since" in params:
+                assert [(h["hostname"], h["count"]) for h in by_host] == [
+                    (name, i + 1) for i, name in reversed(list(enumerate(names)))
+                ]
