@@ -82,6 +82,11 @@ def _host_conditions(flt: HostFilter, *, binary_order: bool) -> list[sa.ColumnEl
     return conds
 
 
+def _is_binary_collation(name: str) -> bool:
+    # "C" and "POSIX" compare bytes, and so does C.UTF-8 (UTF-8 bytes sort as code points).
+    return name in ("C", "POSIX") or name.upper() in ("C.UTF-8", "C.UTF8")
+
+
 def host_page_query(
     flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool
 ) -> sa.Select[Any]:
@@ -264,6 +269,24 @@ class HostRepo:
         # Called before a listing reads the table: the contact times and heartbeats this process
         # holds for a batched write land first, so what it was told it also shows (writebehind.py).
         self.before_read: list[Callable[[], None]] = []
+        self._binary: bool | None = None
+
+    def _binary_order(self, conn: Any) -> bool:
+        """Whether names sort by code point here: SQLite, or a PostgreSQL database whose collation
+        is C (C.UTF-8 included); read once. A name prefix is then one closed range of the index."""
+        if self._binary is None:
+            if conn.dialect.name != "postgresql":
+                self._binary = True
+            else:
+                # The provider column exists from PostgreSQL 15 on ('i': ICU, never binary here).
+                collation, provider = conn.execute(
+                    sa.text(
+                        "SELECT datcollate, to_jsonb(d) ->> 'datlocprovider' FROM pg_database d"
+                        " WHERE datname = current_database()"
+                    )
+                ).one()
+                self._binary = provider in (None, "c") and _is_binary_collation(str(collation))
+        return self._binary
 
     def settle(self) -> None:
         for flush in self.before_read:
@@ -442,9 +465,7 @@ class HostRepo:
         """
         self.settle()
         with db_errors("listing hosts"), read_connection(self._engine) as conn:
-            query = host_page_query(
-                flt, after=after, limit=limit + 1, binary_order=conn.dialect.name == "sqlite"
-            )
+            query = host_page_query(flt, after=after, limit=limit + 1, binary_order=self._binary_order(conn))
             rows = conn.execute(query).all()
         return [_listed(r) for r in rows[:limit]], len(rows) > limit
 
