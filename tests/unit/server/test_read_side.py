@@ -401,3 +401,22 @@ def test_the_time_plan_reads_the_period_from_a_time_index(
     finally:
         store.close()
     assert any(index in plan for index in indexes), plan
+
+
+@pytest.mark.parametrize(
+    ("collation", "binary"),
+    [
+        ("C", True),
+        ("POSIX", True),
+        ("C.UTF-8", True),
+        ("C.utf8", True),
+        ("en_US.UTF-8", False),
+        ("de_DE", False),
+    ],
+)
+def test_a_name_prefix_is_one_closed_range_only_where_names_sort_by_code_point(
+    collation: str, binary: bool
+) -> None:
+    from server_stub.store.hosts import _is_binary_collation
+
+    assert _is_binary_collation(collation) is binary
