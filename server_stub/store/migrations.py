@@ -337,6 +337,12 @@ _DAY_INDEX = {
 
 def _v14_detection_day_index(conn: Connection) -> None:
     conn.execute(sa.text(_DAY_INDEX[conn.dialect.name]))
+    # The planners' statistics of the new index (of its expression, on PostgreSQL): without them
+    # a planner may take it for a selective one. SQLite only where statistics exist already.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ANALYZE events"))
+    elif sa.inspect(conn).has_table("sqlite_stat1"):
+        conn.execute(sa.text("ANALYZE ix_events_kind_day_id"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
