@@ -16,6 +16,7 @@ from endpoint_contract.batch import Received
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.store import rollup
 from server_stub.store.bulk import bulk_insert
+from server_stub.store.coltypes import UTCDateTime
 from server_stub.store.engine import db_errors, is_postgres, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
 
@@ -276,11 +277,7 @@ def _by_day(
     order: Any = events.c.id.desc() if newest_first else events.c.id
     parts = []
     for day in days:
-        part = (
-            sa.select(events.c.id)
-            .where(detected_day() == sa.bindparam(None, day, type_=sa.Date), *conds)
-            .with_hint(events, "INDEXED BY ix_events_kind_day_id", dialect_name="sqlite")
-        )
+        part = sa.select(events.c.id).where(detected_day() == sa.bindparam(None, day, type_=sa.Date), *conds)
         parts.append(part.order_by(order).limit(limit) if sorted_parts else part)
     if not parts:
         return sa.select(events.c.id).where(sa.false())
@@ -303,22 +300,25 @@ class Plan:
     days: tuple[date, ...] | None = None
 
 
-def _span(conn: Connection, kind: str) -> tuple[datetime | None, datetime | None]:
+def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextClause:
     """The first and last detection time stored for `kind` (two index seeks)."""
-    first = (
-        sa.select(events.c.detected_at)
-        .where(events.c.kind == kind)
-        # Without it SQLite may sort every event of the kind from ix_events_kind_day_id (also
-        # covering, and on a database never analyzed every index looks alike): seconds at 1 M.
-        .with_hint(events, "INDEXED BY ix_events_kind_detected", dialect_name="sqlite")
-    )
-    lo, hi = conn.execute(
-        sa.select(
-            first.order_by(events.c.detected_at).limit(1).scalar_subquery(),
-            first.order_by(events.c.detected_at.desc()).limit(1).scalar_subquery(),
+    if dialect == "sqlite":
+        # Named: SQLite may otherwise sort every event of the kind from ix_events_kind_day_id (as
+        # covering, and preferred where it alone has no statistics): seconds at 1 M. (SQLAlchemy
+        # writes no index hints for SQLite.)
+        first = "SELECT detected_at FROM events INDEXED BY ix_events_kind_detected WHERE kind = :kind"
+        return (
+            sa.text(
+                f"SELECT ({first} ORDER BY detected_at LIMIT 1), ({first} ORDER BY detected_at DESC LIMIT 1)"
+            )
+            .bindparams(kind=kind)
+            .columns(sa.column("lo", UTCDateTime), sa.column("hi", UTCDateTime))
         )
-    ).one()
-    return lo, hi
+    first_q = sa.select(events.c.detected_at).where(events.c.kind == kind)
+    return sa.select(
+        first_q.order_by(events.c.detected_at).limit(1).scalar_subquery(),
+        first_q.order_by(events.c.detected_at.desc()).limit(1).scalar_subquery(),
+    )
 
 
 def walk_ids(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> bool:
@@ -340,7 +340,7 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     a time-only filter not walked is read day by day when it spans at most MAX_DAYS days."""
     if flt.since is None and flt.until is None:
         return Plan()
-    lo, hi = _span(conn, kind)
+    lo, hi = conn.execute(span_query(kind, conn.dialect.name)).one()
     if lo is None or hi is None or hi <= lo:
         return Plan()
     since = min(max(flt.since or lo, lo), hi)
