@@ -300,7 +300,7 @@ class Plan:
     days: tuple[date, ...] | None = None
 
 
-def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextClause:
+def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextualSelect:
     """The first and last detection time stored for `kind` (two index seeks)."""
     if dialect == "sqlite":
         # Named: SQLite may otherwise sort every event of the kind from ix_events_kind_day_id (as

@@ -153,7 +153,7 @@ HOST_FILTERS = [
 ]
 
 
-def _plan(conn: sa.Connection, query: sa.Select[Any] | sa.TextClause) -> str:
+def _plan(conn: sa.Connection, query: sa.Select[Any] | sa.TextualSelect) -> str:
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     if conn.dialect.name == "sqlite":
         return "\n".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
