@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,7 +31,7 @@ from server_stub.enrollserve import EnrollFastPath
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
-from server_stub.keycache import NodeKeyCache
+from server_stub.keycache import NodeKeyCache, warm_keys
 from server_stub.limits import Limits
 from server_stub.listener import LISTENER_STATE, LoopLag
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -132,6 +133,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         # Sync routes run in at most this many threads; the database pool was sized to match.
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
         watcher.start()
+        # The fleet's node keys in one query, beside serving: a restart is not a storm of lookups.
+        threading.Thread(target=_warm_keys, args=(keys, store), name="key-cache-warm", daemon=True).start()
         policies.refresh()  # the first poll is answered from memory already
         activity.start()
         exporter.start()
@@ -197,6 +200,15 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     _install_docs_and_metrics(app, metrics)
     mount_console(app)
     return app
+
+
+def _warm_keys(keys: NodeKeyCache, store: Store) -> None:
+    try:
+        held = warm_keys(keys, store.hosts.keyed)
+    except StoreError as exc:  # looked up one by one instead, as they come
+        log.warning("could not read the node keys ahead: %s", exc)
+        return
+    log.debug("node keys held ahead: %d", held)
 
 
 def _refusable(path: bytes) -> bool:

@@ -86,6 +86,10 @@ class Authenticator:
             if value
         ]
 
+    @property
+    def keys(self) -> NodeKeyCache:
+        return self._keys
+
     def identify_static(self, token: str) -> Principal | None:
         """The admin, reader or enroll role of a static secret; no database involved."""
         presented = token.encode("utf-8", "replace")

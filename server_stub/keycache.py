@@ -1,11 +1,13 @@
 """Node keys resolved from memory: digest -> host, for the hosts seen lately, in every process.
 
 A key is looked up in the database once, then answered from here until its host's key changes
-(re-enroll, admin reset). That change reaches this process at once when it happened here
-(HostRepo.on_key_change), else through the change feed within about a second
-(server_stub/watcher.py). Entries are trusted only while that feed is being read: when it has
-not been read for a few seconds (the database unreachable), every lookup goes to the database
-again, so a revoked key never outlives the feed by more than that bound.
+(re-enroll, admin reset); at start the keys of the hosts seen most lately are read in one query
+(warm_keys), so a restarted server's fleet is not looked up one request at a time. A key change
+reaches this process at once when it happened here (HostRepo.on_key_change), else through the
+change feed within about a second (server_stub/watcher.py). Entries are trusted only while that
+feed is being read: when it has not been read for a few seconds (the database unreachable),
+every lookup goes to the database again, so a revoked key never outlives the feed by more than
+that bound.
 
 Both maps are bounded. Unknown digests are remembered too (a small, separate map), so an agent
 repeating a stale key costs no query; a flood of made-up keys only cycles that map, and the
@@ -15,7 +17,7 @@ per-address limit (server_stub/middleware.py) already refuses such a flood befor
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from server_stub.store import HostRecord
 
@@ -43,6 +45,10 @@ class NodeKeyCache:
         self._unknown: dict[str, None] = {}
         # Bumped by every invalidation: a lookup that started before one must not store its answer.
         self._epoch = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     @property
     def epoch(self) -> int:
@@ -78,6 +84,26 @@ class NodeKeyCache:
                 if self._digest_of.get(evicted.host_id) == oldest:
                     del self._digest_of[evicted.host_id]
 
+    def warm(self, entries: Iterable[tuple[str, HostRecord]], epoch: int) -> int:
+        """Hold these database answers (read after `epoch`) up to capacity; how many were taken.
+
+        All dropped if any key changed since `epoch`; a host already held (looked up meanwhile) keeps
+        its entry.
+        """
+        taken = 0
+        with self._lock:
+            if epoch != self._epoch:
+                return 0
+            for digest, host in entries:
+                if len(self._hosts) >= self._capacity:
+                    break
+                if host.host_id in self._digest_of:
+                    continue
+                self._hosts[digest] = host
+                self._digest_of[host.host_id] = digest
+                taken += 1
+        return taken
+
     def forget(self, host_id: str) -> None:
         """This host's key changed: its old digest is no longer trusted from memory."""
         with self._lock:
@@ -95,3 +121,9 @@ class NodeKeyCache:
 
     def __len__(self) -> int:
         return len(self._hosts)
+
+
+def warm_keys(cache: NodeKeyCache, read: Callable[[int], list[tuple[str, HostRecord]]]) -> int:
+    """Fill `cache` from `read(capacity)` (HostRepo.keyed); how many keys it now holds from it."""
+    epoch = cache.epoch  # read before the query: an invalidation meanwhile wins
+    return cache.warm(read(cache.capacity), epoch)

@@ -355,6 +355,13 @@ class HostRepo:
             row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).first()
         return _record(row) if row is not None else None
 
+    def keyed(self, limit: int) -> list[tuple[str, HostRecord]]:
+        """(node key digest, host) of at most `limit` hosts, the latest seen first: to warm a key
+        cache at start (server_stub/keycache.py), so a restarted server's first polls need no query."""
+        query = sa.select(hosts).order_by(hosts.c.last_seen.desc().nulls_last()).limit(limit)
+        with db_errors("reading node keys"), read_connection(self._engine) as conn:
+            return [(row.node_key_hash, _record(row)) for row in conn.execute(query)]
+
     def authenticate(self, node_key_hash: str, now: datetime) -> HostRecord | None:
         """The host owning this key, marked as seen now; None for an unknown (or rotated) key.
 

@@ -261,3 +261,41 @@ def test_no_access_log_leaves_out_the_line_per_request(tmp_path: Path, quiet: bo
         logged = f'"GET {API}/policy HTTP/1.1" 404' in server.log()
         assert logged is not quiet
         assert "Application startup complete" in server.log()  # the rest of the log is kept
+
+
+def test_a_started_server_holds_the_fleets_keys_before_their_first_poll(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from server_stub.auth import hash_node_key, new_node_key
+    from server_stub.store import sqlite_url
+
+    (tmp_path / "data").mkdir()
+    store = Store.open(sqlite_url(tmp_path / "data"))
+    keys = []
+    for i in range(3):  # enrolled before this server started (another server, or before a restart)
+        keys.append(new_node_key())
+        store.hosts.enroll(
+            machine_id=f"m-{i}",
+            hostname=f"ws-{i}",
+            node_key_hash=hash_node_key(keys[-1]),
+            now=datetime.now(UTC),
+        )
+    store.close()
+    with in_process_server(tmp_path) as server:
+        server.publish(1)
+        held = server.app.state.ctx.auth.keys
+        assert _eventually(lambda: len(held) == 3)  # read in one query, beside serving
+        server.statements.clear()
+        for key in keys:
+            with server.client(key) as c:
+                assert c.get("/policy").status_code == 200
+        assert not any("node_key_hash" in sql for sql in server.request_statements())
+        # The held keys still follow a reset at once.
+        with server.client(server.config.admin_token) as c:
+            host_id = c.get("/hosts").json()["items"][0]["host_id"]
+            assert c.post(f"/hosts/{host_id}/reset").status_code == 200
+        statuses = []
+        for key in keys:
+            with server.client(key) as c:
+                statuses.append(c.get("/policy").status_code)
+        assert sorted(statuses) == [200, 200, 401]
