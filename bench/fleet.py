@@ -62,6 +62,7 @@ OVERLOAD_RATE = 4000.0  # polls/s offered in overload when no poll rate was meas
 OVERLOAD_CONNS = 1000  # keep-alive connections offering the overload
 OVERLOAD_FRESH = 0.1  # the share of overload polls on a new connection each
 OVERLOAD_TIMEOUT = 5.0  # strict: an overloaded server must answer at once, not in 15 s
+BUSY_PROCS = 2  # simulator processes for the steady state and overload (one could lag on its own)
 LAG_P99 = 0.050  # the simulator's timers later than this (p99), or
 LAG_MAX = 1.0  # than this once: it measured itself, not the server
 
@@ -125,9 +126,10 @@ def report_lines(rec: Recorder, span: float, cores: tuple[float, float, float]) 
 class Bench:
     """One server and its meter; scenarios run in simulator processes while the CPU is sampled."""
 
-    def __init__(self, srv: RunningServer, procs: int) -> None:
+    def __init__(self, srv: RunningServer, procs: int, *, busy_procs: int | None = None) -> None:
         self.srv = srv
         self.procs = procs
+        self.busy_procs = busy_procs or procs  # for the steady state and overload
         self.meter = CpuMeter(srv.pid, srv.pg_database)
 
     def params(self, **extra: Any) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def ramp(
         steps=steps, seeded=seeded,
         sync_interval=intervals[0], upload_interval=intervals[1],
     )  # fmt: skip
-    bench.run("ramp", params, on_result=judged)
+    bench.run("ramp", params, on_result=judged, procs=bench.busy_procs)
     return out
 
 
@@ -220,7 +222,10 @@ def ramp(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fleet")
     g.add_argument("--fleet-db", help="PostgreSQL URL (default: $ENDPOINT_TEST_PG_URL); 'sqlite' for SQLite")
-    g.add_argument("--fleet-procs", type=int, default=1, help="simulator processes (1)")
+    g.add_argument(
+        "--fleet-procs", type=int,
+        help="simulator processes (default: 1, and 2 for the steady state and overload, the busiest)",
+    )  # fmt: skip
     g.add_argument(
         "--fleet-steady-seconds", type=float, default=300, help="time for the steady-state ramp (300)"
     )
@@ -291,7 +296,8 @@ def run(args: argparse.Namespace) -> list[Target]:
     seeded = SMALL_FLEET
     if "steady" in steps:
         seeded = max(seeded, sizes[-1] if sizes else args.fleet_max_hosts)
-    print(f"  {SHARED.format(cores=cores)}; simulator: {args.fleet_procs} process(es) on {loop_name()}")
+    procs = f"{args.fleet_procs}" if args.fleet_procs else f"1 ({BUSY_PROCS} for steady state and overload)"
+    print(f"  {SHARED.format(cores=cores)}; simulator: {procs} process(es) on {loop_name()}")
     with (
         tempfile.TemporaryDirectory(prefix="ea-bench-fleet-") as tmp,
         serving(
@@ -300,7 +306,7 @@ def run(args: argparse.Namespace) -> list[Target]:
     ):
         print(f"  server: endpoint-server serve {' '.join(args.fleet_server_arg)} on {srv.db_kind}, "
               f"{seeded:,} hosts enrolled before the run; steps: {','.join(steps)}", flush=True)  # fmt: skip
-        bench = Bench(srv, args.fleet_procs)
+        bench = Bench(srv, args.fleet_procs or 1, busy_procs=args.fleet_procs or BUSY_PROCS)
         seconds = args.fleet_seconds
         targets: list[Target] = []
         poll_rate: float | None = None
@@ -395,7 +401,9 @@ def _steady(
     hosts, rec, cores = held[-1]
     per_core = hosts / cores[0] if cores[0] > 0 else math.inf
     print(f"  largest fleet that held: {hosts:,} hosts, server {cores[0]:.2f} cores: {per_core:,.0f} hosts "
-          f"per server core (p95 {_ms(rec.all().percentile(0.95))})", flush=True)  # fmt: skip
+          f"per server core (p95 {_ms(rec.all().percentile(0.95))}); the simulator took "
+          f"{cores[2]:.2f} cores, {cores[2] / max(cores[0], 1e-9):.2f} of the server's CPU per request",
+          flush=True)  # fmt: skip
     return [
         Target("50000 / hosts per server core (steady)", HOSTS_PER_CORE / per_core, 1.0),
         Target("steady p95 / 100 ms (largest that held)", rec.all().percentile(0.95) / STEADY_P95, 1.0),
@@ -409,7 +417,7 @@ def _overload(bench: Bench, rate: float, seconds: float) -> list[Target]:
         hosts=SMALL_FLEET, conns=OVERLOAD_CONNS, think=OVERLOAD_CONNS / rate, fresh=OVERLOAD_FRESH,
         timeout=OVERLOAD_TIMEOUT, seconds=seconds,
     )  # fmt: skip
-    results, cores, span = bench.run("overload", params)
+    results, cores, span = bench.run("overload", params, procs=bench.busy_procs)
     rec = results["overload"]
     stats = rec.kinds.get("policy")
     outcomes = stats.outcomes if stats else Counter()
