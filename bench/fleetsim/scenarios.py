@@ -53,12 +53,15 @@ async def _sleep_until(when: float, ctx: Context) -> bool:
 
 
 async def ramp(ctx: Context, params: dict[str, Any]) -> None:
-    """params: steps [(hosts, seconds)], seed, seeded (already enrolled and running), etag, intervals.
-    The fleet grows to each step's size at the step's start (new hosts spread over one interval);
-    one result per step, labelled by its index."""
+    """params: steps [(hosts, seconds)], warmup (s), seed, seeded (already enrolled and running),
+    etag, intervals. At each step's start the fleet grows to its size (new hosts' first contact
+    spread over one interval, as if booted earlier); `warmup` seconds later (one interval: every
+    new host has been seen once, the server's caches hold it) the step is measured for its
+    seconds. Results: "warmup K" (not judged) and "K", the step's index."""
     loop = asyncio.get_running_loop()
     rng = random.Random(params["seed"] * 1000 + ctx.worker)
     steps: list[tuple[int, float]] = params["steps"]
+    warmup: float = params.get("warmup", 0.0)
     recorder = Recorder()
     fleet = Fleet(
         loop, _server(params), recorder, rng=rng,
@@ -74,7 +77,7 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
     offset = 0.0
     for k, (_size, seconds) in enumerate(steps):
         fleet.plan(growth[k], offset)
-        offset += seconds
+        offset += warmup + seconds
     gc.freeze()  # the fleet lives to the end: no collection need walk it again
     if not await ctx.begin():
         return
@@ -82,12 +85,15 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
     fleet.start()
     try:
         for k, (_size, seconds) in enumerate(steps):
-            boundary += seconds
-            if not await _sleep_until(boundary, ctx):
-                return  # stopped: a step cut short says nothing
-            fleet.recorder = Recorder()
-            ctx.report(str(k), recorder)
-            recorder = fleet.recorder
+            for label, span in ((f"warmup {k}", warmup), (str(k), seconds)):
+                if not span:
+                    continue
+                boundary += span
+                if not await _sleep_until(boundary, ctx):
+                    return  # stopped: a step cut short says nothing
+                fleet.recorder = Recorder()
+                ctx.report(label, recorder)
+                recorder = fleet.recorder
     finally:
         fleet.stop()
         await fleet.drain()
