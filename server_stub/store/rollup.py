@@ -244,12 +244,12 @@ def counting_ctes(inserted: str) -> str:
     stopped = ", ".join(f"'{a}'" for a in STOPPED)
     counts = ", ".join(f"{c} = {{t}}.{c} + excluded.{c}" for c in ("n", "stop_seconds"))
     dims = "rule_id, category, action"
-    dims_c = ", ".join(f"{d} {_C}" for d in dims.split(", "))
+    # Keys in the "C" collation: grouped and ordered by one byte-wise sort each.
     return f"""
     new_violations AS MATERIALIZED (
-        SELECT to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') AS hour,
-               coalesce(rule_id, '') AS rule_id, coalesce(category, '') AS category,
-               coalesce(action, '') AS action,
+        SELECT to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') {_C} AS hour,
+               coalesce(rule_id, '') {_C} AS rule_id, coalesce(category, '') {_C} AS category,
+               coalesce(action, '') {_C} AS action,
                CASE WHEN action IN ({stopped}) AND first_seen IS NOT NULL
                     THEN greatest(extract(epoch FROM detected_at - first_seen)::float8, 0.0)
                     ELSE 0.0 END AS stop
@@ -258,7 +258,7 @@ def counting_ctes(inserted: str) -> str:
     daily_added AS (
         INSERT INTO {violation_daily.name} (day, {dims}, triage, n, stop_seconds)
         SELECT left(hour, 10), {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
-        GROUP BY 1, 2, 3, 4 ORDER BY left(hour, 10) {_C}, {dims_c}
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (day, {dims}, triage) DO UPDATE SET {counts.format(t=violation_daily.name)}
         RETURNING 1
     ),
@@ -266,26 +266,26 @@ def counting_ctes(inserted: str) -> str:
         INSERT INTO {violation_hourly.name} (hour, {dims}, triage, n, stop_seconds)
         SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
         WHERE (SELECT count(*) FROM daily_added) >= 0  -- after the daily rows: one lock order
-        GROUP BY 1, 2, 3, 4 ORDER BY hour {_C}, {dims_c}
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (hour, {dims}, triage) DO UPDATE SET {counts.format(t=violation_hourly.name)}
         RETURNING 1
     ),
     host_daily_added AS (
         INSERT INTO {host_daily.name} (day, host_id, triage, n)
         SELECT left(hour, 10), %(host_id)s, '{OPEN}', count(*) FROM new_violations
-        GROUP BY 1 ORDER BY left(hour, 10) {_C}
+        GROUP BY 1 ORDER BY 1
         ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
         RETURNING 1
     ),
     running_delta AS MATERIALIZED (
         SELECT scope, hour, count(*) AS n
-        FROM (SELECT '' AS scope, hour FROM new_violations
+        FROM (SELECT '' {_C} AS scope, hour FROM new_violations
               UNION ALL SELECT rule_id, hour FROM new_violations) AS per_scope
         GROUP BY scope, hour
     ),
     totals_added AS (
         INSERT INTO {host_totals.name} (scope, host_id, n_all, n_open)
-        SELECT scope, %(host_id)s, sum(n), sum(n) FROM running_delta GROUP BY scope ORDER BY scope {_C}
+        SELECT scope, %(host_id)s, sum(n), sum(n) FROM running_delta GROUP BY scope ORDER BY scope
         ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
             n_open = {host_totals.name}.n_open + excluded.n_open
         RETURNING 1
@@ -301,7 +301,7 @@ def counting_ctes(inserted: str) -> str:
                            ORDER BY r.hour DESC LIMIT 1) AS b ON true
         WHERE NOT EXISTS (SELECT 1 FROM {host_running.name} r
                           WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour = d.hour)
-        ORDER BY d.scope {_C}, d.hour {_C}
+        ORDER BY d.scope, d.hour
         RETURNING 1
     ),
     hours_added AS (
