@@ -146,10 +146,14 @@ _PG_RETURNED = "event_id, kind, detected_at, rule_id, category, action, first_se
 def _pg_sql(with_inserted: str | None) -> str:
     if with_inserted is None:
         return f"{_PG_INSERT} RETURNING event_id"
-    return (
+    sql = (
         f"WITH {INSERTED} AS MATERIALIZED ({_PG_INSERT} RETURNING {_PG_RETURNED}), {with_inserted} "
         f"SELECT event_id FROM {INSERTED}"
     )
+    # One space between words: psycopg parses a statement once only up to 4 kB (longer: each time).
+    if "--" in sql:
+        raise ValueError("a -- comment would swallow the rest once the lines are joined: use /* */")
+    return " ".join(sql.split())
 
 
 def _postgres(

@@ -246,7 +246,7 @@ def counting_ctes(inserted: str) -> str:
     dims = "rule_id, category, action"
     # Keys in the "C" collation: grouped and ordered by one byte-wise sort each.
     return f"""
-    new_violations AS MATERIALIZED (
+    new_v AS MATERIALIZED (
         SELECT to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') {_C} AS hour,
                coalesce(rule_id, '') {_C} AS rule_id, coalesce(category, '') {_C} AS category,
                coalesce(action, '') {_C} AS action,
@@ -255,46 +255,46 @@ def counting_ctes(inserted: str) -> str:
                     ELSE 0.0 END AS stop
         FROM {inserted} WHERE kind = 'violation'
     ),
-    daily_added AS (
+    daily AS (
         INSERT INTO {violation_daily.name} (day, {dims}, triage, n, stop_seconds)
-        SELECT left(hour, 10), {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
+        SELECT left(hour, 10), {dims}, '{OPEN}', count(*), sum(stop) FROM new_v
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (day, {dims}, triage) DO UPDATE SET {counts.format(t=violation_daily.name)}
         RETURNING 1
     ),
-    hourly_added AS (
+    hourly AS (
         INSERT INTO {violation_hourly.name} (hour, {dims}, triage, n, stop_seconds)
-        SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_violations
-        WHERE (SELECT count(*) FROM daily_added) >= 0  -- after the daily rows: one lock order
+        SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_v
+        WHERE (SELECT count(*) FROM daily) >= 0  /* after the daily rows: one lock order */
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (hour, {dims}, triage) DO UPDATE SET {counts.format(t=violation_hourly.name)}
         RETURNING 1
     ),
-    host_daily_added AS (
+    by_host AS (
         INSERT INTO {host_daily.name} (day, host_id, triage, n)
-        SELECT left(hour, 10), %(host_id)s, '{OPEN}', count(*) FROM new_violations
+        SELECT left(hour, 10), %(host_id)s, '{OPEN}', count(*) FROM new_v
         GROUP BY 1 ORDER BY 1
         ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
         RETURNING 1
     ),
-    running_delta AS MATERIALIZED (
+    deltas AS MATERIALIZED (
         SELECT scope, hour, count(*) AS n
-        FROM (SELECT '' {_C} AS scope, hour FROM new_violations
-              UNION ALL SELECT rule_id, hour FROM new_violations) AS per_scope
+        FROM (SELECT '' {_C} AS scope, hour FROM new_v
+              UNION ALL SELECT rule_id, hour FROM new_v) AS per_scope
         GROUP BY scope, hour
     ),
-    totals_added AS (
+    totals AS (
         INSERT INTO {host_totals.name} (scope, host_id, n_all, n_open)
-        SELECT scope, %(host_id)s, sum(n), sum(n) FROM running_delta GROUP BY scope ORDER BY scope
+        SELECT scope, %(host_id)s, sum(n), sum(n) FROM deltas GROUP BY scope ORDER BY scope
         ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
             n_open = {host_totals.name}.n_open + excluded.n_open
         RETURNING 1
     ),
-    hours_started AS (
+    started AS (
         INSERT INTO {host_running.name} (scope, host_id, hour, n_all, n_open)
         SELECT d.scope, %(host_id)s, d.hour, coalesce(b.n_all, 0) + upto.n, coalesce(b.n_open, 0) + upto.n
-        FROM running_delta d
-        CROSS JOIN LATERAL (SELECT sum(e.n) AS n FROM running_delta e
+        FROM deltas d
+        CROSS JOIN LATERAL (SELECT sum(e.n) AS n FROM deltas e
                             WHERE e.scope = d.scope AND e.hour <= d.hour) AS upto
         LEFT JOIN LATERAL (SELECT r.n_all, r.n_open FROM {host_running.name} r
                            WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour < d.hour
@@ -304,9 +304,9 @@ def counting_ctes(inserted: str) -> str:
         ORDER BY d.scope, d.hour
         RETURNING 1
     ),
-    hours_added AS (
+    added AS (
         UPDATE {host_running.name} r SET n_all = r.n_all + x.n, n_open = r.n_open + x.n
-        FROM (SELECT s.scope, s.hour, sum(d.n) AS n FROM running_delta d
+        FROM (SELECT s.scope, s.hour, sum(d.n) AS n FROM deltas d
               JOIN {host_running.name} s
                 ON s.scope = d.scope AND s.host_id = %(host_id)s AND s.hour >= d.hour
               GROUP BY s.scope, s.hour) AS x
