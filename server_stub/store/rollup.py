@@ -11,7 +11,8 @@ lookups per host (the running totals just before each end) plus the minutes left
 the events: a 30-day top ten reads about as many rows as there are hosts.
 
 The tables are kept in step inside the transaction that stores or triages violations
-(`apply`), and rebuilt from the events by `rebuild` (the migrations and bulk loads).
+(`apply`; on PostgreSQL an upload's new violations are counted by the statement that inserts
+them, `counting_ctes`), and rebuilt from the events by `rebuild` (the migrations and bulk loads).
 """
 
 from __future__ import annotations
