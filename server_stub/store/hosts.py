@@ -154,8 +154,9 @@ class _Bound:
 
 # Fixed statement text, sent to the driver as is: building, compiling and binding a statement per
 # batch (and psycopg parsing a new text for every batch size) cost more CPU than the writes.
-# Rows are read (and locked, on PostgreSQL) and inserted in machine id order: two processes'
-# batches wait on each other, never in a cycle. SQLite: BEGIN IMMEDIATE already serializes them.
+# Rows are locked (PostgreSQL) and inserted in machine id order, the same in every process, so two
+# processes' batches wait for each other rather than deadlock (if they ever did, PostgreSQL ends
+# one: a 503 its agents retry). SQLite: BEGIN IMMEDIATE already serializes them.
 _KNOWN_COLUMNS = "machine_id, host_id, hostname, node_key_hash, reenroll_open"
 _PG_KNOWN = (
     f"SELECT {_KNOWN_COLUMNS} FROM {hosts.name} WHERE machine_id = ANY(%(machines)b::text[]) "
