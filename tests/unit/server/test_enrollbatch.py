@@ -4,8 +4,8 @@ in it and stores none; the queue is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,18 @@ def batcher(store: Store, **kwargs: Any) -> EnrollBatcher:
     return EnrollBatcher(store.hosts.enroll_many, lambda: T0, autostart=False, **kwargs)
 
 
+def together(b: EnrollBatcher, items: list[Enrollment]) -> list[str | BaseException]:
+    """Enroll all of these, queued before the writer starts: one batch; each outcome or error."""
+
+    async def run() -> list[str | BaseException]:
+        tasks = [asyncio.ensure_future(b.enroll(item)) for item in items]
+        await asyncio.sleep(0)  # each one queued
+        b.start()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    return asyncio.run(run())
+
+
 def machines(store: Store) -> dict[str, tuple[str, str]]:
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(hosts.c.machine_id, hosts.c.host_id, hosts.c.node_key_hash)).all()
@@ -56,16 +68,17 @@ def test_enrollments_queued_together_are_decided_in_order_in_one_transaction(
     store.hosts.on_key_change.append(forgotten.append)
     commits.clear()
     b = batcher(store)
-    futures = [
-        b.submit(Enrollment("m1", "ws-1", key(11))),
-        b.submit(Enrollment("m2", "ws-2", key(12))),
-        b.submit(Enrollment("m1", "ws-1-again", key(13))),  # m1 is known by now: no key, refused
-        b.submit(Enrollment("m2", "ws-2b", key(14), current_key_hash=key(12))),  # its first key: rotated
-        b.submit(Enrollment("known", "ws-evil", key(15), current_key_hash=key(99))),  # wrong key
-        b.submit(Enrollment("known", "ws-known-2", key(16), current_key_hash=key(1))),  # a rotation
-    ]
-    b.start()
-    outcomes = [f.result(timeout=30) for f in futures]
+    outcomes = together(
+        b,
+        [
+            Enrollment("m1", "ws-1", key(11)),
+            Enrollment("m2", "ws-2", key(12)),
+            Enrollment("m1", "ws-1-again", key(13)),  # m1 is known by now: no key, refused
+            Enrollment("m2", "ws-2b", key(14), current_key_hash=key(12)),  # its first key: rotated
+            Enrollment("known", "ws-evil", key(15), current_key_hash=key(99)),  # wrong key
+            Enrollment("known", "ws-known-2", key(16), current_key_hash=key(1)),  # a rotation
+        ],
+    )
     b.stop()
     assert len(commits) == 1
     m1, m2 = outcomes[0], outcomes[1]
@@ -88,50 +101,55 @@ def test_a_failed_batch_fails_each_request_and_stores_none(store: Store, db_url:
     store.hosts.enroll(machine_id="known", hostname="ws-known", node_key_hash=key(1), now=T0)
     poison_hostname(db_url, "poison")
     b = batcher(store)
-    futures = [b.submit(Enrollment(f"m{n}", f"ws-{n}", key(10 + n))) for n in range(3)]
-    futures.append(b.submit(Enrollment("known", "ws-known-2", key(20), current_key_hash=key(1))))
-    futures.append(b.submit(Enrollment("bad", "poison", key(30))))
-    b.start()
-    for future in futures:
-        with pytest.raises(StoreError, match="enrolling hosts"):
-            future.result(timeout=30)
+    items = [Enrollment(f"m{n}", f"ws-{n}", key(10 + n)) for n in range(3)]
+    items.append(Enrollment("known", "ws-known-2", key(20), current_key_hash=key(1)))
+    items.append(Enrollment("bad", "poison", key(30)))
+    for outcome in together(b, items):
+        assert isinstance(outcome, StoreError) and "enrolling hosts" in str(outcome)
     assert set(machines(store)) == {"known"}
     assert store.hosts.by_key(key(1)) is not None  # the rotation in the batch was undone too
     # The writer goes on: the next batch is written.
-    assert isinstance(b.submit(Enrollment("m9", "ws-9", key(40))).result(timeout=30), str)
+    assert isinstance(asyncio.run(b.enroll(Enrollment("m9", "ws-9", key(40)))), str)
     b.stop()
     assert set(machines(store)) == {"known", "m9"}
 
 
 def test_the_queue_is_bounded_and_stop_answers_what_waits(store: Store) -> None:
     b = batcher(store, max_queue=2)
-    waiting = [b.submit(Enrollment(f"m{n}", f"ws-{n}", key(n))) for n in range(2)]
-    with pytest.raises(EnrollmentsBusy):
-        b.submit(Enrollment("m3", "ws-3", key(3)))
-    b.stop()  # never started: nobody writes them, each is answered
-    for future in waiting:
+
+    async def run() -> list[str | BaseException]:
+        waiting = [asyncio.ensure_future(b.enroll(Enrollment(f"m{n}", f"ws-{n}", key(n)))) for n in range(2)]
+        await asyncio.sleep(0)
         with pytest.raises(EnrollmentsBusy):
-            future.result(timeout=5)
-    with pytest.raises(EnrollmentsBusy):
-        b.submit(Enrollment("m4", "ws-4", key(4)))
+            await b.enroll(Enrollment("m3", "ws-3", key(3)))
+        b.stop()  # never started: nobody writes them, each is answered
+        with pytest.raises(EnrollmentsBusy):
+            await b.enroll(Enrollment("m4", "ws-4", key(4)))
+        return list(await asyncio.gather(*waiting, return_exceptions=True))
+
+    assert all(isinstance(outcome, EnrollmentsBusy) for outcome in asyncio.run(run()))
     assert machines(store) == {}
 
 
 def test_a_request_given_up_before_its_batch_is_not_written(store: Store) -> None:
     b = batcher(store)
-    gone = b.submit(Enrollment("gone", "ws-gone", key(1)))
-    kept = b.submit(Enrollment("kept", "ws-kept", key(2)))
-    assert gone.cancel()
-    b.start()
-    assert isinstance(kept.result(timeout=30), str)
-    with pytest.raises(CancelledError):
-        gone.result()
+
+    async def run() -> str:
+        gone = asyncio.ensure_future(b.enroll(Enrollment("gone", "ws-gone", key(1))))
+        kept = asyncio.ensure_future(b.enroll(Enrollment("kept", "ws-kept", key(2))))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client left
+        await asyncio.sleep(0)
+        b.start()
+        return await kept
+
+    assert isinstance(asyncio.run(run()), str)
     b.stop()
     assert set(machines(store)) == {"kept"}
 
 
 def test_a_lone_enrollment_waits_for_no_batch(store: Store) -> None:
     b = EnrollBatcher(store.hosts.enroll_many, lambda: T0)  # started by its first request
-    host_id = b.submit(Enrollment("m1", "ws-1", key(1))).result(timeout=30)
+    host_id = asyncio.run(b.enroll(Enrollment("m1", "ws-1", key(1))))
     b.stop()
     assert machines(store) == {"m1": (host_id, key(1))}
