@@ -298,6 +298,7 @@ class Plan:
 
     walk_ids: bool = True
     days: tuple[date, ...] | None = None
+    sorted_parts: bool = False  # PostgreSQL's form of the day plan (see _by_day)
 
 
 def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextualSelect:
@@ -359,7 +360,8 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     n = (last - first).days + 1
     if n > MAX_DAYS:
         return Plan(walk_ids=False)
-    return Plan(walk_ids=False, days=tuple(first + timedelta(days=i) for i in range(max(n, 0))))
+    days = tuple(first + timedelta(days=i) for i in range(max(n, 0)))
+    return Plan(walk_ids=False, days=days, sorted_parts=is_postgres(conn))
 
 
 def _snapshot(conn: Connection) -> None:
@@ -430,8 +432,9 @@ class EventRepo:
             flt = resolve_host(conn, flt)
             p = plan(conn, kind, flt)
             query = page_query(
-                kind, flt, after_id=after_id, limit=limit + 1, walk_ids=p.walk_ids, days=p.days
-            )
+                kind, flt, after_id=after_id, limit=limit + 1, walk_ids=p.walk_ids, days=p.days,
+                sorted_parts=p.sorted_parts,
+            )  # fmt: skip
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
@@ -451,6 +454,7 @@ class EventRepo:
                 newest_first=True,
                 walk_ids=p.walk_ids,
                 days=p.days,
+                sorted_parts=p.sorted_parts,
             )
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit

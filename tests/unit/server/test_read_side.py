@@ -398,6 +398,39 @@ def test_the_day_plan_merges_each_day_from_its_index_without_sorting(store: Stor
             assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan
 
 
+def test_the_store_reads_a_recent_period_by_merging_its_days_without_sorting(store: Store) -> None:
+    from sqlalchemy import event
+
+    _, now = _spread(store, 60)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "UNION ALL" in statement:
+            seen.append((statement, parameters))
+
+    flt = EventFilter(since=now - timedelta(days=3))
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        store.events.page(VIOLATION, flt, after_id=0, limit=5)
+        store.events.newest(VIOLATION, replace(flt, until=now - timedelta(days=1)), before_id=None, limit=5)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    assert len(seen) == 2, seen
+    with store.engine.begin() as conn:
+        for statement, parameters in seen:
+            if conn.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+                plan = "\n".join(str(row[-1]) for row in rows)
+            else:
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                conn.exec_driver_sql("SET LOCAL enable_sort = off")
+                plan = "\n".join(
+                    str(row[0]) for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters)
+                )
+            assert "ix_events_kind_day_id" in plan, plan
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan
+
+
 TIME_FILTERS = [
     (EventFilter(since=T0), ("ix_events_kind_detected", "ix_events_console")),
     (
