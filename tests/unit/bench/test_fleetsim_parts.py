@@ -295,3 +295,39 @@ def test_a_step_holds_fails_on_the_server_or_is_inconclusive_when_the_simulator_
     verdict, why = step_verdict(lagging)
     assert verdict == SIM_LAGGED and "simulator" in why
     assert step_verdict(Recorder())[0] == FAILED
+
+
+def test_a_fleet_planned_before_its_start_first_calls_after_its_offset() -> None:
+    from bench.fleetsim.agent import make_hosts
+
+    calls: list[float] = []
+
+    async def main() -> float:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                calls.append(time.monotonic())
+                writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        server, port = await _serve(answer)
+        rec = Recorder()
+        fleet = Fleet(None, Server("127.0.0.1", port, "x"), rec, sync_interval=0.2, upload_interval=3600)
+        hosts = make_hosts(range(3), seed=1, seeded=True, rng=random.Random(1))
+        fleet.plan(hosts, offset=0.3)
+        await asyncio.sleep(0.2)
+        assert calls == []  # planned, the clock not started
+        started = time.monotonic()
+        fleet.start()
+        while len(calls) < 6:
+            await asyncio.sleep(0.02)
+        fleet.stop()
+        await fleet.drain()
+        server.close()
+        return started
+
+    started = asyncio.run(main())
+    assert min(calls) - started >= 0.3  # from the start, not from the plan
