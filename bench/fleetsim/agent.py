@@ -62,6 +62,12 @@ def _encode(method: bytes, path: str, headers: dict[str, str], body: bytes) -> b
     return encode(method, API + path, {**_HEADERS, **headers}, body)
 
 
+def poll_request(host: SimHost) -> bytes:
+    """The conditional policy poll of an enrolled host, as the agent sends it."""
+    headers = {"If-None-Match": host.etag} if host.etag else {}
+    return _encode(b"GET", "/policy", {**headers, "Authorization": f"Bearer {host.node_key}"}, b"")
+
+
 @dataclass(frozen=True)
 class Server:
     host: str
@@ -451,6 +457,7 @@ __all__ = [
     "Unavailable",
     "event_batch",
     "make_hosts",
+    "poll_request",
     "seeded_host_id",
     "seeded_key",
 ]

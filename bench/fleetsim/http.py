@@ -23,7 +23,7 @@ import errno
 import functools
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -122,7 +122,7 @@ def _parse_chunked(buf: bytearray, status: int, head: bytes, pos: int) -> Answer
 
 
 class Connection:
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, proto: _Protocol, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, proto: Any, timeout: float) -> None:
         self._loop = loop
         self._host_header = host.encode("ascii")
         self._proto = proto
@@ -130,8 +130,10 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, loop: asyncio.AbstractEventLoop, host: str, port: int, *, timeout: float
-    ) -> Connection:
+        cls, loop: asyncio.AbstractEventLoop, host: str, port: int, *, timeout: float,
+        protocol: Callable[[], asyncio.Protocol] | None = None,
+    ) -> Connection:  # fmt: skip
+        """A connection; `protocol` to handle it yourself (then only close() is of use here)."""
         _check_loopback(host)
         # A connected socket handed over: create_connection(host=...) would resolve the name
         # (getaddrinfo in a thread) on every call, which costs more than the request.
@@ -140,7 +142,7 @@ class Connection:
         try:
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, (host, port))
-                _transport, proto = await loop.create_connection(_Protocol, sock=sock)
+                _transport, proto = await loop.create_connection(protocol or _Protocol, sock=sock)
         except TimeoutError as exc:
             sock.close()
             raise Timeout(f"connect to {host}:{port}") from exc

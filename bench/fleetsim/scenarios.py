@@ -9,6 +9,7 @@ Hosts are split among processes by index (`index % procs == worker`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import random
@@ -17,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fleetsim.agent import Fleet, Server, SimHost, Unavailable, event_batch, make_hosts
+from bench.fleetsim.agent import Fleet, Server, SimHost, Unavailable, event_batch, make_hosts, poll_request
 from bench.fleetsim.http import Connection
+from bench.fleetsim.poller import keep_polling
 from bench.fleetsim.stats import Recorder
 from bench.fleetsim.timers import Wheel
 from endpoint_agent.clock import SystemClock
@@ -100,15 +102,27 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
 
 
 async def polls(ctx: Context, params: dict[str, Any]) -> None:
-    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`."""
+    """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`,
+    in callbacks (bench/fleetsim/poller.py); a 429/503 pauses its connection for Retry-After."""
+    loop = asyncio.get_running_loop()
     hosts, recorder, fleet = _pollers(ctx, params)
+    requests = [poll_request(host) for host in hosts]
+    conns = _share(params["concurrency"], ctx)
+    watch = Wheel(loop, recorder)
     if not await ctx.begin():
         return
-
-    async def poll(host: SimHost, conn: Connection) -> None:
-        await fleet.poll_policy(host, conn)
-
-    await _closed_loop(ctx, params, fleet, hosts, poll)
+    until = time.monotonic() + params["seconds"]
+    watch.start()
+    try:
+        await asyncio.gather(*(
+            keep_polling(
+                loop, params["port"], requests, recorder, until=until, timeout=fleet.timeout,
+                first=c * len(requests) // conns, wait_retry_after=True,
+            )
+            for c in range(conns)
+        ))  # fmt: skip
+    finally:
+        watch.stop()
     ctx.report("polls", recorder)
 
 
@@ -206,45 +220,47 @@ async def enroll(ctx: Context, params: dict[str, Any]) -> None:
 
 
 async def overload(ctx: Context, params: dict[str, Any]) -> None:
-    """More polls than the server can answer, cheaply: `conns` keep-alive connections (this
-    process's share), each sending a poll, waiting for its answer (at most `timeout` s), then
-    another after a random pause of mean `think` s, for `seconds`: `conns / think` polls/s offered
-    while the server answers at once. A share `fresh` of the polls comes on a new connection, as
-    an agent's at the default intervals does. Retry-After is counted, not waited: the next poll of
-    a connection stands for another agent arriving. Nothing is retried."""
+    """More polls than the server can answer, cheaply: `conns` connections (this process's share),
+    each sending a poll, waiting for its answer (at most `timeout` s), then another after a random
+    pause of mean `think` s, for `seconds`: `conns / think` polls/s offered while the server
+    answers at once. A share `fresh` of the connections are new for every poll, as an agent's at
+    the default intervals; the others are kept alive (bench/fleetsim/poller.py). Retry-After is
+    counted, not waited: the next poll of a connection stands for another agent arriving."""
     loop = asyncio.get_running_loop()
     rng = random.Random(params["seed"] + ctx.worker)
     hosts, recorder, fleet = _pollers(ctx, params)
-    fleet.timeout = params["timeout"]
-    conns, think, fresh = _share(params["conns"], ctx), params["think"], params["fresh"]
+    fleet.timeout = timeout = params["timeout"]
+    requests = [poll_request(host) for host in hosts]
+    conns, think = _share(params["conns"], ctx), params["think"]
+    fresh = round(conns * params["fresh"])
     watch = Wheel(loop, recorder)
     if not await ctx.begin():
         return
-    deadline = time.monotonic() + params["seconds"]
+    until = time.monotonic() + params["seconds"]
 
-    async def one(first: int) -> None:
-        conn: Connection | None = None
+    async def kept(first: int) -> None:
         await asyncio.sleep(rng.uniform(0, think))  # arrivals spread, not all at the start
+        await keep_polling(
+            loop, params["port"], requests, recorder, until=until, timeout=timeout, first=first,
+            think=think, rng=rng,
+        )  # fmt: skip
+
+    async def new_each_time(first: int) -> None:
         i = first
-        while time.monotonic() < deadline and not ctx.stopped():
-            host = hosts[i % len(hosts)]
-            i += conns
-            try:
-                if rng.random() < fresh:
-                    await fleet.poll_policy(host)
-                else:
-                    if conn is None or not conn.usable:
-                        conn = await fleet.connect("policy")
-                    await fleet.poll_policy(host, conn)
-            except Unavailable:
-                pass  # counted by the recorder
-            await asyncio.sleep(min(rng.expovariate(1.0 / think), max(0.0, deadline - time.monotonic())))
-        if conn is not None:
-            conn.close()
+        await asyncio.sleep(rng.uniform(0, think))
+        while time.monotonic() < until and not ctx.stopped():
+            with contextlib.suppress(Unavailable):  # counted by the recorder
+                await fleet.poll_policy(hosts[i % len(hosts)])
+            i += 1
+            await asyncio.sleep(min(rng.expovariate(1.0 / think), max(0.0, until - time.monotonic())))
 
     watch.start()
     try:
-        await asyncio.gather(*(one(c) for c in range(conns)))
+        spread = len(requests) // max(conns, 1)
+        await asyncio.gather(
+            *(new_each_time(c * spread) for c in range(fresh)),
+            *(kept(c * spread) for c in range(fresh, conns)),
+        )
     finally:
         watch.stop()
     ctx.report("overload", recorder)

@@ -331,3 +331,64 @@ def test_a_fleet_planned_before_its_start_first_calls_after_its_offset() -> None
 
     started = asyncio.run(main())
     assert min(calls) - started >= 0.3  # from the start, not from the plan
+
+
+def test_keep_polling_records_every_answer_pauses_for_retry_after_and_reconnects() -> None:
+    from bench.fleetsim.poller import keep_polling
+
+    connections: list[int] = []
+
+    async def main() -> Recorder:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            n = 0
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                n += 1
+                if n == 3:  # the third poll of each connection: busy, come back in 1 s, and close
+                    writer.write(b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    break
+                writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        server, port = await _serve(answer)
+        rec = Recorder()
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        await keep_polling(
+            loop, port, [b"GET /a HTTP/1.1\r\n\r\n"], rec, until=started + 1.5, timeout=5.0,
+            wait_retry_after=True,
+        )  # fmt: skip
+        assert time.monotonic() - started >= 1.0  # waited the Retry-After before the next connection
+        server.close()
+        return rec
+
+    rec = asyncio.run(main())
+    outcomes = rec.kinds["policy"].outcomes
+    assert outcomes[304] == 2 * outcomes[503] and outcomes[503] >= 1  # every answer counted
+    assert rec.retry_after_seen == outcomes[503] and len(connections) == outcomes[503]
+    assert set(outcomes) == {304, 503}
+
+
+def test_keep_polling_counts_a_silent_server_as_timeouts() -> None:
+    from bench.fleetsim.poller import keep_polling
+
+    async def main() -> Recorder:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+
+        server, port = await _serve(silent)
+        rec = Recorder()
+        until = time.monotonic() + 0.5
+        await keep_polling(asyncio.get_running_loop(), port, [b"GET / HTTP/1.1\r\n\r\n"], rec,
+                           until=until, timeout=0.2)  # fmt: skip
+        server.close()
+        return rec
+
+    rec = asyncio.run(main())
+    assert set(rec.kinds["policy"].outcomes) == {TIMEOUT}
+    assert rec.kinds["policy"].percentile(0.5) >= 0.19
