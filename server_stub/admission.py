@@ -34,9 +34,11 @@ class Admission:
         self.limit = limit
         self.on_refused = on_refused
         self.in_flight = 0
+        # Also full while the event loop lags under a flood (server_stub/listener.py), if set.
+        self.overloaded: Callable[[], bool] | None = None
 
     def full(self) -> bool:
-        return self.in_flight >= self.limit
+        return self.in_flight >= self.limit or (self.overloaded is not None and self.overloaded())
 
     async def refuse(self, scope: Scope, send: Send) -> None:
         """503 + Retry-After; the connection closed when a body was announced (it is never read)."""

@@ -126,7 +126,9 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     retention = _retention(config, store)
 
     admission = Admission(config.in_flight_limit, on_refused=metrics.refused_overload)
-    lag = LoopLag(config.max_loop_lag, admission.limit, _refusable, _counter(metrics))
+    lag = LoopLag(config.max_loop_lag, 4 * admission.limit, _refusable, _counter(metrics))
+    if config.max_loop_lag > 0:
+        admission.overloaded = lag.overloaded
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:

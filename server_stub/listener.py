@@ -5,12 +5,14 @@ it. A flood of new connections -- each answered from memory, so never many in pr
 still outrun the loop: connections then wait in the kernel's accept queue and in the loop's
 backlog, and the agents time out before anything refuses them. So the loop's lag is measured (a
 timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag` with
-at least `min_connections` open (the in-flight cap), a connection accepted is not given to the
-HTTP server: its first request is answered with the same
+at least `min_connections` open (4 x the in-flight cap: a flood, not a busy machine), a
+connection accepted is not given to the HTTP server: its first request is answered with the same
 503 + Retry-After the in-flight cap sends (and Connection: close), by a small protocol that
 parses nothing but the request line. That costs a fraction of serving the request, so the loop
 catches up and the refused agents come back after Retry-After. /healthz is still served (the
 connection is handed to the HTTP server). Counted like the cap's refusals (reason "overload").
+A request on a connection already open is refused the same way meanwhile, by the app's first
+layer (server_stub/frontdoor.py, through Admission).
 
 Wired as uvicorn's `http` protocol factory (server_stub/cli.py); the app's lifespan starts the
 meter and hands it over in the lifespan state (LISTENER_STATE).
@@ -19,7 +21,7 @@ meter and hands it over in the lifespan state (LISTENER_STATE).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
@@ -53,9 +55,15 @@ class LoopLag:
         self.on_refused = on_refused  # (method or None): counts a refusal
         self.lagging = False
         self.lag = 0.0
+        self.connections: Collection[object] = ()  # uvicorn's open connections (protocol_factory)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
+
+    def overloaded(self) -> bool:
+        """Lagging with at least `min_connections` open: refuse what arrives (new connections here,
+        requests on open ones in server_stub/frontdoor.py)."""
+        return self.lagging and len(self.connections) >= self.min_connections
 
     def start(self) -> None:
         """In the event loop (the app's lifespan)."""
@@ -83,8 +91,10 @@ def protocol_factory(
 ) -> asyncio.Protocol:
     """uvicorn's `http` setting: its own HTTP protocol, or the refusal while the loop lags."""
     meter: LoopLag | None = app_state.get(LISTENER_STATE)
-    if meter is not None and meter.lagging and len(server_state.connections) >= meter.min_connections:
-        return _Refusal(meter, lambda: _http(config, server_state, app_state, _loop), server_state)
+    if meter is not None:
+        meter.connections = server_state.connections
+        if meter.overloaded():
+            return _Refusal(meter, lambda: _http(config, server_state, app_state, _loop), server_state)
     return _http(config, server_state, app_state, _loop)
 
 

@@ -1,16 +1,16 @@
 """Overload refused at the listener (server_stub/listener.py), against the real uvicorn on 127.0.0.1.
 
 - the lag meter sees an event loop that was blocked, and lets go once it runs freely again;
-- while the loop lags, every new connection's request is answered 503 + Retry-After +
-  Connection: close (the same body as the in-flight cap's), a flood of them included, nothing
-  left waiting; /healthz is still served; the refusals are counted; once the loop keeps up,
-  requests are served again;
-- `serve` wires it in (a real server process refuses a flood while its loop is held).
+- while the loop lags under a flood, every new connection's request is answered 503 +
+  Retry-After + Connection: close (the same body as the in-flight cap's), a flood of them
+  included, nothing left waiting, and so is a request on a connection already open; /healthz is
+  still served; the refusals are counted; once the loop keeps up, requests are served again;
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +80,21 @@ async def _flood(port: int, requests: list[bytes]) -> list[bytes]:
         return await asyncio.gather(*(one(r) for r in requests))
 
 
+def _read_answer(sock: socket.socket) -> bytes:
+    """One answer on a kept-alive connection: head and Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def _refused_total(server: InProcessServer) -> float:
     with server.client(server.config.reader_token) as c:
         text = c.get(server.base_url + "/metrics").text
@@ -105,14 +120,25 @@ def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer
     health = f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     before = _refused_total(server)
     meter = _meter(server)
-    meter.max_lag, meter.min_connections = -1.0, 0  # any lag at all counts: every new connection refused
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while not meter.lagging and time.monotonic() < deadline:
-            time.sleep(TICK)
-        answers = asyncio.run(_flood(server.port, [poll] * 200 + [beat] * 50 + [health]))
-    finally:
-        meter.max_lag = 60.0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as kept:
+        kept.sendall(poll)
+        assert _read_answer(kept).startswith(b"HTTP/1.1 200")  # a connection open before the lag
+        meter.max_lag, meter.min_connections = -1.0, 0  # any lag at all counts: all refused
+        try:
+            deadline = time.monotonic() + DEADLINE
+            while not meter.lagging and time.monotonic() < deadline:
+                time.sleep(TICK)
+            answers = asyncio.run(_flood(server.port, [poll] * 200 + [beat] * 50 + [health]))
+            # On the connection already open: the same refusal, by the app's first layer.
+            kept.sendall(poll)
+            again = _read_answer(kept)
+            kept.sendall(beat)
+            with_body = _read_answer(kept)
+        finally:
+            meter.max_lag = 60.0
+    assert again.startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 2\r\n" in again
+    assert again.endswith(b'{"error":"server busy; retry later"}')
+    assert with_body.startswith(b"HTTP/1.1 503") and b"\r\nconnection: close\r\n" in with_body
     *refused, healthz = answers
     for answer in refused:
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -120,7 +146,7 @@ def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer
         assert b"\r\nretry-after: 2\r\n" in head and b"\r\nconnection: close\r\n" in head
         assert body == b'{"error":"server busy; retry later"}'
     assert healthz.startswith(b"HTTP/1.1 200")  # never refused
-    assert _refused_total(server) - before == 250
+    assert _refused_total(server) - before == 252
     # The loop keeps up again: served.
     deadline = time.monotonic() + DEADLINE
     while meter.lagging and time.monotonic() < deadline:
