@@ -445,7 +445,7 @@ def _overload(bench: Bench, rate: float, seconds: float) -> list[Target]:
     p95_all = stats.percentile(0.95) if stats else math.nan
     print(f"  overload: {OVERLOAD_CONNS:,} keep-alive connections ({OVERLOAD_FRESH:.0%} of polls on new) "
           f"offering {rate:,.0f} polls/s for {seconds:.0f} s, timeout {OVERLOAD_TIMEOUT:g} s: "
-          f"{total:,} sent, {total / span:,.0f}/s; {outcomes.get(304, 0):,} answered 304, "
+          f"{total:,} sent ({total / seconds:,.0f}/s); {outcomes.get(304, 0):,} answered 304, "
           f"{refused:,} answered 503 (p95 {_ms(p95_503)}, {rec.retry_after_seen:,} with Retry-After), "
           f"{answered - outcomes.get(304, 0) - refused:,} other answers, {timeouts:,} timed out, "
           f"{errors:,} connection errors; p95 of all {_ms(p95_all)}", flush=True)  # fmt: skip
