@@ -79,6 +79,21 @@ def test_any_json_whitespace_around_the_events(layout: str) -> None:
     assert [r.text for r in parse_batch(body)] == texts
 
 
+def test_a_repeated_events_key_means_what_it_means_to_whole_decoding() -> None:
+    """The last one counts, as for json.loads; events with several nested records split whole."""
+    first, second = (
+        agent_text(),
+        agent_text(
+            evidence=[{"attribute": "name", "pattern": "a*", "value": "ab"}] * 3,
+            connection={"laddr": "127.0.0.1:1", "proto": "tcp"},
+        ),
+    )
+    body = ('{"events":[' + first + '],"events":[' + second + "," + first + "]}").encode()
+    got = parse_batch(body)
+    assert [r.text for r in got] == [second, first]
+    assert [r.event for r in got] == whole(body)
+
+
 def test_what_the_model_writes_differently_is_stored_as_the_model_writes_it() -> None:
     """Keys left out, nulls to_json omits, coerced types: the stored text is to_json's, so readers
     always get every contract key in the contract's types."""
