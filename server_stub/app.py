@@ -31,6 +31,7 @@ from server_stub.enrollserve import EnrollFastPath
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
+from server_stub.ingestserve import IngestFastPath
 from server_stub.keycache import NodeKeyCache, warm_keys
 from server_stub.limits import Limits
 from server_stub.listener import LISTENER_STATE, LoopLag
@@ -173,6 +174,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     _install_error_handlers(app)
     # An enrollment answered once its body is read (no routing, no dependencies): server_stub/enrollserve.py.
     app.add_middleware(EnrollFastPath, path=f"{API_PREFIX}/enroll")
+    # A node's valid batch stored once its body is read, the same way: server_stub/ingestserve.py.
+    app.add_middleware(IngestFastPath, path=f"{API_PREFIX}/events")
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
     # Outside the body read: who calls is known (and limited) before a byte of the body is taken.
     app.add_middleware(

@@ -18,10 +18,10 @@ from server_stub.auth import Enroller, Node
 from server_stub.context import Ctx
 from server_stub.enrollserve import enroll_host
 from server_stub.errors import BadRequest, NotFound, PayloadTooLarge
-from server_stub.ingest import BATCH_SCHEMA, audit_stored
+from server_stub.ingest import BATCH_SCHEMA
+from server_stub.ingestserve import store_uploaded
 from server_stub.models import EnrollRequest, EnrollResponse, Ok
 from server_stub.policyserve import answer_poll
-from server_stub.store.events import VIOLATION, received_rows
 
 router = APIRouter(tags=["agent"])
 log = logging.getLogger(__name__)
@@ -97,17 +97,7 @@ def post_events(
         raise BadRequest(f"invalid request: {exc}") from None
     if len(received) > ctx.config.max_events:
         raise PayloadTooLarge(f"at most {ctx.config.max_events} events per batch, got {len(received)}")
-    host = principal.host
-    hostname = host.hostname if host is not None else None
-    rows = received_rows(received, principal.host_id, hostname)
-    stored = ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
-    violations = sum(1 for row in rows if row.kind == VIOLATION)
-    if violations:
-        ctx.metrics.events_received("violation", violations)
-    if len(rows) > violations:
-        ctx.metrics.events_received("agent", len(rows) - violations)
-    audit_stored(log, principal.host_id, received, stored)
-    return EventsAck(acked=list(dict.fromkeys(r.event.event_id for r in received)))
+    return EventsAck(acked=store_uploaded(ctx, principal, received))
 
 
 @router.post("/heartbeat", response_model=Ok)

@@ -1,0 +1,93 @@
+"""POST /events: storing a node's batch, and a plain ASGI layer in front of the route that does it.
+
+The layer sits after authentication, the rate limits and the body read (server_stub/middleware.py)
+and answers a node's valid batch itself: decoded once (endpoint_contract/batch.py) and stored in
+one worker thread, the acknowledgement written as the route writes it, errors answered by the
+application's own handlers -- without the framework's routing, dependency resolution and response
+validation, which cost a small batch more CPU than storing it. Anything else (no node credential,
+a body announced in parts, a batch that does not validate or is too large) goes on to the route
+(server_stub/routes/agent.py), which answers it exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from endpoint_agent.errors import StoreError
+from endpoint_contract.batch import BatchInvalid, BatchUnreadable, Received, parse_batch
+from server_stub.auth import Principal, Role
+from server_stub.context import ServerContext
+from server_stub.enrollserve import _handled as handled  # the application's own error handlers
+from server_stub.errors import ApiError
+from server_stub.frontdoor import _replay as replay  # the message read here, then the rest
+from server_stub.ingest import audit_stored
+from server_stub.store.events import VIOLATION, received_rows
+
+log = logging.getLogger(__name__)
+
+
+def store_uploaded(ctx: ServerContext, principal: Principal, received: list[Received]) -> list[str]:
+    """Store a node's validated batch (all or nothing; ids stored before are skipped, not
+    duplicated); returns the ids acknowledged: every id of the batch, once, in upload order."""
+    host = principal.host
+    hostname = host.hostname if host is not None else None
+    rows = received_rows(received, principal.host_id, hostname)
+    stored = ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
+    violations = sum(1 for row in rows if row.kind == VIOLATION)
+    if violations:
+        ctx.metrics.events_received("violation", violations)
+    if len(rows) > violations:
+        ctx.metrics.events_received("agent", len(rows) - violations)
+    audit_stored(log, principal.host_id, received, stored)
+    return list(dict.fromkeys(r.event.event_id for r in received))
+
+
+def _parse_and_store(ctx: ServerContext, principal: Principal, body: bytes) -> list[str] | None:
+    """The acknowledged ids, or None when the route must answer (invalid, too many events)."""
+    try:
+        received = parse_batch(body)
+    except (BatchInvalid, BatchUnreadable):
+        return None
+    if len(received) > ctx.config.max_events:
+        return None
+    return store_uploaded(ctx, principal, received)
+
+
+class IngestFastPath:
+    fast = True  # False: every upload goes to the route (tests compare the two)
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app, self.path = app, path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal: Principal | None = scope.get("state", {}).get("principal")
+        if (
+            not self.fast
+            or scope["type"] != "http"
+            or scope["path"] != self.path
+            or scope["method"] != "POST"
+            or principal is None
+            or principal.role is not Role.NODE
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # the whole body, read before (BodyLimitMiddleware)
+        if message["type"] != "http.request" or message.get("more_body"):
+            await self.app(scope, replay(message, receive), send)
+            return
+        ctx: ServerContext = scope["app"].state.ctx
+        response: Response
+        try:
+            acked = await run_in_threadpool(_parse_and_store, ctx, principal, message.get("body", b""))
+        except (ApiError, StoreError) as exc:
+            response = await handled(scope, exc)
+        else:
+            if acked is None:  # the route names what is wrong, as it always has
+                await self.app(scope, replay(message, receive), send)
+                return
+            response = JSONResponse({"acked": acked})
+        await response(scope, receive, send)

@@ -1,0 +1,124 @@
+"""POST /events answered by the plain ASGI layer (server_stub/ingestserve.py) exactly as the route
+answers it, against the real app under uvicorn on 127.0.0.1.
+
+Each upload is sent twice to the same server, once through the layer and once with it switched
+off (the framework's routing, dependencies and response validation), and the two answers must
+match -- status, body and headers but Date: a batch of violations and agent events with an id
+repeated, the same batch retried, batches that do not validate, are not JSON or are too large,
+and credentials that may not upload. What is stored is the same either way: each id once, as
+sent, with the server's identity of the host.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from endpoint_contract.events import AgentEvent, Violation, batch_body
+from server_stub.ingestserve import IngestFastPath
+from server_stub.store import EventFilter
+from tests.support.inprocess_server import InProcessServer, in_process_server
+
+MAX_EVENTS = 5
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with in_process_server(tmp_path, max_events=MAX_EVENTS) as live:
+        yield live
+
+
+def _violation(**over: Any) -> str:
+    data = {
+        "event_id": str(uuid.uuid4()),
+        "detected_at": "2030-01-02T03:04:05.678901Z",
+        "first_seen": "2030-01-02T03:04:00Z",
+        "rule_id": "p2p",
+        "category": "p2p",
+        "severity": "high",
+        "action": "killed",
+        "pid": 4242,
+        "process_name": "qbittorrent",
+        "reason": "matched",
+        "policy_version": 3,
+        "hostname": "ws-1",
+        **over,
+    }
+    return Violation.model_validate(data).to_json_text()
+
+
+def _invalid(**over: Any) -> str:
+    return json.dumps({**json.loads(_violation()), **over})
+
+
+def _agent_event() -> str:
+    return AgentEvent.model_validate(
+        {"event_id": str(uuid.uuid4()), "detected_at": "2030-01-02T03:04:05Z", "type": "events_dropped"}
+    ).to_json_text()
+
+
+def _answer(r: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    return r.status_code, r.content, [(k, v) for k, v in r.headers.multi_items() if k != "date"]
+
+
+def _same(server: InProcessServer, token: str | None, body: bytes) -> httpx.Response:
+    answers = []
+    for fast in (True, False):
+        IngestFastPath.fast = fast
+        try:
+            with server.client(token) as c:
+                answers.append(c.post("/events", content=body, headers={"Content-Type": "application/json"}))
+        finally:
+            IngestFastPath.fast = True
+    assert _answer(answers[0]) == _answer(answers[1])
+    return answers[0]
+
+
+def test_uploads_answer_as_the_route_and_store_the_same(server: InProcessServer) -> None:
+    key = server.enroll("ws-1")["node_key"]
+    first = _violation()
+    texts = [first, _agent_event(), _violation(action="reported"), first]
+    ok = _same(server, key, batch_body(texts))
+    assert ok.status_code == 200
+    assert ok.json() == {"acked": [json.loads(t)["event_id"] for t in texts[:3]]}
+    assert _same(server, key, batch_body(texts[:2])).json()["acked"] == ok.json()["acked"][:2]  # a retry
+    stored, _ = server.store.events.page("violation", EventFilter(), after_id=0, limit=10)
+    assert sorted(r.data["event_id"] for r in stored) == sorted(
+        json.loads(t)["event_id"] for t in (texts[0], texts[2])
+    )
+    assert {r.data["hostname"] for r in stored} == {"ws-1"} and all(r.data["host_id"] for r in stored)
+    # What the route refuses, it refuses either way (the layer hands it on).
+    for body in (
+        batch_body([_invalid(pid=-1)]),
+        batch_body([_violation(), _invalid(rule_id="")]),
+        b"{not json",
+        b"",
+        b'{"events": [], "extra": 1}',
+        batch_body([_violation() for _ in range(MAX_EVENTS + 1)]),
+        b'{"events": [{"a":' + b'{"a":' * 5000 + b"}" * 5001 + b"]}",
+    ):
+        assert _same(server, key, body).status_code in (400, 413, 422)
+    for token in (None, "not-a-key", server.config.enroll_secret, server.config.admin_token):
+        assert _same(server, token, batch_body([_violation()])).status_code in (401, 403)
+    assert len(server.store.events.page("violation", EventFilter(), after_id=0, limit=10)[0]) == 2
+
+
+def test_a_valid_batch_never_reaches_the_route(
+    server: InProcessServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server_stub.routes import agent
+
+    def route_reached(*_: Any) -> list[str]:
+        raise AssertionError("the route stored a batch the layer should have")
+
+    monkeypatch.setattr(agent, "store_uploaded", route_reached)
+    key = server.enroll("ws-2")["node_key"]
+    with server.client(key) as c:
+        r = c.post("/events", content=batch_body([_violation(hostname="ws-2")]))
+    assert r.status_code == 200 and len(r.json()["acked"]) == 1
