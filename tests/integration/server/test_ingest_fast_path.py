@@ -12,7 +12,6 @@ sent, with the server's identity of the host.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from endpoint_contract.events import AgentEvent, Violation, batch_body
 from server_stub.ingestserve import IngestFastPath
 from server_stub.store import EventFilter
 from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.server_events import agent_event, violation
 
 MAX_EVENTS = 5
 
@@ -35,32 +35,15 @@ def server(tmp_path: Path) -> Iterator[InProcessServer]:
 
 
 def _violation(**over: Any) -> str:
-    data = {
-        "event_id": str(uuid.uuid4()),
-        "detected_at": "2030-01-02T03:04:05.678901Z",
-        "first_seen": "2030-01-02T03:04:00Z",
-        "rule_id": "p2p",
-        "category": "p2p",
-        "severity": "high",
-        "action": "killed",
-        "pid": 4242,
-        "process_name": "qbittorrent",
-        "reason": "matched",
-        "policy_version": 3,
-        "hostname": "ws-1",
-        **over,
-    }
-    return Violation.model_validate(data).to_json_text()
+    return Violation.model_validate(violation(**{"hostname": "ws-1", **over})).to_json_text()
 
 
 def _invalid(**over: Any) -> str:
-    return json.dumps({**json.loads(_violation()), **over})
+    return json.dumps(violation(**over))
 
 
 def _agent_event() -> str:
-    return AgentEvent.model_validate(
-        {"event_id": str(uuid.uuid4()), "detected_at": "2030-01-02T03:04:05Z", "type": "events_dropped"}
-    ).to_json_text()
+    return AgentEvent.model_validate(agent_event()).to_json_text()
 
 
 def _answer(r: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
