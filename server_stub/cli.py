@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-loop-lag",
         type=float,
-        default=0.05,
-        help="seconds the event loop may lag before new connections get 503 + Retry-After (0.05; 0: off)",
+        default=0.02,
+        help="seconds the event loop may lag before new requests get 503 + Retry-After (0.02; 0: off)",
     )
     p.add_argument(
         "--no-access-log",

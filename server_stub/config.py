@@ -54,7 +54,7 @@ class ServerConfig:
     threads: int = DEFAULT_THREADS  # worker threads for blocking (database) routes
     max_in_flight: int | None = None  # requests in progress before 503; None: IN_FLIGHT_PER_THREAD x threads
     write_behind: float = 2.0  # seconds between flushes of last_seen and heartbeats (writebehind.py)
-    max_loop_lag: float = 0.05  # event-loop lag past which new connections get 503 (listener.py); 0: off
+    max_loop_lag: float = 0.02  # event-loop lag past which new connections get 503 (listener.py); 0: off
     export: ExportConfig = field(default_factory=ExportConfig)
     retention_days: float = 0.0  # events detected longer ago are purged; 0 keeps them forever
     clock: Callable[[], datetime] = field(default=utcnow, compare=False)

@@ -28,7 +28,6 @@ from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
 
 LISTENER_STATE = "endpoint.listener"
 TICK = 0.025  # 40 wake-ups a second: about 0.4 % of a core on an idle server
-DEFAULT_MAX_LAG = 0.05
 REQUEST_WAIT = 2.0  # a refused connection that sends nothing is closed after this
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
 _REFUSAL_HEAD = (
