@@ -408,9 +408,10 @@ def _steady(
     step_s, warmup = args.fleet_step_seconds, args.fleet_warmup_seconds
     if sizes is None:
         count = max(1, int(args.fleet_steady_seconds // (step_s + warmup)))
-        # Start below what the 304 rate suggests the server can carry (polls on new connections,
-        # heartbeats and uploads cost more than a keep-alive 304), and double.
-        first = int(poll_rate / REQ_PER_HOST_S / 4) if poll_rate else STEADY_FIRST
+        # Start well below what the 304 rate suggests the server can carry (a fleet's requests,
+        # on new connections, with heartbeats and uploads, cost several times a keep-alive 304),
+        # and double: a ramp that fails at once says nothing of hosts per core.
+        first = int(poll_rate / REQ_PER_HOST_S / 16) if poll_rate else STEADY_FIRST
         first = max(500, min(args.fleet_max_hosts, first))
         sizes = sorted({min(args.fleet_max_hosts, first * 2**k) for k in range(count)})
     print(f"  steady state at the default intervals (60 s): {', '.join(f'{n:,}' for n in sizes)} hosts, "
