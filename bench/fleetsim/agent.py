@@ -280,7 +280,8 @@ class Fleet:
     async def _report(self, host: SimHost) -> None:
         if host.report is None:  # its first due time was drawn by plan(): an interval's events
             host.report = ReportSchedule(self.upload_interval, clock=_CLOCK, rng=self.rng)
-            host.accrued_at = min(host.accrued_at, time.monotonic() - self.upload_interval)
+            # Not since the host was made: a later step's hosts were made minutes before they run.
+            host.accrued_at = time.monotonic() - self.upload_interval
         try:
             more = await self.report_round(host)
         except Unavailable as exc:
