@@ -37,7 +37,7 @@ Pid = Annotated[int, Field(ge=0, le=2**32)]
 
 TEXT_CHECKED = "text_checked"
 """Validation context key: the caller checked the JSON text for NUL and lone surrogates
-(endpoint_contract/batch.py), so only what no type bounds is walked."""
+(server_stub/batch.py), so only what no type bounds is walked."""
 
 
 def _check_values(value: Any) -> Any:

@@ -15,17 +15,15 @@ import json
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from endpoint_agent.errors import StoreError
+from server_stub.asgi import handled, is_json, posted_by, replay
 from server_stub.auth import Principal, Role, hash_node_key, new_node_key
 from server_stub.context import ServerContext
 from server_stub.enrollbatch import EnrollmentsBusy
 from server_stub.errors import ApiError, Conflict, ServiceUnavailable, Unauthorized
-from server_stub.frontdoor import _is_json as is_json
-from server_stub.frontdoor import _replay as replay  # the message read here, then the rest
 from server_stub.models import EnrollRequest, EnrollResponse
 from server_stub.store import EnrollRefused
 from server_stub.store.hosts import Enrollment
@@ -91,14 +89,8 @@ class EnrollFastPath:
         self.app, self.path = app, path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal: Principal | None = scope.get("state", {}).get("principal")
-        if (
-            scope["type"] != "http"
-            or scope["path"] != self.path
-            or scope["method"] != "POST"
-            or principal is None
-            or principal.role is not Role.ENROLL
-        ):
+        principal = posted_by(scope, self.path, Role.ENROLL)
+        if principal is None:
             await self.app(scope, receive, send)
             return
         message = await receive()  # the whole body, read before (BodyLimitMiddleware)
@@ -113,12 +105,5 @@ class EnrollFastPath:
             answer = await enroll_host(ctx, principal, request)
             response = JSONResponse({"host_id": answer.host_id, "node_key": answer.node_key})
         except (ApiError, StoreError) as exc:  # answered by the application's own handlers
-            response = await _handled(scope, exc)
+            response = await handled(scope, exc)
         await response(scope, receive, send)
-
-
-async def _handled(scope: Scope, exc: Exception) -> Response:
-    handlers = scope["app"].exception_handlers
-    handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
-    response: Response = await handler(Request(scope), exc)
-    return response

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.admission import Admission
+from server_stub.asgi import is_json, replay
 from server_stub.auth import Principal, Role
 from server_stub.context import ServerContext
 from server_stub.middleware import UNLIMITED_PATHS, bearer_token, error_response, too_many
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 _OK_BODY = b'{"status":"ok"}'  # models.Ok(), as FastAPI serialises it
 _OK_HEADERS = [(b"content-length", str(len(_OK_BODY)).encode()), (b"content-type", b"application/json")]
-_JSON = "application/json"
 
 
 class FrontDoor:
@@ -146,13 +146,13 @@ class FrontDoor:
             return None  # nobody to answer (as the body layer does)
         body: bytes = message.get("body", b"")
         beat = None
-        if not message.get("more_body", False) and _is_json(content_type):
+        if not message.get("more_body", False) and is_json(content_type):
             try:
                 beat = Heartbeat.model_validate_json(body)
             except ValidationError:
                 beat = None  # the route says why, in its own words
         if beat is None:
-            return _replay(message, receive)
+            return replay(message, receive)
         self.ctx.activity.heartbeat(principal.host_id, beat, self.ctx.now())
         await self._send(scope, send, 200, _OK_HEADERS, _OK_BODY)
         return None
@@ -171,26 +171,6 @@ class FrontDoor:
 
 def _within(length: bytes, limit: int) -> bool:
     return length.isdigit() and int(length) <= limit
-
-
-def _is_json(content_type: bytes | None) -> bool:
-    """What FastAPI decodes as JSON for certain: no Content-Type, or application/json."""
-    if content_type is None:
-        return True
-    return content_type.split(b";", 1)[0].strip().lower() == _JSON.encode()
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    replayed = False
-
-    async def again() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return first
-        return await receive()
-
-    return again
 
 
 async def _nothing() -> Message:

@@ -1,6 +1,6 @@
 """What `POST /events` needs besides the store: its body's documented schema and the audit lines.
 
-The route reads the body itself (endpoint_contract/batch.py decodes it once), so FastAPI does not
+The route reads the body itself (server_stub/batch.py decodes it once), so FastAPI does not
 see a body parameter; the schema is documented here, inline, as EventBatch's.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from endpoint_agent.logfmt import log_fields
-from endpoint_contract.batch import Received
 from endpoint_contract.events import EventBatch, Violation
+from server_stub.batch import Received
 from server_stub.store.events import VIOLATION, EventInsert
 
 MAX_SHOWN = 8

@@ -1,7 +1,7 @@
 """POST /events: storing a node's batch, and a plain ASGI layer in front of the route that does it.
 
 The layer sits after authentication, the rate limits and the body read (server_stub/middleware.py)
-and answers a node's valid batch itself: decoded once (endpoint_contract/batch.py) and stored in
+and answers a node's valid batch itself: decoded once (server_stub/batch.py) and stored in
 one worker thread, the acknowledgement written as the route writes it, errors answered by the
 application's own handlers -- without the framework's routing, dependency resolution and response
 validation, which cost a small batch more CPU than storing it. Anything else (no node credential,
@@ -18,12 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from endpoint_agent.errors import StoreError
-from endpoint_contract.batch import BatchInvalid, BatchUnreadable, Received, parse_batch
+from server_stub.asgi import handled, posted_by, replay
 from server_stub.auth import Principal, Role
+from server_stub.batch import BatchInvalid, BatchUnreadable, Received, parse_batch
 from server_stub.context import ServerContext
-from server_stub.enrollserve import _handled as handled  # the application's own error handlers
 from server_stub.errors import ApiError
-from server_stub.frontdoor import _replay as replay  # the message read here, then the rest
 from server_stub.ingest import audit_stored
 from server_stub.store.events import VIOLATION, received_rows
 
@@ -64,15 +63,8 @@ class IngestFastPath:
         self.app, self.path = app, path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal: Principal | None = scope.get("state", {}).get("principal")
-        if (
-            not self.fast
-            or scope["type"] != "http"
-            or scope["path"] != self.path
-            or scope["method"] != "POST"
-            or principal is None
-            or principal.role is not Role.NODE
-        ):
+        principal = posted_by(scope, self.path, Role.NODE) if self.fast else None
+        if principal is None:
             await self.app(scope, receive, send)
             return
         message = await receive()  # the whole body, read before (BodyLimitMiddleware)

@@ -11,10 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
 from endpoint_contract.events import EventsAck
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.auth import Enroller, Node
+from server_stub.batch import BatchInvalid, BatchUnreadable, parse_batch
 from server_stub.context import Ctx
 from server_stub.enrollserve import enroll_host
 from server_stub.errors import BadRequest, NotFound, PayloadTooLarge
@@ -68,7 +68,7 @@ def get_policy(
 
 
 async def _body(request: Request) -> bytes:
-    # Read here, decoded in the handler (once, by endpoint_contract/batch.py), not by FastAPI.
+    # Read here, decoded in the handler (once, by server_stub/batch.py), not by FastAPI.
     return await request.body()
 
 

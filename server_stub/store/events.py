@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 
-from endpoint_contract.batch import Received
 from endpoint_contract.events import AgentEvent, Violation
+from server_stub.batch import Received
 from server_stub.store import rollup
 from server_stub.store.bulk import bulk_insert
 from server_stub.store.coltypes import UTCDateTime
@@ -60,7 +60,7 @@ def event_insert(ev: Violation | AgentEvent, host_id: str, hostname: str | None 
 def received_rows(
     received: Sequence[Received], host_id: str, hostname: str | None = None
 ) -> list[EventInsert]:
-    """The rows of a batch as uploaded: each event's JSON text as validated (endpoint_contract/batch.py),
+    """The rows of a batch as uploaded: each event's JSON text as validated (server_stub/batch.py),
     with the host's identity as the server knows it -- what `event_insert` stores, without re-encoding."""
     with_id = _members({"host_id": host_id})
     with_both = _members({"host_id": host_id, "hostname": hostname}) if hostname is not None else with_id

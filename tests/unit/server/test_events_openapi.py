@@ -1,4 +1,4 @@
-"""POST /events reads its body itself (decoded once, endpoint_contract/batch.py); the OpenAPI
+"""POST /events reads its body itself (decoded once, server_stub/batch.py); the OpenAPI
 document still gives the body's schema (EventBatch, inlined), so clients and generated tests see it."""
 
 from __future__ import annotations

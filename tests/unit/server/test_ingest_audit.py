@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from endpoint_contract.batch import Received, parse_batch
 from endpoint_contract.events import Violation, batch_body
+from server_stub.batch import Received, parse_batch
 from server_stub.ingest import audit_stored
 from server_stub.store.events import received_rows
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from endpoint_contract.batch import parse_batch
 from endpoint_contract.events import Violation, batch_body
+from server_stub.batch import parse_batch
 from server_stub.store import EventFilter, Store, event_insert
 from server_stub.store.events import received_rows
 from server_stub.store.tables import events, host_daily, violation_daily, violation_hourly

@@ -1,4 +1,4 @@
-"""An upload decoded once (endpoint_contract/batch.py): the same events and the same refusals as
+"""An upload decoded once (server_stub/batch.py): the same events and the same refusals as
 validating the decoded body as a whole (what FastAPI did), with each event's text kept as sent
 when it already is what the model writes."""
 
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from endpoint_contract.batch import BatchInvalid, BatchUnreadable, parse_batch
 from endpoint_contract.events import AgentEvent, EventBatch, Violation, batch_body
+from server_stub.batch import BatchInvalid, BatchUnreadable, parse_batch
 from tests.support.server_events import violation
 
 
