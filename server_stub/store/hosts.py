@@ -7,7 +7,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -362,19 +362,6 @@ class HostRepo:
         query = sa.select(hosts).order_by(hosts.c.last_seen.desc().nulls_last()).limit(limit)
         with db_errors("reading node keys"), read_connection(self._engine) as conn:
             return [(row.node_key_hash, _record(row)) for row in conn.execute(query)]
-
-    def authenticate(self, node_key_hash: str, now: datetime) -> HostRecord | None:
-        """The host owning this key, marked as seen now; None for an unknown (or rotated) key.
-
-        Read first: an unknown key (a flood of made-up tokens) never writes to the database.
-        The server itself resolves keys from memory and writes `last_seen` behind
-        (server_stub/keycache.py, server_stub/writebehind.py).
-        """
-        record = self.by_key(node_key_hash)
-        if record is None:
-            return None
-        self.touch_many({record.host_id: now})
-        return replace(record, last_seen=now)
 
     def touch_many(self, seen: Mapping[str, datetime]) -> None:
         """Hosts last seen at these times, in batched statements; `last_seen` never moves back."""

@@ -51,10 +51,12 @@ def test_enroll_is_per_machine_and_rotates_the_key(store: Store) -> None:
     )
     other = store.hosts.enroll(machine_id="m2", hostname="ws-2", node_key_hash="c" * 64, now=T0)
     assert again == host_id and other != host_id
-    assert store.hosts.authenticate("a" * 64, T0) is None  # the old key stopped working
-    record = store.hosts.authenticate("b" * 64, T0 + timedelta(seconds=5))
+    assert store.hosts.by_key("a" * 64) is None  # the old key stopped working
+    record = store.hosts.by_key("b" * 64)
     assert record is not None and record.host_id == host_id and record.hostname == "ws-1b"
-    assert record.last_seen == T0 + timedelta(seconds=5)
+    store.hosts.touch_many({host_id: T0 + timedelta(seconds=5)})
+    seen = store.hosts.get(host_id)
+    assert seen is not None and seen.last_seen == T0 + timedelta(seconds=5)
 
 
 def test_heartbeat_round_trip(store: Store) -> None:
