@@ -1,12 +1,17 @@
 """Server CPU per request on the agents' hot paths: policy poll (304), heartbeat, health check.
 
 The real server under uvicorn (SQLite, in a temporary directory), one enrolled host, one
-published policy; each request kind is sent N times over a few keep-alive sockets from this
-process (raw HTTP/1.1, so the client costs little), and the server process's own CPU time
-(/proc/PID/stat) is divided by the number of answers. CPU time, not wall time: what the server
-spends does not depend on how busy the rest of the machine is (much less than latency does).
-Target: a 304 poll within one core's 1/3000 s (>= 3,000 polls/s per server core), and no dearer
-than /healthz (which touches no database either).
+published policy; each request kind is sent N times from this process (raw HTTP/1.1, so the
+client costs little) over a few keep-alive sockets, and the poll and heartbeat also each on a
+NEW connection (as an agent polling once a minute sends them), and the server process's own CPU
+time (/proc/PID/stat) is divided by the number of answers. CPU time, not wall time: what the
+server spends does not depend on how busy the rest of the machine is (much less than latency does).
+
+Two servers in the same run: with uvicorn's own HTTP protocol (ENDPOINT_SERVER_NODE_PROTOCOL=off:
+the first layer answers in ASGI), and as `serve` runs (server_stub/nodeprotocol.py: answered in
+the parser's callbacks). Targets: a 304 poll within one core's 1/3000 s (>= 3,000 polls/s per
+server core), no dearer than /healthz, and the node protocol's poll and heartbeat on a new
+connection at most 0.8 of uvicorn's.
 """
 
 from __future__ import annotations
@@ -24,17 +29,24 @@ from bench.report import Target, targets_block
 
 SUMMARY = "server CPU per request: 304 policy poll, heartbeat, /healthz (real uvicorn, SQLite)"
 POLLS_PER_CORE = 3000.0
+NEW_CONNECTION_GAIN = 0.8  # the node protocol's CPU per request on a new connection / uvicorn's
+PROTOCOLS = {"uvicorn's protocol": "off", "node protocol": ""}  # ENDPOINT_SERVER_NODE_PROTOCOL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hotpath")
     group.add_argument("--hotpath-requests", type=int, default=4000, help="requests of each kind (4000)")
     group.add_argument("--hotpath-connections", type=int, default=8, help="keep-alive sockets (8)")
+    group.add_argument(
+        "--hotpath-new", type=int, default=2000, help="polls and heartbeats each on a new connection (2000)"
+    )
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _exchange(sock: socket.socket, request: bytes, pending: bytearray) -> bytes:
@@ -57,17 +69,30 @@ def _exchange(sock: socket.socket, request: bytes, pending: bytearray) -> bytes:
     return head.split(b" ", 2)[1]
 
 
-def _hammer(port: int, request: bytes, total: int, connections: int) -> dict[bytes, int]:
+def _hammer(
+    port: int, request: bytes, total: int, connections: int, *, new: bool = False
+) -> dict[bytes, int]:
+    """`total` requests over `connections` threads: kept-alive sockets, or (`new`) one per request."""
     statuses: dict[bytes, int] = {}
     lock = threading.Lock()
 
     def worker(count: int) -> None:
         pending = bytearray()
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock = None if new else socket.create_connection(("127.0.0.1", port), timeout=60)
+        try:
             for _ in range(count):
-                status = _exchange(sock, request, pending)
+                if new:
+                    with socket.create_connection(("127.0.0.1", port), timeout=60) as fresh:
+                        status = _exchange(fresh, request, pending)
+                    pending.clear()
+                else:
+                    assert sock is not None
+                    status = _exchange(sock, request, pending)
                 with lock:
                     statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            if sock is not None:
+                sock.close()
 
     threads = [threading.Thread(target=worker, args=(total // connections,)) for _ in range(connections)]
     for thread in threads:
@@ -77,13 +102,18 @@ def _hammer(port: int, request: bytes, total: int, connections: int) -> dict[byt
     return statuses
 
 
-def run(args: argparse.Namespace) -> list[Target]:
+def _measure(args: argparse.Namespace, protocol: str) -> dict[str, float]:
+    """Server CPU seconds per request of each kind, with ENDPOINT_SERVER_NODE_PROTOCOL=`protocol`."""
     from tests.support.server import run_server
     from tests.support.server_policies import policy_yaml
 
-    total, connections = args.hotpath_requests, args.hotpath_connections
+    total, connections, fresh = args.hotpath_requests, args.hotpath_connections, args.hotpath_new
     unlimited = ["--rate-limit", "1000000", "--rate-burst", "1000000"]
-    with tempfile.TemporaryDirectory() as tmp, run_server(Path(tmp), extra_args=unlimited) as server:
+    env = {"ENDPOINT_SERVER_NODE_PROTOCOL": protocol}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_server(Path(tmp), extra_args=unlimited, secrets_env=env) as server,
+    ):
         host = server.enroll("bench-ws")
         if server.publish(policy_yaml(1)).status_code != 200:
             raise RuntimeError("could not publish the bench policy")
@@ -92,32 +122,57 @@ def run(args: argparse.Namespace) -> list[Target]:
         port = int(server.base_url.rsplit(":", 1)[1])
         auth = f"Authorization: Bearer {host.node_key}\r\n"
         beat = json.dumps({"agent_version": "1.0", "mode": "enforce", "counters": {"scans": 1}}).encode()
-        requests = {
-            "/healthz": b"GET /api/v1/healthz HTTP/1.1\r\nHost: bench\r\n\r\n",
-            "304 policy poll": (
-                f"GET /api/v1/policy HTTP/1.1\r\nHost: bench\r\n{auth}If-None-Match: {etag}\r\n\r\n"
-            ).encode(),
-            "heartbeat": (
-                f"POST /api/v1/heartbeat HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\n"
-                f"Content-Length: {len(beat)}\r\n\r\n"
-            ).encode()
-            + beat,
+        poll = f"GET /api/v1/policy HTTP/1.1\r\nHost: bench\r\n{auth}If-None-Match: {etag}\r\n\r\n".encode()
+        heartbeat = (
+            f"POST /api/v1/heartbeat HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {len(beat)}\r\n\r\n"
+        ).encode() + beat
+        kinds = {  # name: (request, count, new connection each)
+            "/healthz": (b"GET /api/v1/healthz HTTP/1.1\r\nHost: bench\r\n\r\n", total, False),
+            "304 policy poll": (poll, total, False),
+            "heartbeat": (heartbeat, total, False),
+            "304 poll, new conn": (poll, fresh, True),
+            "heartbeat, new conn": (heartbeat, fresh, True),
         }
-        _hammer(port, requests["/healthz"], 400, connections)  # warm up
+        _hammer(port, kinds["/healthz"][0], 400, connections)  # warm up
         cpu: dict[str, float] = {}
-        print(f"  {'':<20} {'server CPU/request':>20} {'answers/s (wall)':>18}  statuses")
-        for name, raw in requests.items():
-            before, started = _cpu_seconds(server.pid), time.monotonic()
-            statuses = _hammer(port, raw, total, connections)
-            spent, wall = _cpu_seconds(server.pid) - before, time.monotonic() - started
+        for name, (raw, count, new) in kinds.items():
+            (user, system), started = _cpu_seconds(server.pid), time.monotonic()
+            statuses = _hammer(port, raw, count, connections, new=new)
+            wall = time.monotonic() - started
+            user_after, system_after = _cpu_seconds(server.pid)
             answered = sum(statuses.values())
-            cpu[name] = spent / answered
+            cpu[name] = (user_after - user + system_after - system) / answered
+            kernel = (system_after - system) / answered
             shown = {k.decode(): v for k, v in statuses.items()}
-            print(f"  {name:<20} {cpu[name] * 1e6:>17.0f} us {answered / wall:>18.0f}  {shown}")
-    print(f"  => {1 / cpu['304 policy poll']:.0f} polls/s per server core (client on the same machine)")
+            used = f"{cpu[name] * 1e6:>9.0f} us ({kernel * 1e6:.0f} kernel) {answered / wall:>8.0f}/s"
+            print(f"  {protocol or 'on':<4} {name:<20} {used}  {shown}")
+    return cpu
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    print(f"  {'':<4} {'':<20} {'server CPU/request':>12} {'answers/s (wall)':>14}  statuses")
+    measured = {name: _measure(args, env) for name, env in PROTOCOLS.items()}
+    before, cpu = measured["uvicorn's protocol"], measured["node protocol"]
+    print(f"  {'':<20} {'uvicorn protocol':>18} {'node protocol':>15} {'after/before':>13}")
+    for name in cpu:
+        was, now = before[name] * 1e6, cpu[name] * 1e6
+        print(f"  {name:<20} {was:>15.0f} us {now:>12.0f} us {now / was:>13.2f}")
+    print(f"  => {1 / cpu['304 policy poll']:.0f} polls/s per server core kept alive, "
+          f"{1 / cpu['304 poll, new conn']:.0f} on new connections (client on the same machine)")  # fmt: skip
     targets = [
         Target("304 poll CPU x 3000 polls/s (<= 1 core)", cpu["304 policy poll"] * POLLS_PER_CORE, 1.0),
         Target("304 poll CPU / /healthz CPU", cpu["304 policy poll"] / cpu["/healthz"], 1.0),
+        Target(
+            "new-conn poll CPU: node protocol / uvicorn's",
+            cpu["304 poll, new conn"] / before["304 poll, new conn"],
+            NEW_CONNECTION_GAIN,
+        ),
+        Target(
+            "new-conn heartbeat CPU: node protocol / uvicorn's",
+            cpu["heartbeat, new conn"] / before["heartbeat, new conn"],
+            NEW_CONNECTION_GAIN,
+        ),
     ]
     print(targets_block(targets))
     return targets

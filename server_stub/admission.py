@@ -43,11 +43,18 @@ class Admission:
     async def refuse(self, scope: Scope, send: Send) -> None:
         """503 + Retry-After; the connection closed when a body was announced (it is never read)."""
         self.on_refused()
-        with_body = False
-        for name, value in scope["headers"]:
-            if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
-                with_body = True
-                break
-        headers = _REFUSAL_CLOSING if with_body else _REFUSAL_HEADERS
+        headers = refusal_headers(announces_body(scope["headers"]))
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": REFUSAL_BODY})
+
+
+def announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
+
+
+def refusal_headers(with_body: bool) -> list[tuple[bytes, bytes]]:
+    """The refusal's headers; with Connection: close when a body was announced (it is never read)."""
+    return _REFUSAL_CLOSING if with_body else _REFUSAL_HEADERS

@@ -34,7 +34,7 @@ from server_stub.frontdoor import FrontDoor
 from server_stub.ingestserve import IngestFastPath
 from server_stub.keycache import NodeKeyCache, warm_keys
 from server_stub.limits import Limits
-from server_stub.listener import LISTENER_STATE, LoopLag
+from server_stub.listener import FRONT_DOOR_STATE, LISTENER_STATE, LoopLag
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
@@ -146,8 +146,12 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         rate_sync.start()
         if config.max_loop_lag > 0:
             lag.start()  # uvicorn's protocol factory finds it in the lifespan state
+        # uvicorn's protocol factory (server_stub/listener.py) finds these in the lifespan state.
+        state: dict[str, Any] = {FRONT_DOOR_STATE: app.front_door} if app.front_door is not None else {}
+        if config.max_loop_lag > 0:
+            state[LISTENER_STATE] = lag
         try:
-            yield {LISTENER_STATE: lag} if config.max_loop_lag > 0 else {}
+            yield state
         finally:
             lag.stop()
             rate_sync.stop()

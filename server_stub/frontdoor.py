@@ -14,16 +14,23 @@ a body announced otherwise than by a Content-Length within the limit, a heartbea
 validate (the route's 422 says why), a policy copy that must first be loaded, no policy for this
 host (404). A request handed on after its node key was identified and its rate limit taken
 carries its principal in the scope, so the authentication layer does not count it twice.
+
+The decisions (`FrontDoor.node`, `admit`, `poll`, `beat`, `refusal`) are plain functions of the
+request's head and body that give an `Answer`: the HTTP protocol (server_stub/nodeprotocol.py)
+takes the same ones in the parser's callbacks, before any ASGI task, and this layer answers what
+that protocol handed on (or everything, when uvicorn runs another protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.admission import Admission
@@ -37,6 +44,53 @@ log = logging.getLogger(__name__)
 
 _OK_BODY = b'{"status":"ok"}'  # models.Ok(), as FastAPI serialises it
 _OK_HEADERS = [(b"content-length", str(len(_OK_BODY)).encode()), (b"content-type", b"application/json")]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer: status, headers as the application sends them (lower-case names), body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: JSONResponse) -> Answer:
+        return cls(response.status_code, list(response.raw_headers), bytes(response.body))
+
+
+_OK = Answer(200, _OK_HEADERS, _OK_BODY)
+
+
+@dataclass(slots=True)
+class NodeHead:
+    """What a node's request says in its headers (the first of each counts)."""
+
+    authorization: bytes | None = None
+    if_none_match: bytes | None = None
+    length: bytes | None = None
+    content_type: bytes | None = None
+    chunked: bool = False
+
+    @classmethod
+    def read(cls, headers: Iterable[tuple[bytes, bytes]]) -> NodeHead:
+        head = cls()
+        for name, value in headers:  # names arrive lower-cased
+            if name == b"authorization":
+                if head.authorization is None:
+                    head.authorization = value
+            elif name == b"if-none-match":
+                if head.if_none_match is None:
+                    head.if_none_match = value
+            elif name == b"content-length":
+                if head.length is None:
+                    head.length = value
+            elif name == b"content-type":
+                if head.content_type is None:
+                    head.content_type = value
+            elif name == b"transfer-encoding":
+                head.chunked = True
+        return head
 
 
 class FrontDoor:
@@ -59,12 +113,78 @@ class FrontDoor:
             return
         admission.in_flight += 1
         try:
-            if self.fast and scope["path"] in (self.poll_path, self.beat_path):
+            if self.fast and scope["path"] in (self.poll_path, self.beat_path) and not _admitted(scope):
                 await self._node_call(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
         finally:
             admission.in_flight -= 1
+
+    # -- the decisions, shared with server_stub/nodeprotocol.py ----------------------------------
+
+    def node(self, head: NodeHead) -> Principal | None:
+        """The node whose key the request carries, when held in memory; else None (hand on)."""
+        if head.authorization is None:
+            return None
+        token = bearer_token(head.authorization.decode("latin-1"))
+        if token is None:
+            return None
+        _, principal = self.ctx.auth.identify_from_memory(token)
+        if principal is None or principal.role is not Role.NODE:
+            return None
+        return principal
+
+    def readable(self, head: NodeHead) -> bool:
+        """Whether a heartbeat's body may be read here: a Content-Length within the limit."""
+        length = head.length
+        return not head.chunked and length is not None and length.isdigit() and int(length) <= self.body_limit
+
+    @property
+    def body_limit(self) -> int:
+        return self.ctx.config.max_body_bytes
+
+    def admit(self, principal: Principal) -> Answer | None:
+        """Takes the node's rate limit: None when admitted, else the 429."""
+        wait = self.ctx.limits.principals.acquire(principal.limit_key) if self.ctx.limits else 0.0
+        return Answer.of(too_many(wait)) if wait > 0 else None
+
+    def poll(self, principal: Principal, if_none_match: bytes | None) -> Answer | None:
+        """304 or the envelope from memory; None when the route must answer (load first, or 404)."""
+        rollouts = self.ctx.policies.peek()
+        if rollouts is None:
+            return None
+        tag = if_none_match.decode("latin-1") if if_none_match is not None else None
+        result = answer_poll(principal.host_id, rollouts, tag)
+        if result is None:
+            return None
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()]
+        if result.status == 200:  # as starlette's Response adds them; a 304 has neither
+            headers.append((b"content-length", str(len(result.body)).encode()))
+            headers.append((b"content-type", b"application/json"))
+        return Answer(result.status, headers, result.body)
+
+    def beat(self, principal: Principal, body: bytes, content_type: bytes | None) -> Answer | None:
+        """200 once a valid heartbeat is held for the write-behind; None: the route says why not."""
+        if not is_json(content_type):
+            return None
+        try:
+            beat = Heartbeat.model_validate_json(body)
+        except ValidationError:
+            return None  # the route says why, in its own words
+        self.ctx.activity.heartbeat(principal.host_id, beat, self.ctx.now())
+        return _OK
+
+    def late(self) -> Answer:
+        timeout = self.ctx.config.body_timeout
+        return Answer.of(error_response(408, f"request body not received within {timeout:g} s"))
+
+    @staticmethod
+    def failed(exc: Exception) -> Answer:
+        """Answered as the framework's last handler does (server_stub/app.py)."""
+        log.error("unhandled error", exc_info=exc)
+        return Answer.of(error_response(500, "internal server error"))
+
+    # -- in ASGI -------------------------------------------------------------------------------
 
     async def _node_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
@@ -72,106 +192,63 @@ class FrontDoor:
         if not poll and not (method == "POST" and path == self.beat_path):
             await self.app(scope, receive, send)
             return
-        authorization = if_none_match = length = content_type = None
-        chunked = False
-        for name, value in scope["headers"]:  # names arrive lower-cased; the first of each counts
-            if name == b"authorization":
-                authorization = authorization if authorization is not None else value
-            elif name == b"if-none-match":
-                if_none_match = if_none_match if if_none_match is not None else value
-            elif name == b"content-length":
-                length = length if length is not None else value
-            elif name == b"content-type":
-                content_type = content_type if content_type is not None else value
-            elif name == b"transfer-encoding":
-                chunked = True
-        token = bearer_token(authorization.decode("latin-1")) if authorization is not None else None
-        if token is None:
-            await self.app(scope, receive, send)
-            return
-        _, principal = self.ctx.auth.identify_from_memory(token)
-        if principal is None or principal.role is not Role.NODE:
-            await self.app(scope, receive, send)
-            return
-        if not poll and (chunked or length is None or not _within(length, self.ctx.config.max_body_bytes)):
+        head = NodeHead.read(scope["headers"])
+        principal = self.node(head)
+        if principal is None or (not poll and not self.readable(head)):
             await self.app(scope, receive, send)  # the body layer answers (or reads) it
             return
-        wait = self.ctx.limits.principals.acquire(principal.limit_key) if self.ctx.limits else 0.0
-        if wait > 0:
-            await self._answer(scope, send, too_many(wait))
+        refused = self.admit(principal)
+        if refused is not None:
+            await self._send(scope, send, refused)
             return
         scope.setdefault("state", {})["principal"] = principal  # identified and admitted: not again
         try:
             if poll:
-                onward = await self._poll(scope, receive, send, principal, if_none_match)
+                onward = await self._poll(scope, receive, send, principal, head)
             else:
-                onward = await self._heartbeat(scope, receive, send, principal, content_type)
-        except Exception as exc:  # answered as the framework's last handler does (server_stub/app.py)
-            log.error("unhandled error", exc_info=exc)
-            await error_response(500, "internal server error")(scope, _nothing, send)
+                onward = await self._heartbeat(scope, receive, send, principal, head)
+        except Exception as exc:
+            await self._send(scope, send, self.failed(exc))
             return
         if onward is not None:
             await self.app(scope, onward, send)
 
     async def _poll(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, if_none_match: bytes | None
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, head: NodeHead
     ) -> Receive | None:
         """None once answered; else the route answers (with what to read the request from)."""
-        rollouts = self.ctx.policies.peek()
-        result = None
-        if rollouts is not None:
-            tag = if_none_match.decode("latin-1") if if_none_match is not None else None
-            result = answer_poll(principal.host_id, rollouts, tag)
-        if result is None:  # to be loaded first (a worker thread), or 404: the route answers
+        answer = self.poll(principal, head.if_none_match)
+        if answer is None:  # to be loaded first (a worker thread), or 404: the route answers
             return receive
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()]
-        if result.status == 200:  # as starlette's Response adds them; a 304 has neither
-            headers.append((b"content-length", str(len(result.body)).encode()))
-            headers.append((b"content-type", b"application/json"))
-        await self._send(scope, send, result.status, headers, result.body)
+        await self._send(scope, send, answer)
         return None
 
     async def _heartbeat(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, content_type: bytes | None
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, head: NodeHead
     ) -> Receive | None:
         try:
             async with asyncio.timeout(self.ctx.config.body_timeout):
                 message = await receive()
         except TimeoutError:
-            timeout = self.ctx.config.body_timeout
-            late = f"request body not received within {timeout:g} s"
-            await self._answer(scope, send, error_response(408, late))
+            await self._send(scope, send, self.late())
             return None
         if message["type"] == "http.disconnect":
             return None  # nobody to answer (as the body layer does)
-        body: bytes = message.get("body", b"")
-        beat = None
-        if not message.get("more_body", False) and is_json(content_type):
-            try:
-                beat = Heartbeat.model_validate_json(body)
-            except ValidationError:
-                beat = None  # the route says why, in its own words
-        if beat is None:
+        answer = None
+        if not message.get("more_body", False):
+            answer = self.beat(principal, message.get("body", b""), head.content_type)
+        if answer is None:
             return replay(message, receive)
-        self.ctx.activity.heartbeat(principal.host_id, beat, self.ctx.now())
-        await self._send(scope, send, 200, _OK_HEADERS, _OK_BODY)
+        await self._send(scope, send, answer)
         return None
 
-    async def _send(
-        self, scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        self.ctx.metrics.answered(scope["method"], status)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _answer(self, scope: Scope, send: Send, response: JSONResponse) -> None:
-        self.ctx.metrics.answered(scope["method"], response.status_code)
-        await response(scope, _nothing, send)
+    async def _send(self, scope: Scope, send: Send, answer: Answer) -> None:
+        self.ctx.metrics.answered(scope["method"], answer.status)
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
-def _within(length: bytes, limit: int) -> bool:
-    return length.isdigit() and int(length) <= limit
-
-
-async def _nothing() -> Message:
-    return {"type": "http.disconnect"}
+def _admitted(scope: Scope) -> bool:
+    """Identified and admitted already, by the HTTP protocol (server_stub/nodeprotocol.py)."""
+    state = scope.get("state")
+    return state is not None and state.get("principal") is not None

@@ -15,18 +15,24 @@ A request on a connection already open is refused the same way meanwhile, by the
 layer (server_stub/frontdoor.py, through Admission).
 
 Wired as uvicorn's `http` protocol factory (server_stub/cli.py); the app's lifespan starts the
-meter and hands it over in the lifespan state (LISTENER_STATE).
+meter and hands it over in the lifespan state (LISTENER_STATE), with the app's first layer
+(FRONT_DOOR_STATE). A connection that is not refused gets the protocol that answers a node's
+hot requests in the parser's callbacks (server_stub/nodeprotocol.py), unless httptools is
+missing or ENDPOINT_SERVER_NODE_PROTOCOL=off: then uvicorn's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Collection
 from typing import Any
 
 from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
 
 LISTENER_STATE = "endpoint.listener"
+FRONT_DOOR_STATE = "endpoint.front_door"
+NODE_PROTOCOL_ENV = "ENDPOINT_SERVER_NODE_PROTOCOL"  # "off": uvicorn's own protocol for every connection
 TICK = 0.025  # 40 wake-ups a second: about 0.4 % of a core on an idle server
 REQUEST_WAIT = 2.0  # a refused connection that sends nothing is closed after this
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
@@ -98,12 +104,33 @@ def protocol_factory(
 
 
 def _http(config: Any, server_state: Any, app_state: dict[str, Any], loop: Any) -> asyncio.Protocol:
+    door = app_state.get(FRONT_DOOR_STATE)
+    node_protocol = _node_protocol() if door is not None else None
+    if node_protocol is not None:
+        return node_protocol(config, server_state, app_state, loop, door=door)
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     protocol: asyncio.Protocol = AutoHTTPProtocol(  # type: ignore[call-arg]
         config=config, server_state=server_state, app_state=app_state, _loop=loop
     )
     return protocol
+
+
+_NODE_PROTOCOL: list[Any] = []  # [the class, or None]: looked up once
+
+
+def _node_protocol() -> Any:
+    if not _NODE_PROTOCOL:
+        found: Any = None
+        if os.environ.get(NODE_PROTOCOL_ENV, "").lower() != "off":
+            try:
+                from server_stub.nodeprotocol import NodeProtocol
+            except ImportError:  # no httptools: uvicorn's h11 protocol, the first layer answers
+                pass
+            else:
+                found = NodeProtocol
+        _NODE_PROTOCOL.append(found)
+    return _NODE_PROTOCOL[0]
 
 
 class _Refusal(asyncio.Protocol):

@@ -1,5 +1,6 @@
 """The first layer (server_stub/frontdoor.py) answers a node's poll and heartbeat exactly as the
-routes do, against the real app under uvicorn on 127.0.0.1.
+routes do, against the real app under uvicorn on 127.0.0.1 -- in ASGI under uvicorn's own HTTP
+protocol, and in the parser's callbacks under serve's (server_stub/nodeprotocol.py).
 
 Each request is sent twice to the same server: once through the first layer, once with it
 switched off (every request then takes the framework's middleware and routes), and the two
@@ -24,9 +25,15 @@ from server_stub.frontdoor import FrontDoor
 from tests.support.inprocess_server import InProcessServer, in_process_server
 
 
+@pytest.fixture(params=[False, True], ids=["asgi", "protocol"])
+def listener(request: pytest.FixtureRequest) -> bool:
+    """True: serve's protocol factory (the node protocol); False: uvicorn's own protocol."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[InProcessServer]:
-    with in_process_server(tmp_path) as live:
+def server(tmp_path: Path, listener: bool) -> Iterator[InProcessServer]:
+    with in_process_server(tmp_path, listener=listener) as live:
         yield live
 
 
@@ -180,8 +187,8 @@ def test_bodies_the_first_layer_does_not_read_answer_as_before(server: InProcess
     assert _answer(fast) == _answer(full)
 
 
-def test_a_rate_limited_host_is_answered_as_before(tmp_path: Path) -> None:
-    with in_process_server(tmp_path, rate_limit=0.001, rate_burst=3) as server:
+def test_a_rate_limited_host_is_answered_as_before(tmp_path: Path, listener: bool) -> None:
+    with in_process_server(tmp_path, listener=listener, rate_limit=0.001, rate_burst=3) as server:
         for fast in (True, False):
             host = server.enroll(f"ws-{fast}")
             _front(server).fast = fast

@@ -1,0 +1,256 @@
+"""A node's poll and heartbeat answered in the HTTP parser's callbacks; overload refused there.
+
+uvicorn's httptools protocol gives every request a RequestResponseCycle, an asyncio task, ASGI
+message dicts and the application's layers. This subclass of it looks at each request as soon as
+its head is parsed (httptools' on_headers_complete) and, when the connection is idle (no answer
+of the application pending, nothing queued behind one, the transport not pushing back):
+
+- past the in-flight cap, or while the event loop lags under a flood (server_stub/admission.py),
+  a request (but /healthz) is refused 503 + Retry-After right there, before any task exists;
+- a node's GET /policy and POST /heartbeat, its key held in memory, are decided by the first
+  layer's own decisions (server_stub/frontdoor.py: FrontDoor.node, admit, poll, beat) and the
+  answer is written to the transport from the callback: no task, no ASGI message. A heartbeat's
+  body (a Content-Length of at most BODY_MAX) is gathered in on_body, judged in
+  on_message_complete; not whole within --body-timeout: the 408 the first layer gives.
+
+Everything else -- and whatever those decisions leave to the route (a heartbeat that does not
+validate, a policy copy to load first, no policy for the host) -- goes on through uvicorn's own
+code unchanged, to the application (a request handed on after its key was identified and its
+rate limit taken carries its principal in the scope: not counted twice). A pipelined request
+waits for the answers before it (only an idle connection is answered here), a request after a
+closing answer is not read, HTTP/1.0 and Connection: close are closed after the answer.
+
+The bytes written are those uvicorn writes for the same ASGI messages (`render`;
+tests/integration/server/test_node_protocol.py holds them equal and pins the parts of uvicorn's
+protocol this relies on). ENDPOINT_SERVER_NODE_PROTOCOL=off serves with uvicorn's protocol alone
+(the first layer then answers the same in ASGI): for a comparison, or should this ever misbehave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from server_stub.admission import REFUSAL_BODY, announces_body, refusal_headers
+from server_stub.auth import Principal
+from server_stub.frontdoor import Answer, FrontDoor, NodeHead
+from server_stub.middleware import UNLIMITED_PATHS
+
+log = logging.getLogger(__name__)
+
+BODY_MAX = 65536  # a heartbeat's body read here (a few hundred bytes in practice); larger: uvicorn's
+_UNLIMITED = frozenset(path.encode("ascii") for path in UNLIMITED_PATHS)
+
+# What the current request is to this protocol.
+_PASSED = 0  # uvicorn's, as if this subclass were not there
+_BEAT = 1  # a heartbeat whose body is being gathered here
+_DONE = 2  # answered (or not to be read): the rest of it is dropped
+
+
+def render(
+    default_headers: list[tuple[bytes, bytes]], answer: Answer, keep_alive: bool
+) -> tuple[bytes, bool]:
+    """(the bytes uvicorn writes for `answer`, whether the connection stays open after)."""
+    parts = [STATUS_LINE[answer.status]]
+    closing = False
+    for headers in (default_headers, answer.headers):
+        for name, value in headers:
+            name = name.lower()
+            if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+                keep_alive, closing = False, True
+            parts += (name, b": ", value, b"\r\n")
+    if not keep_alive and not closing:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", answer.body)
+    return b"".join(parts), keep_alive
+
+
+class NodeProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        door: FrontDoor,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.door = door
+        self.poll_url = door.poll_path.encode("ascii")
+        self.beat_url = door.beat_path.encode("ascii")
+        # The current request, when this protocol holds it.
+        self.state = _PASSED
+        self.method = ""
+        self.keep_alive = True
+        self.principal: Principal | None = None
+        self.head: NodeHead | None = None
+        self.body = bytearray()
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.answered = False  # since data last came in: the keep-alive timer is due
+
+    # -- parser callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.state = _PASSED
+
+    def on_headers_complete(self) -> None:
+        if self.door.fast and self._idle() and not self.parser.should_upgrade():
+            if self.transport.is_closing():
+                self.state = _DONE  # after a closing answer: nothing more is read
+                return
+            try:
+                taken = self._take()
+            except Exception as exc:
+                self._finish(self.door.failed(exc))
+                taken = True
+            if taken:
+                return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.state == _PASSED:
+            super().on_body(body)
+        elif self.state == _BEAT:
+            self.body += body  # at most the Content-Length announced, <= BODY_MAX: llhttp holds to it
+
+    def on_message_complete(self) -> None:
+        if self.state == _PASSED:
+            super().on_message_complete()
+            return
+        if self.state != _BEAT:
+            self.answered = True  # the rest of an answered request is read: idle again
+            return
+        self._stop_body_timer()
+        self.state = _DONE
+        body, self.body = bytes(self.body), bytearray()
+        assert self.principal is not None and self.head is not None
+        try:
+            answer = self.door.beat(self.principal, body, self.head.content_type)
+        except Exception as exc:
+            answer = self.door.failed(exc)
+        if answer is None:  # the route says why: uvicorn's own handling, from the head on
+            self.state = _PASSED
+            super().on_headers_complete()
+            if body:
+                super().on_body(body)
+            super().on_message_complete()
+            return
+        self._finish(answer)
+
+    # -- the transport ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = False
+        super().data_received(data)
+        if self.answered:
+            self._idle_again()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_body_timer()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self.state == _BEAT:
+            self.keep_alive = False  # answered once its body is in, then closed
+        else:
+            super().shutdown()
+
+    # -- here --------------------------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        cycle = self.cycle
+        return (cycle is None or cycle.response_complete) and not self.pipeline and not self.flow.write_paused
+
+    def _take(self) -> bool:
+        """Whether this request is answered (or being read) here; False: uvicorn's."""
+        door, url = self.door, self.url
+        method = self.parser.get_method()
+        self.method = method.decode("ascii")
+        self.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        if door.admission.full():
+            path = url.split(b"?", 1)[0].split(b"#", 1)[0]
+            if self.root_path or b"%" in path or path in _UNLIMITED or not path.startswith(b"/"):
+                return False  # the first layer decides (as it did before this protocol)
+            with_body = announces_body(self.headers)
+            door.admission.on_refused()
+            self._finish(Answer(503, refusal_headers(with_body), REFUSAL_BODY))
+            return True
+        if url == self.poll_url and method == b"GET":
+            poll = True
+        elif url == self.beat_url and method == b"POST":
+            poll = False
+        else:
+            return False
+        if self.expect_100_continue or self.root_path:
+            return False
+        head = NodeHead.read(self.headers)
+        if poll and (head.chunked or head.length not in (None, b"0")):
+            return False  # a poll with a body: uvicorn reads it
+        principal = door.node(head)
+        if principal is None:
+            return False
+        if not poll and not (door.readable(head) and int(head.length or b"0") <= BODY_MAX):
+            return False
+        refused = door.admit(principal)
+        if refused is not None:
+            self._finish(refused)
+            return True
+        self.scope["state"]["principal"] = principal  # identified and admitted: not again
+        if poll:
+            answer = door.poll(principal, head.if_none_match)
+            if answer is None:
+                return False  # the route answers (loads the policies first, or 404)
+            self._finish(answer)
+            return True
+        self.state, self.principal, self.head = _BEAT, principal, head
+        self.body_timer = self.loop.call_later(door.ctx.config.body_timeout, self._body_late)
+        return True
+
+    def _finish(self, answer: Answer) -> None:
+        """Write the whole answer; close, or wait for the next request."""
+        self.state = _DONE
+        self.door.ctx.metrics.answered(self.method, answer.status)
+        data, keep_alive = render(self.server_state.default_headers, answer, self.keep_alive)
+        if self.access_log:
+            self._log_access(answer.status)
+        self.transport.write(data)
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        else:
+            self.answered = True
+
+    def _idle_again(self) -> None:
+        """After an answer written here: the keep-alive timeout runs, as uvicorn's does after its
+        own answers (but not while another request is being served or read)."""
+        self.answered = False
+        if self.state == _BEAT or not self._idle() or self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def _body_late(self) -> None:
+        self.body_timer = None
+        if self.state == _BEAT and not self.transport.is_closing():
+            self.body = bytearray()
+            self._finish(self.door.late())  # the rest of the body, should it come, is dropped
+            if self.answered:
+                self._idle_again()
+
+    def _stop_body_timer(self) -> None:
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _log_access(self, status: int) -> None:
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
+        version = self.parser.get_http_version()
+        path = self.url.decode("latin-1")
+        self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, self.method, path, version, status)

@@ -1,0 +1,466 @@
+"""A node's poll and heartbeat answered in the HTTP parser's callbacks (server_stub/nodeprotocol.py),
+against the real app under uvicorn on 127.0.0.1, over raw sockets.
+
+- the bytes written are those uvicorn writes for the same ASGI messages, and the parts of
+  uvicorn's protocol relied on are still there (fails loudly when uvicorn changes them);
+- a valid poll or heartbeat reaches no ASGI application at all; what is not certain does, once;
+- the same raw requests get the same bytes (but Date) with the protocol's answers switched off
+  (the first layer and the framework answer): HTTP/1.0, Connection: close, a late body (408), an
+  announced body above what is read here, overload (503 with and without a body);
+- pipelined requests are answered in order across answers written here and by the app, and
+  nothing after a closing answer; a request in pieces is put together; a client that does not
+  read its answers gets all of them, in order, once it does; an idle connection is closed after
+  the keep-alive timeout, also after a dropped late body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from server_stub.admission import REFUSAL_BODY, refusal_headers
+from server_stub.frontdoor import Answer, FrontDoor
+from server_stub.listener import FRONT_DOOR_STATE
+from server_stub.nodeprotocol import BODY_MAX, NodeProtocol, render
+from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.server import API
+
+DEADLINE = 60.0  # only keeps a broken build from hanging
+DEFAULT_HEADERS = [(b"date", b"Mon, 30 Nov 2026 14:00:00 GMT"), (b"server", b"uvicorn")]
+
+
+# -- the bytes, and what is relied on in uvicorn -------------------------------------------------
+
+
+class _Recorder:
+    """The transport side uvicorn's RequestResponseCycle writes to."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, _name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _uvicorn_writes(answer: Answer, keep_alive: bool) -> tuple[bytes, bool]:
+    """What uvicorn's own cycle writes for `answer` sent as two ASGI messages; closed after?"""
+    import logging
+
+    async def send() -> tuple[bytes, bool]:
+        transport = _Recorder()
+        scope: Any = {
+            "method": "GET",
+            "path": "/",
+            "query_string": b"",
+            "http_version": "1.1",
+            "client": None,
+        }
+        cycle = RequestResponseCycle(
+            scope=scope,
+            transport=transport,  # type: ignore[arg-type]
+            flow=FlowControl(transport),  # type: ignore[arg-type]
+            logger=logging.getLogger("test"),
+            access_logger=logging.getLogger("test.access"),
+            access_log=False,
+            default_headers=DEFAULT_HEADERS,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=keep_alive,
+            on_response=lambda: None,
+        )
+        await cycle.send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await cycle.send({"type": "http.response.body", "body": answer.body})
+        return transport.data, transport.closed
+
+    return asyncio.run(send())
+
+
+ANSWERS = [
+    Answer(304, [(b"etag", b'"abc"'), (b"cache-control", b"no-cache"), (b"x-policy-version", b"3")], b""),
+    Answer(
+        200,
+        [(b"etag", b'"abc"'), (b"content-length", b"2"), (b"content-type", b"application/json")],
+        b"{}",
+    ),
+    Answer(200, [(b"content-length", b"15"), (b"content-type", b"application/json")], b'{"status":"ok"}'),
+    Answer(429, [(b"retry-after", b"1"), (b"connection", b"close"), (b"content-length", b"0")], b""),
+    Answer(503, refusal_headers(False), REFUSAL_BODY),
+    Answer(503, refusal_headers(True), REFUSAL_BODY),
+]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("answer", ANSWERS, ids=[f"{a.status}-{i}" for i, a in enumerate(ANSWERS)])
+def test_answers_are_the_bytes_uvicorn_writes(answer: Answer, keep_alive: bool) -> None:
+    data, kept = render(DEFAULT_HEADERS, answer, keep_alive)
+    theirs, closed = _uvicorn_writes(answer, keep_alive)
+    assert data == theirs
+    assert kept is not closed
+
+
+def test_what_the_protocol_relies_on_in_uvicorn_is_there() -> None:
+    """NodeProtocol subclasses uvicorn's httptools protocol: these names must keep their meaning.
+    If this fails, uvicorn changed: read server_stub/nodeprotocol.py against its new code."""
+    for name in (
+        "on_message_begin",
+        "on_url",
+        "on_header",
+        "on_headers_complete",
+        "on_body",
+        "on_message_complete",
+        "data_received",
+        "connection_made",
+        "connection_lost",
+        "shutdown",
+        "_unset_keepalive_if_required",
+        "timeout_keep_alive_handler",
+    ):
+        assert callable(getattr(HttpToolsProtocol, name, None)), name
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(app=_no_app, log_level="warning")
+    door: Any = SimpleNamespace(poll_path="/p", beat_path="/b", fast=True)
+    loop = asyncio.new_event_loop()
+    try:
+        proto = NodeProtocol(config, ServerState(), {}, loop, door=door)
+        proto.connection_made(_Recorder())  # type: ignore[arg-type]
+        proto.on_message_begin()
+    finally:
+        loop.close()
+    for name in (
+        "transport",
+        "flow",
+        "cycle",
+        "pipeline",
+        "parser",
+        "loop",
+        "server_state",
+        "scope",
+        "headers",
+        "url",
+        "expect_100_continue",
+        "root_path",
+        "access_log",
+        "access_logger",
+        "client",
+        "timeout_keep_alive",
+        "timeout_keep_alive_task",
+    ):
+        assert hasattr(proto, name), name
+    assert isinstance(proto.scope["state"], dict) and proto.headers == [] and proto.url == b""
+    assert proto.cycle is None and len(proto.pipeline) == 0 and proto.flow.write_paused is False
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+# -- against the real server ---------------------------------------------------------------------
+
+
+class _Counting:
+    """In place of the app's first layer: counts the requests that reached ASGI."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self.calls: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.calls.append(f"{scope['method']} {scope['path']}")
+        await self.door(scope, receive, send)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with in_process_server(tmp_path, listener=True, body_timeout=1.0) as live:
+        yield live
+
+
+def _door(server: InProcessServer) -> FrontDoor:
+    door: FrontDoor = server.server.lifespan.state[FRONT_DOOR_STATE]
+    return door
+
+
+@pytest.fixture
+def asgi_calls(server: InProcessServer) -> Iterator[list[str]]:
+    app: Any = server.app  # a ServerApp
+    counting = _Counting(app.front_door)
+    app.front_door = counting
+    try:
+        yield counting.calls
+    finally:
+        app.front_door = counting.door
+
+
+@pytest.fixture
+def node(server: InProcessServer) -> dict[str, str]:
+    server.publish(1)
+    host = server.enroll("ws-1")
+    with server.client(host["node_key"]) as c:
+        host["etag"] = c.get("/policy").headers["etag"]
+    return host
+
+
+def _poll(node: dict[str, str], extra: str = "", version: str = "1.1") -> bytes:
+    auth = f"Authorization: Bearer {node['node_key']}\r\n"
+    tag = f"If-None-Match: {node['etag']}\r\n"
+    return f"GET {API}/policy HTTP/{version}\r\nHost: x\r\n{auth}{tag}{extra}\r\n".encode()
+
+
+def _beat(
+    node: dict[str, str], body: bytes, extra: str = "", version: str = "1.1", length: int | None = None
+) -> bytes:
+    auth = f"Authorization: Bearer {node['node_key']}\r\n"
+    size = len(body) if length is None else length
+    head = f"POST {API}/heartbeat HTTP/{version}\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+    return f"{head}Content-Length: {size}\r\n{extra}\r\n".encode() + body
+
+
+GOOD = b'{"agent_version": "1.2", "mode": "enforce", "counters": {"scans": 3}}'
+INVALID = b'{"mode": "enforce"}'
+HEALTHZ = f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def _connect(server: InProcessServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+
+
+class _Reader:
+    """Whole answers from a socket, one at a time (head and Content-Length body)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = b""
+
+    def answer(self) -> bytes:
+        while b"\r\n\r\n" not in self.pending:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; unanswered: {self.pending[:200]!r}")
+            self.pending += chunk
+        head, _, rest = self.pending.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed within a body")
+            rest += chunk
+        self.pending = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+    def closed(self) -> bool:
+        """Whether the server closes the connection (nothing more comes) -- waits for it."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return self.pending == b""
+                self.pending += chunk
+        except ConnectionResetError:
+            return self.pending == b""
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def _without_date(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.lower().startswith(b"date:"))
+
+
+def _exchange(server: InProcessServer, raw: bytes, answers: int) -> tuple[list[bytes], bool]:
+    """Send `raw` on a new connection: `answers` answers, and whether the server closed after
+    (waited for when the last answer says so; else this client ends its side first)."""
+    with _connect(server) as sock:
+        sock.sendall(raw)
+        reader = _Reader(sock)
+        got = [reader.answer() for _ in range(answers)]
+        if b"\r\nconnection: close\r\n" not in got[-1]:
+            sock.shutdown(socket.SHUT_WR)
+        return got, reader.closed()
+
+
+def _same_both_ways(server: InProcessServer, raw: bytes, answers: int = 1) -> list[bytes]:
+    """The answers with the protocol's answers on, which must be those with it off (but Date)."""
+    door = _door(server)
+    mine = _exchange(server, raw, answers)
+    door.fast = False
+    try:
+        theirs = _exchange(server, raw, answers)
+    finally:
+        door.fast = True
+    assert [_without_date(a) for a in mine[0]] == [_without_date(a) for a in theirs[0]]
+    assert mine[1] == theirs[1]
+    return mine[0]
+
+
+def test_hot_requests_reach_no_asgi_application(
+    server: InProcessServer, node: dict[str, str], asgi_calls: list[str]
+) -> None:
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for raw in (_poll(node), _beat(node, GOOD), _poll(node)):
+            sock.sendall(raw)
+            assert _status(reader.answer()) in (200, 304)
+        assert asgi_calls == []
+        sock.sendall(_beat(node, INVALID))  # the route says why: through the app, once
+        assert _status(reader.answer()) == 422
+        sock.sendall(_beat(node, b" " * (BODY_MAX + 1) + GOOD))  # above what is read here: the app's
+        assert _status(reader.answer()) == 200
+    assert asgi_calls == [f"POST {API}/heartbeat", f"POST {API}/heartbeat"]
+    activity = server.app.state.ctx.activity
+    with activity._lock:
+        beat = activity._beats[node["host_id"]][0]
+    assert beat.agent_version == "1.2"
+
+
+def test_edge_requests_get_the_same_bytes_as_from_the_app(
+    server: InProcessServer, node: dict[str, str]
+) -> None:
+    assert _status(_same_both_ways(server, _poll(node))[0]) == 304
+    assert _status(_same_both_ways(server, _poll(node, version="1.0"))[0]) == 304  # closed after
+    assert _status(_same_both_ways(server, _poll(node, "Connection: close\r\n"))[0]) == 304
+    assert _status(_same_both_ways(server, _beat(node, GOOD, version="1.0"))[0]) == 200
+    assert _status(_same_both_ways(server, _beat(node, INVALID, "Connection: close\r\n"))[0]) == 422
+    assert _status(_same_both_ways(server, _beat(node, INVALID, version="1.0"))[0]) == 422
+    assert _status(_same_both_ways(server, _beat(node, b"x" * 10, length=BODY_MAX + 10))[0]) == 408
+    assert _status(_same_both_ways(server, _beat(node, GOOD[:10], length=len(GOOD)))[0]) == 408
+
+
+def test_overload_is_refused_before_any_task(
+    server: InProcessServer, node: dict[str, str], asgi_calls: list[str]
+) -> None:
+    admission = _door(server).admission
+    admission.limit = 0
+    try:
+        refused = _same_both_ways(server, _poll(node) + _poll(node), 2)
+        with_body = _same_both_ways(server, _beat(node, GOOD))
+        other = _same_both_ways(server, f"GET {API}/hosts HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        asgi_calls.clear()
+        for answer in (*refused, *with_body, *other):
+            assert _status(answer) == 503 and b"\r\nretry-after: 2\r\n" in answer
+        assert b"connection: close" in with_body[0] and b"connection: close" not in refused[0]
+        with _connect(server) as sock:
+            sock.sendall(_poll(node) + HEALTHZ)
+            reader = _Reader(sock)
+            assert _status(reader.answer()) == 503
+            assert _status(reader.answer()) == 200  # never refused
+        assert asgi_calls == [f"GET {API}/healthz"]
+    finally:
+        admission.limit = 10_000
+
+
+def test_pipelined_requests_are_answered_in_order(server: InProcessServer, node: dict[str, str]) -> None:
+    raw = (
+        _poll(node)
+        + _beat(node, GOOD)
+        + _beat(node, INVALID)  # the app's answer, between two of the protocol's
+        + _poll(node)
+        + HEALTHZ
+        + _beat(node, GOOD)
+        + _poll(node, "Connection: close\r\n")
+        + _poll(node)  # after a closing answer: never answered
+    )
+    with _connect(server) as sock:
+        sock.sendall(raw)
+        reader = _Reader(sock)
+        answers = [reader.answer() for _ in range(7)]
+        assert reader.closed()
+    assert [_status(a) for a in answers] == [304, 200, 422, 304, 200, 200, 304]
+    assert b"\r\nconnection: close\r\n" in answers[-1]
+
+
+def test_a_request_in_pieces_is_put_together(server: InProcessServer, node: dict[str, str]) -> None:
+    raw = _beat(node, GOOD) + _poll(node)
+    with _connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = _Reader(sock)
+        for piece in (
+            raw[:3],
+            raw[3:40],
+            raw[40 : -len(GOOD) - 150],
+            raw[-len(GOOD) - 150 : -150],
+            raw[-150:],
+        ):
+            sock.sendall(piece)
+            _wait_read(server)
+        assert [_status(reader.answer()) for _ in range(2)] == [200, 304]
+
+
+def _wait_read(server: InProcessServer) -> None:
+    """Until the server's loop has run once more (so a piece sent is read on its own)."""
+    with server.client() as c:
+        c.get("/healthz")
+
+
+def test_a_client_that_does_not_read_gets_every_answer_in_order(
+    server: InProcessServer, node: dict[str, str]
+) -> None:
+    count = 6000  # ~1.5 MB of answers: past the transport's high-water mark while nobody reads
+    raw = (_poll(node) + _beat(node, GOOD)) * (count // 2)
+    with _connect(server) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(raw,))
+        sender.start()
+        _wait_read(server)
+        reader = _Reader(sock)
+        statuses = [_status(reader.answer()) for _ in range(count)]
+        sender.join(DEADLINE)
+    assert statuses == [304, 200] * (count // 2)
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
+    server: InProcessServer, node: dict[str, str]
+) -> None:
+    server.server.config.timeout_keep_alive = 1  # (5 s by default) for connections made from now
+    for raw in (_poll(node), _beat(node, GOOD[:5], length=len(GOOD))):  # answered; a late body (408)
+        with _connect(server) as sock:
+            sock.sendall(raw)
+            reader = _Reader(sock)
+            assert _status(reader.answer()) in (304, 408)
+            if raw.startswith(b"POST"):
+                sock.sendall(GOOD[5:])  # the rest of the late body: dropped, the connection stays
+                sock.sendall(_poll(node))
+                assert _status(reader.answer()) == 304
+            assert reader.closed()  # by uvicorn's keep-alive timeout, not by this client
+
+
+def test_heartbeat_stored_is_the_one_validated(server: InProcessServer, node: dict[str, str]) -> None:
+    body = json.dumps({"agent_version": "9", "mode": "monitor", "counters": {"queue_pending": 7}}).encode()
+    answers, _ = _exchange(server, _beat(node, body, "Connection: close\r\n"), 1)
+    assert _status(answers[0]) == 200
+    activity = server.app.state.ctx.activity
+    with activity._lock:
+        beat = activity._beats[node["host_id"]][0]
+    assert (beat.agent_version, beat.mode, dict(beat.counters)) == ("9", "monitor", {"queue_pending": 7})
