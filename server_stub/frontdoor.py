@@ -74,23 +74,18 @@ class NodeHead:
 
     @classmethod
     def read(cls, headers: Iterable[tuple[bytes, bytes]]) -> NodeHead:
-        head = cls()
+        first: dict[bytes, bytes] = {}
         for name, value in headers:  # names arrive lower-cased
-            if name == b"authorization":
-                if head.authorization is None:
-                    head.authorization = value
-            elif name == b"if-none-match":
-                if head.if_none_match is None:
-                    head.if_none_match = value
-            elif name == b"content-length":
-                if head.length is None:
-                    head.length = value
-            elif name == b"content-type":
-                if head.content_type is None:
-                    head.content_type = value
-            elif name == b"transfer-encoding":
-                head.chunked = True
-        return head
+            first.setdefault(name, value)
+        get = first.get
+        chunked = b"transfer-encoding" in first
+        return cls(
+            get(b"authorization"),
+            get(b"if-none-match"),
+            get(b"content-length"),
+            get(b"content-type"),
+            chunked,
+        )
 
 
 class FrontDoor:
