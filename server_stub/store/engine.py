@@ -132,9 +132,13 @@ def serialize_writers(conn: Connection, name: str) -> None:
     server processes can share one database. SQLite: BEGIN IMMEDIATE already serializes writers.
     """
     if is_postgres(conn):
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         # The driver's statement as is: no SQL construct to build and compile on every upload.
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": key})
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": advisory_key(name)})
+
+
+def advisory_key(name: str) -> int:
+    """The PostgreSQL advisory lock key `serialize_writers` takes for `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 
+from endpoint_agent.errors import StoreError
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.batch import Received
 from server_stub.store import rollup
@@ -397,13 +398,15 @@ class EventRepo:
         with db_errors("storing events"), self._engine.begin() as conn:
             # Two uploads of one host at once (a retry through another replica) may carry the same
             # ids in another order: one waits for the other (and for its rollup rows).
-            rollup.lock_hosts(conn, (host_id,))
             # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
             # names only the rows really inserted, so the rollups count each violation once.
             if is_postgres(conn):
+                if not rollup.lock_uploader(conn, host_id):  # the host checked once, not per row
+                    raise StoreError(f"storing events: no host {host_id!r}")
                 # The rollups in the same statement, from its RETURNING (no round trip between).
                 inserted = bulk_insert(conn, host_id, rows, now, with_inserted=rollup.COUNT_INSERTED)
                 return [ev for ev in rows if ev.event_id in inserted]
+            rollup.lock_hosts(conn, (host_id,))
             inserted = bulk_insert(conn, host_id, rows, now)
             stored = [ev for ev in rows if ev.event_id in inserted]
             rollup.apply(

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from server_stub.store import bulk
-from server_stub.store.engine import dialect_insert, is_postgres, serialize_writers
+from server_stub.store.engine import advisory_key, dialect_insert, is_postgres, serialize_writers
 from server_stub.store.tables import (
     events,
     host_daily,
@@ -102,7 +102,22 @@ def lock_hosts(conn: Connection, host_ids: Iterable[str]) -> None:
     upserts rows in key order, so concurrent writers queue instead of deadlocking.
     """
     for host in sorted(set(host_ids)):
-        serialize_writers(conn, "endpoint-server:host:" + host)
+        serialize_writers(conn, _HOST_LOCK + host)
+
+
+_HOST_LOCK = "endpoint-server:host:"
+_LOCK_UPLOADER = (
+    "SELECT pg_advisory_xact_lock(%(key)s), "
+    "EXISTS (SELECT 1 FROM hosts WHERE host_id = %(host_id)s FOR KEY SHARE)"
+)
+
+
+def lock_uploader(conn: Connection, host_id: str) -> bool:
+    """PostgreSQL: `lock_hosts` for an upload's one host, and its hosts row held as a foreign key
+    check holds it (FOR KEY SHARE: not deleted before this commits), in one statement. False if
+    there is no such host. (Migration 15 dropped the foreign key, which did this once per row.)"""
+    params = {"key": advisory_key(_HOST_LOCK + host_id), "host_id": host_id}
+    return bool(conn.exec_driver_sql(_LOCK_UPLOADER, params).one()[1])
 
 
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:

@@ -74,6 +74,7 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    # migration 15: PostgreSQL has no such foreign key any more (an upload checks its host once).
     sa.Column("host_id", sa.String(36), sa.ForeignKey("hosts.host_id"), nullable=False),
     sa.Column("event_id", sa.String(36), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),

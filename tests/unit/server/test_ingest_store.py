@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from endpoint_agent.errors import StoreError
 from endpoint_contract.events import Violation, batch_body
 from server_stub.batch import parse_batch
-from server_stub.store import EventFilter, Store, event_insert
+from server_stub.store import EventFilter, Store, event_insert, rollup
 from server_stub.store.events import received_rows
-from server_stub.store.tables import events, host_daily, violation_daily, violation_hourly
+from server_stub.store.tables import events, host_daily, hosts, violation_daily, violation_hourly
+from tests.support.server import database_url
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -104,3 +109,40 @@ def test_agent_events_and_violations_share_one_batch(store: Store) -> None:
     got, _ = store.events.page("agent", EventFilter(), after_id=0, limit=10)
     assert [(g.data["type"], g.data["count"], g.data["host_id"]) for g in got] == [("events_dropped", 3, h)]
     assert rollup_total(store) == (2, 2, 2)
+
+
+def test_events_of_a_host_that_does_not_exist_are_refused_and_nothing_is_stored(store: Store) -> None:
+    # PostgreSQL checks the host once per batch (no foreign key since migration 15), SQLite by its key.
+    store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
+    with pytest.raises(StoreError, match="storing events"):
+        upload(store, "no-such-host", [text(), text()])
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 0
+    assert rollup_total(store) == (0, 0, 0)
+
+
+@pytest.fixture
+def pg_store(tmp_path: Path) -> Iterator[Store]:
+    with database_url("postgres", tmp_path) as url:
+        s = Store.open(url)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+@pytest.mark.postgres
+def test_an_uploading_host_cannot_be_deleted_before_its_events_commit(pg_store: Store) -> None:
+    """What the foreign key held per row, the upload holds once: its host's row (FOR KEY SHARE)."""
+    h = pg_store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
+    with pg_store.engine.begin() as uploading:
+        assert rollup.lock_uploader(uploading, h)
+        with pg_store.engine.connect() as admin:
+            admin.exec_driver_sql("SET lock_timeout = '100ms'")
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                admin.execute(sa.delete(hosts).where(hosts.c.host_id == h))
+            admin.rollback()
+            # Writes of the host's other columns (last_seen, written behind) do not wait.
+            admin.execute(sa.update(hosts).where(hosts.c.host_id == h).values(last_seen=T0))
+            admin.commit()
+        assert not rollup.lock_uploader(uploading, "no-such-host")
