@@ -50,6 +50,8 @@ def audit_stored(
     (how many, by rule and by action, which pids), whose JSON fields carry host_id and, when the
     batch's new violations share one, rule_id, pid, action and event_id; every violation on its own
     line only at DEBUG. Ids stored before (a retried upload) are not logged again."""
+    if not log.isEnabledFor(logging.INFO):  # `serve --log-level warning`: nothing to build
+        return
     new = {ev.event_id for ev in stored if ev.kind == VIOLATION}
     if not new:
         return

@@ -146,9 +146,11 @@ _PG_RETURNED = "event_id, kind, detected_at, rule_id, category, action, first_se
 def _pg_sql(with_inserted: str | None) -> str:
     if with_inserted is None:
         return f"{_PG_INSERT} RETURNING event_id"
+    # One row back, not one per event: how many were inserted, and their ids only when some were
+    # not (a retry), so the usual answer is "all of them".
     sql = (
         f"WITH {INSERTED} AS MATERIALIZED ({_PG_INSERT} RETURNING {_PG_RETURNED}), {with_inserted} "
-        f"SELECT event_id FROM {INSERTED}"
+        f"SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(event_id) END FROM {INSERTED}"
     )
     # One space between words: psycopg parses a statement once only up to 4 kB (longer: each time).
     if "--" in sql:
@@ -162,7 +164,11 @@ def _postgres(
     params: dict[str, Any] = {"host_id": host_id, "now": now}
     for i, column in enumerate(_PER_ROW):
         params[column] = [row[i] for row in values]
-    return {r[0] for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
+    if with_inserted is None:
+        return {r[0] for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
+    params["n"] = len(values)
+    count, some = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
+    return {row[0] for row in values} if count == len(values) else set(some or ())
 
 
 def add_to_counts(

@@ -146,3 +146,12 @@ def test_an_uploading_host_cannot_be_deleted_before_its_events_commit(pg_store: 
             admin.execute(sa.update(hosts).where(hosts.c.host_id == h).values(last_seen=T0))
             admin.commit()
         assert not rollup.lock_uploader(uploading, "no-such-host")
+
+
+def test_the_upload_statement_is_parsed_once_by_the_driver() -> None:
+    # psycopg caches its parse of a statement only up to a length; longer ones are parsed per upload.
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    from server_stub.store import bulk
+
+    assert len(bulk._pg_sql(rollup.COUNT_INSERTED)) <= MAX_CACHED_STATEMENT_LENGTH
