@@ -31,6 +31,8 @@ from bench.timing import fmt_seconds
 SUMMARY = "filtered /violations at 1 M violations and a /hosts page at 100,000 hosts (p95 <= 50 ms)"
 BUDGET_S = 0.050
 TOKEN = "r" * 32
+# /summary lists every host with a violation (tens of thousands here): printed, no 50 ms target.
+UNTARGETED = "(shown, no target)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +95,26 @@ def _queries(
         ),
         ("violations by rule since 24h", lambda i: v(f"rule_id={common[i % 3]}&since=24h")),
         ("violations by host since 7d", lambda i: v(f"host={host_ids[loud[i % 64]]}&since=7d")),
+        (
+            "violations by category since 7d",
+            lambda i: v(f"category={categories[i % len(categories)]}&since=7d"),
+        ),
+        ("violations by action since 7d", lambda i: v(f"action={actions[i % len(actions)]}&since=7d")),
+        ("violations triaged (acknowledged) since 7d", lambda i: v("triage=acknowledged&since=7d")),
+        ("violations open since 14d", lambda i: v("triage=open&since=14d")),
+        (
+            "violations by category and action since 14d",
+            lambda i: v(
+                f"category={categories[i % len(categories)]}&action={actions[i % len(actions)]}&since=14d"
+            ),
+        ),
+        (
+            "violations by severity, one day weeks ago",
+            lambda i: v(
+                f"severity={('low', 'high', 'critical')[i % 3]}&since={_iso(month_ago[i % 64])}"
+                f"&until={_iso(month_ago[i % 64] + timedelta(days=1))}"
+            ),
+        ),
         ("hosts first page (default: 500)", lambda i: "/api/v1/hosts"),
         ("hosts page of 1000 (the most)", lambda i: "/api/v1/hosts?limit=1000"),
         ("hosts page of 100 (the console's)", lambda i: "/api/v1/hosts?limit=100"),
@@ -100,6 +122,8 @@ def _queries(
         ("hosts by mode", lambda i: "/api/v1/hosts?mode=monitor"),
         ("hosts by policy version", lambda i: "/api/v1/hosts?policy_version=1"),
         ("hosts by name prefix", lambda i: f"/api/v1/hosts?hostname_prefix={hostnames[some[i % 64]][:-2]}"),
+        (f"summary since 7d {UNTARGETED}", lambda i: "/api/v1/summary?since=7d"),
+        (f"summary, all time {UNTARGETED}", lambda i: "/api/v1/summary"),
     ]
 
 
@@ -235,7 +259,7 @@ def run(args: argparse.Namespace) -> list[Target]:
         targets += [
             Target(f"{label} p95 / 50 ms", _p(s, 0.95) / BUDGET_S, 1.0)
             for label, s in measured.items()
-            if "healthz" not in label  # printed as the floor, not a target
+            if "healthz" not in label and UNTARGETED not in label  # the floor, and what has no target
         ]
     print(targets_block(targets))
     return targets

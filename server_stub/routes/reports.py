@@ -15,6 +15,7 @@ from endpoint_contract.vocabulary import Severity
 from server_stub.auth import Reader
 from server_stub.context import Ctx, ServerContext
 from server_stub.errors import BadRequest
+from server_stub.hostlist import host_list_json
 from server_stub.models import CountOut, EventPage, HostList, SummaryOut
 from server_stub.pagination import decode_cursor, decode_host_cursor, encode_cursor, encode_host_cursor
 from server_stub.store import EventFilter, EventRow
@@ -157,9 +158,7 @@ def hosts(
 ) -> Response:
     """Enrolled hosts by name, a page at a time; `stale` when a host has been silent longer than
     --stale-after."""
-    now = ctx.now()
-    stale_after = ctx.config.stale_after
-    cutoff = now - timedelta(seconds=stale_after)
+    cutoff = ctx.now() - timedelta(seconds=ctx.config.stale_after)
     for name, text in (("mode", mode), ("hostname_prefix", hostname_prefix)):
         problem = text_problem(text) if text else None
         if problem:
@@ -171,29 +170,10 @@ def hosts(
         policy_version=policy_version,
         hostname_prefix=hostname_prefix or None,
     )
-    records, more = ctx.store.hosts.page(flt, after=decode_host_cursor(cursor), limit=limit)
-    # Validated in one call from plain dicts: a thousand HostOut(...) calls cost more than the page.
-    items = [
-        {
-            "host_id": h.host_id,
-            "hostname": h.hostname,
-            "machine_id": h.machine_id,
-            "enrolled_at": h.enrolled_at,
-            "last_seen": h.last_seen,
-            "stale": h.last_seen is None or (now - h.last_seen).total_seconds() > stale_after,
-            "agent_version": h.agent_version,
-            "policy_version": h.policy_version,
-            "mode": h.mode,
-            "last_scan_at": h.last_scan_at,
-            "heartbeat_at": h.heartbeat_at,
-            "counters": h.counters,
-            "circuit_state": h.circuit_state,
-        }
-        for h in records
-    ]
-    last = records[-1] if more and records else None
+    rows, more = ctx.store.hosts.listing(flt, after=decode_host_cursor(cursor), limit=limit)
+    last = rows[-1] if more and rows else None
     next_cursor = encode_host_cursor(last.hostname, last.host_id) if last else None
-    return json_body(HostList.model_validate({"items": items, "next_cursor": next_cursor}))
+    return Response(host_list_json(rows, next_cursor, cutoff), media_type="application/json")
 
 
 @router.get("/summary", response_model=SummaryOut, response_model_exclude_none=True)

@@ -290,11 +290,47 @@ WALK_COST = 3
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How page_query finds a page (see there)."""
+    """How page_query finds a page (see there); an id walk only between `first_id` and `last_id`
+    (the period's id window: see id_window)."""
 
     walk_ids: bool = True
     days: tuple[date, ...] | None = None
     sorted_parts: bool = False  # PostgreSQL's form of the day plan (see _by_day)
+    first_id: int | None = None
+    last_id: int | None = None
+
+    def cursors(self, after_id: int, before_id: int | None) -> tuple[int, int | None]:
+        """The page's cursors narrowed to the window: the same events, fewer to walk past."""
+        if self.first_id is not None:
+            after_id = max(after_id, self.first_id - 1)
+        if self.last_id is not None:
+            before_id = self.last_id + 1 if before_id is None else min(before_id, self.last_id + 1)
+        return after_id, before_id
+
+
+def id_window_query(kind: str, flt: EventFilter, days: Sequence[date]) -> sa.Select[Any]:
+    """(first id, last id) of the events of `kind` detected in the filter's period, from
+    ix_events_kind_day_id: the first id of each day (and the last, with `until`) is one seek; only
+    the first day is read up to `since` (and the last from its end down to `until`).
+
+    `days` must hold every day an event of the period can be on (plan() lists them): then no
+    event of the period lies outside the window, whatever its other conditions."""
+
+    def end(day: date, last: bool) -> sa.ScalarSelect[Any]:
+        conds = [events.c.kind == kind, detected_day() == sa.bindparam(None, day, type_=sa.Date)]
+        if not last and day == days[0] and flt.since is not None:
+            conds.append(events.c.detected_at >= flt.since)
+        if last and day == days[-1] and flt.until is not None:
+            conds.append(events.c.detected_at < flt.until)
+        order = events.c.id.desc() if last else events.c.id
+        return sa.select(events.c.id).where(*conds).order_by(order).limit(1).scalar_subquery()
+
+    def bound(last: bool) -> sa.ColumnElement[Any]:
+        parts = sa.union_all(*[sa.select(end(day, last).label("x")) for day in days]).subquery()
+        found = sa.select((sa.func.max if last else sa.func.min)(parts.c.x)).scalar_subquery()
+        return found
+
+    return sa.select(bound(False), bound(True) if flt.until is not None else sa.null())
 
 
 def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextualSelect:
@@ -344,20 +380,26 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     until = max(min(flt.until or hi, hi), since)
     inside = (until - since).total_seconds()
     skipped = (hi - until if newest_first else since - lo).total_seconds()
-    if skipped * WALK_COST <= inside:
-        return Plan()
-    if replace(flt, since=None, until=None) != EventFilter():
-        return Plan(walk_ids=False)
+    walk = skipped * WALK_COST <= inside
     # Every stored event was detected in [lo, hi] (this snapshot: see _snapshot), so the days of
     # the filter's period within it are all the days a matching event can be on.
     first = max(flt.since or lo, lo).astimezone(UTC).date()
     last_at = min(flt.until - timedelta(microseconds=1), hi) if flt.until is not None else hi
     last = last_at.astimezone(UTC).date()
     n = (last - first).days + 1
-    if n > MAX_DAYS:
-        return Plan(walk_ids=False)
+    timed = flt.host_ids is not None or flt.host is not None or flt.rule_id is not None
+    if n > MAX_DAYS or (timed and walk):
+        return Plan(walk_ids=walk)
+    if timed:
+        return Plan(walk_ids=False)  # their own (..., detected_at) indexes
     days = tuple(first + timedelta(days=i) for i in range(max(n, 0)))
-    return Plan(walk_ids=False, days=days, sorted_parts=is_postgres(conn))
+    if not walk and replace(flt, since=None, until=None) == EventFilter():
+        return Plan(walk_ids=False, days=days, sorted_parts=is_postgres(conn))
+    # The other filters' (column, kind, id) indexes, walked only through the period's ids.
+    first_id, last_id = conn.execute(id_window_query(kind, flt, days)).one() if days else (None, None)
+    if first_id is None:
+        return Plan(walk_ids=False, days=())  # no event in the period
+    return Plan(first_id=first_id, last_id=last_id)
 
 
 def _snapshot(conn: Connection) -> None:
@@ -429,9 +471,10 @@ class EventRepo:
             _snapshot(conn)
             flt = resolve_host(conn, flt)
             p = plan(conn, kind, flt)
+            after, before = p.cursors(after_id, None)
             query = page_query(
-                kind, flt, after_id=after_id, limit=limit + 1, walk_ids=p.walk_ids, days=p.days,
-                sorted_parts=p.sorted_parts,
+                kind, flt, after_id=after, before_id=before, limit=limit + 1, walk_ids=p.walk_ids,
+                days=p.days, sorted_parts=p.sorted_parts,
             )  # fmt: skip
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
@@ -444,10 +487,12 @@ class EventRepo:
             _snapshot(conn)
             flt = resolve_host(conn, flt)
             p = plan(conn, kind, flt, newest_first=True)
+            after, before = p.cursors(0, before_id)
             query = page_query(
                 kind,
                 flt,
-                before_id=before_id,
+                after_id=after,
+                before_id=before,
                 limit=limit + 1,
                 newest_first=True,
                 walk_ids=p.walk_ids,

@@ -9,10 +9,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from endpoint_agent.errors import StoreError
 from endpoint_contract.heartbeat import Heartbeat
@@ -88,20 +89,74 @@ def _is_binary_collation(name: str) -> bool:
 
 
 def host_page_query(
-    flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool
+    flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool, as_text: bool = False
 ) -> sa.Select[Any]:
     """Hosts after (hostname, host_id) `after` in that order, read from ix_hosts_hostname (or the
-    mode's or policy version's index, which continue in the same order)."""
+    mode's or policy version's index, which continue in the same order). Rows of HostRecord's
+    fields, or with `as_text` of ListedHost's."""
     conds = _host_conditions(flt, binary_order=binary_order)
     if after is not None:
         conds.append(sa.tuple_(hosts.c.hostname, hosts.c.host_id) > sa.tuple_(*after))
-    return sa.select(*_RECORD_COLUMNS).where(*conds).order_by(hosts.c.hostname, hosts.c.host_id).limit(limit)
+    return (
+        sa.select(*(_LISTED_COLUMNS if as_text else _RECORD_COLUMNS))
+        .where(*conds)
+        .order_by(hosts.c.hostname, hosts.c.host_id)
+        .limit(limit)
+    )
 
 
 # A HostRecord's fields in order: listings build each record from its row by position (a page of
 # a thousand hosts spent more time naming columns than reading them).
 _RECORD_COLUMNS = tuple(hosts.c[f] for f in HostRecord.__dataclass_fields__)
 _COUNTERS = list(HostRecord.__dataclass_fields__).index("counters")
+
+
+class utc_text(sa.sql.expression.FunctionElement[str]):
+    """A UTC time column as text, 'YYYY-MM-DD HH:MM:SS.ffffff': what SQLite stores (coltypes.
+    UTCDateTime through SQLAlchemy's format), and PostgreSQL writes so."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(utc_text, "sqlite")
+def _utc_text_sqlite(element: utc_text, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(utc_text, "postgresql")
+def _utc_text_postgresql(element: utc_text, compiler: Any, **kw: Any) -> str:
+    return f"to_char(timezone('UTC', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD HH24:MI:SS.US')"
+
+
+class ListedHost(NamedTuple):
+    """A host as the host list shows it, as the database gives it: times as utc_text (None when
+    unset), counters as their stored JSON text."""
+
+    host_id: str
+    hostname: str
+    machine_id: str
+    enrolled_at: str
+    last_seen: str | None
+    agent_version: str | None
+    policy_version: int | None
+    mode: str | None
+    last_scan_at: str | None
+    heartbeat_at: str | None
+    counters: str | None
+    circuit_state: str | None
+
+
+def _listed_column(name: str) -> sa.ColumnElement[Any]:
+    column = hosts.c[name]
+    if isinstance(column.type, UTCDateTime):
+        return utc_text(column).label(name)
+    if isinstance(column.type, sa.JSON):
+        return sa.cast(column, sa.Text).label(name)
+    return column
+
+
+_LISTED_COLUMNS = tuple(_listed_column(f) for f in ListedHost._fields)
 
 
 def _listed(row: Any) -> HostRecord:
@@ -463,6 +518,20 @@ class HostRepo:
             query = host_page_query(flt, after=after, limit=limit + 1, binary_order=self._binary_order(conn))
             rows = conn.execute(query).all()
         return [_listed(r) for r in rows[:limit]], len(rows) > limit
+
+    def listing(
+        self, flt: HostFilter, *, after: tuple[str, str] | None, limit: int
+    ) -> tuple[list[ListedHost], bool]:
+        """page() as the host list writes it out (ListedHost: times and counters as text). A page
+        of a thousand hosts spent most of its time making datetimes and dicts only to turn them
+        back into text."""
+        self.settle()
+        with db_errors("listing hosts"), read_connection(self._engine) as conn:
+            query = host_page_query(
+                flt, after=after, limit=limit + 1, binary_order=self._binary_order(conn), as_text=True
+            )
+            rows = conn.execute(query).all()
+        return [ListedHost(*r) for r in rows[:limit]], len(rows) > limit
 
     def list_hosts(self) -> list[HostRecord]:
         self.settle()

@@ -476,3 +476,85 @@ def test_a_name_prefix_is_one_closed_range_only_where_names_sort_by_code_point(
     from server_stub.store.hosts import _is_binary_collation
 
     assert _is_binary_collation(collation) is binary
+
+
+def _in(flt: EventFilter, row: Any) -> bool:
+    """Whether a stored violation meets the filter (its time, action, category, severity, triage)."""
+    triage = {None: True, "open": row.triage_state is None}.get(flt.triage, row.triage_state == flt.triage)
+    return (
+        (flt.since is None or row.detected_at >= flt.since)
+        and (flt.until is None or row.detected_at < flt.until)
+        and all(
+            want is None or want == have
+            for want, have in (
+                (flt.action, row.action),
+                (flt.category, row.category),
+                (flt.severity, row.severity),
+            )
+        )
+        and triage
+    )
+
+
+def test_a_period_with_other_filters_is_walked_within_its_exact_id_window(store: Store) -> None:
+    from server_stub.store.events import plan
+
+    _, now = _spread(store, 240)
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(
+                events.c.id, events.c.detected_at, events.c.action, events.c.category, events.c.severity,
+                events.c.triage_state,
+            ).where(events.c.kind == VIOLATION)
+        ).all()  # fmt: skip
+    filters = [
+        EventFilter(since=now - timedelta(days=7), action="killed"),
+        EventFilter(since=now - timedelta(days=12, hours=5), triage="acknowledged"),
+        EventFilter(since=now - timedelta(days=3), category="p2p", triage="open"),
+        EventFilter(since=now - timedelta(days=9), until=now - timedelta(days=4, hours=7), action="reported"),
+        EventFilter(until=now - timedelta(days=22), severity="medium"),
+        EventFilter(since=now - timedelta(days=45, hours=3)),  # time only, from before most events
+        EventFilter(since=now - timedelta(days=5), category="vpn"),  # none
+        EventFilter(since=now + timedelta(days=5), action="killed"),  # after every event
+    ]
+    for flt in filters:
+        expected = sorted(r.id for r in stored if _in(flt, r))
+        period = [r.id for r in stored if _in(EventFilter(since=flt.since, until=flt.until), r)]
+        with store.engine.connect() as conn:
+            p = plan(conn, VIOLATION, flt)
+        # The window is exact: from the period's first id (to its last, with an end), late
+        # uploads and clocks running ahead included.
+        if period:
+            assert p.walk_ids and p.first_id == min(period), flt
+            assert p.last_id == (max(period) if flt.until is not None else None), flt
+        else:
+            assert p.days == () and not p.walk_ids, flt
+        ids: list[int] = []
+        newest: list[int] = []
+        after, before = 0, None
+        while True:  # every page, 4 at a time, each way
+            items, more = store.events.page(VIOLATION, flt, after_id=after, limit=4)
+            ids += [e.id for e in items]
+            if not more:
+                break
+            after = items[-1].id
+        while True:
+            items, more = store.events.newest(VIOLATION, flt, before_id=before, limit=4)
+            newest += [e.id for e in items]
+            if not more:
+                break
+            before = items[-1].id
+        assert ids == expected == newest[::-1], flt
+        assert expected or flt.category == "vpn" or flt.since > now, flt
+
+
+def test_the_id_window_is_a_seek_per_day_and_the_first_and_last_days_read(store: Store) -> None:
+    from server_stub.store.events import id_window_query
+
+    days = tuple(T0.date() + timedelta(days=i) for i in range(4))
+    flt = EventFilter(since=T0 + timedelta(hours=3), until=T0 + timedelta(days=3, hours=2), action="killed")
+    with store.engine.begin() as conn:
+        plan = _plan(conn, id_window_query(VIOLATION, flt, days))
+    assert plan.count("ix_events_kind_day_id") == 2 * len(days), plan
+    assert "SCAN events" not in plan and "Seq Scan" not in plan, plan
+    assert "TEMP B-TREE" not in plan and "Sort" not in plan.replace("Sort Key", ""), plan
