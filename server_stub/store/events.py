@@ -309,26 +309,34 @@ class Plan:
 
 
 def id_window_query(kind: str, flt: EventFilter, days: Sequence[date]) -> sa.Select[Any]:
-    """(first id, last id) of the events of `kind` detected in the filter's period, from
-    ix_events_kind_day_id: the first id of each day (and the last, with `until`) is one seek; only
-    the first day is read up to `since` (and the last from its end down to `until`).
+    """(first id, last id) of the events of `kind` detected in the filter's period: the first id of
+    each day (and the last, with `until`) is one seek of ix_events_kind_day_id. Only the period's
+    first (and last) day is read in part: the part of it inside the period from the time index,
+    or the part outside from the day index, whichever is shorter.
 
     `days` must hold every day an event of the period can be on (plan() lists them): then no
     event of the period lies outside the window, whatever its other conditions."""
 
     def end(day: date, last: bool) -> sa.ScalarSelect[Any]:
-        conds = [events.c.kind == kind, detected_day() == sa.bindparam(None, day, type_=sa.Date)]
-        if not last and day == days[0] and flt.since is not None:
-            conds.append(events.c.detected_at >= flt.since)
-        if last and day == days[-1] and flt.until is not None:
-            conds.append(events.c.detected_at < flt.until)
+        conds = [events.c.kind == kind]
+        at = flt.until if last else flt.since
+        if at is not None and day == (days[-1] if last else days[0]):
+            midnight = datetime.combine(day, datetime.min.time(), UTC)
+            start, stop = (midnight, at) if last else (at, midnight + timedelta(days=1))
+            if stop - start < timedelta(hours=12):
+                # `id + 0`: the range read and its ids compared; no walk in id order hoping to
+                # meet the range early (a planner's guess that may read most of the table).
+                ids = events.c.id + 0
+                conds += [events.c.detected_at >= start, events.c.detected_at < stop]
+                return sa.select((sa.func.max if last else sa.func.min)(ids)).where(*conds).scalar_subquery()
+            conds.append(events.c.detected_at < at if last else events.c.detected_at >= at)
+        conds.append(detected_day() == sa.bindparam(None, day, type_=sa.Date))
         order = events.c.id.desc() if last else events.c.id
         return sa.select(events.c.id).where(*conds).order_by(order).limit(1).scalar_subquery()
 
     def bound(last: bool) -> sa.ColumnElement[Any]:
         parts = sa.union_all(*[sa.select(end(day, last).label("x")) for day in days]).subquery()
-        found = sa.select((sa.func.max if last else sa.func.min)(parts.c.x)).scalar_subquery()
-        return found
+        return sa.select((sa.func.max if last else sa.func.min)(parts.c.x)).scalar_subquery()
 
     return sa.select(bound(False), bound(True) if flt.until is not None else sa.null())
 
