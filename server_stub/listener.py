@@ -4,15 +4,17 @@ The in-flight cap (server_stub/admission.py) sees a request only once the event 
 it. A flood of new connections -- each answered from memory, so never many in progress -- can
 still outrun the loop: connections then wait in the kernel's accept queue and in the loop's
 backlog, and the agents time out before anything refuses them. So the loop's lag is measured (a
-timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag` with
-at least `min_connections` open (4 x the in-flight cap: a flood, not a busy machine), a
-connection accepted is not given to the HTTP server: its first request is answered with the same
-503 + Retry-After the in-flight cap sends (and Connection: close), by a small protocol that
-parses nothing but the request line. That costs a fraction of serving the request, so the loop
-catches up and the refused agents come back after Retry-After. /healthz is still served (the
-connection is handed to the HTTP server). Counted like the cap's refusals (reason "overload").
-A request on a connection already open is refused the same way meanwhile, by the app's first
-layer (server_stub/frontdoor.py, through Admission).
+timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag` and
+the loop answered at least `min_answers` requests since the tick before (4 x the in-flight cap:
+a flood keeps the loop late with answering, where one pause -- a gc pass, a starved machine --
+leaves it late with little answered; idle keep-alive connections, which a large fleet holds by
+the thousand, count for nothing), a connection accepted is not given to the HTTP server: its
+first request is answered with the same 503 + Retry-After the in-flight cap sends (and
+Connection: close), by a small protocol that parses nothing but the request line. That costs a
+fraction of serving the request, so the loop catches up and the refused agents come back after
+Retry-After. /healthz is still served (the connection is handed to the HTTP server). Counted like
+the cap's refusals (reason "overload"). A request on a connection already open is refused the
+same way meanwhile (server_stub/nodeprotocol.py, or the app's first layer, through Admission).
 
 Wired as uvicorn's `http` protocol factory (server_stub/cli.py); the app's lifespan starts the
 meter and hands it over in the lifespan state (LISTENER_STATE), with the app's first layer
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
@@ -49,26 +51,28 @@ class LoopLag:
     def __init__(
         self,
         max_lag: float,
-        min_connections: int,
+        min_answers: int,
         unexempt: Callable[[bytes], bool],
         on_refused: Callable[[str | None], None],
     ) -> None:
         self.max_lag = max_lag
-        # Lag alone may be a starved machine (CPU taken by others); a flood also holds connections.
-        self.min_connections = min_connections
+        # Lag alone may be a pause (gc) or a starved machine; a flood also keeps the loop answering.
+        self.min_answers = min_answers
         self.unexempt = unexempt  # whether a request line's path may be refused
         self.on_refused = on_refused  # (method or None): counts a refusal
         self.lagging = False
         self.lag = 0.0
-        self.connections: Collection[object] = ()  # uvicorn's open connections (protocol_factory)
+        self.answered = 0  # requests answered between the last two ticks
+        self.server_state: Any = None  # uvicorn's (protocol_factory): its count of answers
+        self._answers_then = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def overloaded(self) -> bool:
-        """Lagging with at least `min_connections` open: refuse what arrives (new connections here,
-        requests on open ones in server_stub/frontdoor.py)."""
-        return self.lagging and len(self.connections) >= self.min_connections
+        """Lagging, with at least `min_answers` answered meanwhile: refuse what arrives (new
+        connections here, requests on open ones in server_stub/nodeprotocol.py and frontdoor.py)."""
+        return self.lagging and self.answered >= self.min_answers
 
     def start(self) -> None:
         """In the event loop (the app's lifespan)."""
@@ -87,6 +91,9 @@ class LoopLag:
         now = self._loop.time()
         self.lag = now - self._due
         self.lagging = self.lag > self.max_lag
+        if self.server_state is not None:
+            answers = self.server_state.total_requests
+            self.answered, self._answers_then = answers - self._answers_then, answers
         self._due = now + TICK
         self._handle = self._loop.call_at(self._due, self._tick)
 
@@ -97,7 +104,7 @@ def protocol_factory(
     """uvicorn's `http` setting: its own HTTP protocol, or the refusal while the loop lags."""
     meter: LoopLag | None = app_state.get(LISTENER_STATE)
     if meter is not None:
-        meter.connections = server_state.connections
+        meter.server_state = server_state
         if meter.overloaded():
             return _Refusal(meter, lambda: _http(config, server_state, app_state, _loop), server_state)
     return _http(config, server_state, app_state, _loop)
@@ -167,6 +174,7 @@ class _Refusal(asyncio.Protocol):
         self.meter.on_refused(method.decode("ascii") if method in _METHODS else None)
         date = b"".join(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers)
         self.transport.write(_REFUSAL_HEAD + date + b"\r\n" + REFUSAL_BODY)
+        self.server_state.total_requests += 1  # an answer, as uvicorn counts them
         if self.transport.can_write_eof():
             self.transport.write_eof()  # FIN after the answer; closed when the client closes
         else:

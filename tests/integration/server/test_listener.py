@@ -1,6 +1,8 @@
 """Overload refused at the listener (server_stub/listener.py), against the real uvicorn on 127.0.0.1.
 
 - the lag meter sees an event loop that was blocked, and lets go once it runs freely again;
+- a lagging loop that answers little is not overloaded, however many idle keep-alive
+  connections are open (a fleet's; one gc pause);
 - while the loop lags under a flood, every new connection's request is answered 503 +
   Retry-After + Connection: close (the same body as the in-flight cap's), a flood of them
   included, nothing left waiting, and so is a request on a connection already open; /healthz is
@@ -123,7 +125,7 @@ def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as kept:
         kept.sendall(poll)
         assert _read_answer(kept).startswith(b"HTTP/1.1 200")  # a connection open before the lag
-        meter.max_lag, meter.min_connections = -1.0, 0  # any lag at all counts: all refused
+        meter.max_lag, meter.min_answers = -1.0, 0  # any lag at all counts: all refused
         try:
             deadline = time.monotonic() + DEADLINE
             while not meter.lagging and time.monotonic() < deadline:
@@ -152,3 +154,25 @@ def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer
     while meter.lagging and time.monotonic() < deadline:
         time.sleep(TICK)
     assert asyncio.run(_flood(server.port, [poll]))[0].startswith(b"HTTP/1.1 200")
+
+
+def test_idle_connections_do_not_make_a_late_loop_overloaded(server: InProcessServer) -> None:
+    server.publish(1)
+    host = server.enroll("ws-1")
+    poll = (
+        f"GET {API}/policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {host['node_key']}\r\n\r\n".encode()
+    )
+    meter = _meter(server)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) for _ in range(300)]
+    try:
+        meter.max_lag = -1.0  # always late: only what was answered meanwhile decides
+        deadline = time.monotonic() + DEADLINE
+        while not meter.lagging and time.monotonic() < deadline:
+            time.sleep(TICK)
+        assert not meter.overloaded()  # 300 open connections, more than 4 x the in-flight cap
+        answers = asyncio.run(_flood(server.port, [poll] * 5))
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    finally:
+        meter.max_lag = 60.0
+        for sock in idle:
+            sock.close()
