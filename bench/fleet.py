@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleetsim.driver import loop_name, run_workers
-from bench.fleetsim.server import CpuMeter, CpuSample, RunningServer, serving, wait_idle
+from bench.fleetsim.server import STALL_MS, CpuMeter, CpuSample, RunningServer, serving, wait_idle
+from bench.fleetsim.stalls import StallLog, StallSummary
 from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder, outcome_text
 from bench.report import Target, targets_block
 
@@ -124,7 +125,24 @@ def lagged(rec: Recorder) -> bool:
 
 
 def report_lines(rec: Recorder, span: float, cores: tuple[float, float, float]) -> str:
-    return "\n".join([*kind_lines(rec, span), cpu_line(cores, span, rec.all().count), lag_line(rec)])
+    count = rec.all().count
+    lines = [*kind_lines(rec, span), cpu_line(cores, span, count), lag_line(rec)]
+    if rec.connections and count:
+        lines.append(
+            f"    new connections: {rec.connections:,} ({rec.connections / count:.0%} of the requests; "
+            "the others reused one, as the agent's client does within 5 s)"
+        )
+    return "\n".join(lines)
+
+
+def context_lines(bench: Bench, label: str) -> str:
+    """The machine, the kernel's drops and the server's event-loop stalls while `label` ran."""
+    if label not in bench.context:
+        return ""
+    earlier, now, stalls = bench.context[label]
+    lines = [now.machine_line(earlier), stalls.line(STALL_MS)]
+    lines += [f"      {text}" for _ms, text in stalls.worst]
+    return "\n".join(lines)
 
 
 # -- one measured run ----------------------------------------------------------------------------
@@ -138,6 +156,9 @@ class Bench:
         self.procs = procs
         self.busy_procs = busy_procs or procs  # for the steady state and overload
         self.meter = CpuMeter(srv.pid, srv.pg_database)
+        self.stalls = StallLog(srv.log_path)
+        # label -> what surrounded the server while that result was measured (context_lines)
+        self.context: dict[str, tuple[CpuSample, CpuSample, StallSummary]] = {}
 
     def params(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -156,9 +177,11 @@ class Bench:
             self.meter.add_sim(pids)
             time.sleep(max(0.0, t0 - time.monotonic()))  # the simulator starts then
             marks.append(self.meter.sample())
+            self.stalls.since_last()  # what the server logged before: not this run's
 
         def judged(label: str, rec: Recorder) -> bool:
             now = self.meter.sample()
+            self.context[label] = (marks[-1], now, self.stalls.since_last())
             cores = now.cores_since(marks[-1])
             span = now.wall - marks[-1].wall
             marks.append(now)
@@ -230,6 +253,7 @@ def ramp(
             flush=True,
         )
         print(report_lines(rec, span, cores), flush=True)
+        print(context_lines(bench, label), flush=True)
         out.append((hosts, rec, cores, verdict))
         return verdict == HELD or not stop_on_failure
 
@@ -367,6 +391,7 @@ def _polls(bench: Bench, seconds: float) -> tuple[list[Target], float]:
     print(f"  304 policy polls, 200 keep-alive connections, {seconds:.0f} s: {rate:,.0f}/s, "
           f"{per_core:,.0f}/s per server core", flush=True)  # fmt: skip
     print(report_lines(rec, seconds, cores), flush=True)
+    print(context_lines(bench, "polls"), flush=True)
     return [
         Target("3000 / 304 polls/s per server core", POLL_PER_CORE / max(per_core, 1e-9), 1.0),
         Target("304 poll p99 / 50 ms (200 concurrent)", p99 / POLL_P99 if stats else math.inf, 1.0),
@@ -382,6 +407,7 @@ def _enroll(bench: Bench, seconds: float) -> list[Target]:
     print(f"  enrollment, 200 new machines at a time, default rate limits: {rate:,.0f}/s "
           f"({rec.retry_after_seen} answers with Retry-After honoured)", flush=True)  # fmt: skip
     print(report_lines(rec, span, cores), flush=True)
+    print(context_lines(bench, "enroll"), flush=True)
     return [Target("1000 / enrollments/s (default limits)", ENROLL_RATE / max(rate, 1e-9), 1.0)]
 
 
@@ -396,6 +422,7 @@ def _ingest(bench: Bench, db_kind: str, seconds: float) -> list[Target]:
             f"  ingest, batches of {batch}, 8 connections, {db_kind}: {rate:,.0f} events/s stored", flush=True
         )
         print(report_lines(rec, seconds, cores), flush=True)
+        print(context_lines(bench, "ingest"), flush=True)
         out.append(
             Target(f"{goal:.0f} / events/s, batches of {batch} ({db_kind})", goal / max(rate, 1e-9), 1.0)
         )
@@ -465,6 +492,7 @@ def _overload(bench: Bench, rate: float, seconds: float) -> list[Target]:
           f"{answered - outcomes.get(304, 0) - refused:,} other answers, {timeouts:,} timed out, "
           f"{errors:,} connection errors; p95 of all {_ms(p95_all)}", flush=True)  # fmt: skip
     print(report_lines(rec, span, cores), flush=True)
+    print(context_lines(bench, "overload"), flush=True)
     if not refused and p95_all <= OVERLOAD_P95 and not timeouts + errors:
         print("  (the server kept up: this offered load did not overload it; raise --fleet-overload-rate)")
     return [

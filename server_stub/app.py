@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from endpoint_agent import __version__
 from endpoint_agent.errors import SettingsError, StoreError
+from server_stub import stallwatch
 from server_stub.admission import Admission
 from server_stub.apidocs import document_errors, render_docs
 from server_stub.auth import Authenticator, Reader
@@ -150,9 +151,14 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         state: dict[str, Any] = {FRONT_DOOR_STATE: app.front_door} if app.front_door is not None else {}
         if config.max_loop_lag > 0:
             state[LISTENER_STATE] = lag
+        stalls = stallwatch.from_env()  # a diagnostic: what held the loop up, logged per stall
+        if stalls is not None:
+            stalls.start()
         try:
             yield state
         finally:
+            if stalls is not None:
+                stalls.stop()
             lag.stop()
             rate_sync.stop()
             enrollments.stop()  # what is queued is written first

@@ -13,9 +13,12 @@ What each host does is what the real agent does with its default settings:
   at most 500, then one heartbeat; the first failure ends the round and backs off;
 - a node call answered 401 enrolls again (sending the current node key: a rotation) and is retried
   once; a host enrolls once, lazily, and keeps its key.
-The real agent's httpx client keeps a connection for 5 s and uvicorn closes idle ones after 5 s,
-so at 60 s intervals every policy poll opens a connection, and a report round uses one for its
-uploads and heartbeat; here each is closed at once instead of idling 5 s (fewer idle sockets).
+Connections as the agent's client holds them (one httpx client for both jobs: it keeps a
+connection idle for up to 5 s, and uvicorn closes one idle for 5 s): after each request the
+host's connection stays open, idle, until the server closes it; a request within 5 s of the
+host's last one reuses it, any other opens a new one. At 60 s intervals most polls and report
+rounds open a connection (a round sends its uploads and heartbeat on one), and the server holds
+about 5 s worth of idle connections and closes each one itself, as it does for a real fleet.
 A host "booted" before the simulation: its first poll comes at a random point of one interval.
 
 Events: most hosts are quiet (a violation every couple of hours); a tenth are noisy (a couple a
@@ -37,7 +40,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange, head, with_body
+from bench.fleetsim.http import (
+    Answer,
+    Connection,
+    Socket,
+    Timeout,
+    encode,
+    exchange,
+    head,
+    source_address,
+    with_body,
+)
 from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder
 from bench.fleetsim.timers import Wheel
 from endpoint_agent import __version__
@@ -53,6 +66,10 @@ QUIET_PER_S = 0.5 / 3600  # a quiet host: one violation every two hours
 NOISY_PER_S = 2 / 60  # a noisy one: two a minute ...
 BURST_PER_S = 1 / 1800  # ... and a burst every half hour
 BURST_SIZE = 200
+# httpx's default keepalive_expiry: the agent's client (endpoint_agent/sync/client.py, one for its
+# polls and its report rounds) reuses a connection idle for less than this, if the server has not
+# closed it (uvicorn closes one idle for 5 s).
+KEEPALIVE = 5.0
 _CLOCK = SystemClock()
 _HEADERS = {"Accept": "application/json", "User-Agent": f"endpoint-agent/{__version__}"}
 _JSON = {"Content-Type": "application/json"}
@@ -108,6 +125,12 @@ class SimHost:
     enrolling: asyncio.Future[None] | None = None  # one enrollment at a time, as the agent's lock
     # kind -> (key, etag, request head): a poll or heartbeat is the same request while they are
     heads: dict[str, tuple[str | None, str | None, bytes]] | None = None
+    idle: list[Socket] | None = None  # its client's open connections not in use (KEEPALIVE)
+
+    @property
+    def address(self) -> str:
+        """The machine's own (loopback) address: it connects from there, as a real one would."""
+        return source_address(self.index)
 
 
 def make_hosts(indices: Iterable[int], *, seed: int, seeded: bool, rng: random.Random) -> list[SimHost]:
@@ -185,6 +208,7 @@ class Fleet:
         sync_interval: float = 60.0,
         upload_interval: float = 60.0,
         timeout: float = DEFAULT_TIMEOUT,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self._loop = loop
         self.server = server
@@ -193,6 +217,7 @@ class Fleet:
         self.sync_interval = sync_interval
         self.upload_interval = upload_interval
         self.timeout = timeout
+        self.keepalive = keepalive  # 0: every request on a connection of its own, closed after
         self.running = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._wheel: Wheel | None = None
@@ -302,31 +327,21 @@ class Fleet:
         return answer
 
     async def report_round(self, host: SimHost) -> bool:
-        """Upload pending events (at most 100 batches), then a heartbeat; True when events are left."""
+        """Upload pending events (at most 100 batches), then a heartbeat, on the host's connection
+        (endpoint_agent/report/job.py); True when events are left."""
         self._accrue(host)
-        if not host.pending:  # most rounds: a heartbeat alone, on a connection of its own
-            await self.node_call(
-                host, "heartbeat", b"POST", "/heartbeat", _JSON, self._heartbeat_body(), None, keep=True,
-            )  # fmt: skip
-            return False
-        conn = await self.connect("events")
-        try:
-            for _ in range(100):
-                if not host.pending:
-                    break
-                count = min(host.pending, MAX_BATCH)
-                body = event_batch(host.hostname, count, self.rng)
-                answer = await self.node_call(host, "events", b"POST", "/events", _JSON, body, conn)
-                acked = len(json.loads(answer.body).get("acked", ()))
-                host.pending -= acked
-                self.recorder.events_acked += acked
-                conn = conn if conn.usable else await self.connect("heartbeat")
-            await self.node_call(
-                host, "heartbeat", b"POST", "/heartbeat", _JSON,
-                self._heartbeat_body(), conn, keep=True,
-            )  # fmt: skip
-        finally:
-            conn.close()
+        for _ in range(100):
+            if not host.pending:
+                break
+            count = min(host.pending, MAX_BATCH)
+            body = event_batch(host.hostname, count, self.rng)
+            answer = await self.node_call(host, "events", b"POST", "/events", _JSON, body)
+            acked = len(json.loads(answer.body).get("acked", ()))
+            host.pending -= acked
+            self.recorder.events_acked += acked
+        await self.node_call(
+            host, "heartbeat", b"POST", "/heartbeat", _JSON, self._heartbeat_body(), keep=True
+        )
         return host.pending > 0
 
     def _heartbeat_body(self) -> bytes:
@@ -350,7 +365,7 @@ class Fleet:
             body["node_key"] = host.node_key  # a rotation: the server re-enrolls a known machine only so
         headers = {"Authorization": f"Bearer {self.server.enroll_secret}", "Content-Type": "application/json"}
         raw = _encode(b"POST", "/enroll", headers, json.dumps(body).encode())
-        answer = await self.call("enroll", raw, conn)
+        answer = await self.call("enroll", raw, conn, host)
         self._raise_for_status(answer)
         obj = json.loads(answer.body)
         host.host_id, host.node_key = obj["host_id"], obj["node_key"]
@@ -399,7 +414,7 @@ class Fleet:
                         heads = host.heads = {}
                     heads[kind] = (key, host.etag, top)
                 raw = with_body(top, body, post=method == b"POST")
-            answer = await self.call(kind, raw, conn)
+            answer = await self.call(kind, raw, conn, host)
             if answer.status != 401:
                 self._raise_for_status(answer)
                 return answer
@@ -408,16 +423,25 @@ class Fleet:
                 conn = None  # a 401 closes the connection (server_stub/middleware.py)
         raise Rejected(f"{kind}: node key refused right after enrolling")
 
-    async def call(self, kind: str, raw: bytes, conn: Connection | None = None) -> Answer:
-        """One encoded request, timed and recorded; on `conn` if it is still usable, else on a
-        connection of its own (closed after)."""
+    async def call(
+        self, kind: str, raw: bytes, conn: Connection | None = None, host: SimHost | None = None
+    ) -> Answer:
+        """One encoded request, timed and recorded: on `conn` if it is still usable, else on one of
+        `host`'s connections (kept KEEPALIVE seconds, as its client would), else on a connection
+        of its own (closed after)."""
         started = time.perf_counter()
         try:
             if conn is not None and conn.usable:
                 answer = await conn.send(raw)
+            elif host is not None and self.keepalive > 0:
+                answer = await self._pooled(host, raw)
             else:
                 server = self.server
-                answer = await exchange(self.loop, server.host, server.port, raw, timeout=self.timeout)
+                self.recorder.connections += 1
+                source = host.address if host is not None else None
+                answer = await exchange(
+                    self.loop, server.host, server.port, raw, timeout=self.timeout, source=source
+                )
         except Timeout as exc:
             self.recorder.add(kind, TIMEOUT, time.perf_counter() - started)
             raise Unavailable(f"{kind}: timed out") from exc
@@ -427,16 +451,33 @@ class Fleet:
         self.recorder.add(kind, answer.status, time.perf_counter() - started)
         return answer
 
-    async def connect(self, kind: str) -> Connection:
-        started = time.perf_counter()
-        try:
-            return await Connection.open(self.loop, self.server.host, self.server.port, timeout=self.timeout)
-        except Timeout as exc:
-            self.recorder.add(kind, TIMEOUT, time.perf_counter() - started)
-            raise Unavailable(f"{kind}: connect timed out") from exc
-        except OSError as exc:
-            self.recorder.add(kind, ERROR, time.perf_counter() - started)
-            raise Unavailable(f"{kind}: {exc}") from exc
+    async def _pooled(self, host: SimHost, raw: bytes) -> Answer:
+        """On the host's most recently used open connection idle for less than KEEPALIVE (one
+        the server closed is closed already), else on a new one; kept open after for the next."""
+        idle = host.idle
+        if idle is None:
+            idle = host.idle = []
+        now = self.loop.time()
+        sock = None
+        while idle:
+            candidate = idle.pop()
+            if not candidate.closed and now - candidate.idle_since < self.keepalive:
+                sock = candidate
+                break
+            candidate.close()  # expired: httpx closes it rather than reuse it
+        if sock is None:
+            self.recorder.connections += 1
+            sock = Socket(self.loop, self.server.host, self.server.port, host.address)
+        answer = await sock.request(raw, timeout=self.timeout)  # closed if it fails
+        if not sock.closed:
+            idle.append(sock)
+        return answer
+
+    def close_idle(self, hosts: Iterable[SimHost]) -> None:
+        for host in hosts:
+            for sock in host.idle or ():
+                sock.close()
+            host.idle = None
 
     def _raise_for_status(self, answer: Answer) -> None:
         code = answer.status

@@ -2,16 +2,19 @@
 
     raw = encode(b"GET", "/api/v1/policy", {"If-None-Match": etag})     # encode once, send often
     answer = await exchange(loop, "127.0.0.1", 8080, raw, timeout=15.0)  # a new connection, closed after
-    conn = await Connection.open(loop, "127.0.0.1", 8080, timeout=15.0)  # or keep-alive:
+    sock = Socket(loop, "127.0.0.1", 8080)                               # an agent's: kept between
+    answer = await sock.request(raw, timeout=15.0)                       #   requests while fresh
+    conn = await Connection.open(loop, "127.0.0.1", 8080, timeout=15.0)  # or a protocol's:
     answer = await conn.send(raw)
     answer.status, answer.header(b"etag"), answer.body
     conn.close()
 
-`exchange` is the agent's usual request (at 60 s intervals every poll opens a connection): a
-non-blocking socket, the request written as soon as connect returns, the answer read by a
-reader callback; no transport, no protocol object, about a third of the CPU of asyncio's
-connection machinery per request. `Connection` keeps one connection for many requests, one at a
-time. Bodies by Content-Length or chunked. A request that has no complete answer after `timeout`
+`Socket` is a connection as the agent's client holds one (bench/fleetsim/agent.py keeps one per
+host while it is fresh) and `exchange` one request on a new connection: a non-blocking socket,
+the request written as soon as connect returns, the answer read by a reader callback; no
+transport, no protocol object, about a third of the CPU of asyncio's connection machinery.
+`Connection` (asyncio's machinery) keeps one connection for many requests, one at a time.
+Bodies by Content-Length or chunked. A request that has no complete answer after `timeout`
 seconds (connecting included) fails with `Timeout` and its connection is closed; a closed or
 refused connection is `ConnectionError`. Loopback only: any other address is refused.
 """
@@ -205,79 +208,153 @@ def with_body(head: bytes, body: bytes, *, post: bool = True) -> bytes:
     return head + b"\r\n"
 
 
-async def exchange(
-    loop: asyncio.AbstractEventLoop, host: str, port: int, raw: bytes, *, timeout: float
-) -> Answer:
-    """Send `raw` on a new connection and return the answer; the connection is closed after."""
-    _check_loopback(host)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    fd = sock.fileno()
-    waiter: asyncio.Future[Answer] = loop.create_future()
-    buf = bytearray()
-    pending = memoryview(raw)
+class Socket:
+    """One connection as an agent's HTTP client holds it: requests one at a time, and between
+    them left open (httpx keeps an idle connection for 5 s; the server closes it after its own
+    keep-alive timeout). Watched while idle: the server's close is seen and the socket closed,
+    as httpx finds it closed before reusing it. No transport, no protocol object: a non-blocking
+    socket, the request written as soon as connect returns, the answer read by a reader callback.
 
-    def fail(exc: BaseException) -> None:
-        if not waiter.done():
+        sock = Socket(loop, "127.0.0.1", 8080)     # connecting (loopback only)
+        answer = await sock.request(raw, timeout=15.0)
+        sock.closed, sock.idle_since               # reuse it while open and recently used
+        sock.close()
+    """
+
+    __slots__ = ("_buf", "_fd", "_loop", "_pending", "_sock", "_waiter", "_writing", "closed", "idle_since")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int, source: str | None = None
+    ) -> None:
+        _check_loopback(host)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            if source is not None:  # the machine's own address (source_address): its own ports
+                _check_loopback(source)
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)  # the port picked at connect
+                sock.bind((source, 0))
+            code = sock.connect_ex((host, port))
+        except OSError:
+            sock.close()
+            raise
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise ConnectionError(f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._pending = memoryview(b"")
+        self._writing = False
+        self.closed = False
+        self.idle_since = loop.time()
+        loop.add_reader(self._fd, self._readable)
+
+    async def request(self, raw: bytes, *, timeout: float) -> Answer:
+        """Send `raw`, return its answer; on any failure (Timeout, ConnectionError) it is closed."""
+        if self.closed:
+            raise ConnectionError("connection closed")
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._pending = memoryview(raw)
+        self._write()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            answer = await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if b"\r\nconnection: close" in answer.headers:
+            self.close()  # the server closes it after this answer
+        self.idle_since = loop.time()
+        return answer
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+        self._sock.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._waiter
+        self.close()
+        if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def readable() -> None:
+    def _write(self) -> None:
         try:
-            data = sock.recv(65536)
+            sent = self._sock.send(self._pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0  # on loopback the handshake is usually done when connect returns; else later
+        except OSError as exc:  # refused, reset: connect's outcome shows here
+            if exc.errno != errno.ENOTCONN:
+                self._fail(ConnectionError(f"connection failed: {exc}"))
+                return
+            sent = 0
+        self._pending = self._pending[sent:]
+        if self._pending and not self._writing:
+            self._loop.add_writer(self._fd, self._write)
+            self._writing = True
+        elif not self._pending and self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            fail(ConnectionError(f"connection failed: {exc}"))
+            self._fail(ConnectionError(f"connection failed: {exc}"))
             return
         if not data:
-            fail(ConnectionError("connection closed by the server"))
+            self._fail(ConnectionError("connection closed by the server"))
             return
-        buf.extend(data)
-        answer = _parse(buf)
-        if answer is not None and not waiter.done():
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self.close()  # bytes nobody asked for: not a connection to reuse
+            return
+        self._buf += data
+        answer = _parse(self._buf)
+        if answer is not None:
             waiter.set_result(answer)
 
-    def writable() -> None:
-        nonlocal pending
-        try:
-            sent = sock.send(pending)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # refused, reset: connect's outcome shows here
-            fail(ConnectionError(f"connection failed: {exc}"))
-            return
-        pending = pending[sent:]
-        if not pending:
-            loop.remove_writer(fd)
 
-    code = sock.connect_ex((host, port))
-    reading = writing = False
-    timer = loop.call_later(timeout, _expire, waiter)
+async def exchange(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, raw: bytes, *, timeout: float,
+    source: str | None = None,
+) -> Answer:  # fmt: skip
+    """Send `raw` on a new connection (from `source`) and return the answer; closed after."""
+    sock = Socket(loop, host, port, source)
     try:
-        if code not in (0, errno.EINPROGRESS):
-            raise ConnectionError(f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
-        # On loopback the handshake is usually done when connect returns: write at once, else
-        # when the socket is writable.
-        try:
-            pending = pending[sock.send(pending) :]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise ConnectionError(f"connection failed: {exc}") from exc
-        if pending:
-            loop.add_writer(fd, writable)
-            writing = True
-        loop.add_reader(fd, readable)
-        reading = True
-        return await waiter
+        return await sock.request(raw, timeout=timeout)
     finally:
-        timer.cancel()
-        if writing:
-            loop.remove_writer(fd)
-        if reading:
-            loop.remove_reader(fd)
         sock.close()
+
+
+def source_address(index: int) -> str:
+    """A loopback address of its own for simulated machine `index` (127.1.0.0 onwards).
+
+    Machines of a real fleet connect from their own addresses, each with its own ephemeral
+    ports. From one address, a fleet opening ~1,000 connections a second with each closed one
+    held 60 s in TIME_WAIT needs more than the 28,232 ports there are: the kernel then searches
+    the port range on every connect (the simulator's CPU went there, and it fell behind), and a
+    port it picks may still be held by the server's side of an older connection (the SYN is
+    answered 1 s later)."""
+    return str(ipaddress.IPv4Address(_FIRST_SOURCE + index % _SOURCES))
+
+
+_FIRST_SOURCE = int(ipaddress.IPv4Address("127.1.0.0"))
+_SOURCES = 254 * 65536  # 127.1.0.0 to 127.254.255.255
+_BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2
 
 
 @functools.cache
@@ -291,4 +368,6 @@ def _expire(waiter: asyncio.Future[Answer]) -> None:
         waiter.set_exception(Timeout("no answer in time"))
 
 
-__all__ = ["Answer", "Connection", "Timeout", "encode", "exchange", "head", "with_body"]
+__all__ = [
+    "Answer", "Connection", "Socket", "Timeout", "encode", "exchange", "head", "source_address", "with_body",
+]  # fmt: skip

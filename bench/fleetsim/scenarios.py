@@ -99,6 +99,8 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
     finally:
         fleet.stop()
         await fleet.drain()
+        for hosts in growth:
+            fleet.close_idle(hosts)
 
 
 async def polls(ctx: Context, params: dict[str, Any]) -> None:
@@ -133,7 +135,7 @@ async def ingest(ctx: Context, params: dict[str, Any]) -> None:
     rng = random.Random(ctx.worker)
     hosts = ctx.my_hosts(params, range(params["hosts"]), rng)
     recorder = Recorder()
-    fleet = Fleet(loop, _server(params), recorder, rng=rng)
+    fleet = Fleet(loop, _server(params), recorder, rng=rng, keepalive=0.0)
     headers = {"Content-Type": "application/json"}
     if not await ctx.begin():
         return
@@ -192,7 +194,7 @@ async def enroll(ctx: Context, params: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     rng = random.Random(ctx.worker)
     recorder = Recorder()
-    fleet = Fleet(loop, _server(params), recorder, rng=rng)
+    fleet = Fleet(loop, _server(params), recorder, rng=rng, keepalive=0.0)
     if not await ctx.begin():
         return
     deadline = time.monotonic() + params["seconds"]
@@ -290,7 +292,8 @@ def _pollers(ctx: Context, params: dict[str, Any]) -> tuple[list[SimHost], Recor
     for host in hosts:
         host.etag = params["etag"]
     recorder = Recorder()
-    return hosts, recorder, Fleet(None, _server(params), recorder, rng=rng)
+    # keepalive 0: a poll not sent on a kept connection opens one of its own (the overload's fresh tenth)
+    return hosts, recorder, Fleet(None, _server(params), recorder, rng=rng, keepalive=0.0)
 
 
 def _share(total: int, ctx: Context) -> int:

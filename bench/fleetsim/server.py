@@ -24,6 +24,7 @@ import httpx
 import psutil
 
 from bench.fleetsim.agent import seeded_host_id, seeded_key
+from server_stub import stallwatch
 from server_stub.auth import hash_node_key
 
 POLICY = """name: fleet
@@ -36,6 +37,7 @@ rules:
     process:
       name: ["qbittorrent"]
 """
+STALL_MS = 50.0  # the server logs each event-loop stall longer than this (server_stub/stallwatch.py)
 # The shared background processes of a PostgreSQL server (its backends carry the database name).
 _PG_SHARED = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "wal writer")
 
@@ -49,6 +51,7 @@ class RunningServer:
     etag: str
     db_kind: str  # "sqlite" or "postgresql"
     pg_database: str | None
+    log_path: Path | None = None  # the server's output (its stall lines: server_stub/stallwatch.py)
 
 
 def seed_hosts(db_url: str, count: int, seed: int) -> None:
@@ -83,8 +86,9 @@ def seed_hosts(db_url: str, count: int, seed: int) -> None:
 
 @contextlib.contextmanager
 def serving(
-    workdir: Path, *, db_url: str | None, seed_hosts_n: int, seed: int, extra_args: Sequence[str] = ()
-) -> Iterator[RunningServer]:
+    workdir: Path, *, db_url: str | None, seed_hosts_n: int, seed: int, extra_args: Sequence[str] = (),
+    stall_ms: float = STALL_MS,
+) -> Iterator[RunningServer]:  # fmt: skip
     from server_stub.store import sqlite_url
     from tests.support.server import fresh_pg_database, run_server
 
@@ -100,7 +104,11 @@ def serving(
         server = stack.enter_context(
             # A loaded machine (the benchmark runs niced) may take longer than a test allows.
             run_server(
-                workdir, db_url=url if db_url else None, extra_args=list(extra_args), startup_timeout=120
+                workdir,
+                db_url=url if db_url else None,
+                extra_args=list(extra_args),
+                startup_timeout=120,
+                secrets_env={stallwatch.ENV: f"{stall_ms:g}"},
             )
         )
         answer = server.publish(POLICY)
@@ -118,6 +126,7 @@ def serving(
             etag=etag,
             db_kind="postgresql" if db_url else "sqlite",
             pg_database=pg_database,
+            log_path=server.log_path,
         )
 
 
@@ -138,6 +147,22 @@ class CpuSample:
     server: float  # CPU seconds, cumulative
     db: float
     sim: float
+    machine: float = 0.0  # CPU seconds busy on the whole machine (every process), cumulative
+    overflows: int = 0  # the kernel's count of connections dropped from full accept queues
+    syn_retrans: int = 0  # SYNs sent again (a client's connect waiting 1 s, 3 s, ...)
+
+    def machine_line(self, earlier: CpuSample) -> str:
+        """The machine around the server: what else used its cores, and what the kernel dropped."""
+        span = max(self.wall - earlier.wall, 1e-9)
+        busy = (self.machine - earlier.machine) / span
+        ours = sum(self.cores_since(earlier))
+        return (
+            f"    machine: {busy:.2f} of {psutil.cpu_count() or 1} cores busy, "
+            f"{max(0.0, busy - ours):.2f} of them by processes other than the server, its database "
+            "and the simulator; kernel: "
+            f"{self.overflows - earlier.overflows:,} connections dropped from a full accept queue, "
+            f"{self.syn_retrans - earlier.syn_retrans:,} SYNs sent again"
+        )
 
     def cores_since(self, earlier: CpuSample) -> tuple[float, float, float]:
         """Cores used (CPU seconds per wall second) by the server, the database and the simulator."""
@@ -168,7 +193,14 @@ class CpuMeter:
         self._account("server", self._server_processes())
         self._account("db", self._db_processes())
         self._account("sim", [p for pid in self._sim_pids if (p := _process(pid)) is not None])
-        return CpuSample(wall, *(sum(self._seen[k].values()) for k in ("server", "db", "sim")))
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + sum(getattr(t, k, 0.0) for k in ("irq", "softirq", "steal"))
+        tcp = _tcp_counters()
+        server, db, sim = (sum(self._seen[k].values()) for k in ("server", "db", "sim"))
+        return CpuSample(
+            wall, server, db, sim, machine=busy,
+            overflows=tcp.get("ListenOverflows", 0), syn_retrans=tcp.get("TCPSynRetrans", 0),
+        )  # fmt: skip
 
     def _account(self, what: str, processes: list[psutil.Process]) -> None:
         for proc in processes:
@@ -196,6 +228,19 @@ class CpuMeter:
                 if f" {self._pg_database} " in title or title.rstrip().endswith(_PG_SHARED):
                     found.append(proc)
         return found
+
+
+def _tcp_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters (what `nstat` shows), zeros where unreadable."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    counters: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            counters.update(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+    return counters
 
 
 def _process(pid: int) -> psutil.Process | None:

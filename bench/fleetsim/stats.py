@@ -116,6 +116,7 @@ class Recorder:
     # server, is the bottleneck.
     lag: Histogram = field(default_factory=Histogram)
     retry_after_seen: int = 0  # 429/503 answers that carried Retry-After
+    connections: int = 0  # new connections opened (the other requests reused one)
 
     def add(self, kind: str, outcome: Outcome, seconds: float) -> None:
         stats = self.kinds.get(kind)
@@ -152,6 +153,7 @@ class Recorder:
             out.events_acked += rec.events_acked
             out.lag.extend(rec.lag)
             out.retry_after_seen += rec.retry_after_seen
+            out.connections += rec.connections
         return out
 
 

@@ -5,6 +5,7 @@ of a steady-state step."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import pickle
 import random
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from bench.fleet import FAILED, HELD, SIM_LAGGED, lagged, step_verdict
-from bench.fleetsim.agent import Fleet, Server, Unavailable
+from bench.fleetsim.agent import Fleet, Server, Unavailable, make_hosts
 from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
 from bench.fleetsim.stats import ERROR, TIMEOUT, Histogram, Recorder
 from bench.fleetsim.timers import Wheel
@@ -163,6 +164,59 @@ def test_a_failed_request_is_recorded_by_kind_and_carries_retry_after() -> None:
     rec = asyncio.run(main())
     assert rec.kinds["policy"].outcomes == {503: 1} and rec.retry_after_seen == 1
     assert rec.kinds["heartbeat"].outcomes == {ERROR: 1}
+
+
+def test_a_host_reuses_its_connection_like_the_agents_client_until_the_server_closes_it() -> None:
+    """As httpx with its default 5 s keep-alive against uvicorn: a request soon after the last one
+    goes on the same connection; one the server closed (idle too long) or answered with
+    `Connection: close` is not reused; one idle longer than the keep-alive is not either. Each
+    simulated machine connects from an address of its own, as machines of a fleet do."""
+    connections: list[str] = []  # the address each came from
+
+    async def main() -> Recorder:
+        async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(writer.get_extra_info("peername")[0])
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    try:  # the server's own keep-alive timeout: 0.5 s here
+                        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+                    except TimeoutError:
+                        break
+                    closing = b"/bye" in head
+                    writer.write(
+                        b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % (b"connection: close\r\n" if closing else b"")
+                    )
+                    await writer.drain()
+                    if closing:
+                        break
+            writer.close()
+
+        server, port = await _serve(keep)
+        rec = Recorder()
+        fleet = Fleet(None, Server("127.0.0.1", port, "x"), rec, timeout=5.0, keepalive=5.0)
+        host = make_hosts([0], seed=1, seeded=True, rng=random.Random(1))[0]
+        poll = encode(b"GET", "/api/v1/policy", {})
+        for _ in range(3):  # one connection for the three
+            await fleet.call("policy", poll, host=host)
+        assert (len(connections), rec.connections) == (1, 1)
+        await asyncio.sleep(0.8)  # the server closed it meanwhile: a new one
+        await fleet.call("policy", poll, host=host)
+        assert (len(connections), rec.connections) == (2, 2)
+        await fleet.call("policy", encode(b"GET", "/bye", {}), host=host)  # Connection: close
+        await fleet.call("policy", poll, host=host)
+        assert (len(connections), rec.connections) == (3, 3)
+        fleet.keepalive = 0.1  # the client's own expiry, shorter than the server's
+        await asyncio.sleep(0.2)
+        await fleet.call("policy", poll, host=host)
+        assert (len(connections), rec.connections) == (4, 4)
+        fleet.close_idle([host])
+        assert set(connections) == {host.address} and host.address.startswith("127.1.")  # its own
+        server.close()
+        await server.wait_closed()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.kinds["policy"].outcomes == {304: 7} and rec.all().count == 7
 
 
 def test_an_answer_finds_its_headers() -> None:

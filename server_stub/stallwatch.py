@@ -1,0 +1,171 @@
+"""What stalled the event loop: a watchdog thread that logs, for each stall, where the loop thread
+was and who had the CPU meanwhile.
+
+    watch = StallWatch(threshold=0.05)      # in the event loop (the app's lifespan)
+    watch.start(); ...; watch.stop()
+
+Off unless ENDPOINT_SERVER_STALL_MS is set (a diagnostic: `bench fleet` sets it and sums the
+lines up per step). The loop runs a heartbeat callback every TICK; a thread checks it every
+TICK and, while the heartbeat is more than `threshold` late, samples the loop thread's Python
+stack. When the loop is back it logs one line: how long the stall was, the loop thread's most
+seen stacks, and from the kernel's per-thread accounting (/proc/self/task/*/schedstat) how the
+stall's time went -- the loop thread running (Python work on the loop), waiting for a CPU (the
+machine busy: starved), or neither (blocked: the GIL held by another thread, or a blocking
+call), and how much CPU this process's other threads used meanwhile (a GIL holder shows there),
+and the garbage collector's time (gc.callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV = "ENDPOINT_SERVER_STALL_MS"
+TICK = 0.005
+STACK_DEPTH = 4  # innermost frames kept per sample
+PREFIX = "event loop stalled"  # bench/fleetsim/server.py reads these lines
+
+
+def from_env() -> StallWatch | None:
+    """A watch when ENDPOINT_SERVER_STALL_MS names a threshold in ms (> 0), else None."""
+    text = os.environ.get(ENV, "").strip()
+    try:
+        ms = float(text) if text else 0.0
+    except ValueError:
+        log.warning("%s=%r is not a number of milliseconds: no stall watch", ENV, text[:40])
+        return None
+    return StallWatch(ms / 1000.0) if ms > 0 else None
+
+
+def _schedstat(tid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of thread `tid`; zeros if unreadable."""
+    try:
+        run, wait, _ = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(run), int(wait)
+
+
+def _threads() -> dict[int, tuple[int, int]]:
+    try:
+        tids = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return {}
+    return {tid: _schedstat(tid) for tid in tids}
+
+
+def _where(frame: Any) -> str:
+    parts: list[str] = []
+    while frame is not None and len(parts) < STACK_DEPTH:
+        code = frame.f_code
+        parts.append(f"{Path(code.co_filename).stem}.{code.co_name}:{frame.f_lineno}")
+        frame = frame.f_back
+    return " < ".join(parts) or "idle"
+
+
+class StallWatch:
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._beat = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop_ident = 0
+        self._loop_tid = 0
+        self._gc_started = 0.0
+        self._gc_time = 0.0  # seconds spent collecting, cumulative
+        self._gc_full = 0
+        self.stalls = 0
+
+    def start(self) -> None:
+        """In the event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_ident = threading.get_ident()
+        self._loop_tid = threading.get_native_id()
+        self._beat = time.monotonic()
+        self._handle = self._loop.call_later(TICK, self._heartbeat)
+        gc.callbacks.append(self._gc)
+        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+        assert self._loop is not None
+        self._handle = self._loop.call_later(TICK, self._heartbeat)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_time += time.perf_counter() - self._gc_started
+            if info.get("generation") == 2:
+                self._gc_full += 1
+
+    def _watch(self) -> None:
+        stacks: Counter[str] = Counter()
+        before: dict[int, tuple[int, int]] = {}
+        gc_before = (0.0, 0)
+        began = 0.0
+        stalled = False
+        while not self._stop.wait(TICK):
+            now = time.monotonic()
+            late = now - self._beat - TICK
+            if not stalled and late > self.threshold:
+                stalled, began = True, self._beat + TICK
+                before = _threads()
+                gc_before = (self._gc_time, self._gc_full)
+                stacks.clear()
+            if stalled:
+                if late > 2 * TICK:
+                    frame = sys._current_frames().get(self._loop_ident)
+                    stacks[_where(frame)] += 1
+                    continue
+                stalled = False
+                self.stalls += 1
+                self._report(self._beat - began, before, _threads(), gc_before, stacks)
+
+    def _report(
+        self,
+        seconds: float,
+        before: dict[int, tuple[int, int]],
+        after: dict[int, tuple[int, int]],
+        gc_before: tuple[float, int],
+        stacks: Counter[str],
+    ) -> None:
+        (run1, wait1), (run0, wait0) = after.get(self._loop_tid, (0, 0)), before.get(self._loop_tid, (0, 0))
+        loop_run, loop_wait = (run1 - run0) / 1e6, (wait1 - wait0) / 1e6
+        others = [tid for tid in after if tid in before and tid != self._loop_tid]
+        others_run = sum(after[tid][0] - before[tid][0] for tid in others) / 1e6
+        others_wait = sum(after[tid][1] - before[tid][1] for tid in others) / 1e6
+        blocked = max(0.0, seconds * 1e3 - loop_run - loop_wait)
+        samples = sum(stacks.values()) or 1
+        where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
+        log.warning(
+            "%s %.0f ms: loop thread ran %.0f ms, waited for a CPU %.0f ms, blocked %.0f ms; "
+            "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (%d full); loop thread in: %s",
+            PREFIX, seconds * 1e3, loop_run, loop_wait, blocked, others_run, others_wait,
+            (self._gc_time - gc_before[0]) * 1e3, self._gc_full - gc_before[1], where or "-",
+        )  # fmt: skip
+
+
+__all__ = ["ENV", "PREFIX", "StallWatch", "from_env"]
