@@ -45,7 +45,7 @@ from typing import Any
 from bench.fleetsim.driver import loop_name, run_workers
 from bench.fleetsim.server import STALL_MS, CpuMeter, CpuSample, RunningServer, serving, wait_idle
 from bench.fleetsim.stalls import StallLog, StallSummary
-from bench.fleetsim.stats import ERROR, TIMEOUT, Recorder, outcome_text
+from bench.fleetsim.stats import ERROR, TIMEOUT, KindStats, Recorder, outcome_text
 from bench.report import Target, targets_block
 
 SUMMARY = (
@@ -73,6 +73,7 @@ OVERLOAD_TIMEOUT = 5.0  # strict: an overloaded server must answer at once, not 
 BUSY_PROCS = 2  # simulator processes for the steady state and overload (one could lag on its own)
 LAG_P99 = 0.050  # the simulator's timers later than this (p99), or
 LAG_MAX = 1.0  # than this once: it measured itself, not the server
+OTHERS_MAX = 0.25  # cores used by other processes past which a failed step is inconclusive
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -130,9 +131,18 @@ def report_lines(rec: Recorder, span: float, cores: tuple[float, float, float]) 
     if rec.connections and count:
         lines.append(
             f"    new connections: {rec.connections:,} ({rec.connections / count:.0%} of the requests; "
-            "the others reused one, as the agent's client does within 5 s)"
+            f"the others reused one, as the agent's client does within 5 s); {rec.slow_connects:,} of "
+            "them waited a second or more for the handshake (a SYN dropped, sent again)"
         )
     return "\n".join(lines)
+
+
+def others_cores(bench: Bench, label: str) -> float:
+    """Cores used by processes other than the server, its database and the simulator."""
+    if label not in bench.context:
+        return 0.0
+    earlier, now, _stalls = bench.context[label]
+    return now.others_since(earlier)
 
 
 def context_lines(bench: Bench, label: str) -> str:
@@ -207,17 +217,28 @@ class Bench:
         return results[label], cores, span
 
 
-HELD, FAILED, SIM_LAGGED = "held", "DID NOT HOLD", "INCONCLUSIVE (the simulator lagged)"
+HELD, FAILED = "held", "DID NOT HOLD"
+SIM_LAGGED = "INCONCLUSIVE (the simulator lagged)"
+MACHINE_BUSY = "INCONCLUSIVE (other processes took the CPU)"
 
 
-def step_verdict(rec: Recorder) -> tuple[str, str]:
-    """HELD, FAILED (the server missed: timeouts, errors, refusals, p95) or SIM_LAGGED (the
-    simulator fell behind its schedule: the step says nothing of the server), and why."""
+def step_verdict(rec: Recorder, others: float = 0.0) -> tuple[str, str]:
+    """HELD, FAILED (the server missed: timeouts, errors, refusals, p95), SIM_LAGGED (the
+    simulator fell behind its schedule) or MACHINE_BUSY (a step that did not hold while processes
+    other than the server, its database and the simulator used `others` > OTHERS_MAX cores: this
+    benchmark runs niced, so they had the CPU first): the step then says nothing of the server."""
     total = rec.all()
     if not total.count:
         return FAILED, "no requests"
     if lagged(rec):
         return SIM_LAGGED, f"simulator timers p99 {_ms(rec.lag.percentile(0.99))} late"
+    verdict, why = _server_verdict(rec, total)
+    if verdict != HELD and others > OTHERS_MAX:
+        return MACHINE_BUSY, f"{why}, while other processes used {others:.2f} cores"
+    return verdict, why
+
+
+def _server_verdict(rec: Recorder, total: KindStats) -> tuple[str, str]:
     failed = rec.count(TIMEOUT) + rec.count(ERROR)
     refused = sum(n for o, n in total.outcomes.items() if isinstance(o, int) and (o == 429 or o >= 500))
     p95 = total.percentile(0.95)
@@ -242,7 +263,7 @@ def ramp(
         if label.startswith("warmup"):
             return True  # new hosts met once: not measured
         hosts = steps[int(label)][0]
-        verdict, why = step_verdict(rec)
+        verdict, why = step_verdict(rec, others_cores(bench, label))
         server_cores = cores[0]
         per_core = hosts / server_cores if server_cores > 0 else math.inf
         total = rec.all()
@@ -453,6 +474,11 @@ def _steady(
         print(
             f"  the ramp stopped because the SIMULATOR lagged at {steps[-1][0]:,} hosts, not the server: "
             "the server's limit is higher (more --fleet-procs, or less else on the machine)"
+        )
+    elif steps and steps[-1][3] == MACHINE_BUSY:
+        print(
+            f"  the ramp stopped at {steps[-1][0]:,} hosts while OTHER processes used the CPU (this "
+            "benchmark runs niced): what it says of the server is a lower bound; run it on a quiet machine"
         )
     if not held:
         print("  no step held")

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from endpoint_agent import __version__
 from endpoint_agent.errors import SettingsError, StoreError
-from server_stub import stallwatch
+from server_stub import heap, stallwatch
 from server_stub.admission import Admission
 from server_stub.apidocs import document_errors, render_docs
 from server_stub.auth import Authenticator, Reader
@@ -224,6 +224,8 @@ def _warm_keys(keys: NodeKeyCache, store: Store) -> None:
         log.warning("could not read the node keys ahead: %s", exc)
         return
     log.debug("node keys held ahead: %d", held)
+    if held >= heap.FLEET:  # what lives as long as the server: out of the collector's walks
+        log.debug("objects frozen out of the garbage collector: %d", heap.settle())
 
 
 def _refusable(path: bytes) -> bool:

@@ -70,6 +70,7 @@ BURST_SIZE = 200
 # polls and its report rounds) reuses a connection idle for less than this, if the server has not
 # closed it (uvicorn closes one idle for 5 s).
 KEEPALIVE = 5.0
+SYN_RETRY = 0.9  # a handshake this long: the first SYN was dropped (the kernel sends it again after 1 s)
 _CLOCK = SystemClock()
 _HEADERS = {"Accept": "application/json", "User-Agent": f"endpoint-agent/{__version__}"}
 _JSON = {"Content-Type": "application/json"}
@@ -468,9 +469,19 @@ class Fleet:
         if sock is None:
             self.recorder.connections += 1
             sock = Socket(self.loop, self.server.host, self.server.port, host.address)
+            try:
+                return await self._kept(host, sock, raw)
+            finally:
+                if sock.handshake >= SYN_RETRY:
+                    self.recorder.slow_connects += 1
+        return await self._kept(host, sock, raw)
+
+    async def _kept(self, host: SimHost, sock: Socket, raw: bytes) -> Answer:
         answer = await sock.request(raw, timeout=self.timeout)  # closed if it fails
-        if not sock.closed:
-            idle.append(sock)
+        if host.idle is None:  # the fleet let go of its connections meanwhile (close_idle)
+            sock.close()
+        elif not sock.closed:
+            host.idle.append(sock)
         return answer
 
     def close_idle(self, hosts: Iterable[SimHost]) -> None:

@@ -221,7 +221,10 @@ class Socket:
         sock.close()
     """
 
-    __slots__ = ("_buf", "_fd", "_loop", "_pending", "_sock", "_waiter", "_writing", "closed", "idle_since")
+    __slots__ = (
+        "_buf", "_fd", "_loop", "_opened", "_pending", "_sock", "_waiter", "_writing", "closed", "handshake",
+        "idle_since",
+    )  # fmt: skip
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int, source: str | None = None
@@ -249,7 +252,10 @@ class Socket:
         self._pending = memoryview(b"")
         self._writing = False
         self.closed = False
-        self.idle_since = loop.time()
+        self._opened = self.idle_since = loop.time()
+        # Seconds until the first bytes could be sent (the handshake); -1 until then. About 1 s
+        # or more: the server's accept queue was full and the SYN had to be sent again.
+        self.handshake = -1.0
         loop.add_reader(self._fd, self._readable)
 
     async def request(self, raw: bytes, *, timeout: float) -> Answer:
@@ -299,6 +305,8 @@ class Socket:
                 self._fail(ConnectionError(f"connection failed: {exc}"))
                 return
             sent = 0
+        if sent and self.handshake < 0:
+            self.handshake = self._loop.time() - self._opened
         self._pending = self._pending[sent:]
         if self._pending and not self._writing:
             self._loop.add_writer(self._fd, self._write)

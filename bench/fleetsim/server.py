@@ -151,15 +151,20 @@ class CpuSample:
     overflows: int = 0  # the kernel's count of connections dropped from full accept queues
     syn_retrans: int = 0  # SYNs sent again (a client's connect waiting 1 s, 3 s, ...)
 
+    def others_since(self, earlier: CpuSample) -> float:
+        """Cores used by every process but the server, its database and the simulator."""
+        span = max(self.wall - earlier.wall, 1e-9)
+        return max(0.0, (self.machine - earlier.machine) / span - sum(self.cores_since(earlier)))
+
     def machine_line(self, earlier: CpuSample) -> str:
-        """The machine around the server: what else used its cores, and what the kernel dropped."""
+        """The machine around the server: what else used its cores, and what the kernel dropped
+        (machine-wide counters: other listeners count too)."""
         span = max(self.wall - earlier.wall, 1e-9)
         busy = (self.machine - earlier.machine) / span
-        ours = sum(self.cores_since(earlier))
         return (
             f"    machine: {busy:.2f} of {psutil.cpu_count() or 1} cores busy, "
-            f"{max(0.0, busy - ours):.2f} of them by processes other than the server, its database "
-            "and the simulator; kernel: "
+            f"{self.others_since(earlier):.2f} of them by processes other than the server, its database "
+            "and the simulator; kernel (all listeners): "
             f"{self.overflows - earlier.overflows:,} connections dropped from a full accept queue, "
             f"{self.syn_retrans - earlier.syn_retrans:,} SYNs sent again"
         )

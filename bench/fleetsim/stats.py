@@ -117,6 +117,7 @@ class Recorder:
     lag: Histogram = field(default_factory=Histogram)
     retry_after_seen: int = 0  # 429/503 answers that carried Retry-After
     connections: int = 0  # new connections opened (the other requests reused one)
+    slow_connects: int = 0  # of them, handshakes of a second or more: a SYN dropped and sent again
 
     def add(self, kind: str, outcome: Outcome, seconds: float) -> None:
         stats = self.kinds.get(kind)
@@ -154,6 +155,7 @@ class Recorder:
             out.lag.extend(rec.lag)
             out.retry_after_seen += rec.retry_after_seen
             out.connections += rec.connections
+            out.slow_connects += rec.slow_connects
         return out
 
 

@@ -1,0 +1,101 @@
+"""What holds up the server's event loop, told per stall (server_stub/stallwatch.py) and summed up
+per benchmark step (bench/fleetsim/stalls.py); and the heap settled out of the collector's way
+(server_stub/heap.py). Stalls here are made on purpose and far longer than the threshold, so a
+busy machine can delay a line but not change what it says."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.fleetsim.stalls import StallLog
+from server_stub import heap, stallwatch
+from server_stub.stallwatch import PREFIX, StallWatch
+
+STALL = 0.4  # seconds the loop is held up
+THRESHOLD = 0.05
+
+
+def _stall_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(PREFIX)]
+
+
+async def _held_up(how: str) -> None:
+    watch = StallWatch(THRESHOLD)
+    watch.start()
+    try:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        if how == "busy":
+            while time.monotonic() - started < STALL:
+                pass  # Python work on the loop
+        else:
+            time.sleep(STALL)  # a blocking call: the loop thread runs nothing
+        deadline = time.monotonic() + 10.0
+        while not watch.stalls and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the watch logs once the loop is back
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("how", ["busy", "blocked"])
+def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
+    how: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.WARNING, logger="server_stub.stallwatch")
+    asyncio.run(_held_up(how))
+    lines = _stall_lines(caplog)
+    assert lines, "no stall logged"
+    longest = max(lines, key=lambda line: int(line.split()[3]))
+    assert int(longest.split()[3]) >= STALL * 1e3 * 0.9
+    assert "_held_up" in longest  # the loop thread's stack, sampled during the stall
+
+    # bench fleet reads the same lines from the server's log and sums them up
+    log = tmp_path / "server.log"
+    assert StallLog(None).since_last().count == 0
+    reader = StallLog(log)  # before the server wrote anything
+    assert reader.since_last().count == 0
+    log.write_text("".join(f"2030-01-01 WARNING server_stub.stallwatch: {line}\n" for line in lines))
+    summary = reader.since_last()
+    assert summary.count == len(lines) and summary.longest_ms >= STALL * 1e3 * 0.9
+    if how == "busy":  # on a CPU, or waiting for one: not blocked
+        assert summary.ran_ms + summary.wait_ms > summary.blocked_ms
+    else:
+        assert summary.blocked_ms > summary.ran_ms
+    assert reader.since_last().count == 0  # each line counted once
+    assert summary.worst and summary.worst[0][1].startswith(PREFIX)
+    assert f"stalls over {THRESHOLD * 1e3:g} ms: {len(lines)}," in summary.line(THRESHOLD * 1e3)
+
+
+def test_the_stall_watch_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(stallwatch.ENV, raising=False)
+    assert stallwatch.from_env() is None
+    monkeypatch.setenv(stallwatch.ENV, "0")
+    assert stallwatch.from_env() is None
+    monkeypatch.setenv(stallwatch.ENV, "fifty")
+    assert stallwatch.from_env() is None  # said in one line, not a crash
+    monkeypatch.setenv(stallwatch.ENV, "50")
+    watch = stallwatch.from_env()
+    assert watch is not None and watch.threshold == pytest.approx(0.05)
+
+
+def test_settling_the_heap_freezes_what_is_alive_and_collects_garbage_first() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    alive = [Cycle() for _ in range(100)]
+    Cycle()  # garbage in a cycle: collected, not frozen
+    try:
+        frozen = heap.settle()
+        assert frozen >= len(alive) and gc.get_freeze_count() == frozen
+        tracked = {id(o) for o in gc.get_objects()}
+        assert not any(id(o) in tracked for o in alive)  # out of the collector's walks
+        assert not any(isinstance(o, Cycle) for o in gc.get_objects())
+    finally:
+        gc.unfreeze()  # this test process goes on as before
