@@ -25,8 +25,13 @@ The `fleet` benchmark measures, on one server:
   the measured poll rate, a strict 5 s timeout: every poll answered (503 + Retry-After at once,
   p95 <= 100 ms), none timed out.
 
-Every result prints CPU per request of the server, the database and the simulator, and how late
-the simulator ran its own timers.
+Every result prints CPU per request of the server, the database and the simulator, how late
+the simulator ran its own timers, how busy the machine was (and with what else), the kernel's
+accept-queue drops and SYN retransmits, and the server's event-loop stalls over 50 ms as its
+stall watch logged them (server_stub/stallwatch.py: where the loop thread was, and whether it ran,
+waited for a CPU or was blocked). A step that did not hold while other processes used the CPU
+(the benchmark runs niced) is inconclusive too. Simulated machines connect from addresses of
+their own and keep their connection as the agent's client does (bench/fleetsim/agent.py).
 """
 
 from __future__ import annotations
