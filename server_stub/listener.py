@@ -4,11 +4,12 @@ The in-flight cap (server_stub/admission.py) sees a request only once the event 
 it. A flood of new connections -- each answered from memory, so never many in progress -- can
 still outrun the loop: connections then wait in the kernel's accept queue and in the loop's
 backlog, and the agents time out before anything refuses them. So the loop's lag is measured (a
-timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag` and
-the loop answered at least `min_answers` requests since the tick before (4 x the in-flight cap:
-a flood keeps the loop late with answering, where one pause -- a gc pass, a starved machine --
-leaves it late with little answered; idle keep-alive connections, which a large fleet holds by
-the thousand, count for nothing), a connection accepted is not given to the HTTP server: its
+timer that should fire every TICK seconds: how late it runs), and while it is over `max_lag`,
+with at least `min_load` connections open (4 x the in-flight cap; fewer clients cannot queue much
+however fast they send: each waits for its answers) and at least as many requests answered since
+the tick before (a flood keeps the loop late with answering, where one pause -- a gc pass, a
+starved machine -- leaves it late with little answered, however many idle keep-alive connections
+a large fleet holds), a connection accepted is not given to the HTTP server: its
 first request is answered with the same 503 + Retry-After the in-flight cap sends (and
 Connection: close), by a small protocol that parses nothing but the request line. That costs a
 fraction of serving the request, so the loop catches up and the refused agents come back after
@@ -51,28 +52,30 @@ class LoopLag:
     def __init__(
         self,
         max_lag: float,
-        min_answers: int,
+        min_load: int,
         unexempt: Callable[[bytes], bool],
         on_refused: Callable[[str | None], None],
     ) -> None:
         self.max_lag = max_lag
         # Lag alone may be a pause (gc) or a starved machine; a flood also keeps the loop answering.
-        self.min_answers = min_answers
+        self.min_load = min_load
         self.unexempt = unexempt  # whether a request line's path may be refused
         self.on_refused = on_refused  # (method or None): counts a refusal
         self.lagging = False
         self.lag = 0.0
         self.answered = 0  # requests answered between the last two ticks
-        self.server_state: Any = None  # uvicorn's (protocol_factory): its count of answers
+        self.server_state: Any = None  # uvicorn's (protocol_factory): its connections, its answers
         self._answers_then = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def overloaded(self) -> bool:
-        """Lagging, with at least `min_answers` answered meanwhile: refuse what arrives (new
-        connections here, requests on open ones in server_stub/nodeprotocol.py and frontdoor.py)."""
-        return self.lagging and self.answered >= self.min_answers
+        """Lagging, with at least `min_load` connections open and answers meanwhile: refuse what
+        arrives (new connections here, requests on open ones: server_stub/nodeprotocol.py, frontdoor.py)."""
+        if not self.lagging or self.answered < self.min_load:
+            return False
+        return self.server_state is not None and len(self.server_state.connections) >= self.min_load
 
     def start(self) -> None:
         """In the event loop (the app's lifespan)."""

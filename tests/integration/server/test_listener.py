@@ -125,7 +125,7 @@ def test_new_connections_are_refused_while_the_loop_lags(server: InProcessServer
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as kept:
         kept.sendall(poll)
         assert _read_answer(kept).startswith(b"HTTP/1.1 200")  # a connection open before the lag
-        meter.max_lag, meter.min_answers = -1.0, 0  # any lag at all counts: all refused
+        meter.max_lag, meter.min_load = -1.0, 0  # any lag at all counts: all refused
         try:
             deadline = time.monotonic() + DEADLINE
             while not meter.lagging and time.monotonic() < deadline:
