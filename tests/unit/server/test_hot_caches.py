@@ -7,14 +7,16 @@ pool); the watcher's poll is called directly, so nothing here depends on timing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from endpoint_agent.errors import StoreError
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.keycache import NodeKeyCache
 from server_stub.policycache import PolicyCache, served_for
 from server_stub.store import HostRecord, Store
+from server_stub.store import hosts as hosts_module
 from server_stub.store.engine import POOL_OVERFLOW, create_db_engine
 from server_stub.watcher import TRUST_WINDOW, CacheWatcher
 from server_stub.writebehind import HostActivity
@@ -186,6 +188,39 @@ def test_contact_times_and_heartbeats_are_written_in_batches(store: Store) -> No
     activity.seen(ids[1], T0)  # an older time (another process wrote a newer one): never moves back
     activity.flush()
     assert store.hosts.get(ids[1]).last_seen == later  # type: ignore[union-attr]
+
+
+def test_a_flush_in_several_statements_stores_every_field_alike_on_both_databases(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL writes a flush as one statement of arrays per batch, SQLite as executemany:
+    the same rows either way, every heartbeat field included, over several batches."""
+    monkeypatch.setattr(hosts_module, "_BATCH", 2)
+    ids = [
+        store.hosts.enroll(machine_id=f"m{i}", hostname=f"ws-{i}", node_key_hash=f"{i:064x}", now=T0)
+        for i in range(5)
+    ]
+    at = T0 + timedelta(minutes=2)
+    scanned = datetime(2030, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))  # stored as 12:00 UTC
+    beat = Heartbeat.model_validate(
+        {
+            "agent_version": "9.9", "policy_version": 7, "mode": "monitor", "last_scan_at": scanned,
+            "counters": {"scans": 3, "kills": 1}, "circuit_state": "open", "mode_reason": "break-glass",
+        }
+    )  # fmt: skip
+    store.hosts.heartbeat_many([(host_id, beat, at) for host_id in reversed(ids[:3])])
+    store.hosts.touch_many({host_id: at + timedelta(seconds=1) for host_id in ids[2:]})
+    for host_id in ids[:3]:
+        got = store.hosts.get(host_id)
+        assert got is not None
+        assert (got.agent_version, got.policy_version, got.mode, got.circuit_state, got.mode_reason) == (
+            "9.9", 7, "monitor", "open", "break-glass",
+        )  # fmt: skip
+        assert got.counters == {"scans": 3, "kills": 1} and got.heartbeat_at == at
+        assert got.last_scan_at == T0 and got.last_scan_at.tzinfo == UTC  # type: ignore[union-attr]
+    assert [store.hosts.get(h).last_seen for h in ids] == [at, at] + [at + timedelta(seconds=1)] * 3  # type: ignore[union-attr]
+    with pytest.raises((StoreError, ValueError), match="naive"):
+        store.hosts.touch_many({ids[0]: datetime(2030, 5, 1)})  # a naive time: refused
 
 
 def test_fleet_figures_include_heartbeats_held_for_a_batched_write(store: Store) -> None:
