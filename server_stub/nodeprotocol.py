@@ -42,6 +42,10 @@ from server_stub.middleware import UNLIMITED_PATHS
 log = logging.getLogger(__name__)
 
 BODY_MAX = 65536  # a heartbeat's body read here (a few hundred bytes in practice); larger: uvicorn's
+# A request's line and headers, at most (httptools and uvicorn keep any amount): past it 400 and closed.
+# Counted by what was read while a head was open, so a read that also ended a body counts too:
+# a head is refused somewhere between HEAD_MAX - one read (256 KiB) and HEAD_MAX.
+HEAD_MAX = 1024 * 1024
 _UNLIMITED = frozenset(path.encode("ascii") for path in UNLIMITED_PATHS)
 
 # What the current request is to this protocol.
@@ -91,14 +95,18 @@ class NodeProtocol(HttpToolsProtocol):
         self.body = bytearray()
         self.body_timer: asyncio.TimerHandle | None = None
         self.answered = False  # since data last came in: the keep-alive timer is due
+        self.head_open = False  # a request's head is being read
+        self.head_read = 0  # bytes read while it was
 
     # -- parser callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.state = _PASSED
+        self.head_open = True
 
     def on_headers_complete(self) -> None:
+        self.head_open, self.head_read = False, 0
         if self.door.fast and self._idle() and not self.parser.should_upgrade():
             if self.transport.is_closing():
                 self.state = _DONE  # after a closing answer: nothing more is read
@@ -147,6 +155,12 @@ class NodeProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self.answered = False
         super().data_received(data)
+        if self.head_open and not self.transport.is_closing():
+            self.head_read += len(data)
+            if self.head_read > HEAD_MAX:
+                self.logger.warning("Request head larger than %d bytes.", HEAD_MAX)
+                self.send_400_response("Request head too large.")
+                return
         if self.answered:
             self._idle_again()
 

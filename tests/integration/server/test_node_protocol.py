@@ -10,12 +10,14 @@ against the real app under uvicorn on 127.0.0.1, over raw sockets.
 - pipelined requests are answered in order across answers written here and by the app, and
   nothing after a closing answer; a request in pieces is put together; a client that does not
   read its answers gets all of them, in order, once it does; an idle connection is closed after
-  the keep-alive timeout, also after a dropped late body.
+  the keep-alive timeout, also after a dropped late body; a head that never ends is refused (400,
+  closed) once HEAD_MAX bytes came, not kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -31,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from server_stub.admission import REFUSAL_BODY, refusal_headers
 from server_stub.frontdoor import Answer, FrontDoor
 from server_stub.listener import FRONT_DOOR_STATE
-from server_stub.nodeprotocol import BODY_MAX, NodeProtocol, render
+from server_stub.nodeprotocol import BODY_MAX, HEAD_MAX, NodeProtocol, render
 from tests.support.inprocess_server import InProcessServer, in_process_server
 from tests.support.server import API
 
@@ -139,6 +141,7 @@ def test_what_the_protocol_relies_on_in_uvicorn_is_there() -> None:
         "connection_lost",
         "shutdown",
         "_unset_keepalive_if_required",
+        "send_400_response",
         "timeout_keep_alive_handler",
     ):
         assert callable(getattr(HttpToolsProtocol, name, None)), name
@@ -464,3 +467,22 @@ def test_heartbeat_stored_is_the_one_validated(server: InProcessServer, node: di
     with activity._lock:
         beat = activity._beats[node["host_id"]][0]
     assert (beat.agent_version, beat.mode, dict(beat.counters)) == ("9", "monitor", {"queue_pending": 7})
+
+
+def test_a_head_that_never_ends_is_refused_not_kept(server: InProcessServer, node: dict[str, str]) -> None:
+    ceiling = 32 * HEAD_MAX  # what kernel buffers could take in besides; the server kept all of it before
+    with _connect(server) as sock:
+        sock.sendall(_poll(node))  # a request, then one whose header goes on and on
+        sock.sendall(f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\nX-Long: ".encode())
+        reader = _Reader(sock)
+        assert _status(reader.answer()) == 304
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent <= ceiling:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        refused = b""
+        with contextlib.suppress(ConnectionError):  # the answer may be lost to the reset
+            refused = reader.answer()
+    assert sent <= ceiling, "the server went on reading the head"
+    assert refused == b"" or refused.startswith(b"HTTP/1.1 400"), refused[:100]
