@@ -347,7 +347,7 @@ def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextualSelect:
         # Named: SQLite may otherwise sort every event of the kind from ix_events_kind_day_id (as
         # covering, and preferred where it alone has no statistics): seconds at 1 M. (SQLAlchemy
         # writes no index hints for SQLite.)
-        first = "SELECT detected_at FROM events INDEXED BY ix_events_kind_detected WHERE kind = :kind"
+        first = "SELECT detected_at FROM events INDEXED BY ix_events_console WHERE kind = :kind"
         return (
             sa.text(
                 f"SELECT ({first} ORDER BY detected_at LIMIT 1), ({first} ORDER BY detected_at DESC LIMIT 1)"

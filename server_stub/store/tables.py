@@ -95,9 +95,17 @@ events = sa.Table(
     sa.Column("severity", sa.String(16), nullable=True),
     sa.UniqueConstraint("host_id", "event_id", name="uq_events_host_event"),
     sa.Index("ix_events_kind_id", "kind", "id"),
-    sa.Index("ix_events_kind_detected", "kind", "detected_at", postgresql_include=["id"]),
+    # migration 16: the one time index (ix_events_kind_detected dropped); on PostgreSQL it carries the id
     sa.Index(
-        "ix_events_console", "kind", "detected_at", "category", "action", "rule_id", "host_id", "triage_state"
+        "ix_events_console",
+        "kind",
+        "detected_at",
+        "category",
+        "action",
+        "rule_id",
+        "host_id",
+        "triage_state",
+        postgresql_include=["id"],
     ),
     # migration 12: on PostgreSQL these three also carry the id (a period's page reads only them)
     sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at", postgresql_include=["id"]),
