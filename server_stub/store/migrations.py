@@ -362,15 +362,13 @@ def _v15_events_host_once_per_batch(conn: Connection) -> None:
 # (the span of detection times, retention's batches, a long period's page, the ends of a period's
 # id window) is served by the console index alone once that carries the id on PostgreSQL too
 # (SQLite's indexes hold the row id already). One index fewer for each stored event.
+_CONSOLE_COLUMNS = "kind, detected_at, category, action, rule_id, host_id, triage_state"
+
+
 def _v16_one_time_index(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("DROP INDEX ix_events_console"))
-        conn.execute(
-            sa.text(
-                "CREATE INDEX ix_events_console ON events "
-                "(kind, detected_at, category, action, rule_id, host_id, triage_state) INCLUDE (id)"
-            )
-        )
+        conn.execute(sa.text(f"CREATE INDEX ix_events_console ON events ({_CONSOLE_COLUMNS}) INCLUDE (id)"))
     conn.execute(sa.text("DROP INDEX ix_events_kind_detected"))
 
 
