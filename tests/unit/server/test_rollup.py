@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from server_stub.store import EventFilter, EventInsert, Store
+from server_stub.store import EventFilter, EventInsert, Store, stats
 from server_stub.store.rollup import rebuild, split
 from server_stub.store.tables import host_daily, host_running, host_totals, violation_daily, violation_hourly
 
@@ -53,8 +53,13 @@ def _raw_total(store: Store, flt: EventFilter) -> int:
         after = items[-1].id
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_rollup_counts_equal_the_events(store: Store, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "daily_max"), [(1, timedelta.min), (2, timedelta.max)])
+def test_rollup_counts_equal_the_events(
+    store: Store, seed: int, daily_max: timedelta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counts by host of a period from the running totals (none counted by day rows), then from the
+    # daily rows for every period (server_stub/store/stats.py DAILY_MAX).
+    monkeypatch.setattr(stats, "DAILY_MAX", daily_max)
     rnd = random.Random(seed)
     hosts = _load(store, rnd)
     some = store.events.page("violation", EventFilter(), after_id=0, limit=500)[0]
