@@ -105,7 +105,9 @@ async def ramp(ctx: Context, params: dict[str, Any]) -> None:
 
 async def polls(ctx: Context, params: dict[str, Any]) -> None:
     """Closed loop: `concurrency` keep-alive connections each polling (If-None-Match) for `seconds`,
-    in callbacks (bench/fleetsim/poller.py); a 429/503 pauses its connection for Retry-After."""
+    in callbacks (bench/fleetsim/poller.py), the next poll at once or after a pause of mean
+    `think` seconds (a paced rate: about concurrency / think polls/s); a 429/503 pauses its
+    connection for Retry-After."""
     loop = asyncio.get_running_loop()
     hosts, recorder, fleet = _pollers(ctx, params)
     requests = [poll_request(host) for host in hosts]
@@ -120,7 +122,8 @@ async def polls(ctx: Context, params: dict[str, Any]) -> None:
         await asyncio.gather(*(
             keep_polling(
                 loop, params["port"], requests, recorder, until=until, timeout=fleet.timeout,
-                first=c * len(requests) // conns, wait_retry_after=True,
+                first=c * len(requests) // conns, wait_retry_after=True, think=params.get("think", 0.0),
+                rng=random.Random(f"{params['seed']}:{ctx.worker}:{c}"),
             )
             for c in range(conns)
         ))  # fmt: skip

@@ -120,3 +120,8 @@ def test_python_m_bench_fleet_runs_end_to_end() -> None:
     assert "hosts per server core" in out
     policy_line = next(line for line in out.splitlines() if line.strip().startswith("policy"))
     assert "304:" in policy_line and "timeout" not in policy_line
+    # What surrounded the server: the machine, the kernel's drops, the server's own stall watch
+    # (server_stub/stallwatch.py, switched on by the benchmark), the connections opened.
+    assert "machine: " in out and "connections dropped from a full accept queue" in out
+    assert "server event-loop stalls over 50 ms: " in out
+    assert "new connections: " in out
