@@ -51,7 +51,7 @@ from typing import Any
 from bench.fleetsim.driver import loop_name, run_workers
 from bench.fleetsim.server import STALL_MS, CpuMeter, CpuSample, RunningServer, serving, wait_idle
 from bench.fleetsim.stalls import StallLog, StallSummary
-from bench.fleetsim.stats import ERROR, TIMEOUT, KindStats, Recorder, outcome_text
+from bench.fleetsim.stats import ERROR, SLOW, TIMEOUT, KindStats, Recorder, outcome_text
 from bench.report import Target, targets_block
 
 SUMMARY = (
@@ -141,6 +141,19 @@ def report_lines(rec: Recorder, span: float, cores: tuple[float, float, float]) 
             f"the others reused one, as the agent's client does within 5 s); {rec.slow_connects:,} of "
             "them waited a second or more for the handshake (a SYN dropped, sent again)"
         )
+        shake, kept = rec.handshakes, rec.reused
+        lines.append(
+            f"    handshake of a new connection: p50 {_ms(shake.percentile(0.5))}, p95 "
+            f"{_ms(shake.percentile(0.95))}, max {_ms(shake.max() if shake.n else math.nan)}; "
+            f"a request on a kept connection: p50 {_ms(kept.percentile(0.5))}, p95 "
+            f"{_ms(kept.percentile(0.95))}, p99 {_ms(kept.percentile(0.99))}"
+        )
+    if rec.slow:
+        when = ", ".join(
+            f"{time.strftime('%H:%M:%S', time.localtime(t))}.{int(t % 1 * 1000):03d} {kind} {secs:.2f} s"
+            for t, kind, secs in rec.slow[:5]
+        )
+        lines.append(f"    first requests slower than {SLOW:g} s: {when}")
     return "\n".join(lines)
 
 

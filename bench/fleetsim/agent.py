@@ -449,7 +449,9 @@ class Fleet:
         except OSError as exc:
             self.recorder.add(kind, ERROR, time.perf_counter() - started)
             raise Unavailable(f"{kind}: {exc}") from exc
-        self.recorder.add(kind, answer.status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.recorder.add(kind, answer.status, elapsed)
+        self.recorder.note_slow(kind, elapsed)
         return answer
 
     async def _pooled(self, host: SimHost, raw: bytes) -> Answer:
@@ -472,9 +474,14 @@ class Fleet:
             try:
                 return await self._kept(host, sock, raw)
             finally:
+                if sock.handshake >= 0:
+                    self.recorder.handshakes.add(sock.handshake)
                 if sock.handshake >= SYN_RETRY:
                     self.recorder.slow_connects += 1
-        return await self._kept(host, sock, raw)
+        started = time.perf_counter()
+        answer = await self._kept(host, sock, raw)
+        self.recorder.reused.add(time.perf_counter() - started)
+        return answer
 
     async def _kept(self, host: SimHost, sock: Socket, raw: bytes) -> Answer:
         answer = await sock.request(raw, timeout=self.timeout)  # closed if it fails

@@ -16,11 +16,14 @@ theirs to the driver.
 from __future__ import annotations
 
 import math
+import time
 from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+SLOW = 0.5
+SLOW_KEPT = 20
 TIMEOUT = "timeout"  # no complete answer within the agent's timeout
 ERROR = "error"  # refused, reset or closed connection
 Outcome = int | str
@@ -118,6 +121,11 @@ class Recorder:
     retry_after_seen: int = 0  # 429/503 answers that carried Retry-After
     connections: int = 0  # new connections opened (the other requests reused one)
     slow_connects: int = 0  # of them, handshakes of a second or more: a SYN dropped and sent again
+    handshakes: Histogram = field(default_factory=Histogram)  # seconds until a new one could send
+    reused: Histogram = field(default_factory=Histogram)  # latency of requests on a kept connection
+    # The first SLOW_KEPT requests slower than SLOW seconds: (wall clock, kind, seconds), to match
+    # with what the server logged at that time (its stall lines carry the time).
+    slow: list[tuple[float, str, float]] = field(default_factory=list)
 
     def add(self, kind: str, outcome: Outcome, seconds: float) -> None:
         stats = self.kinds.get(kind)
@@ -128,6 +136,10 @@ class Recorder:
         if hist is None:
             hist = stats.latencies[outcome] = Histogram()
         hist.add(seconds)
+
+    def note_slow(self, kind: str, seconds: float) -> None:
+        if seconds > SLOW and len(self.slow) < SLOW_KEPT:
+            self.slow.append((time.time(), kind, seconds))
 
     def late(self, seconds: float) -> None:
         self.lag.add(max(0.0, seconds))
@@ -156,6 +168,9 @@ class Recorder:
             out.retry_after_seen += rec.retry_after_seen
             out.connections += rec.connections
             out.slow_connects += rec.slow_connects
+            out.handshakes.extend(rec.handshakes)
+            out.reused.extend(rec.reused)
+            out.slow = sorted([*out.slow, *rec.slow])[:SLOW_KEPT]
         return out
 
 
