@@ -150,6 +150,7 @@ class CpuSample:
     machine: float = 0.0  # CPU seconds busy on the whole machine (every process), cumulative
     overflows: int = 0  # the kernel's count of connections dropped from full accept queues
     syn_retrans: int = 0  # SYNs sent again (a client's connect waiting 1 s, 3 s, ...)
+    rto: int = 0  # retransmission timeouts (a segment, SYN included, sent again after waiting)
 
     def others_since(self, earlier: CpuSample) -> float:
         """Cores used by every process but the server, its database and the simulator."""
@@ -166,7 +167,8 @@ class CpuSample:
             f"{self.others_since(earlier):.2f} of them by processes other than the server, its database "
             "and the simulator; kernel (all listeners): "
             f"{self.overflows - earlier.overflows:,} connections dropped from a full accept queue, "
-            f"{self.syn_retrans - earlier.syn_retrans:,} SYNs sent again"
+            f"{self.syn_retrans - earlier.syn_retrans:,} SYNs sent again, {self.rto - earlier.rto:,} "
+            "retransmission timeouts"
         )
 
     def cores_since(self, earlier: CpuSample) -> tuple[float, float, float]:
@@ -205,6 +207,7 @@ class CpuMeter:
         return CpuSample(
             wall, server, db, sim, machine=busy,
             overflows=tcp.get("ListenOverflows", 0), syn_retrans=tcp.get("TCPSynRetrans", 0),
+            rto=tcp.get("TCPTimeouts", 0),
         )  # fmt: skip
 
     def _account(self, what: str, processes: list[psutil.Process]) -> None:
