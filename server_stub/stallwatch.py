@@ -83,8 +83,9 @@ class StallWatch:
         self._thread: threading.Thread | None = None
         self._loop_ident = 0
         self._loop_tid = 0
-        self._gc_started = 0.0
+        self._gc_started = (0.0, 0.0)
         self._gc_time = 0.0  # seconds spent collecting, cumulative
+        self._gc_cpu = 0.0  # of which the collecting thread was on a CPU
         self._gc_full = 0
         self.stalls = 0
 
@@ -115,16 +116,17 @@ class StallWatch:
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_started = time.perf_counter()
+            self._gc_started = (time.perf_counter(), time.thread_time())
         else:
-            self._gc_time += time.perf_counter() - self._gc_started
+            self._gc_time += time.perf_counter() - self._gc_started[0]
+            self._gc_cpu += time.thread_time() - self._gc_started[1]
             if info.get("generation") == 2:
                 self._gc_full += 1
 
     def _watch(self) -> None:
         stacks: Counter[str] = Counter()
         before: dict[int, tuple[int, int]] = {}
-        gc_before = (0.0, 0)
+        gc_before = (0.0, 0.0, 0)
         began = 0.0
         stalled = False
         while not self._stop.wait(TICK):
@@ -133,7 +135,7 @@ class StallWatch:
             if not stalled and late > self.threshold:
                 stalled, began = True, self._beat + TICK
                 before = _threads()
-                gc_before = (self._gc_time, self._gc_full)
+                gc_before = (self._gc_time, self._gc_cpu, self._gc_full)
                 stacks.clear()
             if stalled:
                 if late > 2 * TICK:
@@ -149,7 +151,7 @@ class StallWatch:
         seconds: float,
         before: dict[int, tuple[int, int]],
         after: dict[int, tuple[int, int]],
-        gc_before: tuple[float, int],
+        gc_before: tuple[float, float, int],
         stacks: Counter[str],
     ) -> None:
         (run1, wait1), (run0, wait0) = after.get(self._loop_tid, (0, 0)), before.get(self._loop_tid, (0, 0))
@@ -162,9 +164,11 @@ class StallWatch:
         where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
         log.warning(
             "%s %.0f ms: loop thread ran %.0f ms, waited for a CPU %.0f ms, blocked %.0f ms; "
-            "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (%d full); loop thread in: %s",
+            "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (on a CPU %.0f ms; %d full); "
+            "loop thread in: %s",
             PREFIX, seconds * 1e3, loop_run, loop_wait, blocked, others_run, others_wait,
-            (self._gc_time - gc_before[0]) * 1e3, self._gc_full - gc_before[1], where or "-",
+            (self._gc_time - gc_before[0]) * 1e3, (self._gc_cpu - gc_before[1]) * 1e3,
+            self._gc_full - gc_before[2], where or "-",
         )  # fmt: skip
 
 
