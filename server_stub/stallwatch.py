@@ -156,9 +156,10 @@ class StallWatch:
     ) -> None:
         (run1, wait1), (run0, wait0) = after.get(self._loop_tid, (0, 0)), before.get(self._loop_tid, (0, 0))
         loop_run, loop_wait = (run1 - run0) / 1e6, (wait1 - wait0) / 1e6
-        others = [tid for tid in after if tid in before and tid != self._loop_tid]
-        others_run = sum(after[tid][0] - before[tid][0] for tid in others) / 1e6
-        others_wait = sum(after[tid][1] - before[tid][1] for tid in others) / 1e6
+        # A thread started during the stall (a worker thread made on demand) counts from zero.
+        others = [tid for tid in after if tid != self._loop_tid]
+        others_run = sum(after[tid][0] - before.get(tid, (0, 0))[0] for tid in others) / 1e6
+        others_wait = sum(after[tid][1] - before.get(tid, (0, 0))[1] for tid in others) / 1e6
         blocked = max(0.0, seconds * 1e3 - loop_run - loop_wait)
         samples = sum(stacks.values()) or 1
         where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
