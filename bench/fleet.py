@@ -447,7 +447,7 @@ def _polls(bench: Bench, seconds: float) -> tuple[list[Target], float]:
     pstats = prec.kinds.get("policy")
     p99 = pstats.percentile(0.99) if pstats else math.nan
     answered = pstats.count if pstats else 0
-    print(f"  304 policy polls, {POLL_CONNS} keep-alive connections offering {POLL_PER_CORE:,.0f}/s "
+    print(f"  304 policy polls, {POLL_CONNS} keep-alive connections paced at {POLL_PER_CORE:,.0f}/s "
           f"(each pausing {POLL_CONNS / POLL_PER_CORE * 1e3:.0f} ms on average between polls), "
           f"{seconds:.0f} s: {answered / seconds:,.0f}/s answered, p99 {_ms(p99)}", flush=True)  # fmt: skip
     print(report_lines(prec, seconds, pcores), flush=True)
@@ -455,7 +455,7 @@ def _polls(bench: Bench, seconds: float) -> tuple[list[Target], float]:
     return [
         Target("3000 / 304 polls/s per server core", POLL_PER_CORE / max(per_core, 1e-9), 1.0),
         Target(
-            f"304 poll p99 / 50 ms ({POLL_CONNS} concurrent, {POLL_PER_CORE:,.0f}/s offered)",
+            f"304 poll p99 / 50 ms ({POLL_CONNS} concurrent, paced at {POLL_PER_CORE:,.0f}/s)",
             p99 / POLL_P99 if pstats else math.inf,
             1.0,
         ),
