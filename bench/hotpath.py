@@ -7,9 +7,10 @@ NEW connection (as an agent polling once a minute sends them), and the server pr
 time (/proc/PID/stat) is divided by the number of answers. CPU time, not wall time: what the
 server spends does not depend on how busy the rest of the machine is (much less than latency does).
 
-Two servers in the same run: with uvicorn's own HTTP protocol (ENDPOINT_SERVER_NODE_PROTOCOL=off:
-the first layer answers in ASGI), and as `serve` runs (server_stub/nodeprotocol.py: answered in
-the parser's callbacks). Targets: a 304 poll within one core's 1/3000 s (>= 3,000 polls/s per
+Two servers at once: with uvicorn's own HTTP protocol (ENDPOINT_SERVER_NODE_PROTOCOL=off: the
+first layer answers in ASGI), and as `serve` runs (server_stub/nodeprotocol.py: answered in the
+parser's callbacks); each kind is measured in turns on the two (ROUNDS), so a change in the
+machine's load falls on both alike. Targets: a 304 poll within one core's 1/3000 s (>= 3,000 polls/s per
 server core), no dearer than /healthz, and the node protocol's poll and heartbeat on a new
 connection at most 0.8 of uvicorn's.
 """
@@ -17,12 +18,15 @@ connection at most 0.8 of uvicorn's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.report import Target, targets_block
@@ -31,6 +35,7 @@ SUMMARY = "server CPU per request: 304 policy poll, heartbeat, /healthz (real uv
 POLLS_PER_CORE = 3000.0
 NEW_CONNECTION_GAIN = 0.8  # the node protocol's CPU per request on a new connection / uvicorn's
 PROTOCOLS = {"uvicorn's protocol": "off", "node protocol": ""}  # ENDPOINT_SERVER_NODE_PROTOCOL
+KINDS = ("/healthz", "304 policy poll", "heartbeat", "304 poll, new conn", "heartbeat, new conn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,12 +107,15 @@ def _hammer(
     return statuses
 
 
-def _measure(args: argparse.Namespace, protocol: str) -> dict[str, float]:
-    """Server CPU seconds per request of each kind, with ENDPOINT_SERVER_NODE_PROTOCOL=`protocol`."""
+ROUNDS = 4  # each kind is measured in turns on the two servers: the machine's load falls on both alike
+
+
+@contextlib.contextmanager
+def _serving(protocol: str) -> Iterator[tuple[int, int, dict[str, bytes]]]:
+    """A server with ENDPOINT_SERVER_NODE_PROTOCOL=`protocol`: (pid, port, the request of each kind)."""
     from tests.support.server import run_server
     from tests.support.server_policies import policy_yaml
 
-    total, connections, fresh = args.hotpath_requests, args.hotpath_connections, args.hotpath_new
     unlimited = ["--rate-limit", "1000000", "--rate-burst", "1000000"]
     env = {"ENDPOINT_SERVER_NODE_PROTOCOL": protocol}
     with (
@@ -119,7 +127,6 @@ def _measure(args: argparse.Namespace, protocol: str) -> dict[str, float]:
             raise RuntimeError("could not publish the bench policy")
         with server.client(host.node_key) as client:
             etag = client.get("/policy").headers["etag"]
-        port = int(server.base_url.rsplit(":", 1)[1])
         auth = f"Authorization: Bearer {host.node_key}\r\n"
         beat = json.dumps({"agent_version": "1.0", "mode": "enforce", "counters": {"scans": 1}}).encode()
         poll = f"GET /api/v1/policy HTTP/1.1\r\nHost: bench\r\n{auth}If-None-Match: {etag}\r\n\r\n".encode()
@@ -127,50 +134,71 @@ def _measure(args: argparse.Namespace, protocol: str) -> dict[str, float]:
             f"POST /api/v1/heartbeat HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\n"
             f"Content-Length: {len(beat)}\r\n\r\n"
         ).encode() + beat
-        kinds = {  # name: (request, count, new connection each)
-            "/healthz": (b"GET /api/v1/healthz HTTP/1.1\r\nHost: bench\r\n\r\n", total, False),
-            "304 policy poll": (poll, total, False),
-            "heartbeat": (heartbeat, total, False),
-            "304 poll, new conn": (poll, fresh, True),
-            "heartbeat, new conn": (heartbeat, fresh, True),
+        requests = {
+            "/healthz": b"GET /api/v1/healthz HTTP/1.1\r\nHost: bench\r\n\r\n",
+            "304 policy poll": poll,
+            "heartbeat": heartbeat,
+            "304 poll, new conn": poll,
+            "heartbeat, new conn": heartbeat,
         }
-        _hammer(port, kinds["/healthz"][0], 400, connections)  # warm up
-        cpu: dict[str, float] = {}
-        for name, (raw, count, new) in kinds.items():
-            (user, system), started = _cpu_seconds(server.pid), time.monotonic()
-            statuses = _hammer(port, raw, count, connections, new=new)
-            wall = time.monotonic() - started
-            user_after, system_after = _cpu_seconds(server.pid)
-            answered = sum(statuses.values())
-            cpu[name] = (user_after - user + system_after - system) / answered
-            kernel = (system_after - system) / answered
-            shown = {k.decode(): v for k, v in statuses.items()}
-            used = f"{cpu[name] * 1e6:>9.0f} us ({kernel * 1e6:.0f} kernel) {answered / wall:>8.0f}/s"
-            print(f"  {protocol or 'on':<4} {name:<20} {used}  {shown}")
-    return cpu
+        yield server.pid, int(server.base_url.rsplit(":", 1)[1]), requests
 
 
 def run(args: argparse.Namespace) -> list[Target]:
-    print(f"  {'':<4} {'':<20} {'server CPU/request':>12} {'answers/s (wall)':>14}  statuses")
-    measured = {name: _measure(args, env) for name, env in PROTOCOLS.items()}
-    before, cpu = measured["uvicorn's protocol"], measured["node protocol"]
+    connections = args.hotpath_connections
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(_serving(env)) for name, env in PROTOCOLS.items()}
+        for _pid, port, requests in servers.values():
+            _hammer(port, requests["/healthz"], 400, connections)  # warm up
+        # [cpu seconds, kernel seconds, answers, wall seconds] of each protocol and kind
+        spent = {name: {kind: [0.0, 0.0, 0, 0.0] for kind in KINDS} for name in servers}
+        statuses: dict[str, dict[str, Counter[str]]] = {
+            name: {k: Counter() for k in KINDS} for name in servers
+        }
+        for kind in KINDS:
+            new = kind.endswith("new conn")
+            count = (args.hotpath_new if new else args.hotpath_requests) // ROUNDS
+            for turn in range(ROUNDS):
+                order = list(servers) if turn % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    pid, port, requests = servers[name]
+                    (user, system), started = _cpu_seconds(pid), time.monotonic()
+                    got = _hammer(port, requests[kind], count, connections, new=new)
+                    wall = time.monotonic() - started
+                    user_after, system_after = _cpu_seconds(pid)
+                    total = spent[name][kind]
+                    total[0] += user_after - user + system_after - system
+                    total[1] += system_after - system
+                    total[2] += sum(got.values())
+                    total[3] += wall
+                    statuses[name][kind].update({k.decode(): v for k, v in got.items()})
+    print(f"  {'':<20} {'':<20} {'server CPU/request':>18} {'answers/s (wall)':>17}  statuses")
+    cpu: dict[str, dict[str, float]] = {}
+    for name in servers:
+        cpu[name] = {}
+        for kind, (seconds, kernel, answered, wall) in spent[name].items():
+            cpu[name][kind] = seconds / answered
+            per, in_kernel = seconds / answered * 1e6, kernel / answered * 1e6
+            used = f"{per:>6.0f} us ({in_kernel:.0f} kernel) {answered / wall:>9.0f}/s"
+            print(f"  {name:<20} {kind:<20} {used}  {dict(statuses[name][kind])}")
+    before, now_cpu = cpu["uvicorn's protocol"], cpu["node protocol"]
     print(f"  {'':<20} {'uvicorn protocol':>18} {'node protocol':>15} {'after/before':>13}")
-    for name in cpu:
-        was, now = before[name] * 1e6, cpu[name] * 1e6
+    for name in now_cpu:
+        was, now = before[name] * 1e6, now_cpu[name] * 1e6
         print(f"  {name:<20} {was:>15.0f} us {now:>12.0f} us {now / was:>13.2f}")
-    print(f"  => {1 / cpu['304 policy poll']:.0f} polls/s per server core kept alive, "
-          f"{1 / cpu['304 poll, new conn']:.0f} on new connections (client on the same machine)")  # fmt: skip
+    kept, fresh = 1 / now_cpu["304 policy poll"], 1 / now_cpu["304 poll, new conn"]
+    print(f"  => {kept:.0f} polls/s per server core kept alive, {fresh:.0f} on new connections")
     targets = [
-        Target("304 poll CPU x 3000 polls/s (<= 1 core)", cpu["304 policy poll"] * POLLS_PER_CORE, 1.0),
-        Target("304 poll CPU / /healthz CPU", cpu["304 policy poll"] / cpu["/healthz"], 1.0),
+        Target("304 poll CPU x 3000 polls/s (<= 1 core)", now_cpu["304 policy poll"] * POLLS_PER_CORE, 1.0),
+        Target("304 poll CPU / /healthz CPU", now_cpu["304 policy poll"] / now_cpu["/healthz"], 1.0),
         Target(
             "new-conn poll CPU: node protocol / uvicorn's",
-            cpu["304 poll, new conn"] / before["304 poll, new conn"],
+            now_cpu["304 poll, new conn"] / before["304 poll, new conn"],
             NEW_CONNECTION_GAIN,
         ),
         Target(
             "new-conn heartbeat CPU: node protocol / uvicorn's",
-            cpu["heartbeat, new conn"] / before["heartbeat, new conn"],
+            now_cpu["heartbeat, new conn"] / before["heartbeat, new conn"],
             NEW_CONNECTION_GAIN,
         ),
     ]
