@@ -9,6 +9,8 @@ read again, and then they start empty (changes may have been pruned meanwhile).
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,6 +20,9 @@ from server_stub.periodic import Periodic
 from server_stub.policycache import PolicyCache
 from server_stub.store.changes import HOST_KEY, POLICY, ChangeFeed
 
+log = logging.getLogger(__name__)
+
+CLEARED = "caches cleared, the change feed"  # bench/fleetsim/stalls.py counts these lines
 POLL_INTERVAL = 1.0
 TRUST_WINDOW = 5.0
 KEEP_CHANGES = timedelta(minutes=10)  # far longer than TRUST_WINDOW: no live reader misses a row
@@ -63,6 +68,12 @@ class CacheWatcher:
         was_fresh = self.fresh()
         changes = self._feed.since(self._seq, _BATCH)
         if not was_fresh or len(changes) >= _BATCH:
+            # Every node key is then looked up in the database again: a burst of slow requests.
+            unread = started - self._read_at if self._read_at is not None else math.inf
+            log.warning(
+                "%s: %s; node keys and policies are read from the database again", CLEARED,
+                f"not read for {unread:.1f} s" if not was_fresh else f"{len(changes)} changes at once",
+            )  # fmt: skip
             self._keys.clear()
             self._policies.invalidate()
             policy_changed = True

@@ -1,4 +1,5 @@
-"""What the server's stall watch logged during a step (server_stub/stallwatch.py), summed up.
+"""What the server's stall watch logged during a step (server_stub/stallwatch.py), summed up;
+and whether its node-key cache was cleared meanwhile (server_stub/watcher.py).
 
     reader = StallLog(path)          # the server's output file
     summary = reader.since_last()    # the stalls logged since the previous call
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server_stub.stallwatch import PREFIX
+from server_stub.watcher import CLEARED
 
 _LINE = re.compile(
     PREFIX + r" (?P<ms>\d+) ms: loop thread ran (?P<ran>\d+) ms, waited for a CPU (?P<wait>\d+) ms, "
@@ -37,6 +39,8 @@ class StallSummary:
     others_wait_ms: float = 0.0
     gc_ms: float = 0.0
     worst: list[tuple[float, str]] = field(default_factory=list)  # (ms, the logged line)
+    # The node-key cache dropped (the change feed unread too long): every key looked up again.
+    cleared: list[str] = field(default_factory=list)
 
     def add(self, match: re.Match[str], text: str) -> None:
         ms = float(match["ms"])
@@ -52,6 +56,12 @@ class StallSummary:
         self.worst = sorted([*self.worst, (ms, text)], reverse=True)[:WORST]
 
     def line(self, threshold_ms: float) -> str:
+        if not self.cleared:
+            return self._stalls(threshold_ms)
+        cleared = f"    server key cache CLEARED {len(self.cleared)} time(s): {self.cleared[0]}"
+        return self._stalls(threshold_ms) + "\n" + cleared
+
+    def _stalls(self, threshold_ms: float) -> str:
         if not self.count:
             return f"    server event-loop stalls over {threshold_ms:g} ms: none"
         return (
@@ -85,6 +95,8 @@ class StallLog:
             match = _LINE.search(text)
             if match is not None:
                 summary.add(match, text[match.start() :])
+            elif CLEARED in text:
+                summary.cleared.append(text[text.index(CLEARED) :])
         return summary
 
 

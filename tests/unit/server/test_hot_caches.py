@@ -18,7 +18,7 @@ from server_stub.policycache import PolicyCache, served_for
 from server_stub.store import HostRecord, Store
 from server_stub.store import hosts as hosts_module
 from server_stub.store.engine import POOL_OVERFLOW, create_db_engine
-from server_stub.watcher import TRUST_WINDOW, CacheWatcher
+from server_stub.watcher import CLEARED, TRUST_WINDOW, CacheWatcher
 from server_stub.writebehind import HostActivity
 from tests.support.server_policies import stored_policy
 
@@ -105,7 +105,9 @@ def test_a_reset_in_one_process_reaches_the_other_at_its_next_poll(store: Store,
     assert again == host_id and keys.get("b" * 64) == (False, None)
 
 
-def test_the_caches_are_distrusted_when_the_feed_goes_unread(store: Store) -> None:
+def test_the_caches_are_distrusted_when_the_feed_goes_unread(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = _Clock()
     keys = NodeKeyCache()
     policies = PolicyCache(store.policies)
@@ -117,8 +119,12 @@ def test_the_caches_are_distrusted_when_the_feed_goes_unread(store: Store) -> No
     assert keys.get("a" * 64)[0] and policies.peek() == ()
     clock.t += TRUST_WINDOW + 0.1  # the database was unreachable for a while
     assert keys.get("a" * 64) == (False, None) and policies.peek() is None
-    watcher.poll()  # read again: everything remembered from before is dropped
+    watcher.poll()  # read again: everything remembered from before is dropped, and said so
     assert keys.get("a" * 64) == (False, None) and len(keys) == 0
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith(CLEARED)]
+    assert len(told) == 1 and f"not read for {TRUST_WINDOW + 0.1:.1f} s" in told[0]
+    watcher.poll()  # read in time: nothing cleared, nothing said
+    assert len([r for r in caplog.records if r.getMessage().startswith(CLEARED)]) == 1
 
 
 def test_policies_served_from_memory_follow_changes_made_elsewhere(store: Store, other: Store) -> None:

@@ -16,6 +16,7 @@ import pytest
 from bench.fleetsim.stalls import StallLog
 from server_stub import heap, stallwatch
 from server_stub.stallwatch import PREFIX, StallWatch
+from server_stub.watcher import CLEARED
 
 STALL = 0.4  # seconds the loop is held up
 THRESHOLD = 0.05
@@ -60,7 +61,10 @@ def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
     assert StallLog(None).since_last().count == 0
     reader = StallLog(log)  # before the server wrote anything
     assert reader.since_last().count == 0
-    log.write_text("".join(f"2030-01-01 WARNING server_stub.stallwatch: {line}\n" for line in lines))
+    log.write_text(
+        "".join(f"2030-01-01 WARNING server_stub.stallwatch: {line}\n" for line in lines)
+        + f"2030-01-01 WARNING server_stub.watcher: {CLEARED}: not read for 6.0 s; ...\n"
+    )
     summary = reader.since_last()
     assert summary.count == len(lines) and summary.longest_ms >= STALL * 1e3 * 0.9
     if how == "busy":  # on a CPU, or waiting for one: not blocked
@@ -70,6 +74,8 @@ def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
     assert reader.since_last().count == 0  # each line counted once
     assert summary.worst and summary.worst[0][1].startswith(PREFIX)
     assert f"stalls over {THRESHOLD * 1e3:g} ms: {len(lines)}," in summary.line(THRESHOLD * 1e3)
+    assert summary.cleared == [f"{CLEARED}: not read for 6.0 s; ..."]
+    assert "key cache CLEARED 1 time(s)" in summary.line(THRESHOLD * 1e3)
 
 
 def test_the_stall_watch_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
