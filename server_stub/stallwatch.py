@@ -87,6 +87,7 @@ class StallWatch:
         self._gc_time = 0.0  # seconds spent collecting, cumulative
         self._gc_cpu = 0.0  # of which the collecting thread was on a CPU
         self._gc_full = 0
+        self._gc_last_full = (0, 0)  # (garbage freed, objects kept) by the last full collection
         self.stalls = 0
 
     def start(self) -> None:
@@ -122,6 +123,8 @@ class StallWatch:
             self._gc_cpu += time.thread_time() - self._gc_started[1]
             if info.get("generation") == 2:
                 self._gc_full += 1
+                # What a full pass walks: the garbage it freed and what it kept (not frozen).
+                self._gc_last_full = (info.get("collected", 0), len(gc.get_objects(2)))
 
     def _watch(self) -> None:
         stacks: Counter[str] = Counter()
@@ -161,15 +164,17 @@ class StallWatch:
         others_run = sum(after[tid][0] - before.get(tid, (0, 0))[0] for tid in others) / 1e6
         others_wait = sum(after[tid][1] - before.get(tid, (0, 0))[1] for tid in others) / 1e6
         blocked = max(0.0, seconds * 1e3 - loop_run - loop_wait)
+        freed, kept = self._gc_last_full
+        full = f": {freed} garbage freed, {kept} objects kept" if self._gc_full > gc_before[2] else ""
         samples = sum(stacks.values()) or 1
         where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
         log.warning(
             "%s %.0f ms: loop thread ran %.0f ms, waited for a CPU %.0f ms, blocked %.0f ms; "
-            "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (on a CPU %.0f ms; %d full); "
+            "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (on a CPU %.0f ms; %d full%s); "
             "loop thread in: %s",
             PREFIX, seconds * 1e3, loop_run, loop_wait, blocked, others_run, others_wait,
             (self._gc_time - gc_before[0]) * 1e3, (self._gc_cpu - gc_before[1]) * 1e3,
-            self._gc_full - gc_before[2], where or "-",
+            self._gc_full - gc_before[2], full, where or "-",
         )  # fmt: skip
 
 
