@@ -32,6 +32,7 @@ from server_stub.enrollserve import EnrollFastPath
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
+from server_stub.ingestgroup import upload_groups
 from server_stub.ingestserve import IngestFastPath
 from server_stub.keycache import NodeKeyCache, warm_keys
 from server_stub.limits import Limits
@@ -114,6 +115,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     store.hosts.before_read.append(activity.flush)
     auth = Authenticator(config, store, keys, activity.seen)
     enrollments = EnrollBatcher(store.hosts.enroll_many, config.clock)  # group commit
+    uploads = upload_groups(store, config.clock)  # group commit of uploads (PostgreSQL)
     ctx = ServerContext(
         config=config,
         store=store,
@@ -123,6 +125,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         activity=activity,
         limits=limits,
         enrollments=enrollments,
+        uploads=uploads,
     )
     exporter = ExportService(config.export, store.exports, product_version=__version__, clock=config.clock)
     retention = _retention(config, store)
@@ -162,6 +165,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
             lag.stop()
             rate_sync.stop()
             enrollments.stop()  # what is queued is written first
+            if uploads is not None:
+                uploads.stop()
             if retention is not None:
                 retention.stop()
             exporter.stop()

@@ -11,10 +11,12 @@ from fastapi import Depends, Request
 from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
 from server_stub.enrollbatch import EnrollBatcher
+from server_stub.groupcommit import GroupCommit
 from server_stub.limits import Limits
 from server_stub.metrics import Metrics
 from server_stub.policycache import PolicyCache
 from server_stub.store import Store
+from server_stub.store.events import EventInsert, Upload
 from server_stub.writebehind import HostActivity
 
 
@@ -28,6 +30,8 @@ class ServerContext:
     activity: HostActivity  # last_seen and heartbeats, written behind (server_stub/writebehind.py)
     limits: Limits | None = None  # the rate limits (server_stub/limits.py); set by create_app
     enrollments: EnrollBatcher | None = None  # group commit (server_stub/enrollbatch.py); set by create_app
+    # Uploads stored in groups (server_stub/ingestgroup.py): PostgreSQL; None = each on its own.
+    uploads: GroupCommit[Upload, list[EventInsert]] | None = None
 
     def now(self) -> datetime:
         return self.config.clock()

@@ -24,7 +24,8 @@ from server_stub.batch import BatchInvalid, BatchUnreadable, Received, parse_bat
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
 from server_stub.ingest import audit_stored
-from server_stub.store.events import VIOLATION, received_rows
+from server_stub.ingestgroup import UploadGroups
+from server_stub.store.events import VIOLATION, EventInsert, Upload, received_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,25 @@ log = logging.getLogger(__name__)
 def store_uploaded(ctx: ServerContext, principal: Principal, received: list[Received]) -> list[str]:
     """Store a node's validated batch (all or nothing; ids stored before are skipped, not
     duplicated); returns the ids acknowledged: every id of the batch, once, in upload order."""
+    rows = _rows(principal, received)
+    return _stored(
+        ctx, principal, received, rows, ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
+    )
+
+
+def _rows(principal: Principal, received: list[Received]) -> list[EventInsert]:
     host = principal.host
-    hostname = host.hostname if host is not None else None
-    rows = received_rows(received, principal.host_id, hostname)
-    stored = ctx.store.events.insert_batch(principal.host_id, rows, ctx.now())
+    return received_rows(received, principal.host_id, host.hostname if host is not None else None)
+
+
+def _stored(
+    ctx: ServerContext,
+    principal: Principal,
+    received: list[Received],
+    rows: list[EventInsert],
+    stored: list[EventInsert],
+) -> list[str]:
+    """Count and audit what an upload stored; the ids acknowledged."""
     violations = sum(1 for row in rows if row.kind == VIOLATION)
     if violations:
         ctx.metrics.events_received("violation", violations)
@@ -45,15 +61,38 @@ def store_uploaded(ctx: ServerContext, principal: Principal, received: list[Rece
     return list(dict.fromkeys(r.event.event_id for r in received))
 
 
-def _parse_and_store(ctx: ServerContext, principal: Principal, body: bytes) -> list[str] | None:
-    """The acknowledged ids, or None when the route must answer (invalid, too many events)."""
+def _parse(ctx: ServerContext, body: bytes) -> list[Received] | None:
+    """The batch's events, or None when the route must answer (invalid, too many events)."""
     try:
         received = parse_batch(body)
     except (BatchInvalid, BatchUnreadable):
         return None
-    if len(received) > ctx.config.max_events:
+    return received if len(received) <= ctx.config.max_events else None
+
+
+def _parse_and_store(ctx: ServerContext, principal: Principal, body: bytes) -> list[str] | None:
+    """The acknowledged ids, or None when the route must answer."""
+    received = _parse(ctx, body)
+    return None if received is None else store_uploaded(ctx, principal, received)
+
+
+def _parse_rows(
+    ctx: ServerContext, principal: Principal, body: bytes
+) -> tuple[list[Received], list[EventInsert]] | None:
+    received = _parse(ctx, body)
+    return None if received is None else (received, _rows(principal, received))
+
+
+async def _parse_and_store_grouped(
+    ctx: ServerContext, uploads: UploadGroups, principal: Principal, body: bytes
+) -> list[str] | None:
+    """`_parse_and_store`, stored with the uploads arriving now (server_stub/ingestgroup.py)."""
+    parsed = await run_in_threadpool(_parse_rows, ctx, principal, body)
+    if parsed is None:
         return None
-    return store_uploaded(ctx, principal, received)
+    received, rows = parsed
+    stored = await uploads.submit(Upload(principal.host_id, rows))
+    return _stored(ctx, principal, received, rows, stored)
 
 
 class IngestFastPath:
@@ -74,7 +113,11 @@ class IngestFastPath:
         ctx: ServerContext = scope["app"].state.ctx
         response: Response
         try:
-            acked = await run_in_threadpool(_parse_and_store, ctx, principal, message.get("body", b""))
+            body = message.get("body", b"")
+            if ctx.uploads is not None:
+                acked = await _parse_and_store_grouped(ctx, ctx.uploads, principal, body)
+            else:
+                acked = await run_in_threadpool(_parse_and_store, ctx, principal, body)
         except (ApiError, StoreError) as exc:
             response = await handled(scope, exc)
         else:

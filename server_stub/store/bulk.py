@@ -65,31 +65,47 @@ def bulk_insert(
     """Insert `rows` (distinct event ids) for `host_id`; returns the event ids really inserted.
 
     `with_inserted` (PostgreSQL only): more CTEs run in the same statement, reading the rows
-    inserted from the CTE `inserted` (its columns: _PG_RETURNED) and the parameter `%(host_id)s`.
+    inserted from the CTE `inserted` (its columns: _PG_RETURNED, the host's id among them).
     """
     if not rows:
         return set()
     if with_inserted is not None and not is_postgres(conn):
         raise ValueError("with_inserted: PostgreSQL only")
     to_db = _time_converter(conn)
-    values = [
-        (
-            ev.event_id,
-            ev.kind,
-            to_db(ev.detected_at),
-            ev.rule_id,
-            ev.category,
-            ev.action,
-            ev.type,
-            ev.data if isinstance(ev.data, str) else json.dumps(ev.data, ensure_ascii=False),
-            to_db(ev.first_seen),
-            ev.severity,
-        )
-        for ev in rows
-    ]
+    values = [_values(ev, to_db) for ev in rows]
     if is_postgres(conn):
-        return _postgres(conn, host_id, to_db(now), values, with_inserted)
+        inserted = _postgres(conn, [host_id] * len(values), to_db(now), values, with_inserted)
+        return {event_id for _, event_id in inserted}
     return _sqlite(conn, host_id, to_db(now), values)
+
+
+def bulk_insert_hosts(
+    conn: Connection,
+    host_ids: Sequence[str],
+    rows: Sequence[EventInsert],
+    now: datetime,
+    *,
+    with_inserted: str,
+) -> set[tuple[str, str]]:
+    """PostgreSQL: `bulk_insert` of rows of several hosts (`host_ids[i]` is row i's host; distinct
+    (host, event id) pairs) in one statement; returns the (host id, event id) pairs really inserted."""
+    to_db = _time_converter(conn)
+    return _postgres(conn, host_ids, to_db(now), [_values(ev, to_db) for ev in rows], with_inserted)
+
+
+def _values(ev: EventInsert, to_db: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    return (
+        ev.event_id,
+        ev.kind,
+        to_db(ev.detected_at),
+        ev.rule_id,
+        ev.category,
+        ev.action,
+        ev.type,
+        ev.data if isinstance(ev.data, str) else json.dumps(ev.data, ensure_ascii=False),
+        to_db(ev.first_seen),
+        ev.severity,
+    )
 
 
 def _time_converter(conn: Connection) -> Callable[[datetime | None], Any]:
@@ -129,28 +145,29 @@ def _sqlite(conn: Connection, host_id: str, now: Any, values: list[tuple[Any, ..
 
 _PG_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(_COLUMNS)}) "
-    f"SELECT %(host_id)s, %(now)s, "
+    f"SELECT u.host_id, %(now)s, "
     + ", ".join(f"u.{c}::json" if c == "data" else f"u.{c}" for c in _PER_ROW)
-    + " FROM unnest("
+    + " FROM unnest(%(host_id)b::text[], "
     # %(x)b: arrays sent in binary (psycopg's text format escapes each element in Python: 10x slower)
     + ", ".join(f"%({c})b::{_PG_ARRAY_TYPE.get(c, 'text[]')}" for c in _PER_ROW)
-    + f") WITH ORDINALITY AS u({', '.join(_PER_ROW)}, n) ORDER BY u.n"
+    + f") WITH ORDINALITY AS u(host_id, {', '.join(_PER_ROW)}, n) ORDER BY u.n"
     + " ON CONFLICT (host_id, event_id) DO NOTHING"
 )
 # What the CTEs given to bulk_insert may read of each inserted row.
 INSERTED = "inserted"
-_PG_RETURNED = "event_id, kind, detected_at, rule_id, category, action, first_seen"
+_PG_RETURNED = "host_id, event_id, kind, detected_at, rule_id, category, action, first_seen"
 
 
 @functools.cache
 def _pg_sql(with_inserted: str | None) -> str:
     if with_inserted is None:
-        return f"{_PG_INSERT} RETURNING event_id"
+        return f"{_PG_INSERT} RETURNING host_id, event_id"
     # One row back, not one per event: how many were inserted, and their ids only when some were
     # not (a retry), so the usual answer is "all of them".
     sql = (
         f"WITH {INSERTED} AS MATERIALIZED ({_PG_INSERT} RETURNING {_PG_RETURNED}), {with_inserted} "
-        f"SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(event_id) END FROM {INSERTED}"
+        f"SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(host_id) END, "
+        f"CASE WHEN count(*) < %(n)s THEN array_agg(event_id) END FROM {INSERTED}"
     )
     # One space between words: psycopg parses a statement once only up to 4 kB (longer: each time).
     if "--" in sql:
@@ -159,16 +176,22 @@ def _pg_sql(with_inserted: str | None) -> str:
 
 
 def _postgres(
-    conn: Connection, host_id: str, now: Any, values: list[tuple[Any, ...]], with_inserted: str | None
-) -> set[str]:
-    params: dict[str, Any] = {"host_id": host_id, "now": now}
+    conn: Connection,
+    host_ids: Sequence[str],
+    now: Any,
+    values: list[tuple[Any, ...]],
+    with_inserted: str | None,
+) -> set[tuple[str, str]]:
+    params: dict[str, Any] = {"host_id": list(host_ids), "now": now}
     for i, column in enumerate(_PER_ROW):
         params[column] = [row[i] for row in values]
     if with_inserted is None:
-        return {r[0] for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
+        return {(r[0], r[1]) for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
     params["n"] = len(values)
-    count, some = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
-    return {row[0] for row in values} if count == len(values) else set(some or ())
+    count, hosts, ids = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
+    if count == len(values):
+        return {(host, row[0]) for host, row in zip(host_ids, values, strict=True)}
+    return set(zip(hosts or (), ids or (), strict=True))
 
 
 def add_to_counts(

@@ -16,7 +16,7 @@ from endpoint_agent.errors import StoreError
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.batch import Received
 from server_stub.store import rollup
-from server_stub.store.bulk import bulk_insert
+from server_stub.store.bulk import bulk_insert, bulk_insert_hosts
 from server_stub.store.coltypes import UTCDateTime
 from server_stub.store.engine import db_errors, is_postgres, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
@@ -47,6 +47,14 @@ class EventInsert:
     type: str | None = None
     first_seen: datetime | None = None
     severity: str | None = None
+
+
+@dataclass(slots=True)
+class Upload:
+    """One node's upload: its rows, as `EventRepo.insert_batch` takes them."""
+
+    host_id: str
+    rows: Sequence[EventInsert]
 
 
 def event_insert(ev: Violation | AgentEvent, host_id: str, hostname: str | None = None) -> EventInsert:
@@ -440,17 +448,15 @@ class EventRepo:
         if not unique:
             return []
         rows = list(unique.values())
+        if self._engine.dialect.name == "postgresql":
+            outcome = self._insert_group([Upload(host_id, rows)], now)[0]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
         with db_errors("storing events"), self._engine.begin() as conn:
             # Two uploads of one host at once (a retry through another replica) may carry the same
             # ids in another order: one waits for the other (and for its rollup rows).
-            # A retried upload carries ids already stored: skip them (first copy wins). RETURNING
-            # names only the rows really inserted, so the rollups count each violation once.
-            if is_postgres(conn):
-                if not rollup.lock_uploader(conn, host_id):  # the host checked once, not per row
-                    raise StoreError(f"storing events: no host {host_id!r}")
-                # The rollups in the same statement, from its RETURNING (no round trip between).
-                inserted = bulk_insert(conn, host_id, rows, now, with_inserted=rollup.COUNT_INSERTED)
-                return [ev for ev in rows if ev.event_id in inserted]
+            # A retried upload carries ids already stored: skip them (first copy wins).
             rollup.lock_hosts(conn, (host_id,))
             inserted = bulk_insert(conn, host_id, rows, now)
             stored = [ev for ev in rows if ev.event_id in inserted]
@@ -472,6 +478,70 @@ class EventRepo:
                 +1,
             )
         return stored
+
+    def insert_uploads(
+        self, uploads: Sequence[Upload], now: datetime
+    ) -> list[list[EventInsert] | StoreError]:
+        """Several uploads at once (group commit, server_stub/ingestgroup.py): for each, in order,
+        what `insert_batch` returns for it, or the StoreError it raises.
+
+        PostgreSQL: one transaction and one statement for the whole group, as if the uploads had
+        been stored one after the other in this order (an event id that two uploads of one host
+        carry is new for the first only). Should the group fail, each upload is stored again on
+        its own, so an upload the database refuses fails alone. SQLite: one upload after the other.
+        """
+        if self._engine.dialect.name == "postgresql":
+            try:
+                return self._insert_group(uploads, now)
+            except StoreError:
+                if len(uploads) == 1:
+                    raise
+        out: list[list[EventInsert] | StoreError] = []
+        for upload in uploads:
+            try:
+                out.append(self.insert_batch(upload.host_id, upload.rows, now))
+            except StoreError as exc:
+                out.append(exc)
+        return out
+
+    def _insert_group(self, uploads: Sequence[Upload], now: datetime) -> list[list[EventInsert] | StoreError]:
+        """PostgreSQL: the uploads in one transaction: every host's lock and hosts row first (sorted
+        order, one statement), then one statement inserting the rows and counting the new violations
+        in the rollups (server_stub/store/rollup.py counting_ctes: rollup keys upserted in key order)."""
+        uploading = {u.host_id for u in uploads if u.rows}
+        if not uploading:
+            return [[] for _ in uploads]
+        first: dict[tuple[str, str], int] = {}  # (host, event id) -> the upload that carries it first
+        host_ids: list[str] = []
+        rows: list[EventInsert] = []
+        with db_errors("storing events"), self._engine.begin() as conn:
+            # The host checked once, not per row; a retry through another replica waits for this.
+            known = rollup.lock_uploaders(conn, uploading)
+            for n, upload in enumerate(uploads):
+                if upload.host_id not in known:
+                    continue
+                for ev in upload.rows:
+                    key = (upload.host_id, ev.event_id)
+                    if key not in first:
+                        first[key] = n
+                        host_ids.append(upload.host_id)
+                        rows.append(ev)
+            # Ids stored before are skipped (first copy wins); the rollups in the same statement.
+            inserted = (
+                bulk_insert_hosts(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
+                if rows
+                else set()
+            )
+        stored: list[list[EventInsert]] = [[] for _ in uploads]
+        for (key, n), ev in zip(first.items(), rows, strict=True):
+            if key in inserted:
+                stored[n].append(ev)
+        return [
+            StoreError(f"storing events: no host {u.host_id!r}")
+            if u.rows and u.host_id not in known
+            else stored[n]
+            for n, u in enumerate(uploads)
+        ]
 
     def page(self, kind: str, flt: EventFilter, *, after_id: int, limit: int) -> tuple[list[EventRow], bool]:
         """Up to `limit` events with id > after_id in receive order; and whether more follow."""

@@ -106,9 +106,11 @@ def lock_hosts(conn: Connection, host_ids: Iterable[str]) -> None:
 
 
 _HOST_LOCK = "endpoint-server:host:"
-_LOCK_UPLOADER = (
-    "SELECT pg_advisory_xact_lock(%(key)s), "
-    "EXISTS (SELECT 1 FROM hosts WHERE host_id = %(host_id)s FOR KEY SHARE)"
+# Each host's lock, then its hosts row, one host after the other in the order given (sorted).
+_LOCK_UPLOADERS = (
+    "SELECT u.h, pg_advisory_xact_lock(u.k), "
+    "EXISTS (SELECT 1 FROM hosts WHERE host_id = u.h FOR KEY SHARE) "
+    "FROM unnest(%(hosts)s::text[], %(keys)s::bigint[]) WITH ORDINALITY AS u(h, k, n) ORDER BY u.n"
 )
 
 
@@ -116,8 +118,15 @@ def lock_uploader(conn: Connection, host_id: str) -> bool:
     """PostgreSQL: `lock_hosts` for an upload's one host, and its hosts row held as a foreign key
     check holds it (FOR KEY SHARE: not deleted before this commits), in one statement. False if
     there is no such host. (Migration 15 dropped the foreign key, which did this once per row.)"""
-    params = {"key": advisory_key(_HOST_LOCK + host_id), "host_id": host_id}
-    return bool(conn.exec_driver_sql(_LOCK_UPLOADER, params).one()[1])
+    return host_id in lock_uploaders(conn, (host_id,))
+
+
+def lock_uploaders(conn: Connection, host_ids: Iterable[str]) -> set[str]:
+    """PostgreSQL: `lock_uploader` for several hosts in one statement, each host's lock taken in
+    sorted order (as `lock_hosts` takes them); returns the hosts that exist."""
+    hosts = sorted(set(host_ids))
+    params = {"hosts": hosts, "keys": [advisory_key(_HOST_LOCK + h) for h in hosts]}
+    return {row[0] for row in conn.exec_driver_sql(_LOCK_UPLOADERS, params) if row[2]}
 
 
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
@@ -246,10 +255,10 @@ def counting_ctes(inserted: str) -> str:
     """PostgreSQL: CTEs that add the violations of `inserted` to every rollup, in the statement
     that inserts them (`apply(conn, facts, +1)` for new open violations, without a round trip).
 
-    `inserted` names a CTE of the rows just stored for ONE host, the parameter `%(host_id)s`
-    (kind, detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The
-    caller holds `lock_hosts` for that host, taken in an earlier statement so that this one's
-    snapshot sees what the host's previous writer committed. Rows are upserted in key order,
+    `inserted` names a CTE of the rows just stored, of one host or several (host_id, kind,
+    detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The caller holds
+    `lock_hosts` for every one of those hosts, taken in an earlier statement so that this one's
+    snapshot sees what each host's previous writer committed. Rows are upserted in key order,
     the shared daily rows before the hourly ones (as `apply_counts` does), so this statement,
     other uploads and triage queue for each other's row locks instead of deadlocking.
 
@@ -263,7 +272,8 @@ def counting_ctes(inserted: str) -> str:
     # Keys in the "C" collation: grouped and ordered by one byte-wise sort each.
     return f"""
     new_v AS MATERIALIZED (
-        SELECT to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') {_C} AS hour,
+        SELECT host_id {_C} AS host_id,
+               to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') {_C} AS hour,
                coalesce(rule_id, '') {_C} AS rule_id, coalesce(category, '') {_C} AS category,
                coalesce(action, '') {_C} AS action,
                CASE WHEN action IN ({stopped}) AND first_seen IS NOT NULL
@@ -288,50 +298,50 @@ def counting_ctes(inserted: str) -> str:
     ),
     by_host AS (
         INSERT INTO {host_daily.name} (day, host_id, triage, n)
-        SELECT left(hour, 10), %(host_id)s, '{OPEN}', count(*) FROM new_v
-        GROUP BY 1 ORDER BY 1
+        SELECT left(hour, 10), host_id, '{OPEN}', count(*) FROM new_v
+        GROUP BY 1, 2 ORDER BY 1, 2
         ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
         RETURNING 1
     ),
     deltas AS MATERIALIZED (
-        SELECT scope, hour, count(*) AS n
-        FROM (SELECT '' {_C} AS scope, hour FROM new_v
-              UNION ALL SELECT rule_id, hour FROM new_v) AS per_scope
-        GROUP BY scope, hour
+        SELECT scope, host_id, hour, count(*) AS n
+        FROM (SELECT '' {_C} AS scope, host_id, hour FROM new_v
+              UNION ALL SELECT rule_id, host_id, hour FROM new_v) AS per_scope
+        GROUP BY scope, host_id, hour
     ),
     totals AS (
         INSERT INTO {host_totals.name} (scope, host_id, n_all, n_open)
-        SELECT scope, %(host_id)s, sum(n), sum(n) FROM deltas GROUP BY scope ORDER BY scope
+        SELECT scope, host_id, sum(n), sum(n) FROM deltas GROUP BY scope, host_id ORDER BY scope, host_id
         ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
             n_open = {host_totals.name}.n_open + excluded.n_open
         RETURNING 1
     ),
     started AS (
         INSERT INTO {host_running.name} (scope, host_id, hour, n_all, n_open)
-        SELECT d.scope, %(host_id)s, d.hour, coalesce(b.n_all, 0) + upto.n, coalesce(b.n_open, 0) + upto.n
+        SELECT d.scope, d.host_id, d.hour, coalesce(b.n_all, 0) + upto.n, coalesce(b.n_open, 0) + upto.n
         FROM deltas d
         CROSS JOIN LATERAL (SELECT sum(e.n) AS n FROM deltas e
-                            WHERE e.scope = d.scope AND e.hour <= d.hour) AS upto
+                            WHERE e.scope = d.scope AND e.host_id = d.host_id AND e.hour <= d.hour) AS upto
         LEFT JOIN LATERAL (SELECT r.n_all, r.n_open FROM {host_running.name} r
-                           WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour < d.hour
+                           WHERE r.scope = d.scope AND r.host_id = d.host_id AND r.hour < d.hour
                            ORDER BY r.hour DESC LIMIT 1) AS b ON true
         WHERE NOT EXISTS (SELECT 1 FROM {host_running.name} r
-                          WHERE r.scope = d.scope AND r.host_id = %(host_id)s AND r.hour = d.hour)
-        ORDER BY d.scope, d.hour
+                          WHERE r.scope = d.scope AND r.host_id = d.host_id AND r.hour = d.hour)
+        ORDER BY d.scope, d.host_id, d.hour
         RETURNING 1
     ),
     added AS (
         UPDATE {host_running.name} r SET n_all = r.n_all + x.n, n_open = r.n_open + x.n
-        FROM (SELECT s.scope, s.hour, sum(d.n) AS n FROM deltas d
+        FROM (SELECT s.scope, s.host_id, s.hour, sum(d.n) AS n FROM deltas d
               JOIN {host_running.name} s
-                ON s.scope = d.scope AND s.host_id = %(host_id)s AND s.hour >= d.hour
-              GROUP BY s.scope, s.hour) AS x
-        WHERE r.scope = x.scope AND r.host_id = %(host_id)s AND r.hour = x.hour
+                ON s.scope = d.scope AND s.host_id = d.host_id AND s.hour >= d.hour
+              GROUP BY s.scope, s.host_id, s.hour) AS x
+        WHERE r.scope = x.scope AND r.host_id = x.host_id AND r.hour = x.hour
         RETURNING 1
     )"""
 
 
-# New open violations of one host counted in the statement that inserts them (store/bulk.py).
+# New open violations counted in the statement that inserts them (store/bulk.py).
 COUNT_INSERTED = counting_ctes(bulk.INSERTED)
 
 

@@ -1,0 +1,154 @@
+"""Group commit: requests that arrive together are written by one writer thread in ONE transaction.
+
+One transaction per request costs a commit (a WAL flush), a pooled connection, a worker thread
+and its round trips; here each request queues its item and waits, without holding a thread, for
+its outcome. One writer thread per process takes everything queued (at most `max_batch`, in
+arrival order) and hands it to `write`, which returns one outcome per item (an Exception outcome
+is raised to that request alone). While a group is written the next one gathers, so under load
+groups grow by themselves and a lone request waits for nothing. The outcomes go back to the event
+loop in one wake-up per group (not a thread-safe future and a wake-up per request).
+
+A group whose `write` raises fails every request in it with that error. The queue is bounded:
+past `max_queue` waiting, `busy` is raised at once (the caller answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+class GroupBusy(Exception):
+    """The queue is full (or the writer stopped): the request is refused, nothing is stored."""
+
+
+class GroupCommit(Generic[Item, Out]):
+    def __init__(
+        self,
+        write: Callable[[Sequence[Item], datetime], Sequence[Out | Exception]],
+        clock: Callable[[], datetime],
+        *,
+        max_batch: int,
+        max_queue: int,
+        name: str,
+        busy: type[Exception] = GroupBusy,
+        autostart: bool = True,
+    ) -> None:
+        self._write = write
+        self._clock = clock
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._name = name
+        self._busy = busy
+        self._autostart = autostart
+        self._queue: deque[_Waiting[Item, Out]] = deque()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    async def submit(self, item: Item) -> Out:
+        """`item`'s outcome; raises its Exception outcome, the group's error, or `busy`.
+
+        Queued now (`busy` at once when it cannot be); a request cancelled before its group is
+        taken (its client left) is not written.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Out | Exception] = loop.create_future()
+        with self._wakeup:
+            if self._stopping:
+                raise self._busy("the server is stopping")
+            if len(self._queue) >= self._max_queue:
+                raise self._busy(f"{len(self._queue)} requests already waiting")
+            self._queue.append(_Waiting(item, future, loop))
+            if self._thread is None and self._autostart:
+                self._start_locked()
+            self._wakeup.notify()
+        outcome = await future
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def start(self) -> None:
+        with self._wakeup:
+            if self._thread is None and not self._stopping:
+                self._start_locked()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then end the writer; later requests are refused."""
+        with self._wakeup:
+            self._stopping = True
+            thread = self._thread
+            self._wakeup.notify()
+        if thread is not None:
+            thread.join(timeout)
+        with self._wakeup:  # never started (or stuck): nobody will write these
+            left = [] if thread is not None and thread.is_alive() else list(self._queue)
+            self._queue.clear()
+        _answer(left, error=self._busy("the server is stopping"))
+
+    def _start_locked(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue and not self._stopping:
+                    self._wakeup.wait()
+                if not self._queue:
+                    return
+                taken = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+            # A request whose client left before its group was taken is dropped here.
+            group = [waiting for waiting in taken if not waiting.future.cancelled()]
+            if group:
+                self._write_group(group)
+
+    def _write_group(self, group: list[_Waiting[Item, Out]]) -> None:
+        try:
+            outcomes = self._write([waiting.item for waiting in group], self._clock())
+            if len(outcomes) != len(group):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(group)} requests")
+        except Exception as exc:  # each request answers what a lone request would have
+            _answer(group, error=exc)
+            return
+        _answer(group, outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting(Generic[Item, Out]):
+    item: Item
+    future: asyncio.Future[Out | Exception]
+    loop: asyncio.AbstractEventLoop
+
+
+def _answer(
+    group: Sequence[_Waiting[Item, Out]],
+    outcomes: Sequence[Out | Exception] | None = None,
+    error: Exception | None = None,
+) -> None:
+    """Give each request its outcome (or the group's error): one wake-up of each event loop per group."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+    for n, waiting in enumerate(group):
+        by_loop.setdefault(waiting.loop, []).append((waiting.future, outcomes[n] if outcomes else None))
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, answers, error)
+
+
+def _settle(answers: list[tuple[asyncio.Future[Any], object]], error: Exception | None) -> None:
+    for future, outcome in answers:
+        if future.done():  # cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)

@@ -1,0 +1,51 @@
+"""Group commit for uploads on PostgreSQL: the node uploads that arrive together are stored in ONE
+transaction and one statement (server_stub/groupcommit.py; EventRepo.insert_uploads).
+
+About half of a small upload's cost is fixed per transaction (the pool's pre-ping, the host's lock,
+the statement with its rollup CTEs, the commit: four round trips and a WAL flush); a group pays it
+once. Each upload still gets its own answer: the events it stored first (a retry's ids, or an id an
+earlier upload of the group carried, are not new), or its own error (an unknown host). A group the
+database refuses is stored again one upload at a time, so an upload that cannot be stored fails
+alone. Past MAX_QUEUE waiting uploads the request is refused at once with 503 + Retry-After.
+
+SQLite has one writer anyway and gains nothing: uploads there are stored one by one as before, as
+they are on PostgreSQL with ENDPOINT_SERVER_INGEST_GROUP=off (the server's environment).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+
+from endpoint_agent.errors import StoreError
+from server_stub.groupcommit import GroupCommit
+from server_stub.store import Store
+from server_stub.store.events import EventInsert, Upload
+
+MAX_BATCH = 200  # uploads per group (x up to max_events events each: one statement)
+MAX_QUEUE = 4096
+INGEST_GROUP_ENV = "ENDPOINT_SERVER_INGEST_GROUP"  # "off": every upload its own transaction
+
+
+class UploadsBusy(StoreError):
+    """Too many uploads waiting: refused at once (503, Retry-After), nothing stored."""
+
+
+UploadGroups = GroupCommit[Upload, list[EventInsert]]
+
+
+def upload_groups(store: Store, clock: Callable[[], datetime]) -> UploadGroups | None:
+    """The group writer for this store, or None (SQLite, or switched off): store each upload alone."""
+    if store.engine.dialect.name != "postgresql":
+        return None
+    if os.environ.get(INGEST_GROUP_ENV, "").lower() == "off":
+        return None
+    return GroupCommit(
+        store.events.insert_uploads,
+        clock,
+        max_batch=MAX_BATCH,
+        max_queue=MAX_QUEUE,
+        name="upload-writer",
+        busy=UploadsBusy,
+    )
