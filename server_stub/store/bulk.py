@@ -166,8 +166,8 @@ def _pg_sql(with_inserted: str | None) -> str:
     # not (a retry), so the usual answer is "all of them".
     sql = (
         f"WITH {INSERTED} AS MATERIALIZED ({_PG_INSERT} RETURNING {_PG_RETURNED}), {with_inserted} "
-        f"SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(host_id) END, "
-        f"CASE WHEN count(*) < %(n)s THEN array_agg(event_id) END FROM {INSERTED}"
+        f"SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(ARRAY[host_id, event_id]) END "
+        f"FROM {INSERTED}"
     )
     # One space between words: psycopg parses a statement once only up to 4 kB (longer: each time).
     if "--" in sql:
@@ -188,10 +188,10 @@ def _postgres(
     if with_inserted is None:
         return {(r[0], r[1]) for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
     params["n"] = len(values)
-    count, hosts, ids = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
+    count, some = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
     if count == len(values):
         return {(host, row[0]) for host, row in zip(host_ids, values, strict=True)}
-    return set(zip(hosts or (), ids or (), strict=True))
+    return {(host, event_id) for host, event_id in some or ()}
 
 
 def add_to_counts(

@@ -259,7 +259,7 @@ def counting_ctes(inserted: str) -> str:
     detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The caller holds
     `lock_hosts` for every one of those hosts, taken in an earlier statement so that this one's
     snapshot sees what each host's previous writer committed. Rows are upserted in key order,
-    the shared daily rows before the hourly ones (as `apply_counts` does), so this statement,
+    the shared daily rows before the hourly ones (as `apply_counts` does: hourly reads daily), so this statement,
     other uploads and triage queue for each other's row locks instead of deadlocking.
 
     Running totals: a new hour starts from the stored total before it plus the batch's
@@ -291,7 +291,7 @@ def counting_ctes(inserted: str) -> str:
     hourly AS (
         INSERT INTO {violation_hourly.name} (hour, {dims}, triage, n, stop_seconds)
         SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_v
-        WHERE (SELECT count(*) FROM daily) >= 0  /* after the daily rows: one lock order */
+        WHERE (SELECT count(*) FROM daily) >= 0
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (hour, {dims}, triage) DO UPDATE SET {counts.format(t=violation_hourly.name)}
         RETURNING 1
@@ -301,7 +301,6 @@ def counting_ctes(inserted: str) -> str:
         SELECT left(hour, 10), host_id, '{OPEN}', count(*) FROM new_v
         GROUP BY 1, 2 ORDER BY 1, 2
         ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
-        RETURNING 1
     ),
     deltas AS MATERIALIZED (
         SELECT scope, host_id, hour, count(*) AS n
@@ -314,7 +313,6 @@ def counting_ctes(inserted: str) -> str:
         SELECT scope, host_id, sum(n), sum(n) FROM deltas GROUP BY scope, host_id ORDER BY scope, host_id
         ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
             n_open = {host_totals.name}.n_open + excluded.n_open
-        RETURNING 1
     ),
     started AS (
         INSERT INTO {host_running.name} (scope, host_id, hour, n_all, n_open)
@@ -328,7 +326,6 @@ def counting_ctes(inserted: str) -> str:
         WHERE NOT EXISTS (SELECT 1 FROM {host_running.name} r
                           WHERE r.scope = d.scope AND r.host_id = d.host_id AND r.hour = d.hour)
         ORDER BY d.scope, d.host_id, d.hour
-        RETURNING 1
     ),
     added AS (
         UPDATE {host_running.name} r SET n_all = r.n_all + x.n, n_open = r.n_open + x.n
@@ -337,7 +334,6 @@ def counting_ctes(inserted: str) -> str:
                 ON s.scope = d.scope AND s.host_id = d.host_id AND s.hour >= d.hour
               GROUP BY s.scope, s.host_id, s.hour) AS x
         WHERE r.scope = x.scope AND r.host_id = x.host_id AND r.hour = x.hour
-        RETURNING 1
     )"""
 
 
