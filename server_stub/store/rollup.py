@@ -259,8 +259,8 @@ def counting_ctes(inserted: str) -> str:
     detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The caller holds
     `lock_hosts` for every one of those hosts, taken in an earlier statement so that this one's
     snapshot sees what each host's previous writer committed. Rows are upserted in key order,
-    the shared daily rows before the hourly ones (as `apply_counts` does: hourly reads daily), so this statement,
-    other uploads and triage queue for each other's row locks instead of deadlocking.
+    the shared daily rows before the hourly ones (as `apply_counts` does; hourly reads daily), so
+    this statement, other uploads and triage queue for each other's row locks, not deadlocking.
 
     Running totals: a new hour starts from the stored total before it plus the batch's
     violations up to it; stored hours from the batch's first on get the batch's violations up
