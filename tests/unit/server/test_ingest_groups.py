@@ -1,0 +1,259 @@
+"""Uploads stored as a group (store/events.py insert_uploads; PostgreSQL: one transaction, one
+statement for every host's rows and the rollups): each upload learns exactly what a lone upload
+in that order would have stored, an upload that cannot be stored fails alone, the rollups equal a
+rebuild, and every host's lock is taken in sorted order (no deadlock with triage or other writers).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from endpoint_agent.errors import StoreError
+from server_stub.store import EventFilter, EventInsert, Store, rollup
+from server_stub.store.engine import advisory_key
+from server_stub.store.events import Upload
+from server_stub.store.tables import events, host_daily, violation_daily, violation_hourly
+from tests.support.server import database_url
+from tests.unit.server.test_rollup import ACTIONS, RULES, _rollup_rows
+
+T0 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def pg_store(tmp_path: Path) -> Iterator[Store]:
+    with database_url("postgres", tmp_path) as url:
+        s = Store.open(url)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _hosts(store: Store, n: int, tag: str = "g") -> list[str]:
+    return [
+        store.hosts.enroll(
+            machine_id=f"m-{tag}{i}", hostname=f"ws-{tag}{i}", node_key_hash=f"{tag}{i:063x}"[-64:], now=T0
+        )
+        for i in range(n)
+    ]
+
+
+def _ev(
+    rnd: random.Random | None = None, event_id: str | None = None, kind: str = "violation"
+) -> EventInsert:
+    rnd = rnd or random.Random()
+    event_id = event_id or str(uuid.uuid4())
+    if kind == "agent":
+        return EventInsert(event_id, "agent", T0, {"event_id": event_id}, type="events_dropped")
+    when = T0 - timedelta(
+        hours=rnd.randrange(72), minutes=rnd.randrange(60), microseconds=rnd.randrange(10**6)
+    )
+    rule, category = rnd.choice(RULES)
+    first = rnd.choice([None, when - timedelta(seconds=rnd.randrange(100))])
+    return EventInsert(event_id, "violation", when, {"event_id": event_id}, rule_id=rule, category=category,
+                       action=rnd.choice(ACTIONS), first_seen=first)  # fmt: skip
+
+
+def _ids(outcome: list[EventInsert] | StoreError) -> list[str]:
+    assert not isinstance(outcome, Exception), outcome
+    return [ev.event_id for ev in outcome]
+
+
+def _stored(store: Store) -> list[tuple[str, str]]:
+    with store.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(sa.select(events.c.host_id, events.c.event_id).order_by(events.c.id))
+        ]  # type: ignore[misc]
+
+
+def _as_rebuilt(store: Store) -> None:
+    """Every rollup as a rebuild from the events gives it (stop seconds summed in another order;
+    triage leaves a count it moved away at 0, a rebuild has no such row)."""
+    counts = {t.name for t in (violation_daily, violation_hourly, host_daily)}
+
+    def rows() -> dict[str, dict[tuple[object, ...], list[float]]]:
+        return {
+            name: {k: v for k, v in table.items() if name not in counts or k[-1] != 0}
+            for name, table in _rollup_rows(store).items()
+        }
+
+    kept = rows()
+    with store.engine.begin() as conn:
+        rollup.rebuild(conn)
+    rebuilt = rows()
+    for name, rows in kept.items():
+        assert rows.keys() == rebuilt[name].keys(), name
+        for key, stop in rows.items():
+            assert stop == pytest.approx(rebuilt[name][key], abs=1e-3 * key[-1]), (name, key)  # type: ignore[operator]
+
+
+def test_each_upload_of_a_group_learns_its_own_new_ids_exactly_once(store: Store) -> None:
+    h1, h2 = _hosts(store, 2)
+    a, b, c, d = (_ev(random.Random(i)) for i in range(4))
+    assert _ids(store.events.insert_uploads([Upload(h1, [c])], T0)[0]) == [c.event_id]
+    outcomes = store.events.insert_uploads(
+        [
+            Upload(h1, [a, b, a]),  # a twice inside one upload
+            Upload(h2, [a]),  # the same id from another host is another event
+            Upload(h1, [b, c, d]),  # b: the first upload's; c: stored before
+            Upload(h1, [a, d]),  # all carried earlier in the group
+            Upload(h2, []),
+        ],
+        T0,
+    )
+    assert [_ids(o) for o in outcomes] == [[a.event_id, b.event_id], [a.event_id], [d.event_id], [], []]
+    # Stored once each, in upload order.
+    assert _stored(store) == [
+        (h1, c.event_id),
+        (h1, a.event_id),
+        (h1, b.event_id),
+        (h2, a.event_id),
+        (h1, d.event_id),
+    ]
+    # The same group again (every upload retried): nothing is new.
+    again = store.events.insert_uploads([Upload(h1, [a, b]), Upload(h2, [a]), Upload(h1, [d])], T0)
+    assert [_ids(o) for o in again] == [[], [], []]
+    assert store.stats.summary(EventFilter()).total == 5
+
+
+def test_an_upload_of_an_unknown_host_fails_alone(store: Store) -> None:
+    (h1,) = _hosts(store, 1)
+    a, b = _ev(random.Random(1)), _ev(random.Random(2))
+    outcomes = store.events.insert_uploads(
+        [Upload(h1, [a]), Upload("no-such-host", [b]), Upload(h1, [b])], T0
+    )
+    assert _ids(outcomes[0]) == [a.event_id] and _ids(outcomes[2]) == [b.event_id]
+    assert isinstance(outcomes[1], StoreError)
+    assert _stored(store) == [(h1, a.event_id), (h1, b.event_id)]
+
+
+@pytest.mark.postgres
+def test_an_upload_the_database_refuses_fails_alone_and_the_others_are_stored(pg_store: Store) -> None:
+    h1, h2 = _hosts(pg_store, 2)
+    good = [_ev(random.Random(i)) for i in range(3)]
+    poisoned = _ev(random.Random(9), event_id="x" * 80)  # longer than the column: PostgreSQL refuses it
+    outcomes = pg_store.events.insert_uploads(
+        [Upload(h1, [good[0]]), Upload(h2, [good[1], poisoned]), Upload(h1, [good[2]])], T0
+    )
+    assert _ids(outcomes[0]) == [good[0].event_id] and _ids(outcomes[2]) == [good[2].event_id]
+    assert isinstance(outcomes[1], StoreError)
+    assert _stored(pg_store) == [
+        (h1, good[0].event_id),
+        (h1, good[2].event_id),
+    ]  # none of the poisoned upload
+    _as_rebuilt(pg_store)
+
+
+def test_grouped_uploads_keep_every_rollup_as_a_rebuild_gives_it(store: Store) -> None:
+    """Groups of uploads from several hosts (a host twice in a group, retried ids, agent events,
+    hours before and after the ones stored): every rollup equals a rebuild from the events."""
+    rnd = random.Random(17)
+    hosts = _hosts(store, 4)
+    sent: dict[str, list[EventInsert]] = {h: [] for h in hosts}
+    for _ in range(6):
+        group = []
+        for _ in range(rnd.randrange(2, 7)):
+            host = rnd.choice(hosts)
+            batch = [_ev(rnd) for _ in range(rnd.randrange(1, 20))] + [_ev(rnd, kind="agent")]
+            batch += rnd.sample(sent[host], min(3, len(sent[host])))
+            sent[host] += [ev for ev in batch if ev.kind == "violation" and ev not in sent[host]]
+            group.append(Upload(host, batch))
+        store.events.insert_uploads(group, T0)
+    _as_rebuilt(store)
+    assert store.stats.summary(EventFilter()).total == sum(len(v) for v in sent.values())
+
+
+def _holders(store: Store, keys: dict[int, str]) -> set[str]:
+    """Which of these hosts' advisory locks are held (granted) now."""
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted"
+        )
+        return {keys[k] for (k,) in rows if k in keys}
+
+
+@pytest.mark.postgres
+def test_a_group_takes_its_hosts_locks_in_sorted_order(pg_store: Store) -> None:
+    """A group of hosts [c, a, b] while b's lock is held elsewhere: it holds a's and waits for b's,
+    c's not taken yet -- the order every writer (lock_hosts: triage, SQLite's path) takes them in."""
+    a, b, c = sorted(_hosts(pg_store, 3))
+    keys = {advisory_key("endpoint-server:host:" + h): h for h in (a, b, c)}
+    done: list[object] = []
+    with pg_store.engine.begin() as holder:
+        rollup.lock_hosts(holder, [b])
+        writer = threading.Thread(
+            target=lambda: done.append(
+                pg_store.events.insert_uploads(
+                    [Upload(c, [_ev()]), Upload(a, [_ev()]), Upload(b, [_ev()])], T0
+                )
+            )
+        )
+        writer.start()
+        deadline = time.monotonic() + 30
+        while _holders(pg_store, keys) != {a, b} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _holders(pg_store, keys) == {a, b}  # a's (the group's) and b's (ours): c's waits behind b
+        assert not done
+    writer.join(30)
+    assert done and all(len(_ids(o)) == 1 for o in done[0])  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres
+def test_groups_single_uploads_and_triage_at_once_neither_deadlock_nor_lose_counts(pg_store: Store) -> None:
+    """Writers at once on one database: groups of hosts in every order (each with retried ids),
+    lone uploads and triage of stored violations: all stored, no deadlock, totals equal a rebuild."""
+    hosts = _hosts(pg_store, 5)
+    rnd = random.Random(23)
+    first = [_ev(rnd) for _ in range(20)]
+    pg_store.events.insert_batch(hosts[0], first, T0)
+    work: list[list[Upload]] = []
+    for _ in range(12):
+        group = [Upload(h, [_ev(rnd) for _ in range(10)]) for h in rnd.sample(hosts, rnd.randrange(2, 6))]
+        work.append(group + [Upload(u.host_id, list(reversed(u.rows))) for u in group[:1]])
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(fn: object) -> None:
+        start.wait()
+        try:
+            fn()  # type: ignore[operator]
+        except BaseException as exc:
+            errors.append(exc)
+
+    def groups(i: int) -> None:
+        for group in work[i::2]:
+            for outcome in pg_store.events.insert_uploads(group, T0):
+                assert not isinstance(outcome, Exception), outcome
+
+    def lone() -> None:
+        for group in work[:6]:
+            for u in group:
+                pg_store.events.insert_batch(u.host_id, u.rows, T0)
+
+    def triage() -> None:
+        for ev in first[:10]:
+            pg_store.events.set_triage([(hosts[0], ev.event_id)], "acknowledged", "n", "t", "analyst", T0)
+
+    threads = [
+        threading.Thread(target=run, args=(f,)) for f in (lambda: groups(0), lambda: groups(1), lone, triage)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    _as_rebuilt(pg_store)
+    summary = pg_store.stats.summary(EventFilter())
+    distinct = {(u.host_id, ev.event_id) for g in work for u in g for ev in u.rows}
+    assert summary.total == 20 + len(distinct) and summary.open == summary.total - 10
