@@ -35,7 +35,9 @@ class UploadsBusy(StoreError):
 UploadGroups = GroupCommit[Upload, list[EventInsert]]
 
 
-def upload_groups(store: Store, clock: Callable[[], datetime]) -> UploadGroups | None:
+def upload_groups(
+    store: Store, clock: Callable[[], datetime], *, max_queue: int = MAX_QUEUE, autostart: bool = True
+) -> UploadGroups | None:
     """The group writer for this store, or None (SQLite, or switched off): store each upload alone."""
     if store.engine.dialect.name != "postgresql":
         return None
@@ -45,7 +47,8 @@ def upload_groups(store: Store, clock: Callable[[], datetime]) -> UploadGroups |
         store.events.insert_uploads,
         clock,
         max_batch=MAX_BATCH,
-        max_queue=MAX_QUEUE,
+        max_queue=max_queue,
         name="upload-writer",
         busy=UploadsBusy,
+        autostart=autostart,
     )

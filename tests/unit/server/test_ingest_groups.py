@@ -6,6 +6,7 @@ rebuild, and every host's lock is taken in sorted order (no deadlock with triage
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -13,11 +14,13 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from endpoint_agent.errors import StoreError
+from server_stub.ingestgroup import INGEST_GROUP_ENV, UploadsBusy, upload_groups
 from server_stub.store import EventFilter, EventInsert, Store, rollup
 from server_stub.store.engine import advisory_key
 from server_stub.store.events import Upload
@@ -257,3 +260,48 @@ def test_groups_single_uploads_and_triage_at_once_neither_deadlock_nor_lose_coun
     summary = pg_store.stats.summary(EventFilter())
     distinct = {(u.host_id, ev.event_id) for g in work for u in g for ev in u.rows}
     assert summary.total == 20 + len(distinct) and summary.open == summary.total - 10
+
+
+def test_uploads_are_grouped_on_postgresql_only(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite has one writer anyway: each upload its own transaction, as before.
+    grouped = upload_groups(store, lambda: T0, autostart=False)
+    assert (grouped is not None) == (store.engine.dialect.name == "postgresql")
+    monkeypatch.setenv(INGEST_GROUP_ENV, "off")
+    assert upload_groups(store, lambda: T0, autostart=False) is None
+
+
+@pytest.mark.postgres
+def test_uploads_queued_together_are_one_transaction_each_answered_alone(pg_store: Store) -> None:
+    h1, h2 = _hosts(pg_store, 2)
+    a, b, c = (_ev(random.Random(i)) for i in range(3))
+    commits: list[int] = []
+
+    def record(_conn: Any) -> None:
+        commits.append(1)
+
+    groups = upload_groups(pg_store, lambda: T0, max_queue=4, autostart=False)
+    assert groups is not None
+
+    async def run() -> list[Any]:
+        uploads = [Upload(h1, [a, b]), Upload(h2, [a]), Upload("no-such-host", [c]), Upload(h1, [b, c])]
+        tasks = [asyncio.ensure_future(groups.submit(u)) for u in uploads]
+        await asyncio.sleep(0)  # each one queued
+        with pytest.raises(UploadsBusy):  # the queue is full: refused at once, nothing stored
+            await groups.submit(Upload(h2, [c]))
+        groups.start()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    sa.event.listen(pg_store.engine, "commit", record)
+    try:
+        outcomes = asyncio.run(run())
+    finally:
+        sa.event.remove(pg_store.engine, "commit", record)
+        groups.stop()
+    assert len(commits) == 1  # one transaction for the group
+    assert [_ids(o) for o in (outcomes[0], outcomes[1], outcomes[3])] == [
+        [a.event_id, b.event_id],
+        [a.event_id],
+        [c.event_id],
+    ]
+    assert isinstance(outcomes[2], StoreError)
+    assert _stored(pg_store) == [(h1, a.event_id), (h1, b.event_id), (h2, a.event_id), (h1, c.event_id)]
