@@ -7,6 +7,8 @@ arrival order) and hands it to `write`, which returns one outcome per item (an E
 is raised to that request alone). While a group is written the next one gathers, so under load
 groups grow by themselves and a lone request waits for nothing. The outcomes go back to the event
 loop in one wake-up per group (not a thread-safe future and a wake-up per request).
+With `writers` > 1, that many threads each take the next group: groups are then written at once
+(and may commit in any order), so only for writes whose outcome does not depend on that order.
 
 A group whose `write` raises fails every request in it with that error. The queue is bounded:
 past `max_queue` waiting, `busy` is raised at once (the caller answers 503).
@@ -42,6 +44,7 @@ class GroupCommit(Generic[Item, Out]):
         name: str,
         busy: type[Exception] = GroupBusy,
         autostart: bool = True,
+        writers: int = 1,
     ) -> None:
         self._write = write
         self._clock = clock
@@ -50,9 +53,10 @@ class GroupCommit(Generic[Item, Out]):
         self._name = name
         self._busy = busy
         self._autostart = autostart
+        self._writers = writers
         self._queue: deque[_Waiting[Item, Out]] = deque()
         self._wakeup = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
 
     async def submit(self, item: Item) -> Out:
@@ -69,7 +73,7 @@ class GroupCommit(Generic[Item, Out]):
             if len(self._queue) >= self._max_queue:
                 raise self._busy(f"{len(self._queue)} requests already waiting")
             self._queue.append(_Waiting(item, future, loop))
-            if self._thread is None and self._autostart:
+            if not self._threads and self._autostart:
                 self._start_locked()
             self._wakeup.notify()
         outcome = await future
@@ -79,25 +83,27 @@ class GroupCommit(Generic[Item, Out]):
 
     def start(self) -> None:
         with self._wakeup:
-            if self._thread is None and not self._stopping:
+            if not self._threads and not self._stopping:
                 self._start_locked()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then end the writer; later requests are refused."""
         with self._wakeup:
             self._stopping = True
-            thread = self._thread
-            self._wakeup.notify()
-        if thread is not None:
+            threads = list(self._threads)
+            self._wakeup.notify_all()
+        for thread in threads:
             thread.join(timeout)
         with self._wakeup:  # never started (or stuck): nobody will write these
-            left = [] if thread is not None and thread.is_alive() else list(self._queue)
+            left = [] if any(t.is_alive() for t in threads) else list(self._queue)
             self._queue.clear()
         _answer(left, error=self._busy("the server is stopping"))
 
     def _start_locked(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+        for _ in range(self._writers):
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _run(self) -> None:
         while True:

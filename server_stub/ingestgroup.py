@@ -25,6 +25,9 @@ from server_stub.store.events import EventInsert, Upload
 
 MAX_BATCH = 200  # uploads per group (x up to max_events events each: one statement)
 MAX_QUEUE = 4096
+# Two groups in flight: one is written while the other waits on the database's round trips. Each
+# group takes its hosts' locks in sorted order, so two at once queue for a shared host, never deadlock.
+WRITERS = 2
 INGEST_GROUP_ENV = "ENDPOINT_SERVER_INGEST_GROUP"  # "off": every upload its own transaction
 
 
@@ -51,4 +54,5 @@ def upload_groups(
         name="upload-writer",
         busy=UploadsBusy,
         autostart=autostart,
+        writers=WRITERS,
     )

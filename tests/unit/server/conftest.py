@@ -24,3 +24,14 @@ def store(db_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def pg_store(tmp_path: Path) -> Iterator[Store]:
+    """An empty PostgreSQL store only (a test of what SQLite does not have)."""
+    with database_url("postgres", tmp_path) as url:
+        s = Store.open(url)
+        try:
+            yield s
+        finally:
+            s.close()

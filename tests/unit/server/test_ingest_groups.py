@@ -11,9 +11,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,20 +23,9 @@ from server_stub.store import EventFilter, EventInsert, Store, rollup
 from server_stub.store.engine import advisory_key
 from server_stub.store.events import Upload
 from server_stub.store.tables import events, host_daily, violation_daily, violation_hourly
-from tests.support.server import database_url
 from tests.unit.server.test_rollup import ACTIONS, RULES, _rollup_rows
 
 T0 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def pg_store(tmp_path: Path) -> Iterator[Store]:
-    with database_url("postgres", tmp_path) as url:
-        s = Store.open(url)
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def _hosts(store: Store, n: int, tag: str = "g") -> list[str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +18,6 @@ from server_stub.batch import parse_batch
 from server_stub.store import EventFilter, Store, event_insert, rollup
 from server_stub.store.events import received_rows
 from server_stub.store.tables import events, host_daily, hosts, violation_daily, violation_hourly
-from tests.support.server import database_url
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -119,16 +116,6 @@ def test_events_of_a_host_that_does_not_exist_are_refused_and_nothing_is_stored(
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 0
     assert rollup_total(store) == (0, 0, 0)
-
-
-@pytest.fixture
-def pg_store(tmp_path: Path) -> Iterator[Store]:
-    with database_url("postgres", tmp_path) as url:
-        s = Store.open(url)
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def test_postgresql_checks_the_host_per_batch_sqlite_per_row(store: Store) -> None:
