@@ -1,8 +1,9 @@
 """POST /events: storing a node's batch, and a plain ASGI layer in front of the route that does it.
 
 The layer sits after authentication, the rate limits and the body read (server_stub/middleware.py)
-and answers a node's valid batch itself: decoded once (server_stub/batch.py) and stored in
-one worker thread, the acknowledgement written as the route writes it, errors answered by the
+and answers a node's valid batch itself: decoded once (server_stub/batch.py) in a worker thread
+and stored there, or on PostgreSQL with the uploads arriving at the same time (one transaction,
+server_stub/ingestgroup.py), the acknowledgement written as the route writes it, errors answered by the
 application's own handlers -- without the framework's routing, dependency resolution and response
 validation, which cost a small batch more CPU than storing it. Anything else (no node credential,
 a body announced in parts, a batch that does not validate or is too large) goes on to the route
