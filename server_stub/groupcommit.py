@@ -17,6 +17,7 @@ past `max_queue` waiting, `busy` is raised at once (the caller answers 503).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections import deque
@@ -67,19 +68,25 @@ class GroupCommit(Generic[Item, Out]):
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out | Exception] = loop.create_future()
+        self._queued(_Waiting(item, future, loop))
+        return _raised(await future)
+
+    def submit_wait(self, item: Item) -> Out:
+        """`submit` from a worker thread, which waits (one hop back to the event loop fewer)."""
+        future: concurrent.futures.Future[Out | Exception] = concurrent.futures.Future()
+        self._queued(_Waiting(item, future, None))
+        return _raised(future.result())
+
+    def _queued(self, waiting: _Waiting[Item, Out]) -> None:
         with self._wakeup:
             if self._stopping:
                 raise self._busy("the server is stopping")
             if len(self._queue) >= self._max_queue:
                 raise self._busy(f"{len(self._queue)} requests already waiting")
-            self._queue.append(_Waiting(item, future, loop))
+            self._queue.append(waiting)
             if not self._threads and self._autostart:
                 self._start_locked()
             self._wakeup.notify()
-        outcome = await future
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     def start(self) -> None:
         with self._wakeup:
@@ -129,11 +136,17 @@ class GroupCommit(Generic[Item, Out]):
         _answer(group, outcomes)
 
 
+def _raised(outcome: Out | Exception) -> Out:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 @dataclass(frozen=True, slots=True)
 class _Waiting(Generic[Item, Out]):
     item: Item
-    future: asyncio.Future[Out | Exception]
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Out | Exception] | concurrent.futures.Future[Out | Exception]
+    loop: asyncio.AbstractEventLoop | None  # None: a thread waits on `future`
 
 
 def _answer(
@@ -142,15 +155,18 @@ def _answer(
     error: Exception | None = None,
 ) -> None:
     """Give each request its outcome (or the group's error): one wake-up of each event loop per group."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop | None, list[tuple[Any, object]]] = {}
     for n, waiting in enumerate(group):
         by_loop.setdefault(waiting.loop, []).append((waiting.future, outcomes[n] if outcomes else None))
     for loop, answers in by_loop.items():
+        if loop is None:  # threads wait: a concurrent future is set from any thread
+            _settle(answers, error)
+            continue
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle, answers, error)
 
 
-def _settle(answers: list[tuple[asyncio.Future[Any], object]], error: Exception | None) -> None:
+def _settle(answers: list[tuple[Any, object]], error: Exception | None) -> None:
     for future, outcome in answers:
         if future.done():  # cancelled meanwhile
             continue

@@ -77,22 +77,15 @@ def _parse_and_store(ctx: ServerContext, principal: Principal, body: bytes) -> l
     return None if received is None else store_uploaded(ctx, principal, received)
 
 
-def _parse_rows(
-    ctx: ServerContext, principal: Principal, body: bytes
-) -> tuple[list[Received], list[EventInsert]] | None:
-    received = _parse(ctx, body)
-    return None if received is None else (received, _rows(principal, received))
-
-
-async def _parse_and_store_grouped(
+def _parse_and_store_grouped(
     ctx: ServerContext, uploads: UploadGroups, principal: Principal, body: bytes
 ) -> list[str] | None:
     """`_parse_and_store`, stored with the uploads arriving now (server_stub/ingestgroup.py)."""
-    parsed = await run_in_threadpool(_parse_rows, ctx, principal, body)
-    if parsed is None:
+    received = _parse(ctx, body)
+    if received is None:
         return None
-    received, rows = parsed
-    stored = await uploads.submit(Upload(principal.host_id, rows))
+    rows = _rows(principal, received)
+    stored = uploads.submit_wait(Upload(principal.host_id, rows))
     return _stored(ctx, principal, received, rows, stored)
 
 
@@ -116,7 +109,7 @@ class IngestFastPath:
         try:
             body = message.get("body", b"")
             if ctx.uploads is not None:
-                acked = await _parse_and_store_grouped(ctx, ctx.uploads, principal, body)
+                acked = await run_in_threadpool(_parse_and_store_grouped, ctx, ctx.uploads, principal, body)
             else:
                 acked = await run_in_threadpool(_parse_and_store, ctx, principal, body)
         except (ApiError, StoreError) as exc:
