@@ -27,6 +27,8 @@ MAX_BATCH = 200  # uploads per group (x up to max_events events each: one statem
 MAX_QUEUE = 4096
 # Two groups in flight: one is written while the other waits on the database's round trips. Each
 # group takes its hosts' locks in sorted order, so two at once queue for a shared host, never deadlock.
+# (bench fleet's ingest step, batches of 50, one run: 1 writer 4,725 events/s, 2 writers 6,035,
+# 4 writers 5,205, each upload alone 5,330: one writer leaves the CPU idle between round trips.)
 WRITERS = 2
 INGEST_GROUP_ENV = "ENDPOINT_SERVER_INGEST_GROUP"  # "off": every upload its own transaction
 
