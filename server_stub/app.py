@@ -148,11 +148,10 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         if retention is not None:
             retention.start()
         rate_sync.start()
-        if config.max_loop_lag > 0:
-            lag.start()  # uvicorn's protocol factory finds it in the lifespan state
         # uvicorn's protocol factory (server_stub/listener.py) finds these in the lifespan state.
         state: dict[str, Any] = {FRONT_DOOR_STATE: app.front_door} if app.front_door is not None else {}
         if config.max_loop_lag > 0:
+            lag.start()
             state[LISTENER_STATE] = lag
         stalls = stallwatch.from_env()  # a diagnostic: what held the loop up, logged per stall
         if stalls is not None:

@@ -15,16 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server_stub.models import HostOut
-from server_stub.store.hosts import ListedHost
+from server_stub.store.hosts import UTC_TEXT_FORMAT, ListedHost
 
-# What store/hosts.py utc_text gives: 'YYYY-MM-DD HH:MM:SS.ffffff' (26 characters).
+# What the store's utc_text gives: 'YYYY-MM-DD HH:MM:SS.ffffff' (26 characters).
 _TEXT_LEN = 26
 _NO_FRACTION = ".000000"
-
-
-def utc_text(when: datetime) -> str:
-    """A time as store/hosts.py utc_text writes it (text of this form sorts as time)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _stored(text: str) -> bool:
@@ -66,7 +61,7 @@ def _counters(text: str | None) -> str | None:
         return text.replace('": ', '":').replace(', "', ',"')
     value = json.loads(text) if text is not None else None
     if value is None:
-        return "{}"  # as HostRepo.page reads them
+        return "{}"  # as the store reads a host's unset counters (store/hosts.py _record)
     if type(value) is dict and all(type(v) is int for v in value.values()):
         return _dump(value)
     return None
@@ -94,7 +89,7 @@ def _by_model(h: ListedHost, stale: bool) -> dict[str, Any]:
 def host_list_json(rows: list[ListedHost], next_cursor: str | None, silent_before: datetime) -> str:
     """HostList's JSON of these hosts; a host is stale when never seen or last seen before
     `silent_before` (the stale filter's condition)."""
-    cutoff = utc_text(silent_before)
+    cutoff = silent_before.astimezone(UTC).strftime(UTC_TEXT_FORMAT)
     items = []
     for h in rows:
         host_id, hostname, machine_id, enrolled, seen, version, policy, mode, scan, beat, counted, circuit = h

@@ -122,31 +122,23 @@ def _is_binary_collation(name: str) -> bool:
 
 
 def host_page_query(
-    flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool, as_text: bool = False
+    flt: HostFilter, *, after: tuple[str, str] | None, limit: int, binary_order: bool
 ) -> sa.Select[Any]:
     """Hosts after (hostname, host_id) `after` in that order, read from ix_hosts_hostname (or the
-    mode's or policy version's index, which continue in the same order). Rows of HostRecord's
-    fields, or with `as_text` of ListedHost's."""
+    mode's or policy version's index, which continue in the same order). Rows of ListedHost's fields."""
     conds = _host_conditions(flt, binary_order=binary_order)
     if after is not None:
         conds.append(sa.tuple_(hosts.c.hostname, hosts.c.host_id) > sa.tuple_(*after))
-    return (
-        sa.select(*(_LISTED_COLUMNS if as_text else _RECORD_COLUMNS))
-        .where(*conds)
-        .order_by(hosts.c.hostname, hosts.c.host_id)
-        .limit(limit)
-    )
+    return sa.select(*_LISTED_COLUMNS).where(*conds).order_by(hosts.c.hostname, hosts.c.host_id).limit(limit)
 
 
-# A HostRecord's fields in order: listings build each record from its row by position (a page of
-# a thousand hosts spent more time naming columns than reading them).
-_RECORD_COLUMNS = tuple(hosts.c[f] for f in HostRecord.__dataclass_fields__)
-_COUNTERS = list(HostRecord.__dataclass_fields__).index("counters")
+# How the host list reads times: what SQLite stores (coltypes.UTCDateTime through SQLAlchemy's
+# format); text of this form sorts as time. `utc_text` writes a column so, in either database.
+UTC_TEXT_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class utc_text(sa.sql.expression.FunctionElement[str]):
-    """A UTC time column as text, 'YYYY-MM-DD HH:MM:SS.ffffff': what SQLite stores (coltypes.
-    UTCDateTime through SQLAlchemy's format), and PostgreSQL writes so."""
+    """A UTC time column as text in UTC_TEXT_FORMAT ('YYYY-MM-DD HH:MM:SS.ffffff')."""
 
     type = sa.String()
     inherit_cache = True
@@ -190,13 +182,6 @@ def _listed_column(name: str) -> sa.ColumnElement[Any]:
 
 
 _LISTED_COLUMNS = tuple(_listed_column(f) for f in ListedHost._fields)
-
-
-def _listed(row: Any) -> HostRecord:
-    """The record of a row selected as _RECORD_COLUMNS."""
-    values = list(row)
-    values[_COUNTERS] = dict(values[_COUNTERS] or {})
-    return HostRecord(*values)
 
 
 def _record(row: Any) -> HostRecord:
@@ -558,31 +543,19 @@ class HostRepo:
             ).all()
         return [_record(r) for r in rows], int(total)
 
-    def page(
+    def listing(
         self, flt: HostFilter, *, after: tuple[str, str] | None, limit: int
-    ) -> tuple[list[HostRecord], bool]:
+    ) -> tuple[list[ListedHost], bool]:
         """Up to `limit` hosts after (hostname, host_id) `after`, in that order; and whether more follow.
 
         Keyset order: a host enrolled while someone pages shows up on a later page or not at all,
-        and never moves a host already listed onto another page.
+        and never moves a host already listed onto another page. Rows as the host list writes them
+        out (ListedHost: times and counters as text): a page of a thousand hosts spent most of its
+        time making datetimes and dicts only to turn them back into text.
         """
         self.settle()
         with db_errors("listing hosts"), read_connection(self._engine) as conn:
             query = host_page_query(flt, after=after, limit=limit + 1, binary_order=self._binary_order(conn))
-            rows = conn.execute(query).all()
-        return [_listed(r) for r in rows[:limit]], len(rows) > limit
-
-    def listing(
-        self, flt: HostFilter, *, after: tuple[str, str] | None, limit: int
-    ) -> tuple[list[ListedHost], bool]:
-        """page() as the host list writes it out (ListedHost: times and counters as text). A page
-        of a thousand hosts spent most of its time making datetimes and dicts only to turn them
-        back into text."""
-        self.settle()
-        with db_errors("listing hosts"), read_connection(self._engine) as conn:
-            query = host_page_query(
-                flt, after=after, limit=limit + 1, binary_order=self._binary_order(conn), as_text=True
-            )
             rows = conn.execute(query).all()
         return [ListedHost(*r) for r in rows[:limit]], len(rows) > limit
 

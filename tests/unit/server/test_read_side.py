@@ -19,7 +19,7 @@ from endpoint_contract.heartbeat import Heartbeat
 from server_stub.store import EventFilter, Store, event_insert
 from server_stub.store.engine import create_db_engine
 from server_stub.store.events import VIOLATION, page_query, resolve_host
-from server_stub.store.hosts import HostFilter, HostRecord, host_page_query
+from server_stub.store.hosts import HostFilter, ListedHost, host_page_query
 from server_stub.store.migrations import MIGRATIONS, migrate
 from server_stub.store.tables import events
 
@@ -32,11 +32,11 @@ def _enroll(store: Store, hostname: str) -> str:
     )
 
 
-def _all_pages(store: Store, flt: HostFilter, limit: int, between: Any = None) -> list[HostRecord]:
-    seen: list[HostRecord] = []
+def _all_pages(store: Store, flt: HostFilter, limit: int, between: Any = None) -> list[ListedHost]:
+    seen: list[ListedHost] = []
     after = None
     while True:
-        page, more = store.hosts.page(flt, after=after, limit=limit)
+        page, more = store.hosts.listing(flt, after=after, limit=limit)
         assert len(page) <= limit
         seen += page
         if not more:
@@ -220,7 +220,7 @@ def test_migrations_9_to_12_apply_to_a_database_with_hosts_and_events(db_url: st
     try:
         items, _ = store.events.page(VIOLATION, EventFilter(host="ws-1"), after_id=0, limit=5)
         assert [ev.host_id for ev in items] == ["h-1"]
-        page, more = store.hosts.page(HostFilter(hostname_prefix="ws"), after=None, limit=5)
+        page, more = store.hosts.listing(HostFilter(hostname_prefix="ws"), after=None, limit=5)
         assert [h.host_id for h in page] == ["h-1"] and not more
     finally:
         store.close()
