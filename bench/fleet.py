@@ -158,11 +158,12 @@ def report_lines(rec: Recorder, span: float, cores: tuple[float, float, float]) 
 
 
 def others_cores(bench: Bench, label: str) -> float:
-    """Cores used by processes other than the server, its database and the simulator."""
+    """Cores used by processes other than the server, its database and the simulator, and taken
+    by the hypervisor (steal: this machine's vCPUs not run at all)."""
     if label not in bench.context:
         return 0.0
     earlier, now, _stalls = bench.context[label]
-    return now.others_since(earlier)
+    return now.others_since(earlier) + now.steal_since(earlier)
 
 
 def context_lines(bench: Bench, label: str) -> str:
@@ -239,14 +240,15 @@ class Bench:
 
 HELD, FAILED = "held", "DID NOT HOLD"
 SIM_LAGGED = "INCONCLUSIVE (the simulator lagged)"
-MACHINE_BUSY = "INCONCLUSIVE (other processes took the CPU)"
+MACHINE_BUSY = "INCONCLUSIVE (other processes or the hypervisor took the CPU)"
 
 
 def step_verdict(rec: Recorder, others: float = 0.0) -> tuple[str, str]:
     """HELD, FAILED (the server missed: timeouts, errors, refusals, p95), SIM_LAGGED (the
     simulator fell behind its schedule) or MACHINE_BUSY (a step that did not hold while processes
-    other than the server, its database and the simulator used `others` > OTHERS_MAX cores: this
-    benchmark runs niced, so they had the CPU first): the step then says nothing of the server."""
+    other than the server, its database and the simulator used, or the hypervisor took, `others`
+    > OTHERS_MAX cores: this benchmark runs niced, so they had the CPU first): the step then says
+    nothing of the server."""
     total = rec.all()
     if not total.count:
         return FAILED, "no requests"
@@ -254,7 +256,7 @@ def step_verdict(rec: Recorder, others: float = 0.0) -> tuple[str, str]:
         return SIM_LAGGED, f"simulator timers p99 {_ms(rec.lag.percentile(0.99))} late"
     verdict, why = _server_verdict(rec, total)
     if verdict != HELD and others > OTHERS_MAX:
-        return MACHINE_BUSY, f"{why}, while other processes used {others:.2f} cores"
+        return MACHINE_BUSY, f"{why}, while other processes and the hypervisor took {others:.2f} cores"
     return verdict, why
 
 

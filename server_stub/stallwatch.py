@@ -12,7 +12,11 @@ seen stacks, and from the kernel's per-thread accounting (/proc/self/task/*/sche
 stall's time went -- the loop thread running (Python work on the loop), waiting for a CPU (the
 machine busy: starved), or neither (blocked: the GIL held by another thread, or a blocking
 call), and how much CPU this process's other threads used meanwhile (a GIL holder shows there),
-and the garbage collector's time (gc.callbacks).
+and the garbage collector's time (gc.callbacks). From the kernel too, to tell a blocked loop
+thread's causes apart: the CPU time the hypervisor took from this virtual machine meanwhile
+(/proc/stat steal: a thread on a vCPU the host did not run is neither running nor waiting in
+its own accounting), this process's major page faults (code or data read back from disk), and
+the loop thread's scheduler state and wait channel, sampled (R, or S/D and where it sleeps).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 ENV = "ENDPOINT_SERVER_STALL_MS"
 TICK = 0.005
 STACK_DEPTH = 4  # innermost frames kept per sample
+SNAPSHOT_TICKS = 10  # kernel counters read every 10 ticks (~0.15 ms each); the last before a stall kept
 PREFIX = "event loop stalled"  # bench/fleetsim/server.py reads these lines
 
 
@@ -64,6 +69,49 @@ def _threads() -> dict[int, tuple[int, int]]:
     return {tid: _schedstat(tid) for tid in tids}
 
 
+def _steal_ms() -> float:
+    """CPU time the hypervisor took from this machine (all its vCPUs), in ms since boot; 0 if unknown."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            first = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+        return int(first[8]) * 1000.0 / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _majflt() -> int:
+    """Major page faults of this process so far (a page read back from disk), 0 if unreadable."""
+    try:
+        stat = Path("/proc/self/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2 :].split()[9])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _state(tid: int) -> str:
+    """The thread's scheduler state and, when it sleeps, where: "R", "S ep_poll", "D folio_wait..."."""
+    try:
+        stat = Path(f"/proc/self/task/{tid}/stat").read_bytes()
+        state = stat[stat.rindex(b")") + 2 :][:1].decode()
+        if state == "R":
+            return state
+        wchan = Path(f"/proc/self/task/{tid}/wchan").read_text().strip()
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "?"
+    return f"{state} {wchan}" if wchan and wchan != "0" else state
+
+
+def _kernel(tid: int) -> tuple[float, tuple[int, int], float, int]:
+    """(when, the thread's schedstat, machine steal ms, this process's major faults)."""
+    return time.monotonic(), _schedstat(tid), _steal_ms(), _majflt()
+
+
+try:
+    _CLK_TCK = os.sysconf("SC_CLK_TCK") or 100
+except (ValueError, OSError):
+    _CLK_TCK = 100
+
+
 def _where(frame: Any) -> str:
     parts: list[str] = []
     while frame is not None and len(parts) < STACK_DEPTH:
@@ -89,6 +137,7 @@ class StallWatch:
         self._gc_full = 0
         self._gc_last_full = (0, 0)  # (garbage freed, objects kept) by the last full collection
         self.stalls = 0
+        self._snapshot: tuple[float, tuple[int, int], float, int] | None = None  # _kernel(), before
 
     def start(self) -> None:
         """In the event loop."""
@@ -128,10 +177,12 @@ class StallWatch:
 
     def _watch(self) -> None:
         stacks: Counter[str] = Counter()
+        states: Counter[str] = Counter()
         before: dict[int, tuple[int, int]] = {}
         gc_before = (0.0, 0.0, 0)
         began = 0.0
         stalled = False
+        ticks = 0
         while not self._stop.wait(TICK):
             now = time.monotonic()
             late = now - self._beat - TICK
@@ -140,25 +191,40 @@ class StallWatch:
                 before = _threads()
                 gc_before = (self._gc_time, self._gc_cpu, self._gc_full)
                 stacks.clear()
+                states.clear()
             if stalled:
                 if late > 2 * TICK:
                     frame = sys._current_frames().get(self._loop_ident)
                     stacks[_where(frame)] += 1
+                    states[_state(self._loop_tid)] += 1
                     continue
                 stalled = False
                 self.stalls += 1
-                self._report(self._beat - began, before, _threads(), gc_before, stacks)
+                self._report(began, self._beat - began, before, _threads(), gc_before, stacks, states)
+            ticks += 1
+            if ticks % SNAPSHOT_TICKS == 0 or self._snapshot is None:
+                # Read while the loop runs: a stall's counters start from the last one before it.
+                self._snapshot = _kernel(self._loop_tid)
 
     def _report(
         self,
+        began: float,
         seconds: float,
         before: dict[int, tuple[int, int]],
         after: dict[int, tuple[int, int]],
         gc_before: tuple[float, float, int],
         stacks: Counter[str],
+        states: Counter[str],
     ) -> None:
-        (run1, wait1), (run0, wait0) = after.get(self._loop_tid, (0, 0)), before.get(self._loop_tid, (0, 0))
+        kernel_now = _kernel(self._loop_tid)
+        snap = self._snapshot or kernel_now
+        # The loop thread's own accounting from the last snapshot before the stall (the stall is
+        # seen THRESHOLD late: counting from then would call its first part "blocked"). That
+        # window is a little longer than the stall, so "blocked" (the rest) is never overstated.
+        (run1, wait1), (run0, wait0) = kernel_now[1], snap[1]
         loop_run, loop_wait = (run1 - run0) / 1e6, (wait1 - wait0) / 1e6
+        steal = kernel_now[2] - snap[2]
+        faults = kernel_now[3] - snap[3]
         # A thread started during the stall (a worker thread made on demand) counts from zero.
         others = [tid for tid in after if tid != self._loop_tid]
         others_run = sum(after[tid][0] - before.get(tid, (0, 0))[0] for tid in others) / 1e6
@@ -168,13 +234,16 @@ class StallWatch:
         full = f": {freed} garbage freed, {kept} objects kept" if self._gc_full > gc_before[2] else ""
         samples = sum(stacks.values()) or 1
         where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
+        seen = sum(states.values()) or 1
+        kstate = ", ".join(f"{n * 100 // seen}% {state}" for state, n in states.most_common(3))
         log.warning(
             "%s %.0f ms: loop thread ran %.0f ms, waited for a CPU %.0f ms, blocked %.0f ms; "
             "other threads ran %.0f ms, waited for a CPU %.0f ms; gc %.0f ms (on a CPU %.0f ms; %d full%s); "
-            "loop thread in: %s",
+            "hypervisor steal %.0f ms, major faults %d; loop thread (kernel): %s; loop thread in: %s; "
+            "from monotonic %.3f",
             PREFIX, seconds * 1e3, loop_run, loop_wait, blocked, others_run, others_wait,
             (self._gc_time - gc_before[0]) * 1e3, (self._gc_cpu - gc_before[1]) * 1e3,
-            self._gc_full - gc_before[2], full, where or "-",
+            self._gc_full - gc_before[2], full, steal, faults, kstate or "-", where or "-", began,
         )  # fmt: skip
 
 

@@ -151,11 +151,17 @@ class CpuSample:
     overflows: int = 0  # the kernel's count of connections dropped from full accept queues
     syn_retrans: int = 0  # SYNs sent again (a client's connect waiting 1 s, 3 s, ...)
     rto: int = 0  # retransmission timeouts (a segment, SYN included, sent again after waiting)
+    steal: float = 0.0  # CPU seconds the hypervisor took from this virtual machine, cumulative
+    server_majflt: int = 0  # the server's major page faults (pages read back from disk), cumulative
 
     def others_since(self, earlier: CpuSample) -> float:
         """Cores used by every process but the server, its database and the simulator."""
         span = max(self.wall - earlier.wall, 1e-9)
         return max(0.0, (self.machine - earlier.machine) / span - sum(self.cores_since(earlier)))
+
+    def steal_since(self, earlier: CpuSample) -> float:
+        """Cores the hypervisor took from this machine (its vCPUs not run: nobody here ran)."""
+        return max(0.0, (self.steal - earlier.steal) / max(self.wall - earlier.wall, 1e-9))
 
     def machine_line(self, earlier: CpuSample) -> str:
         """The machine around the server: what else used its cores, and what the kernel dropped
@@ -165,7 +171,9 @@ class CpuSample:
         return (
             f"    machine: {busy:.2f} of {psutil.cpu_count() or 1} cores busy, "
             f"{self.others_since(earlier):.2f} of them by processes other than the server, its database "
-            "and the simulator; kernel (all listeners): "
+            f"and the simulator; the hypervisor took {self.steal_since(earlier):.2f} cores (steal); the "
+            f"server had {self.server_majflt - earlier.server_majflt:,} major page faults; "
+            "kernel (all listeners): "
             f"{self.overflows - earlier.overflows:,} connections dropped from a full accept queue, "
             f"{self.syn_retrans - earlier.syn_retrans:,} SYNs sent again, {self.rto - earlier.rto:,} "
             "retransmission timeouts"
@@ -201,13 +209,14 @@ class CpuMeter:
         self._account("db", self._db_processes())
         self._account("sim", [p for pid in self._sim_pids if (p := _process(pid)) is not None])
         t = psutil.cpu_times()
-        busy = t.user + t.nice + t.system + sum(getattr(t, k, 0.0) for k in ("irq", "softirq", "steal"))
+        busy = t.user + t.nice + t.system + sum(getattr(t, k, 0.0) for k in ("irq", "softirq"))
         tcp = _tcp_counters()
         server, db, sim = (sum(self._seen[k].values()) for k in ("server", "db", "sim"))
         return CpuSample(
             wall, server, db, sim, machine=busy,
             overflows=tcp.get("ListenOverflows", 0), syn_retrans=tcp.get("TCPSynRetrans", 0),
-            rto=tcp.get("TCPTimeouts", 0),
+            rto=tcp.get("TCPTimeouts", 0), steal=getattr(t, "steal", 0.0),
+            server_majflt=_majflt(self._server_pid),
         )  # fmt: skip
 
     def _account(self, what: str, processes: list[psutil.Process]) -> None:
@@ -236,6 +245,15 @@ class CpuMeter:
                 if f" {self._pg_database} " in title or title.rstrip().endswith(_PG_SHARED):
                     found.append(proc)
         return found
+
+
+def _majflt(pid: int) -> int:
+    """Major page faults of process `pid` so far (/proc/<pid>/stat), 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2 :].split()[9])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _tcp_counters() -> dict[str, int]:

@@ -23,6 +23,7 @@ _LINE = re.compile(
     PREFIX + r" (?P<ms>\d+) ms: loop thread ran (?P<ran>\d+) ms, waited for a CPU (?P<wait>\d+) ms, "
     r"blocked (?P<blocked>\d+) ms; other threads ran (?P<others>\d+) ms, waited for a CPU "
     r"(?P<others_wait>\d+) ms; gc (?P<gc>\d+) ms"
+    r"(?:.*?; hypervisor steal (?P<steal>\d+) ms, major faults (?P<faults>\d+))?"
 )
 WORST = 3
 
@@ -38,6 +39,8 @@ class StallSummary:
     others_ms: float = 0.0
     others_wait_ms: float = 0.0
     gc_ms: float = 0.0
+    steal_ms: float = 0.0  # CPU time the hypervisor took from the machine during the stalls
+    faults: int = 0  # the server's major page faults during the stalls
     worst: list[tuple[float, str]] = field(default_factory=list)  # (ms, the logged line)
     # The node-key cache dropped (the change feed unread too long): every key looked up again.
     cleared: list[str] = field(default_factory=list)
@@ -53,6 +56,8 @@ class StallSummary:
         self.others_ms += float(match["others"])
         self.others_wait_ms += float(match["others_wait"])
         self.gc_ms += float(match["gc"])
+        self.steal_ms += float(match["steal"] or 0)
+        self.faults += int(match["faults"] or 0)
         self.worst = sorted([*self.worst, (ms, text)], reverse=True)[:WORST]
 
     def line(self, threshold_ms: float) -> str:
@@ -70,7 +75,9 @@ class StallSummary:
             f"the loop thread ran {self.ran_ms / 1e3:.1f} s, "
             f"waited for a CPU {self.wait_ms / 1e3:.1f} s, was blocked {self.blocked_ms / 1e3:.1f} s "
             f"(other server threads ran {self.others_ms / 1e3:.1f} s, waited for a CPU "
-            f"{self.others_wait_ms / 1e3:.1f} s; gc {self.gc_ms / 1e3:.1f} s)"
+            f"{self.others_wait_ms / 1e3:.1f} s; gc {self.gc_ms / 1e3:.1f} s); meanwhile the "
+            f"hypervisor took {self.steal_ms / 1e3:.1f} s of the machine's CPU, the server had "
+            f"{self.faults} major page faults"
         )
 
 

@@ -356,6 +356,19 @@ def test_a_step_holds_fails_or_is_inconclusive_when_the_simulator_lagged_or_othe
     assert step_verdict(_served(300), others=0.1)[0] == FAILED
 
 
+def test_the_machine_line_tells_the_hypervisors_steal_and_the_servers_page_ins_apart() -> None:
+    from bench.fleetsim.server import CpuSample
+
+    # 10 s: the machine busy 12 CPU-seconds, 6 of them ours; the hypervisor took 3 more.
+    before = CpuSample(wall=100.0, server=10.0, db=5.0, sim=5.0, machine=50.0, steal=1.0, server_majflt=7)
+    after = CpuSample(wall=110.0, server=14.0, db=6.0, sim=6.0, machine=62.0, steal=4.0, server_majflt=9)
+    assert after.others_since(before) == pytest.approx(0.6)
+    assert after.steal_since(before) == pytest.approx(0.3)
+    line = after.machine_line(before)
+    assert "0.60 of them by processes other than" in line
+    assert "the hypervisor took 0.30 cores (steal)" in line and "2 major page faults" in line
+
+
 def test_a_fleet_planned_before_its_start_first_calls_after_its_offset() -> None:
     from bench.fleetsim.agent import make_hosts
 

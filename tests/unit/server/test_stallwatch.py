@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,11 @@ def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
     longest = max(lines, key=lambda line: int(line.split()[3]))
     assert int(longest.split()[3]) >= STALL * 1e3 * 0.9
     assert "_held_up" in longest  # the loop thread's stack, sampled during the stall
+    # ... and its state as the kernel saw it: asleep in a system call when blocked
+    kernel = longest.split("loop thread (kernel): ")[1].split(";")[0]
+    if how == "blocked":
+        assert "% S" in kernel and "% R" not in kernel, kernel
+    assert "hypervisor steal " in longest and "major faults " in longest
 
     # bench fleet reads the same lines from the server's log and sums them up
     log = tmp_path / "server.log"
@@ -67,6 +73,8 @@ def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
     )
     summary = reader.since_last()
     assert summary.count == len(lines) and summary.longest_ms >= STALL * 1e3 * 0.9
+    assert summary.faults >= 0 and summary.steal_ms >= 0
+    assert "major page faults" in summary.line(THRESHOLD * 1e3)
     if how == "busy":  # on a CPU, or waiting for one: not blocked
         assert summary.ran_ms + summary.wait_ms > summary.blocked_ms
     else:
@@ -76,6 +84,31 @@ def test_a_stall_is_logged_with_where_the_loop_thread_was_and_how_its_time_went(
     assert f"stalls over {THRESHOLD * 1e3:g} ms: {len(lines)}," in summary.line(THRESHOLD * 1e3)
     assert summary.cleared == [f"{CLEARED}: not read for 6.0 s; ..."]
     assert "key cache CLEARED 1 time(s)" in summary.line(THRESHOLD * 1e3)
+
+
+def test_the_steal_and_page_faults_of_a_stall_line_are_summed_up(tmp_path: Path) -> None:
+    line = (
+        f"{PREFIX} 300 ms: loop thread ran 0 ms, waited for a CPU 0 ms, blocked 300 ms; other threads "
+        "ran 1 ms, waited for a CPU 2 ms; gc 0 ms (on a CPU 0 ms; 1 full: 0 garbage freed, 9 objects kept); "
+        "hypervisor steal 250 ms, major faults 3; loop thread (kernel): 100% R; loop thread in: x; from "
+        "monotonic 12.000"
+    )
+    older = f"{PREFIX} 100 ms: loop thread ran 100 ms, waited for a CPU 0 ms, blocked 0 ms; other threads " \
+        "ran 0 ms, waited for a CPU 0 ms; gc 0 ms (on a CPU 0 ms; 0 full); loop thread in: y"  # fmt: skip
+    log = tmp_path / "server.log"
+    reader = StallLog(log)
+    log.write_text(f"W {line}\nW {older}\n")
+    summary = reader.since_last()
+    assert (summary.count, summary.steal_ms, summary.faults, summary.blocked_ms) == (2, 250.0, 3, 300.0)
+    assert "hypervisor took 0.2 s" in summary.line(50) and "3 major page faults" in summary.line(50)
+
+
+def test_the_kernel_readings_of_this_process_are_numbers() -> None:
+    tid = threading.get_native_id()
+    _when, (run, wait), steal, faults = stallwatch._kernel(tid)
+    assert run > 0 and wait >= 0 and steal >= 0 and faults >= 0
+    assert stallwatch._state(tid) == "R"  # this thread, reading its own state, is running
+    assert stallwatch._state(-1) == "?"
 
 
 def test_the_stall_watch_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
