@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,10 @@ class StallWatch:
         self._loop_ident = 0
         self._loop_tid = 0
         self._gc_started = (0.0, 0.0)
-        self._gc_time = 0.0  # seconds spent collecting, cumulative
-        self._gc_cpu = 0.0  # of which the collecting thread was on a CPU
-        self._gc_full = 0
-        self._gc_last_full = (0, 0)  # (garbage freed, objects kept) by the last full collection
+        # The latest collections, any thread's: (start, end, CPU s, generation, ran in the loop
+        # thread, what a full one walked). Kept with times: a collection in another thread holds
+        # the GIL, so this watch sees the stall only after it ended.
+        self._collections: deque[tuple[float, float, float, int, bool, str]] = deque(maxlen=64)
         self.stalls = 0
         self._snapshot: tuple[float, tuple[int, int], float, int] | None = None  # _kernel(), before
 
@@ -166,20 +166,44 @@ class StallWatch:
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_started = (time.perf_counter(), time.thread_time())
-        else:
-            self._gc_time += time.perf_counter() - self._gc_started[0]
-            self._gc_cpu += time.thread_time() - self._gc_started[1]
-            if info.get("generation") == 2:
-                self._gc_full += 1
-                # What a full pass walks: the garbage it freed and what it kept (not frozen).
-                self._gc_last_full = (info.get("collected", 0), len(gc.get_objects(2)))
+            self._gc_started = (time.monotonic(), time.thread_time())
+            return
+        began, cpu = self._gc_started
+        generation = info.get("generation", 0)
+        walked = ""
+        if generation == 2:
+            # What a full pass walks (all that is not frozen), by type: what to freeze or shrink.
+            kept = gc.get_objects(2)
+            kinds = Counter(type(o).__name__ for o in kept).most_common(4)
+            walked = f"{info.get('collected', 0)} garbage freed, {len(kept)} objects kept: " + ", ".join(
+                f"{n} {name}" for name, n in kinds
+            )
+            del kept
+        self._collections.append(
+            (began, time.monotonic(), time.thread_time() - cpu, generation,
+             threading.get_ident() == self._loop_ident, walked)
+        )  # fmt: skip
+
+    def _gc_during(self, began: float, ended: float) -> tuple[float, float, int, str]:
+        """Collections overlapping [began, ended]: (wall s, CPU s, full ones, how the last full one went)."""
+        wall = cpu = 0.0
+        full, last = 0, ""
+        for start, end, used, generation, in_loop, walked in list(self._collections):
+            overlap = min(end, ended) - max(start, began)
+            if overlap <= 0:
+                continue
+            wall += overlap
+            cpu += used
+            if generation == 2:
+                full += 1
+                where = "the loop thread" if in_loop else "another thread"
+                last = f" in {where}, {(end - start) * 1e3:.0f} ms: {walked}"
+        return wall, cpu, full, last
 
     def _watch(self) -> None:
         stacks: Counter[str] = Counter()
         states: Counter[str] = Counter()
         before: dict[int, tuple[int, int]] = {}
-        gc_before = (0.0, 0.0, 0)
         began = 0.0
         stalled = False
         ticks = 0
@@ -189,7 +213,6 @@ class StallWatch:
             if not stalled and late > self.threshold:
                 stalled, began = True, self._beat + TICK
                 before = _threads()
-                gc_before = (self._gc_time, self._gc_cpu, self._gc_full)
                 stacks.clear()
                 states.clear()
             if stalled:
@@ -200,7 +223,7 @@ class StallWatch:
                     continue
                 stalled = False
                 self.stalls += 1
-                self._report(began, self._beat - began, before, _threads(), gc_before, stacks, states)
+                self._report(began, self._beat - began, before, _threads(), stacks, states)
             ticks += 1
             if ticks % SNAPSHOT_TICKS == 0 or self._snapshot is None:
                 # Read while the loop runs: a stall's counters start from the last one before it.
@@ -212,7 +235,6 @@ class StallWatch:
         seconds: float,
         before: dict[int, tuple[int, int]],
         after: dict[int, tuple[int, int]],
-        gc_before: tuple[float, float, int],
         stacks: Counter[str],
         states: Counter[str],
     ) -> None:
@@ -230,8 +252,7 @@ class StallWatch:
         others_run = sum(after[tid][0] - before.get(tid, (0, 0))[0] for tid in others) / 1e6
         others_wait = sum(after[tid][1] - before.get(tid, (0, 0))[1] for tid in others) / 1e6
         blocked = max(0.0, seconds * 1e3 - loop_run - loop_wait)
-        freed, kept = self._gc_last_full
-        full = f": {freed} garbage freed, {kept} objects kept" if self._gc_full > gc_before[2] else ""
+        gc_wall, gc_cpu, gc_full, full = self._gc_during(began, began + seconds)
         samples = sum(stacks.values()) or 1
         where = "; ".join(f"{n * 100 // samples}% {stack}" for stack, n in stacks.most_common(3))
         seen = sum(states.values()) or 1
@@ -242,8 +263,7 @@ class StallWatch:
             "hypervisor steal %.0f ms, major faults %d; loop thread (kernel): %s; loop thread in: %s; "
             "from monotonic %.3f",
             PREFIX, seconds * 1e3, loop_run, loop_wait, blocked, others_run, others_wait,
-            (self._gc_time - gc_before[0]) * 1e3, (self._gc_cpu - gc_before[1]) * 1e3,
-            self._gc_full - gc_before[2], full, steal, faults, kstate or "-", where or "-", began,
+            gc_wall * 1e3, gc_cpu * 1e3, gc_full, full, steal, faults, kstate or "-", where or "-", began,
         )  # fmt: skip
 
 

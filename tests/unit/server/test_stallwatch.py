@@ -103,6 +103,30 @@ def test_the_steal_and_page_faults_of_a_stall_line_are_summed_up(tmp_path: Path)
     assert "hypervisor took 0.2 s" in summary.line(50) and "3 major page faults" in summary.line(50)
 
 
+def test_a_collection_in_another_thread_counts_for_the_stall_it_overlaps() -> None:
+    # A collection holds the GIL: the watch sees the stall only once it has ended, so what counts
+    # is when it ran, not when the stall was noticed.
+    watch = StallWatch(THRESHOLD)
+    watch._loop_ident = threading.get_ident()  # this thread plays the loop thread
+
+    def collect_fully() -> None:
+        watch._gc("start", {})
+        time.sleep(0.05)
+        watch._gc("stop", {"generation": 2, "collected": 7})
+
+    began = time.monotonic()
+    worker = threading.Thread(target=collect_fully)
+    worker.start()
+    worker.join()
+    watch._gc("start", {})
+    watch._gc("stop", {"generation": 0, "collected": 0})  # a young one, in the loop thread
+    ended = time.monotonic()
+    wall, _cpu, full, last = watch._gc_during(began, ended)
+    assert full == 1 and wall >= 0.05
+    assert last.startswith(" in another thread,") and "7 garbage freed" in last and "objects kept: " in last
+    assert watch._gc_during(ended + 1, ended + 2) == (0.0, 0.0, 0, "")
+
+
 def test_the_kernel_readings_of_this_process_are_numbers() -> None:
     tid = threading.get_native_id()
     _when, (run, wait), steal, faults = stallwatch._kernel(tid)
