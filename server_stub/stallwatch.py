@@ -12,8 +12,9 @@ seen stacks, and from the kernel's per-thread accounting (/proc/self/task/*/sche
 stall's time went -- the loop thread running (Python work on the loop), waiting for a CPU (the
 machine busy: starved), or neither (blocked: the GIL held by another thread, or a blocking
 call), and how much CPU this process's other threads used meanwhile (a GIL holder shows there),
-and the garbage collector's time (gc.callbacks). From the kernel too, to tell a blocked loop
-thread's causes apart: the CPU time the hypervisor took from this virtual machine meanwhile
+and the garbage collector's time (gc.callbacks; older generations only: a collection in another
+thread holds the GIL, so the loop thread shows it as "blocked"). From the kernel too, to tell a
+blocked loop thread's causes apart: the CPU time the hypervisor took from this virtual machine meanwhile
 (/proc/stat steal: a thread on a vCPU the host did not run is neither running nor waiting in
 its own accounting), this process's major page faults (code or data read back from disk), and
 the loop thread's scheduler state and wait channel, sampled (R, or S/D and where it sleeps).
@@ -35,9 +36,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENV = "ENDPOINT_SERVER_STALL_MS"
-TICK = 0.005
+TICK = 0.01  # the loop's heartbeat and the watch's check: 100 a second each
 STACK_DEPTH = 4  # innermost frames kept per sample
-SNAPSHOT_TICKS = 10  # kernel counters read every 10 ticks (~0.15 ms each); the last before a stall kept
+SNAPSHOT_TICKS = 5  # kernel counters read every 5 ticks (~0.15 ms each); the last before a stall kept
 PREFIX = "event loop stalled"  # bench/fleetsim/server.py reads these lines
 
 
@@ -165,10 +166,13 @@ class StallWatch:
         self._handle = self._loop.call_later(TICK, self._heartbeat)
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation", 0) == 0:
+            return  # hundreds a second, each well under a ms: counting them cost more than they do
         if phase == "start":
             self._gc_started = (time.monotonic(), time.thread_time())
             return
         began, cpu = self._gc_started
+        ended, cpu = time.monotonic(), time.thread_time() - cpu
         generation = info.get("generation", 0)
         walked = ""
         if generation == 2:
@@ -180,7 +184,7 @@ class StallWatch:
             )
             del kept
         self._collections.append(
-            (began, time.monotonic(), time.thread_time() - cpu, generation,
+            (began, ended, cpu, generation,
              threading.get_ident() == self._loop_ident, walked)
         )  # fmt: skip
 

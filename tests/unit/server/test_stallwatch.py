@@ -110,7 +110,7 @@ def test_a_collection_in_another_thread_counts_for_the_stall_it_overlaps() -> No
     watch._loop_ident = threading.get_ident()  # this thread plays the loop thread
 
     def collect_fully() -> None:
-        watch._gc("start", {})
+        watch._gc("start", {"generation": 2})
         time.sleep(0.05)
         watch._gc("stop", {"generation": 2, "collected": 7})
 
@@ -118,11 +118,14 @@ def test_a_collection_in_another_thread_counts_for_the_stall_it_overlaps() -> No
     worker = threading.Thread(target=collect_fully)
     worker.start()
     worker.join()
-    watch._gc("start", {})
-    watch._gc("stop", {"generation": 0, "collected": 0})  # a young one, in the loop thread
+    watch._gc("start", {"generation": 1})
+    watch._gc("stop", {"generation": 1, "collected": 0})  # a younger one, in the loop thread
+    watch._gc("start", {"generation": 0})  # the youngest are not counted (hundreds a second)
+    watch._gc("stop", {"generation": 0, "collected": 0})
     ended = time.monotonic()
     wall, _cpu, full, last = watch._gc_during(began, ended)
     assert full == 1 and wall >= 0.05
+    assert len(watch._collections) == 2  # the full one and the younger one
     assert last.startswith(" in another thread,") and "7 garbage freed" in last and "objects kept: " in last
     assert watch._gc_during(ended + 1, ended + 2) == (0.0, 0.0, 0, "")
 
