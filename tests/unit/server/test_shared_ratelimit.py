@@ -129,3 +129,32 @@ def test_a_flood_of_made_up_keys_costs_bounded_memory(store: Store) -> None:
     assert len(limiter) == 1000
     # At most the keys kept, once per exchange within the window (7 s at 0.5 s: 14 exchanges).
     assert len(sync._own) + len(sync._seen) <= 1000 * 15
+
+
+def test_publishing_visits_only_busy_keys_and_forgets_quiet_counts_after_a_window() -> None:
+    clock = SimClock()
+    limiter = RateLimiter(20.0, 100, clock=clock)  # shares keys that take >= 5 tokens in a window
+    for i in range(10_000):
+        limiter.acquire(f"node:quiet-{i}")  # a fleet: one request each
+    for _ in range(4):
+        limiter.acquire("node:slow")
+    assert limiter._busy == {}  # nothing for the exchange to walk
+    for _ in range(5):
+        limiter.acquire("node:busy")
+    assert list(limiter._busy) == ["node:busy"]
+    assert limiter.take_pending() == {"node:busy": 5}
+    assert limiter._busy == {} and limiter.take_pending() == {}
+    # "slow" took 4 tokens; one window later its count starts again: 4 + 1 is not 5 in a window.
+    clock.now += limiter.window + 1
+    limiter.acquire("node:slow")
+    assert limiter.take_pending() == {}
+    for _ in range(4):
+        limiter.acquire("node:slow")
+    assert limiter.take_pending() == {"node:slow": 5}
+    # A busy key forgotten (the least recently used, past max_keys) is not published.
+    small = RateLimiter(20.0, 100, max_keys=2, clock=clock)
+    for _ in range(5):
+        small.acquire("node:a")
+    small.acquire("node:b")
+    small.acquire("node:c")  # forgets node:a
+    assert small.take_pending() == {} and small._busy == {}
