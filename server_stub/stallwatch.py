@@ -80,10 +80,10 @@ def _steal_ms() -> float:
         return 0.0
 
 
-def _majflt() -> int:
-    """Major page faults of this process so far (a page read back from disk), 0 if unreadable."""
+def majflt(pid: int | str = "self") -> int:
+    """Major page faults of a process so far (pages read back from disk); 0 if unreadable."""
     try:
-        stat = Path("/proc/self/stat").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
         return int(stat[stat.rindex(b")") + 2 :].split()[9])
     except (OSError, ValueError, IndexError):
         return 0
@@ -104,7 +104,7 @@ def _state(tid: int) -> str:
 
 def _kernel(tid: int) -> tuple[float, tuple[int, int], float, int]:
     """(when, the thread's schedstat, machine steal ms, this process's major faults)."""
-    return time.monotonic(), _schedstat(tid), _steal_ms(), _majflt()
+    return time.monotonic(), _schedstat(tid), _steal_ms(), majflt()
 
 
 try:
@@ -271,4 +271,4 @@ class StallWatch:
         )  # fmt: skip
 
 
-__all__ = ["ENV", "PREFIX", "StallWatch", "from_env"]
+__all__ = ["ENV", "PREFIX", "StallWatch", "from_env", "majflt"]

@@ -216,7 +216,7 @@ class CpuMeter:
             wall, server, db, sim, machine=busy,
             overflows=tcp.get("ListenOverflows", 0), syn_retrans=tcp.get("TCPSynRetrans", 0),
             rto=tcp.get("TCPTimeouts", 0), steal=getattr(t, "steal", 0.0),
-            server_majflt=_majflt(self._server_pid),
+            server_majflt=stallwatch.majflt(self._server_pid),
         )  # fmt: skip
 
     def _account(self, what: str, processes: list[psutil.Process]) -> None:
@@ -245,15 +245,6 @@ class CpuMeter:
                 if f" {self._pg_database} " in title or title.rstrip().endswith(_PG_SHARED):
                     found.append(proc)
         return found
-
-
-def _majflt(pid: int) -> int:
-    """Major page faults of process `pid` so far (/proc/<pid>/stat), 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat[stat.rindex(b")") + 2 :].split()[9])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _tcp_counters() -> dict[str, int]:
