@@ -41,6 +41,7 @@ from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
 from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
 from server_stub.models import Health
+from server_stub.periodic import Periodic
 from server_stub.policycache import PolicyCache
 from server_stub.ratesync import RateSync
 from server_stub.retention import RetentionService
@@ -156,9 +157,13 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         stalls = stallwatch.from_env()  # a diagnostic: what held the loop up, logged per stall
         if stalls is not None:
             stalls.start()
+        full_gc = Periodic("gc-full", heap.FULL_EVERY, heap.collect_old)  # once the heap is settled
+        full_gc.start()
         try:
             yield state
         finally:
+            full_gc.stop(timeout=1.0)
+            heap.release()
             if stalls is not None:
                 stalls.stop()
             lag.stop()

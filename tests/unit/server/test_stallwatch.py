@@ -10,6 +10,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,7 @@ def test_settling_the_heap_freezes_what_is_alive_and_collects_garbage_first() ->
 
     alive = [Cycle() for _ in range(100)]
     Cycle()  # garbage in a cycle: collected, not frozen
+    before = gc.get_threshold()
     try:
         frozen = heap.settle()
         assert frozen >= len(alive) and gc.get_freeze_count() == frozen
@@ -165,3 +167,34 @@ def test_settling_the_heap_freezes_what_is_alive_and_collects_garbage_first() ->
         assert not any(isinstance(o, Cycle) for o in gc.get_objects())
     finally:
         gc.unfreeze()  # this test process goes on as before
+        heap.release(before[2])
+    assert gc.get_threshold() == before
+
+
+def test_once_settled_full_collections_come_from_collect_old_and_young_ones_go_on() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    before = gc.get_threshold()
+    try:
+        heap.settle()
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] >= heap.MANUAL
+        old = Cycle()
+        gc.collect(1)
+        gc.collect(1)  # it outlived two young collections: in the oldest generation now
+        assert any(o is old for o in gc.get_objects(2))
+        gone = weakref.ref(old)
+        del old  # an old cycle let go: young collections do not free it ...
+        gc.collect(1)
+        assert gone() is not None
+        heap.collect_old()  # ... the clock's full collection does
+        assert gone() is None
+        young = weakref.ref(Cycle())  # a young cycle is freed by a young collection, as before
+        gc.collect(0)
+        assert young() is None
+    finally:
+        gc.unfreeze()
+        heap.release(before[2])
+    assert gc.get_threshold() == before
+    heap.collect_old()  # not settled: nothing taken over, nothing done
