@@ -1,7 +1,8 @@
 """`last_seen` and heartbeats written behind: kept in memory, flushed in batches every ~2 s.
 
 A request from a host only notes the time here; a heartbeat only stores its content here. A
-background thread writes everything noted since the last flush in a few batched statements
+background thread writes everything noted since the last flush in a few batched statements (a
+host whose last contact was its heartbeat is written once, by the heartbeat's row)
 (server_stub/store/hosts.py touch_many/heartbeat_many; on PostgreSQL one statement of arrays per
 batch: ~25 us of this process's CPU per host written, half of an executemany), and the server
 flushes once more on the way out. A listing of hosts in this process (/hosts, the console,
@@ -58,6 +59,9 @@ class HostActivity:
             with self._lock:
                 seen, self._seen = self._seen, {}
                 beats, self._beats = self._beats, {}
+            for host_id, (_beat, at) in beats.items():
+                if seen.get(host_id) == at:
+                    del seen[host_id]  # its heartbeat's row sets last_seen too: not written twice
             try:
                 if beats:
                     self._hosts.heartbeat_many([(h, beat, at) for h, (beat, at) in beats.items()])

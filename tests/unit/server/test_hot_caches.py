@@ -196,6 +196,34 @@ def test_contact_times_and_heartbeats_are_written_in_batches(store: Store) -> No
     assert store.hosts.get(ids[1]).last_seen == later  # type: ignore[union-attr]
 
 
+def test_a_host_whose_last_contact_was_its_heartbeat_is_written_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [
+        store.hosts.enroll(machine_id=f"m{i}", hostname=f"ws-{i}", node_key_hash=f"{i:064x}", now=T0)
+        for i in range(3)
+    ]
+    touched: list[dict[str, datetime]] = []
+    touch_many = store.hosts.touch_many
+
+    def recording(seen: dict[str, datetime]) -> None:
+        touched.append(dict(seen))
+        touch_many(seen)
+
+    monkeypatch.setattr(store.hosts, "touch_many", recording)
+    activity = HostActivity(store.hosts, interval=3600.0)
+    beat = Heartbeat.model_validate({"agent_version": "9.9", "mode": "enforce"})
+    t1, t2 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    activity.heartbeat(ids[0], beat, t1)  # its heartbeat was its last contact
+    activity.seen(ids[1], t1)  # a poll only
+    activity.heartbeat(ids[2], beat, t1)
+    activity.seen(ids[2], t2)  # a poll after its heartbeat
+    activity.flush()
+    assert touched == [{ids[1]: t1, ids[2]: t2}]
+    assert [store.hosts.get(h).last_seen for h in ids] == [t1, t1, t2]  # type: ignore[union-attr]
+    assert store.hosts.get(ids[2]).heartbeat_at == t1  # type: ignore[union-attr]
+
+
 def test_a_flush_in_several_statements_stores_every_field_alike_on_both_databases(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
