@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 
@@ -221,7 +222,7 @@ def _detected_day_postgresql(element: detected_day, compiler: Any, **kw: Any) ->
     return f"CAST(timezone('UTC', {compiler.process(events.c.detected_at, **kw)}) AS DATE)"
 
 
-# The most days a page reads in parallel from ix_events_kind_day_id (beyond it, the time range).
+# The most days a period's id window is found for, a seek per day (beyond it, the time range).
 MAX_DAYS = 62
 
 
@@ -234,21 +235,15 @@ def page_query(
     before_id: int | None = None,
     newest_first: bool = False,
     walk_ids: bool = True,
-    days: Sequence[date] | None = None,
-    sorted_parts: bool = False,
 ) -> sa.Select[Any]:
     """Events between the cursors in receive order (or newest first).
 
     `walk_ids`: each filter's (column, kind, id) index walked from the cursor, stopping after
-    `limit` rows. Else (see walk_ids()) the ids are found through the time range:
-
-    - `days` (a time-only filter; plan() lists every day it can hold events on): one walk per day
-      of ix_events_kind_day_id, each in id order from the cursor, merged, stopping after `limit`
-      ids -- about `limit` index entries read, plus the part of the first day before `since`
-      (`sorted_parts` for PostgreSQL: see _by_day);
-    - else in a subquery of the events table alone, ordered by `id + 0` (which no index serves)
-      and with only the host, rule and time conditions indexable, so each database reads the
-      range from a (..., detected_at) index, keeps the first `limit` ids and fetches just those.
+    `limit` rows (with a period, plan() narrows the cursors to its id window). Else (see plan())
+    the ids are found through the time range, in a subquery of the events table alone, ordered
+    by `id + 0` (which no index serves) and with only the host, rule and time conditions
+    indexable, so each database reads the range from a (..., detected_at) index, keeps the first
+    `limit` ids and fetches just those.
     """
     conds = conditions(kind, flt, time_first=not walk_ids)
     conds.append(events.c.id > after_id)
@@ -258,38 +253,9 @@ def page_query(
     query = sa.select(*_EVENT_COLUMNS).select_from(events.join(hosts, events.c.host_id == hosts.c.host_id))
     if walk_ids:
         return query.where(*conds).order_by(order).limit(limit)
-    if days is not None:
-        return query.where(events.c.id.in_(_by_day(conds, days, newest_first, limit, sorted_parts))).order_by(
-            order
-        )
     unordered = (events.c.id + 0).desc() if newest_first else events.c.id + 0
     found = sa.select(events.c.id).where(*conds).order_by(unordered).limit(limit)
     return query.where(events.c.id.in_(found)).order_by(order)
-
-
-def _by_day(
-    conds: list[sa.ColumnElement[bool]],
-    days: Sequence[date],
-    newest_first: bool,
-    limit: int,
-    sorted_parts: bool,
-) -> sa.CompoundSelect | sa.Select[Any]:
-    """The first `limit` ids (in id order, or newest first) of the events detected on `days` that
-    meet `conds`: each day's ids in order straight from the index, merged, each day read only as
-    far as the merge needs. SQLite merges a UNION ALL of plain parts so (and refuses an ORDER BY
-    inside one); PostgreSQL merges only parts that are ordered and limited themselves."""
-    order: Any = events.c.id.desc() if newest_first else events.c.id
-    parts = []
-    for day in days:
-        part = sa.select(events.c.id).where(detected_day() == sa.bindparam(None, day, type_=sa.Date), *conds)
-        parts.append(part.order_by(order).limit(limit) if sorted_parts else part)
-    if not parts:
-        return sa.select(events.c.id).where(sa.false())
-    if len(parts) == 1:
-        return parts[0].order_by(order).limit(limit)
-    merged = sa.union_all(*parts)
-    by_id = merged.selected_columns.id
-    return merged.order_by(by_id.desc() if newest_first else by_id).limit(limit)
 
 
 # A row walked in id order costs a table read for its time; a row of a time range is an index entry.
@@ -299,13 +265,12 @@ WALK_COST = 3
 @dataclass(frozen=True, slots=True)
 class Plan:
     """How page_query finds a page (see there); an id walk only between `first_id` and `last_id`
-    (the period's id window: see id_window)."""
+    (the period's id window: see id_window_query); `empty`: no event in the period at all."""
 
     walk_ids: bool = True
-    days: tuple[date, ...] | None = None
-    sorted_parts: bool = False  # PostgreSQL's form of the day plan (see _by_day)
     first_id: int | None = None
     last_id: int | None = None
+    empty: bool = False
 
     def cursors(self, after_id: int, before_id: int | None) -> tuple[int, int | None]:
         """The page's cursors narrowed to the window: the same events, fewer to walk past."""
@@ -316,35 +281,82 @@ class Plan:
         return after_id, before_id
 
 
-def id_window_query(kind: str, flt: EventFilter, days: Sequence[date]) -> sa.Select[Any]:
-    """(first id, last id) of the events of `kind` detected in the filter's period: the first id of
-    each day (and the last, with `until`) is one seek of ix_events_kind_day_id. Only the period's
-    first (and last) day is read in part: the part of it inside the period from the time index,
-    or the part outside from the day index, whichever is shorter.
+def _day_seeks(kind: str, days: Sequence[date], dialect: str, last: bool) -> sa.ScalarSelect[Any]:
+    """The least first id (or greatest last id) of `kind` over these whole days: one seek of
+    ix_events_kind_day_id per day. The days are one parameter (a date array, or a JSON list on
+    SQLite), so the statement's text -- and the database's plan of it -- is the same whatever
+    the period's length."""
+    listed: sa.TableValuedAlias
+    if dialect == "postgresql":
+        dates: sa.BindParameter[Any] = sa.bindparam(None, list(days), type_=ARRAY(sa.Date))
+        listed = sa.func.unnest(dates).table_valued("value").render_derived()
+    else:
+        texts: sa.BindParameter[Any] = sa.bindparam(None, json.dumps([d.isoformat() for d in days]))
+        listed = sa.func.json_each(texts).table_valued("value")
+    order = events.c.id.desc() if last else events.c.id
+    seek = (
+        sa.select(events.c.id)
+        .where(events.c.kind == kind, detected_day() == listed.c.value)
+        .order_by(order)
+        .limit(1)
+        .correlate(listed)
+        .scalar_subquery()
+    )
+    return sa.select((sa.func.max if last else sa.func.min)(seek)).select_from(listed).scalar_subquery()
+
+
+def _part_of_day(
+    kind: str, day: date, lo: datetime | None, hi: datetime | None, last: bool
+) -> sa.ScalarSelect[Any]:
+    """The first id (or last id) of the events of `kind` detected on `day` from `lo` to before
+    `hi` (either may be open): the part of the day inside read from the time index, or the day
+    walked in id order from its start (or end) past the events outside, whichever reads less when
+    ids follow detection time."""
+    midnight = datetime.combine(day, datetime.min.time(), UTC)
+    start, stop = lo or midnight, hi or midnight + timedelta(days=1)
+    if last:
+        walked = midnight + timedelta(days=1) - hi if hi is not None else timedelta(0)
+    else:
+        walked = lo - midnight if lo is not None else timedelta(0)
+    if stop - start < walked:
+        # `id + 0`: the range read and its ids compared; no walk in id order hoping to meet the
+        # range early (a planner's guess that may read most of the table).
+        ids = events.c.id + 0
+        inside = [events.c.kind == kind, events.c.detected_at >= start, events.c.detected_at < stop]
+        return sa.select((sa.func.max if last else sa.func.min)(ids)).where(*inside).scalar_subquery()
+    order = events.c.id.desc() if last else events.c.id
+    conds = [events.c.kind == kind, detected_day() == sa.bindparam(None, day, type_=sa.Date)]
+    if lo is not None:
+        conds.append(events.c.detected_at >= lo)
+    if hi is not None:
+        conds.append(events.c.detected_at < hi)
+    return sa.select(events.c.id).where(*conds).order_by(order).limit(1).scalar_subquery()
+
+
+def id_window_query(kind: str, flt: EventFilter, days: Sequence[date], dialect: str) -> sa.Select[Any]:
+    """(first id, last id) of the events of `kind` detected in the filter's period (last id only
+    with `until`), exactly: each whole day of the period is a seek of ix_events_kind_day_id, its
+    first and last day (where `since` and `until` fall) are read in part (_part_of_day).
 
     `days` must hold every day an event of the period can be on (plan() lists them): then no
     event of the period lies outside the window, whatever its other conditions."""
-
-    def end(day: date, last: bool) -> sa.ScalarSelect[Any]:
-        conds = [events.c.kind == kind]
-        at = flt.until if last else flt.since
-        if at is not None and day == (days[-1] if last else days[0]):
-            midnight = datetime.combine(day, datetime.min.time(), UTC)
-            start, stop = (midnight, at) if last else (at, midnight + timedelta(days=1))
-            if stop - start < timedelta(hours=12):
-                # `id + 0`: the range read and its ids compared; no walk in id order hoping to
-                # meet the range early (a planner's guess that may read most of the table).
-                ids = events.c.id + 0
-                conds += [events.c.detected_at >= start, events.c.detected_at < stop]
-                return sa.select((sa.func.max if last else sa.func.min)(ids)).where(*conds).scalar_subquery()
-            conds.append(events.c.detected_at < at if last else events.c.detected_at >= at)
-        conds.append(detected_day() == sa.bindparam(None, day, type_=sa.Date))
-        order = events.c.id.desc() if last else events.c.id
-        return sa.select(events.c.id).where(*conds).order_by(order).limit(1).scalar_subquery()
+    ends: list[tuple[date, datetime | None, datetime | None]] = []
+    whole = list(days)
+    for day in {days[0], days[-1]}:
+        lo = flt.since if flt.since is not None and day == days[0] else None
+        hi = flt.until if flt.until is not None and day == days[-1] else None
+        if lo is not None or hi is not None:
+            ends.append((day, lo, hi))
+            whole.remove(day)
 
     def bound(last: bool) -> sa.ColumnElement[Any]:
-        parts = sa.union_all(*[sa.select(end(day, last).label("x")) for day in days]).subquery()
-        return sa.select((sa.func.max if last else sa.func.min)(parts.c.x)).scalar_subquery()
+        parts = [_part_of_day(kind, day, lo, hi, last) for day, lo, hi in sorted(ends, key=lambda e: e[0])]
+        if whole:
+            parts.append(_day_seeks(kind, whole, dialect, last))
+        if len(parts) == 1:
+            return parts[0]
+        union = sa.union_all(*[sa.select(p.label("x")) for p in parts]).subquery()
+        return sa.select((sa.func.max if last else sa.func.min)(union.c.x)).scalar_subquery()
 
     return sa.select(bound(False), bound(True) if flt.until is not None else sa.null())
 
@@ -370,23 +382,22 @@ def span_query(kind: str, dialect: str) -> sa.Select[Any] | sa.TextualSelect:
     )
 
 
-def walk_ids(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> bool:
-    """Whether a page filtered by time is cheaper walked in id order than read by time and sorted.
+def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> Plan:
+    """The cheapest exact plan for a page of this filter.
 
-    Ids follow arrival, hence roughly detection time, so a walk from the oldest id reaches a recent
+    Ids follow arrival, hence roughly detection time, so a walk in id order reaches a recent
     period only after every event before it (and newest first, an old period after every event
-    since). The time range read from its index costs the events inside it. Which is smaller is
+    since), unless it starts from the period's id window: its first id (and last, with an end),
+    found from the day index (id_window_query; exact, late uploads and clocks running ahead
+    included). That serves a period alone or with category, action, severity, triage or type:
+    their (column, kind, id) indexes, or ix_events_kind_id, walked inside the window. A period
+    with a host or rule is read by time from their (..., detected_at) indexes, unless a walk from
+    the cursor is cheaper; so is a period of more than MAX_DAYS days. Which is cheaper is
     estimated from the time span the events cover (two index seeks), assuming an even rate; the
     answer never changes which events match, only the plan that finds them. Without the hint a
     planner picks the id walk ("stops after `limit` rows"), seconds at a million rows for the last
     day: `id + 0` is what takes the id index away from it.
     """
-    return plan(conn, kind, flt, newest_first=newest_first).walk_ids
-
-
-def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> Plan:
-    """The cheapest exact plan for a page of this filter (walk_ids() says when to walk ids);
-    a time-only filter not walked is read day by day when it spans at most MAX_DAYS days."""
     if flt.since is None and flt.until is None:
         return Plan()
     lo, hi = conn.execute(span_query(kind, conn.dialect.name)).one()
@@ -408,14 +419,19 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
         return Plan(walk_ids=walk)
     if timed:
         return Plan(walk_ids=False)  # their own (..., detected_at) indexes
-    days = tuple(first + timedelta(days=i) for i in range(max(n, 0)))
-    if not walk and replace(flt, since=None, until=None) == EventFilter():
-        return Plan(walk_ids=False, days=days, sorted_parts=is_postgres(conn))
-    # The other filters' (column, kind, id) indexes, walked only through the period's ids.
-    first_id, last_id = conn.execute(id_window_query(kind, flt, days)).one() if days else (None, None)
-    if first_id is None:
-        return Plan(walk_ids=False, days=())  # no event in the period
+    if n <= 0:
+        return Plan(walk_ids=False, empty=True)
+    days = [first + timedelta(days=i) for i in range(n)]
+    first_id, last_id = conn.execute(id_window_query(kind, flt, days, conn.dialect.name)).one()
+    if first_id is None or (flt.until is not None and last_id is None):
+        return Plan(walk_ids=False, empty=True)  # no event in the period
     return Plan(first_id=first_id, last_id=last_id)
+
+
+def walk_ids(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = False) -> bool:
+    """Whether a page of this filter walks ids in order (from the cursor, or inside the period's
+    id window) rather than reading the time range and sorting it (see plan())."""
+    return plan(conn, kind, flt, newest_first=newest_first).walk_ids
 
 
 def _snapshot(conn: Connection) -> None:
@@ -549,11 +565,12 @@ class EventRepo:
             _snapshot(conn)
             flt = resolve_host(conn, flt)
             p = plan(conn, kind, flt)
+            if p.empty:
+                return [], False
             after, before = p.cursors(after_id, None)
             query = page_query(
-                kind, flt, after_id=after, before_id=before, limit=limit + 1, walk_ids=p.walk_ids,
-                days=p.days, sorted_parts=p.sorted_parts,
-            )  # fmt: skip
+                kind, flt, after_id=after, before_id=before, limit=limit + 1, walk_ids=p.walk_ids
+            )
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
@@ -565,18 +582,13 @@ class EventRepo:
             _snapshot(conn)
             flt = resolve_host(conn, flt)
             p = plan(conn, kind, flt, newest_first=True)
+            if p.empty:
+                return [], False
             after, before = p.cursors(0, before_id)
             query = page_query(
-                kind,
-                flt,
-                after_id=after,
-                before_id=before,
-                limit=limit + 1,
-                newest_first=True,
+                kind, flt, after_id=after, before_id=before, limit=limit + 1, newest_first=True,
                 walk_ids=p.walk_ids,
-                days=p.days,
-                sorted_parts=p.sorted_parts,
-            )
+            )  # fmt: skip
             rows = conn.execute(query).all()
         return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
