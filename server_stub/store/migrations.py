@@ -320,10 +320,11 @@ def _v13_cache_changes(conn: Connection) -> None:
     md.create_all(conn)
 
 
-# A page of a period reads each day of it in receive order and merges them (store/events.py
-# page_query), instead of reading the whole period and sorting it. The expression is the UTC day,
-# spelled as store/events.py detected_day() compiles it; detected_at rides along for the first and
-# last day's bounds (SQLite keeps the row id in every index entry).
+# A page of a period walks ids inside the period's id window, whose first and last id of each
+# UTC day is one seek of this index (store/events.py id_window_query), instead of reading the
+# whole period and sorting it. The expression is the UTC day, spelled as store/events.py
+# detected_day() compiles it; detected_at rides along for the first and last day's bounds (SQLite
+# keeps the row id in every index entry).
 _DAY_INDEX = {
     "sqlite": (
         "CREATE INDEX ix_events_kind_day_id ON events (kind, substr(detected_at, 1, 10), id, detected_at)"
