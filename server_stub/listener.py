@@ -22,20 +22,30 @@ meter and hands it over in the lifespan state (LISTENER_STATE), with the app's f
 (FRONT_DOOR_STATE). A connection that is not refused gets the protocol that answers a node's
 hot requests in the parser's callbacks (server_stub/nodeprotocol.py), unless httptools is
 missing or ENDPOINT_SERVER_NODE_PROTOCOL=off: then uvicorn's own.
+
+Connections waiting to be accepted are taken in a batch (Acceptor): uvloop's libuv takes one per
+event-loop turn, and a turn under load is long (ENDPOINT_SERVER_ACCEPT_BATCH=0: one a turn).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from server_stub.admission import REFUSAL_BODY, RETRY_AFTER_SECONDS
 
+log = logging.getLogger(__name__)
+
 LISTENER_STATE = "endpoint.listener"
 FRONT_DOOR_STATE = "endpoint.front_door"
 NODE_PROTOCOL_ENV = "ENDPOINT_SERVER_NODE_PROTOCOL"  # "off": uvicorn's own protocol for every connection
+ACCEPT_BATCH_ENV = "ENDPOINT_SERVER_ACCEPT_BATCH"  # connections taken per accept (0: libuv's one a turn)
+ACCEPT_BATCH = 256
 TICK = 0.025  # 40 wake-ups a second: about 0.4 % of a core on an idle server
 REQUEST_WAIT = 2.0  # a refused connection that sends nothing is closed after this
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
@@ -104,7 +114,20 @@ class LoopLag:
 def protocol_factory(
     config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None
 ) -> asyncio.Protocol:
-    """uvicorn's `http` setting: its own HTTP protocol, or the refusal while the loop lags."""
+    """uvicorn's `http` setting: its own HTTP protocol, or the refusal while the loop lags. Called
+    as the listener accepts a connection: the rest of the accept queue is taken meanwhile."""
+    protocol = _protocol(config, server_state, app_state, _loop)
+    acceptor = _ACCEPTORS.get(server_state, _UNKNOWN)
+    if acceptor is _UNKNOWN:
+        acceptor = _ACCEPTORS[server_state] = Acceptor.find(
+            config, lambda: _protocol(config, server_state, app_state, None)
+        )
+    if acceptor is not None:
+        acceptor.drain()
+    return protocol
+
+
+def _protocol(config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any) -> asyncio.Protocol:
     meter: LoopLag | None = app_state.get(LISTENER_STATE)
     if meter is not None:
         meter.server_state = server_state
@@ -125,6 +148,114 @@ def _http(config: Any, server_state: Any, app_state: dict[str, Any], loop: Any) 
     )
     return protocol
 
+
+class Acceptor:
+    """Takes the connections waiting in the listening socket's accept queue, at most `batch` at a
+    time, each given to uvloop as an accepted socket with a protocol from `make`.
+
+    libuv (uvloop's, since 1.45) accepts ONE connection per event-loop turn. Under load a turn
+    handles every ready connection -- tens of milliseconds, more while the machine is starved --
+    so new connections wait in the kernel's accept queue for seconds (hundreds queued, ~50 taken
+    a second: agents time out with no drop counted anywhere), while requests on kept connections
+    are answered. `drain` runs as libuv accepts its one (protocol_factory, below): the listening
+    socket is open then, and it runs once a turn while connections wait.
+    """
+
+    def __init__(
+        self, listeners: list[tuple[int, int]], make: Callable[[], asyncio.Protocol], ssl: Any, batch: int
+    ) -> None:
+        self.listeners = listeners  # (file descriptor, address family): uvicorn's listening sockets
+        self.make = make
+        self.ssl = ssl
+        self.batch = batch
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def find(cls, config: Any, make: Callable[[], asyncio.Protocol]) -> Acceptor | None:
+        """For uvicorn's listening sockets on config.port (found among this process's open files);
+        None when there is nothing to find (a Unix socket, port 0, no /proc) or it is turned off."""
+        batch = _batch_setting()
+        if batch <= 0 or getattr(config, "uds", None) or getattr(config, "fd", None) is not None:
+            return None
+        port = getattr(config, "port", 0)
+        listeners = _listening_sockets(port) if port else []
+        return cls(listeners, make, getattr(config, "ssl", None), batch) if listeners else None
+
+    def drain(self) -> None:
+        for fd, family in self.listeners:
+            listener = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)  # uvicorn's: not closed here
+            try:
+                for _ in range(self.batch):
+                    try:
+                        conn, _address = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break  # the queue is empty
+                    except ConnectionAbortedError:
+                        continue
+                    except OSError as exc:  # out of file descriptors: libuv's own accept sheds the load
+                        log.warning("accepting a connection: %s", exc)
+                        break
+                    self._start(conn)
+            finally:
+                listener.detach()
+
+    def _start(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            task = loop.create_task(loop.connect_accepted_socket(self.make, conn, ssl=self.ssl))
+        except Exception:
+            conn.close()
+            raise
+        self.tasks.add(task)
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("an accepted connection failed to start: %s", task.exception())
+
+
+def _batch_setting() -> int:
+    raw = os.environ.get(ACCEPT_BATCH_ENV, "")
+    try:
+        return int(raw) if raw else ACCEPT_BATCH
+    except ValueError:
+        return ACCEPT_BATCH
+
+
+def _listening_sockets(port: int) -> list[tuple[int, int]]:
+    """This process's listening TCP sockets bound to `port`: (descriptor, family)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                and sock.getsockname()[1] == port
+            ):
+                found.append((fd, int(sock.family)))
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return found
+
+
+_UNKNOWN: Any = object()
+_ACCEPTORS: weakref.WeakKeyDictionary[Any, Acceptor | None] = weakref.WeakKeyDictionary()  # by server_state
 
 _NODE_PROTOCOL: list[Any] = []  # [the class, or None]: looked up once
 

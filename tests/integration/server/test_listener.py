@@ -7,6 +7,8 @@
   Retry-After + Connection: close (the same body as the in-flight cap's), a flood of them
   included, nothing left waiting, and so is a request on a connection already open; /healthz is
   still served; the refusals are counted; once the loop keeps up, requests are served again;
+- connections waiting in the accept queue are all taken at the loop's next turn, not one a turn
+  (uvloop's libuv), so a new connection is not left waiting behind a busy loop.
 """
 
 from __future__ import annotations
@@ -176,3 +178,44 @@ def test_idle_connections_do_not_make_a_late_loop_overloaded(server: InProcessSe
         meter.max_lag = 60.0
         for sock in idle:
             sock.close()
+
+
+def test_waiting_connections_are_taken_in_a_batch_not_one_a_turn(server: InProcessServer) -> None:
+    """libuv accepts one connection per event-loop turn; connections waiting in the accept queue
+    are all taken at the next turn instead. Counted in turns of a loop made slow, not in time."""
+    health = f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    loop = _meter(server)._loop
+    assert loop is not None
+    turns = [0]
+    running = [True]
+
+    def slow_turn() -> None:  # every turn of the server's loop lasts at least 20 ms
+        turns[0] += 1
+        time.sleep(0.02)
+        if running[0]:
+            loop.call_soon(slow_turn)
+
+    loop.call_soon_threadsafe(slow_turn)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+            sock.sendall(health)
+            socks.append(sock)
+        sent_at = turns[0]
+        answers = [_read_all(sock) for sock in socks]
+        answered_at = turns[0]
+    finally:
+        running[0] = False
+        for sock in socks:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    # One a turn would take about 100 turns for what was queued when the last was sent.
+    assert answered_at - sent_at <= 20, (sent_at, answered_at)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
