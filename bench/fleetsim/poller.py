@@ -7,7 +7,8 @@ One connection sends pre-encoded polls (`requests`, in turn), one at a time: the
 the answer is in (or after a pause: `think`, a mean in seconds, exponential). No coroutine, task
 or future per request; each answer's status and latency go to `rec` under "policy". A request
 without an answer after `timeout` is a timeout and ends the connection; so does a connection the
-server closes (with its request counted as an error). `wait_retry_after`: a 429/503 carrying
+server closes (with its request counted as an error); one whose answer says Connection: close is
+closed here, as an agent's client does. `wait_retry_after`: a 429/503 carrying
 Retry-After pauses this connection that long, as an agent would.
 """
 
@@ -82,6 +83,11 @@ class Poller(asyncio.Protocol):
                     pause = max(pause, float(after))
         if pause > 0:
             self.resume_at = time.monotonic() + pause
+        if b"\r\nconnection: close" in answer.headers:
+            # Not reused, as an agent's client does: a request sent before the server's close
+            # arrives would be lost with it. keep_polling opens another after the pause.
+            self.transport.close()
+        elif pause > 0:
             self.loop.call_later(pause, self._send)
         else:
             self._send()

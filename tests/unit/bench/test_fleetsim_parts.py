@@ -446,6 +446,35 @@ def test_keep_polling_records_every_answer_pauses_for_retry_after_and_reconnects
     assert set(outcomes) == {304, 503}
 
 
+def test_keep_polling_does_not_reuse_a_connection_the_server_said_it_closes() -> None:
+    """An answer with Connection: close ends its connection before the server's FIN is seen: a
+    request sent on it meanwhile would never be answered (here the server reads nothing more)."""
+    from bench.fleetsim.poller import keep_polling
+
+    connections: list[int] = []
+
+    async def main() -> Recorder:
+        async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Busy\r\nconnection: close\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # held open until the client closes it
+            writer.close()
+
+        server, port = await _serve(closing)
+        rec = Recorder()
+        until = time.monotonic() + 0.5
+        await keep_polling(asyncio.get_running_loop(), port, [b"GET / HTTP/1.1\r\n\r\n"], rec,
+                           until=until, timeout=2.0)  # fmt: skip
+        server.close()
+        return rec
+
+    rec = asyncio.run(main())
+    outcomes = rec.kinds["policy"].outcomes
+    assert set(outcomes) == {503} and outcomes[503] == len(connections) >= 2
+
+
 def test_keep_polling_counts_a_silent_server_as_timeouts() -> None:
     from bench.fleetsim.poller import keep_polling
 
