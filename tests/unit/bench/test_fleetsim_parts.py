@@ -449,26 +449,22 @@ def test_keep_polling_records_every_answer_pauses_for_retry_after_and_reconnects
 def test_keep_polling_does_not_reuse_a_connection_the_server_said_it_closes() -> None:
     """An answer with Connection: close ends its connection before the server's FIN is seen: a
     request sent on it meanwhile would never be answered (here the server reads nothing more)."""
-    from bench.fleetsim.poller import keep_polling
-
-    connections: list[int] = []
+    connections: list[int] = []  # that carried a poll
 
     async def main() -> Recorder:
         async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):  # the last, closed unused at the end
+                writer.close()
+                return
             connections.append(1)
-            await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 503 Busy\r\nconnection: close\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
             await reader.read()  # held open until the client closes it
             writer.close()
 
-        server, port = await _serve(closing)
-        rec = Recorder()
-        until = time.monotonic() + 0.5
-        await keep_polling(asyncio.get_running_loop(), port, [b"GET / HTTP/1.1\r\n\r\n"], rec,
-                           until=until, timeout=2.0)  # fmt: skip
-        server.close()
-        return rec
+        return await _keep_polling_for(0.5, closing, timeout=2.0)
 
     rec = asyncio.run(main())
     outcomes = rec.kinds["policy"].outcomes
@@ -476,20 +472,25 @@ def test_keep_polling_does_not_reuse_a_connection_the_server_said_it_closes() ->
 
 
 def test_keep_polling_counts_a_silent_server_as_timeouts() -> None:
-    from bench.fleetsim.poller import keep_polling
-
     async def main() -> Recorder:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read()
 
-        server, port = await _serve(silent)
-        rec = Recorder()
-        until = time.monotonic() + 0.5
-        await keep_polling(asyncio.get_running_loop(), port, [b"GET / HTTP/1.1\r\n\r\n"], rec,
-                           until=until, timeout=0.2)  # fmt: skip
-        server.close()
-        return rec
+        return await _keep_polling_for(0.5, silent, timeout=0.2)
 
     rec = asyncio.run(main())
     assert set(rec.kinds["policy"].outcomes) == {TIMEOUT}
     assert rec.kinds["policy"].percentile(0.5) >= 0.19
+
+
+async def _keep_polling_for(seconds: float, handler: Handler, *, timeout: float) -> Recorder:
+    """One keep_polling connection (and its successors) against `handler` for `seconds`."""
+    from bench.fleetsim.poller import keep_polling
+
+    server, port = await _serve(handler)
+    rec = Recorder()
+    until = time.monotonic() + seconds
+    await keep_polling(asyncio.get_running_loop(), port, [b"GET / HTTP/1.1\r\n\r\n"], rec,
+                       until=until, timeout=timeout)  # fmt: skip
+    server.close()
+    return rec
