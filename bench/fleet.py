@@ -27,11 +27,13 @@ The `fleet` benchmark measures, on one server:
   p95 <= 100 ms), none timed out.
 
 Every result prints CPU per request of the server, the database and the simulator, how late
-the simulator ran its own timers, how busy the machine was (and with what else), the kernel's
-accept-queue drops and SYN retransmits, and the server's event-loop stalls over 50 ms as its
-stall watch logged them (server_stub/stallwatch.py: where the loop thread was, and whether it ran,
-waited for a CPU or was blocked). A step that did not hold while other processes used the CPU
-(the benchmark runs niced) is inconclusive too. Simulated machines connect from addresses of
+the simulator ran its own timers, how busy the machine was (and with what else; the CPU the
+hypervisor took, steal), the server's major page faults, the kernel's accept-queue drops and
+SYN retransmits, and the server's event-loop stalls over 50 ms as its stall watch logged them
+(server_stub/stallwatch.py: where the loop thread was, and whether it ran, waited for a CPU or
+was blocked, and why: a collection, steal, page faults). A step that did not hold while other
+processes used the CPU (the benchmark runs niced) or the hypervisor took it, or while the
+server's pages were read back from disk, is inconclusive too. Simulated machines connect from addresses of
 their own and keep their connection as the agent's client does (bench/fleetsim/agent.py).
 """
 
@@ -81,6 +83,7 @@ BUSY_PROCS = 2  # simulator processes for the steady state and overload (one cou
 LAG_P99 = 0.050  # the simulator's timers later than this (p99), or
 LAG_MAX = 1.0  # than this once: it measured itself, not the server
 OTHERS_MAX = 0.25  # cores used by other processes past which a failed step is inconclusive
+PAGE_INS_MAX = 100  # the server's major page faults in a step past which a failed one is inconclusive
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -166,6 +169,14 @@ def others_cores(bench: Bench, label: str) -> float:
     return now.others_since(earlier) + now.steal_since(earlier)
 
 
+def page_ins(bench: Bench, label: str) -> int:
+    """The server's major page faults (pages read back from disk) while `label` ran."""
+    if label not in bench.context:
+        return 0
+    earlier, now, _stalls = bench.context[label]
+    return now.server_majflt - earlier.server_majflt
+
+
 def context_lines(bench: Bench, label: str) -> str:
     """The machine, the kernel's drops and the server's event-loop stalls while `label` ran."""
     if label not in bench.context:
@@ -241,14 +252,17 @@ class Bench:
 HELD, FAILED = "held", "DID NOT HOLD"
 SIM_LAGGED = "INCONCLUSIVE (the simulator lagged)"
 MACHINE_BUSY = "INCONCLUSIVE (other processes or the hypervisor took the CPU)"
+PAGED_IN = "INCONCLUSIVE (the server's memory was paged in from disk)"
 
 
-def step_verdict(rec: Recorder, others: float = 0.0) -> tuple[str, str]:
+def step_verdict(rec: Recorder, others: float = 0.0, page_ins: int = 0) -> tuple[str, str]:
     """HELD, FAILED (the server missed: timeouts, errors, refusals, p95), SIM_LAGGED (the
     simulator fell behind its schedule) or MACHINE_BUSY (a step that did not hold while processes
     other than the server, its database and the simulator used, or the hypervisor took, `others`
-    > OTHERS_MAX cores: this benchmark runs niced, so they had the CPU first): the step then says
-    nothing of the server."""
+    > OTHERS_MAX cores: this benchmark runs niced, so they had the CPU first), or PAGED_IN (one that
+    did not hold while the server waited for more than PAGE_INS_MAX of its pages to be read back
+    from disk: this machine's memory reclaim, not the server's work): the step then says nothing
+    of the server."""
     total = rec.all()
     if not total.count:
         return FAILED, "no requests"
@@ -257,6 +271,8 @@ def step_verdict(rec: Recorder, others: float = 0.0) -> tuple[str, str]:
     verdict, why = _server_verdict(rec, total)
     if verdict != HELD and others > OTHERS_MAX:
         return MACHINE_BUSY, f"{why}, while other processes and the hypervisor took {others:.2f} cores"
+    if verdict != HELD and page_ins > PAGE_INS_MAX:
+        return PAGED_IN, f"{why}, while {page_ins:,} of the server's pages were read back from disk"
     return verdict, why
 
 
@@ -285,7 +301,7 @@ def ramp(
         if label.startswith("warmup"):
             return True  # new hosts met once: not measured
         hosts = steps[int(label)][0]
-        verdict, why = step_verdict(rec, others_cores(bench, label))
+        verdict, why = step_verdict(rec, others_cores(bench, label), page_ins(bench, label))
         server_cores = cores[0]
         per_core = hosts / server_cores if server_cores > 0 else math.inf
         total = rec.all()
@@ -520,10 +536,11 @@ def _steady(
             f"  the ramp stopped because the SIMULATOR lagged at {steps[-1][0]:,} hosts, not the server: "
             "the server's limit is higher (more --fleet-procs, or less else on the machine)"
         )
-    elif steps and steps[-1][3] == MACHINE_BUSY:
+    elif steps and steps[-1][3] in (MACHINE_BUSY, PAGED_IN):
         print(
             f"  the ramp stopped at {steps[-1][0]:,} hosts while OTHER processes used the CPU (this "
-            "benchmark runs niced): what it says of the server is a lower bound; run it on a quiet machine"
+            "benchmark runs niced) or the server's pages were read back from disk: what it says of the "
+            "server is a lower bound; run it on a quiet machine"
         )
     if not held:
         print("  no step held")

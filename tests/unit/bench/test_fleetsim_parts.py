@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.fleet import FAILED, HELD, MACHINE_BUSY, SIM_LAGGED, lagged, step_verdict
+from bench.fleet import FAILED, HELD, MACHINE_BUSY, PAGED_IN, SIM_LAGGED, lagged, step_verdict
 from bench.fleetsim.agent import Fleet, Server, Unavailable, make_hosts
 from bench.fleetsim.http import Answer, Connection, Timeout, encode, exchange
 from bench.fleetsim.stats import ERROR, TIMEOUT, Histogram, Recorder
@@ -354,6 +354,11 @@ def test_a_step_holds_fails_or_is_inconclusive_when_the_simulator_lagged_or_othe
     assert verdict == MACHINE_BUSY and "0.80 cores" in why
     assert step_verdict(_served(20), others=0.8)[0] == HELD
     assert step_verdict(_served(300), others=0.1)[0] == FAILED
+    # ... nor while the server waited for its pages to be read back from disk (memory reclaim).
+    verdict, why = step_verdict(_served(300), page_ins=5000)
+    assert verdict == PAGED_IN and "5,000 of the server's pages" in why
+    assert step_verdict(_served(20), page_ins=5000)[0] == HELD
+    assert step_verdict(_served(300), page_ins=3)[0] == FAILED
 
 
 def test_the_machine_line_tells_the_hypervisors_steal_and_the_servers_page_ins_apart() -> None:
