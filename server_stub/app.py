@@ -28,7 +28,7 @@ from server_stub.config import ServerConfig
 from server_stub.console import mount_console
 from server_stub.context import ServerContext
 from server_stub.enrollbatch import EnrollBatcher
-from server_stub.enrollserve import EnrollFastPath
+from server_stub.enrollserve import ENROLL_DOOR_STATE, EnrollDoor, EnrollFastPath
 from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
@@ -39,7 +39,14 @@ from server_stub.limits import Limits
 from server_stub.listener import FRONT_DOOR_STATE, LISTENER_STATE, LoopLag
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.metrics import Metrics, RequestCountMiddleware
-from server_stub.middleware import UNLIMITED_PATHS, AuthGateMiddleware, BodyLimitMiddleware, error_response
+from server_stub.middleware import (
+    UNLIMITED_PATHS,
+    AuthGateMiddleware,
+    BodyLimitMiddleware,
+    api_error_response,
+    error_response,
+    store_error_response,
+)
 from server_stub.models import Health
 from server_stub.periodic import Periodic
 from server_stub.policycache import PolicyCache
@@ -151,6 +158,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
         rate_sync.start()
         # uvicorn's protocol factory (server_stub/listener.py) finds these in the lifespan state.
         state: dict[str, Any] = {FRONT_DOOR_STATE: app.front_door} if app.front_door is not None else {}
+        if app.front_door is not None:  # enrollments taken by the HTTP protocol (server_stub/enrollserve.py)
+            state[ENROLL_DOOR_STATE] = EnrollDoor(ctx, f"{API_PREFIX}/enroll")
         if config.max_loop_lag > 0:
             lag.start()
             state[LISTENER_STATE] = lag
@@ -299,7 +308,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[st
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -313,8 +322,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        log.error("store failure: %s", exc, exc_info=exc)
-        return error_response(503, "database unavailable; retry later", {"Retry-After": "5"})
+        return store_error_response(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

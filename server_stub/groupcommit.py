@@ -66,10 +66,16 @@ class GroupCommit(Generic[Item, Out]):
         Queued now (`busy` at once when it cannot be); a request cancelled before its group is
         taken (its client left) is not written.
         """
+        return _raised(await self.submit_soon(item))
+
+    def submit_soon(self, item: Item) -> asyncio.Future[Out | Exception]:
+        """`submit` for a caller that cannot await (an HTTP protocol's callback): the future of
+        `item`'s outcome (an Exception outcome is its result; the group's error its exception).
+        Cancelling it before its group is taken leaves `item` unwritten. Raises `busy` at once."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out | Exception] = loop.create_future()
         self._queued(_Waiting(item, future, loop))
-        return _raised(await future)
+        return future
 
     def submit_wait(self, item: Item) -> Out:
         """`submit` from a worker thread, which waits (one hop back to the event loop fewer)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 from starlette.concurrency import run_in_threadpool
@@ -10,15 +11,30 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from endpoint_agent.errors import StoreError
 from server_stub.auth import Role
+from server_stub.errors import ApiError
 from server_stub.limits import Limits
 from server_stub.ratelimit import RateLimiter
+
+log = logging.getLogger("server_stub.app")  # the application's handlers log these (server_stub/app.py)
 
 UNLIMITED_PATHS = frozenset({"/api/v1/healthz"})
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The application's answer to an ApiError (its handler, and the layers that answer before it)."""
+    return error_response(exc.status_code, exc.message, exc.headers)
+
+
+def store_error_response(exc: StoreError) -> JSONResponse:
+    """The application's answer to a database failure: logged, 503 + Retry-After."""
+    log.error("store failure: %s", exc, exc_info=exc)
+    return error_response(503, "database unavailable; retry later", {"Retry-After": "5"})
 
 
 class BodyLimitMiddleware:
@@ -37,14 +53,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(413, f"request body larger than {self.max_bytes} bytes")
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 await error_response(400, "invalid Content-Length header")(scope, receive, send)
                 return
             if int(declared) > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
         try:
             async with asyncio.timeout(self.timeout):  # a trickled body does not hold a worker forever
@@ -55,7 +70,7 @@ class BodyLimitMiddleware:
             )
             return
         if body is None:
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         if body is _DISCONNECTED:
             return
@@ -69,6 +84,9 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> JSONResponse:  # made when needed: a response costs ~30 us to build
+        return error_response(413, f"request body larger than {self.max_bytes} bytes")
 
     async def _read(self, receive: Receive) -> bytes | None:
         """The whole body; None when it grows over max_bytes; _DISCONNECTED if the client left."""
@@ -123,7 +141,7 @@ class AuthGateMiddleware:
         if scope["type"] != "http" or path in UNLIMITED_PATHS or (state and "principal" in state):
             await self.app(scope, receive, send)
             return
-        address = "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
+        address = address_key(scope.get("client"))
         token = bearer_token(Headers(scope=scope).get("authorization"))
         on_api = path.startswith(self.api_prefix)
         if token is None:
@@ -172,6 +190,11 @@ class AuthGateMiddleware:
             await too_many(wait)(scope, receive, send)
             return False
         return True
+
+
+def address_key(client: tuple[str, int] | None) -> str:
+    """The address buckets' key of a client (ASGI's scope["client"])."""
+    return "addr:" + (client[0] if client else "unknown")
 
 
 def bearer_token(header: str | None) -> str | None:

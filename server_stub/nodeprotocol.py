@@ -12,6 +12,12 @@ of the application pending, nothing queued behind one, the transport not pushing
   answer is written to the transport from the callback: no task, no ASGI message. A heartbeat's
   body (a Content-Length of at most BODY_MAX) is gathered in on_body, judged in
   on_message_complete; not whole within --body-timeout: the 408 the first layer gives.
+- an enrollment with the fleet's enroll secret is taken the same way by EnrollDoor's decisions
+  (server_stub/enrollserve.py) and queued for its group commit; its answer is written when the
+  group is settled. Meanwhile it is the connection's request in progress (a RequestResponseCycle
+  that runs no task stands for it, counted in flight): a request pipelined behind it waits in
+  uvicorn's pipeline, a graceful shutdown closes after its answer, a client that leaves takes it
+  out of the queue if its group has not been taken yet.
 
 Everything else -- and whatever those decisions leave to the route (a heartbeat that does not
 validate, a policy copy to load first, no policy for the host) -- goes on through uvicorn's own
@@ -32,10 +38,11 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from server_stub.admission import REFUSAL_BODY, announces_body, refusal_headers
 from server_stub.auth import Principal
+from server_stub.enrollserve import ENROLL_DOOR_STATE, EnrollDoor, Enrolling
 from server_stub.frontdoor import Answer, FrontDoor, NodeHead
 from server_stub.middleware import UNLIMITED_PATHS
 
@@ -52,6 +59,7 @@ _UNLIMITED = frozenset(path.encode("ascii") for path in UNLIMITED_PATHS)
 _PASSED = 0  # uvicorn's, as if this subclass were not there
 _BEAT = 1  # a heartbeat whose body is being gathered here
 _DONE = 2  # answered (or not to be read): the rest of it is dropped
+_ENROLL = 3  # an enrollment whose body is being gathered here
 
 
 def render(
@@ -86,6 +94,8 @@ class NodeProtocol(HttpToolsProtocol):
         self.door = door
         self.poll_url = door.poll_path.encode("ascii")
         self.beat_url = door.beat_path.encode("ascii")
+        self.enroll_door: EnrollDoor | None = app_state.get(ENROLL_DOOR_STATE)
+        self.enrolling: set[asyncio.Future[str | Exception]] = set()  # queued; cancelled if the client leaves
         # The current request, when this protocol holds it.
         self.state = _PASSED
         self.method = ""
@@ -123,12 +133,15 @@ class NodeProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self.state == _PASSED:
             super().on_body(body)
-        elif self.state == _BEAT:
+        elif self.state == _BEAT or self.state == _ENROLL:
             self.body += body  # at most the Content-Length announced, <= BODY_MAX: llhttp holds to it
 
     def on_message_complete(self) -> None:
         if self.state == _PASSED:
             super().on_message_complete()
+            return
+        if self.state == _ENROLL:
+            self._enroll_body()
             return
         if self.state != _BEAT:
             self.answered = True  # the rest of an answered request is read: idle again
@@ -166,10 +179,12 @@ class NodeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_body_timer()
+        for outcome in list(self.enrolling):
+            outcome.cancel()  # not written if its group has not been taken yet
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        if self.state == _BEAT:
+        if self.state == _BEAT or self.state == _ENROLL:
             self.keep_alive = False  # answered once its body is in, then closed
         else:
             super().shutdown()
@@ -198,6 +213,8 @@ class NodeProtocol(HttpToolsProtocol):
             poll = True
         elif url == self.beat_url and method == b"POST":
             poll = False
+        elif self.enroll_door is not None and url == self.enroll_door.url and method == b"POST":
+            return self._take_enrollment(self.enroll_door)
         else:
             return False
         if self.expect_100_continue or self.root_path:
@@ -224,6 +241,95 @@ class NodeProtocol(HttpToolsProtocol):
         self.state, self.principal, self.head = _BEAT, principal, head
         self.body_timer = self.loop.call_later(door.ctx.config.body_timeout, self._body_late)
         return True
+
+    # -- an enrollment ------------------------------------------------------------------------------
+
+    def _take_enrollment(self, door: EnrollDoor) -> bool:
+        """Its body gathered here (or a refusal written); False: uvicorn's (the application's)."""
+        # Behind a trusted proxy the client's address is the application's to work out.
+        if self.expect_100_continue or self.root_path or self.config.proxy_headers:
+            return False
+        head = NodeHead.read(self.headers)
+        principal = door.enroller(head.authorization)
+        if principal is None or not (self.door.readable(head) and int(head.length or b"0") <= BODY_MAX):
+            return False
+        refused = door.admit(principal, self.client)
+        if refused is not None:
+            self._finish(refused)
+            return True
+        self.scope["state"]["principal"] = principal  # identified and admitted: not again
+        self.state, self.principal, self.head = _ENROLL, principal, head
+        self.body_timer = self.loop.call_later(self.door.ctx.config.body_timeout, self._body_late)
+        return True
+
+    def _enroll_body(self) -> None:
+        self._stop_body_timer()
+        self.state = _DONE
+        body, self.body = bytes(self.body), bytearray()
+        assert self.enroll_door is not None and self.head is not None
+        try:
+            started = self.enroll_door.start(body, self.head.content_type)
+        except Exception as exc:
+            started = self.door.failed(exc)
+        if started is None:  # the route says why: uvicorn's own handling, from the head on
+            self.state = _PASSED
+            super().on_headers_complete()
+            if body:
+                super().on_body(body)
+            super().on_message_complete()
+        elif isinstance(started, Answer):
+            self._finish(started)
+        else:
+            self._wait_for(started)
+
+    def _wait_for(self, enrolling: Enrolling) -> None:
+        """The connection's request in progress until the group is settled (see the module's doc)."""
+        cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=self.keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.more_body = False
+        self.cycle = cycle
+        self.enrolling.add(enrolling.outcome)
+        admission = self.door.admission
+        admission.in_flight += 1
+        request = self._request_line()
+
+        def settled(outcome: asyncio.Future[str | Exception]) -> None:
+            admission.in_flight -= 1
+            self.enrolling.discard(outcome)
+            self._enrolled(cycle, enrolling, request)
+
+        enrolling.outcome.add_done_callback(settled)
+
+    def _enrolled(
+        self, cycle: RequestResponseCycle, enrolling: Enrolling, request: tuple[str, str, str]
+    ) -> None:
+        if cycle.disconnected or self.transport.is_closing():
+            cycle.response_complete = True  # nobody to answer
+            return
+        try:
+            answer = EnrollDoor.settled(enrolling)
+        except Exception as exc:
+            answer = self.door.failed(exc)
+        self.door.ctx.metrics.answered(request[0], answer.status)
+        data, keep_alive = render(self.server_state.default_headers, answer, cycle.keep_alive)
+        if self.access_log:
+            self._log_access(answer.status, request)
+        self.transport.write(data)
+        cycle.response_complete = True
+        if not keep_alive:
+            self.transport.close()
+        cycle.on_response()  # as uvicorn after its answers: counted, then the next pipelined request
 
     def _finish(self, answer: Answer) -> None:
         """Write the whole answer; close, or wait for the next request."""
@@ -252,7 +358,7 @@ class NodeProtocol(HttpToolsProtocol):
 
     def _body_late(self) -> None:
         self.body_timer = None
-        if self.state == _BEAT and not self.transport.is_closing():
+        if (self.state == _BEAT or self.state == _ENROLL) and not self.transport.is_closing():
             self.body = bytearray()
             self._finish(self.door.late())  # the rest of the body, should it come, is dropped
             if self.answered:
@@ -263,8 +369,11 @@ class NodeProtocol(HttpToolsProtocol):
             self.body_timer.cancel()
             self.body_timer = None
 
-    def _log_access(self, status: int) -> None:
+    def _log_access(self, status: int, request: tuple[str, str, str] | None = None) -> None:
+        """The access log line; `request`: (method, path, version) of a request answered later."""
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
-        version = self.parser.get_http_version()
-        path = self.url.decode("latin-1")
-        self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, self.method, path, version, status)
+        method, path, version = request or self._request_line()
+        self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, method, path, version, status)
+
+    def _request_line(self) -> tuple[str, str, str]:
+        return self.method, self.url.decode("latin-1"), self.parser.get_http_version()
