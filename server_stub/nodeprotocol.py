@@ -246,8 +246,7 @@ class NodeProtocol(HttpToolsProtocol):
 
     def _take_enrollment(self, door: EnrollDoor) -> bool:
         """Its body gathered here (or a refusal written); False: uvicorn's (the application's)."""
-        # Behind a trusted proxy the client's address is the application's to work out.
-        if self.expect_100_continue or self.root_path or self.config.proxy_headers:
+        if self.expect_100_continue or self.root_path or self._forwarded():
             return False
         head = NodeHead.read(self.headers)
         principal = door.enroller(head.authorization)
@@ -261,6 +260,11 @@ class NodeProtocol(HttpToolsProtocol):
         self.state, self.principal, self.head = _ENROLL, principal, head
         self.body_timer = self.loop.call_later(self.door.ctx.config.body_timeout, self._body_late)
         return True
+
+    def _forwarded(self) -> bool:
+        """Whether uvicorn's proxy headers layer may take the client's address from the request
+        (the address buckets' key): then the application works it out."""
+        return bool(self.config.proxy_headers) and any(name == b"x-forwarded-for" for name, _ in self.headers)
 
     def _enroll_body(self) -> None:
         self._stop_body_timer()
