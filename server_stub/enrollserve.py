@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -47,6 +48,7 @@ from server_stub.store.hosts import Enrollment
 BUSY_RETRY_AFTER = 2  # seconds, as the admission control answers (server_stub/admission.py)
 # Where the HTTP protocol finds the EnrollDoor: a key of the app's lifespan state (server_stub/app.py).
 ENROLL_DOOR_STATE = "endpoint.enroll"
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]*")  # a uuid, a urlsafe token: JSON text as they are
 FLEET_SECRET = "fleet-secret"  # the enroll-credential bucket of the shared secret (server_stub/limits.py)
 
 
@@ -98,8 +100,13 @@ def refusal(exc: EnrollRefused | EnrollmentsBusy) -> ApiError:
 
 
 def enrolled(host_id: str, node_key: str) -> Answer:
-    """The 200, as FastAPI writes an EnrollResponse (compact JSON; both values are ASCII)."""
-    body = json.dumps({"host_id": host_id, "node_key": node_key}, separators=(",", ":")).encode()
+    """The 200, as FastAPI writes an EnrollResponse (compact JSON)."""
+    if _PLAIN.fullmatch(host_id) and _PLAIN.fullmatch(node_key):  # as always: nothing to escape
+        body = b'{"host_id":"%s","node_key":"%s"}' % (host_id.encode(), node_key.encode())
+    else:
+        body = json.dumps(
+            {"host_id": host_id, "node_key": node_key}, ensure_ascii=False, separators=(",", ":")
+        ).encode()
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
     return Answer(200, headers, body)
 
@@ -124,12 +131,16 @@ def _enroll_alone(ctx: ServerContext, item: Enrollment) -> str:
 
 
 def parse_enroll_body(content_type: bytes | None, body: bytes) -> EnrollRequest | None:
-    """The request as the framework would validate it; None for anything the route must answer."""
+    """The request as the framework validates it; None for anything the route must answer.
+
+    Parsed by pydantic itself, which takes less than json.loads takes (UTF-8 only, strict JSON):
+    whatever it refuses and json.loads would read (a byte order mark, UTF-16) goes to the route.
+    """
     if not is_json(content_type):
         return None
     try:
-        return EnrollRequest.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # ValueError: also a body that is not JSON
+        return EnrollRequest.model_validate_json(body)
+    except ValidationError:
         return None
 
 
@@ -191,8 +202,8 @@ class EnrollDoor:
         """The answer once the group was written (or failed)."""
         try:
             outcome = enrolling.outcome.result()
-        except Exception as exc:  # the group's error: each request answers it
-            return error_answer(exc)
+        except Exception as exc:  # the group's error (or busy: the server stopped first)
+            outcome = exc
         if isinstance(outcome, (EnrollRefused, EnrollmentsBusy)):
             return error_answer(refusal(outcome))
         if isinstance(outcome, Exception):

@@ -60,6 +60,8 @@ _PASSED = 0  # uvicorn's, as if this subclass were not there
 _BEAT = 1  # a heartbeat whose body is being gathered here
 _DONE = 2  # answered (or not to be read): the rest of it is dropped
 _ENROLL = 3  # an enrollment whose body is being gathered here
+# The message event of a request answered here later: set by uvicorn on a disconnect, never waited on.
+_NO_WAITER = asyncio.Event()
 
 
 def render(
@@ -296,7 +298,7 @@ class NodeProtocol(HttpToolsProtocol):
             access_logger=self.access_logger,
             access_log=self.access_log,
             default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
+            message_event=_NO_WAITER,
             expect_100_continue=False,
             keep_alive=self.keep_alive,
             on_response=self.on_response_complete,

@@ -263,6 +263,10 @@ def test_answers_are_the_applications(server: InProcessServer) -> None:
     wrong_key = _machine("taken", node_key="not-its-key")
     assert _status(_both_ways(server, lambda: _enroll(server, wrong_key))[0]) == 409
     assert _status(_both_ways(server, lambda: _enroll(server, b"[1, 2"))[0]) == 422
+    utf16 = _both_ways(
+        server, lambda: _enroll(server, json.dumps(_machine(f"w{next(names)}")).encode("utf-16"))
+    )
+    assert _status(utf16[0]) == 200  # read by the route (json.loads takes UTF-16)
     assert (
         _status(
             _both_ways(server, lambda: _enroll(server, b'{"hostname": "a\\u0000", "machine_id": "m"}'))[0]
