@@ -148,22 +148,31 @@ class NodeProtocol(HttpToolsProtocol):
         if self.state != _BEAT:
             self.answered = True  # the rest of an answered request is read: idle again
             return
-        self._stop_body_timer()
-        self.state = _DONE
-        body, self.body = bytes(self.body), bytearray()
+        body = self._body_in()
         assert self.principal is not None and self.head is not None
         try:
             answer = self.door.beat(self.principal, body, self.head.content_type)
         except Exception as exc:
             answer = self.door.failed(exc)
-        if answer is None:  # the route says why: uvicorn's own handling, from the head on
-            self.state = _PASSED
-            super().on_headers_complete()
-            if body:
-                super().on_body(body)
-            super().on_message_complete()
+        if answer is None:  # the route says why
+            self._hand_on(body)
             return
         self._finish(answer)
+
+    def _body_in(self) -> bytes:
+        """The body gathered here; the request is now answered here or handed on."""
+        self._stop_body_timer()
+        self.state = _DONE
+        body, self.body = bytes(self.body), bytearray()
+        return body
+
+    def _hand_on(self, body: bytes) -> None:
+        """uvicorn's own handling of the request, from its head on (the application answers)."""
+        self.state = _PASSED
+        super().on_headers_complete()
+        if body:
+            super().on_body(body)
+        super().on_message_complete()
 
     # -- the transport ---------------------------------------------------------------------------
 
@@ -269,20 +278,14 @@ class NodeProtocol(HttpToolsProtocol):
         return bool(self.config.proxy_headers) and any(name == b"x-forwarded-for" for name, _ in self.headers)
 
     def _enroll_body(self) -> None:
-        self._stop_body_timer()
-        self.state = _DONE
-        body, self.body = bytes(self.body), bytearray()
+        body = self._body_in()
         assert self.enroll_door is not None and self.head is not None
         try:
             started = self.enroll_door.start(body, self.head.content_type)
         except Exception as exc:
             started = self.door.failed(exc)
-        if started is None:  # the route says why: uvicorn's own handling, from the head on
-            self.state = _PASSED
-            super().on_headers_complete()
-            if body:
-                super().on_body(body)
-            super().on_message_complete()
+        if started is None:  # the route says why
+            self._hand_on(body)
         elif isinstance(started, Answer):
             self._finish(started)
         else:

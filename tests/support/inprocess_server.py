@@ -117,6 +117,32 @@ class InProcessServer:
             return body
 
 
+class _CountingDoor:
+    """In place of the app's first layer: notes each request that reached ASGI, then hands it on."""
+
+    def __init__(self, door: Any) -> None:
+        self.door = door
+        self.calls: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.calls.append(f"{scope['method']} {scope['path']}")
+        await self.door(scope, receive, send)
+
+
+@contextlib.contextmanager
+def asgi_requests(server: InProcessServer) -> Iterator[list[str]]:
+    """The requests ("METHOD /path") that reach the application in ASGI meanwhile (not those the
+    HTTP protocol answers itself: server_stub/nodeprotocol.py)."""
+    app: Any = server.app  # a ServerApp
+    counting = _CountingDoor(app.front_door)
+    app.front_door = counting
+    try:
+        yield counting.calls
+    finally:
+        app.front_door = counting.door
+
+
 @contextlib.contextmanager
 def in_process_server(
     tmp_path: Path, *, listener: bool = False, **overrides: Any

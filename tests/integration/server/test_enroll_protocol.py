@@ -33,7 +33,7 @@ from server_stub.frontdoor import FrontDoor
 from server_stub.listener import FRONT_DOOR_STATE
 from server_stub.nodeprotocol import NodeProtocol
 from server_stub.store.hosts import Enrollment
-from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.inprocess_server import InProcessServer, asgi_requests, in_process_server
 from tests.support.poison import poison_hostname
 from tests.support.server import API, fresh_pg_database, pg_url_or_skip
 
@@ -52,30 +52,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InProcess
 def _door(server: InProcessServer) -> FrontDoor:
     door: FrontDoor = server.server.lifespan.state[FRONT_DOOR_STATE]
     return door
-
-
-class _Counting:
-    """In place of the app's first layer: the requests that reached ASGI."""
-
-    def __init__(self, door: FrontDoor) -> None:
-        self.door = door
-        self.calls: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.calls.append(f"{scope['method']} {scope['path']}")
-        await self.door(scope, receive, send)
-
-
-@pytest.fixture
-def asgi_calls(server: InProcessServer) -> Iterator[list[str]]:
-    app: Any = server.app
-    counting = _Counting(app.front_door)
-    app.front_door = counting
-    try:
-        yield counting.calls
-    finally:
-        app.front_door = counting.door
 
 
 def _enroll(
@@ -194,12 +170,11 @@ def test_the_door_is_in_the_lifespan_state(server: InProcessServer) -> None:
     assert isinstance(server.server.lifespan.state[ENROLL_DOOR_STATE], EnrollDoor)
 
 
-def test_an_enrollment_reaches_no_asgi_application_and_its_key_works(
-    server: InProcessServer, asgi_calls: list[str]
-) -> None:
+def test_an_enrollment_reaches_no_asgi_application_and_its_key_works(server: InProcessServer) -> None:
     from server_stub.auth import hash_node_key
 
-    (answer,) = _exchange(server, _enroll(server, _machine("ws-1")))
+    with asgi_requests(server) as asgi_calls:
+        (answer,) = _exchange(server, _enroll(server, _machine("ws-1")))
     assert _status(answer) == 200
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert asgi_calls == []
@@ -211,9 +186,7 @@ def test_an_enrollment_reaches_no_asgi_application_and_its_key_works(
     assert _door(server).admission.in_flight == 0
 
 
-def test_what_the_protocol_leaves_reaches_the_application_once(
-    server: InProcessServer, asgi_calls: list[str]
-) -> None:
+def test_what_the_protocol_leaves_reaches_the_application_once(server: InProcessServer) -> None:
     token = _token(server)
     body = json.dumps(_machine("ws-chunked")).encode()
     chunked = (
@@ -234,8 +207,8 @@ def test_what_the_protocol_leaves_reaches_the_application_once(
         # the client's address may come from the proxy header (uvicorn's layer): the application's
         _enroll(server, _machine("ws-fwd"), extra="X-Forwarded-For: 10.1.2.3\r\n"),
     ]
-    asgi_calls.clear()  # the token's creation
-    statuses = [_status(_exchange(server, raw)[0]) for raw in raws]
+    with asgi_requests(server) as asgi_calls:
+        statuses = [_status(_exchange(server, raw)[0]) for raw in raws]
     assert statuses == [422, 200, 422, 200, 200, 200]
     assert asgi_calls == [f"POST {API}/enroll"] * len(raws)
     assert _stored(server, "m-ws-big") is not None and _stored(server, "m-ws-chunked") is not None

@@ -34,7 +34,7 @@ from server_stub.admission import REFUSAL_BODY, refusal_headers
 from server_stub.frontdoor import Answer, FrontDoor
 from server_stub.listener import FRONT_DOOR_STATE
 from server_stub.nodeprotocol import BODY_MAX, HEAD_MAX, NodeProtocol, render
-from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.inprocess_server import InProcessServer, asgi_requests, in_process_server
 from tests.support.server import API
 
 DEADLINE = 60.0  # only keeps a broken build from hanging
@@ -188,19 +188,6 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
 # -- against the real server ---------------------------------------------------------------------
 
 
-class _Counting:
-    """In place of the app's first layer: counts the requests that reached ASGI."""
-
-    def __init__(self, door: FrontDoor) -> None:
-        self.door = door
-        self.calls: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.calls.append(f"{scope['method']} {scope['path']}")
-        await self.door(scope, receive, send)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[InProcessServer]:
     with in_process_server(tmp_path, listener=True, body_timeout=1.0) as live:
@@ -214,13 +201,8 @@ def _door(server: InProcessServer) -> FrontDoor:
 
 @pytest.fixture
 def asgi_calls(server: InProcessServer) -> Iterator[list[str]]:
-    app: Any = server.app  # a ServerApp
-    counting = _Counting(app.front_door)
-    app.front_door = counting
-    try:
-        yield counting.calls
-    finally:
-        app.front_door = counting.door
+    with asgi_requests(server) as calls:
+        yield calls
 
 
 @pytest.fixture
