@@ -14,9 +14,15 @@ they are on PostgreSQL with ENDPOINT_SERVER_INGEST_GROUP=off (the server's envir
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from endpoint_agent.errors import StoreError
 from server_stub.groupcommit import GroupCommit
@@ -40,6 +46,48 @@ class UploadsBusy(StoreError):
 UploadGroups = GroupCommit[Upload, list[EventInsert]]
 
 
+class HeldConnections:
+    """Each writer thread's own connection, kept for its groups: no pool checkout (and the pool's
+    ping, a round trip) per group. EventRepo.insert_uploads invalidates one that failed; the
+    next group reconnects it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def write(self, uploads: Sequence[Upload], now: datetime) -> list[list[EventInsert] | StoreError]:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._store.engine.connect()
+            except SQLAlchemyError:  # the database is away: each upload answers its own error
+                return self._store.events.insert_uploads(uploads, now)
+            with self._lock:
+                self._opened.append(conn)
+            self._local.conn = conn
+        return self._store.events.insert_uploads(uploads, now, held=conn)
+
+    def close(self) -> None:
+        """After the writers stopped: back to the pool."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
+
+
+class _UploadGroups(GroupCommit[Upload, list[EventInsert]]):
+    def __init__(self, held: HeldConnections, *args: Any, **kwargs: Any) -> None:
+        super().__init__(held.write, *args, **kwargs)
+        self._held = held
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self._held.close()
+
+
 def upload_groups(
     store: Store, clock: Callable[[], datetime], *, max_queue: int = MAX_QUEUE, autostart: bool = True
 ) -> UploadGroups | None:
@@ -48,8 +96,8 @@ def upload_groups(
         return None
     if os.environ.get(INGEST_GROUP_ENV, "").lower() == "off":
         return None
-    return GroupCommit(
-        store.events.insert_uploads,
+    return _UploadGroups(
+        HeldConnections(store),
         clock,
         max_batch=MAX_BATCH,
         max_queue=max_queue,

@@ -21,6 +21,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,42 @@ def bulk_insert_hosts(
 ) -> set[tuple[str, str]]:
     """PostgreSQL: `bulk_insert` of rows of several hosts (`host_ids[i]` is row i's host; distinct
     (host, event id) pairs) in one statement; returns the (host id, event id) pairs really inserted."""
+    statement = hosts_insert(conn, host_ids, rows, now, with_inserted=with_inserted)
+    return statement.inserted(conn.exec_driver_sql(statement.sql, statement.params).one())
+
+
+@dataclass(frozen=True, slots=True)
+class HostsInsert:
+    """`bulk_insert_hosts`'s statement, for a caller that sends it itself (a psycopg pipeline,
+    server_stub/store/events.py): its text, its parameters, and how to read its one result row."""
+
+    sql: str
+    params: dict[str, Any]
+    keys: list[tuple[str, str]]  # (host id, event id) of each row, in order
+
+    def inserted(self, row: Sequence[Any]) -> set[tuple[str, str]]:
+        """The (host id, event id) pairs inserted, from the statement's result row."""
+        count, some = row
+        if count == len(self.keys):
+            return set(self.keys)
+        return {(host, event_id) for host, event_id in some or ()}
+
+
+def hosts_insert(
+    conn: Connection,
+    host_ids: Sequence[str],
+    rows: Sequence[EventInsert],
+    now: datetime,
+    *,
+    with_inserted: str,
+) -> HostsInsert:
+    """The statement `bulk_insert_hosts` runs (PostgreSQL)."""
     to_db = _time_converter(conn)
-    return _postgres(conn, host_ids, to_db(now), [_values(ev, to_db) for ev in rows], with_inserted)
+    values = [_values(ev, to_db) for ev in rows]
+    params = _pg_params(host_ids, to_db(now), values)
+    params["n"] = len(values)
+    keys = [(host, row[0]) for host, row in zip(host_ids, values, strict=True)]
+    return HostsInsert(_pg_sql(with_inserted), params, keys)
 
 
 def _values(ev: EventInsert, to_db: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
@@ -175,6 +210,13 @@ def _pg_sql(with_inserted: str | None) -> str:
     return " ".join(sql.split())
 
 
+def _pg_params(host_ids: Sequence[str], now: Any, values: list[tuple[Any, ...]]) -> dict[str, Any]:
+    params: dict[str, Any] = {"host_id": list(host_ids), "now": now}
+    for i, column in enumerate(_PER_ROW):
+        params[column] = [row[i] for row in values]
+    return params
+
+
 def _postgres(
     conn: Connection,
     host_ids: Sequence[str],
@@ -182,16 +224,13 @@ def _postgres(
     values: list[tuple[Any, ...]],
     with_inserted: str | None,
 ) -> set[tuple[str, str]]:
-    params: dict[str, Any] = {"host_id": list(host_ids), "now": now}
-    for i, column in enumerate(_PER_ROW):
-        params[column] = [row[i] for row in values]
+    params = _pg_params(host_ids, now, values)
     if with_inserted is None:
         return {(r[0], r[1]) for r in conn.exec_driver_sql(_pg_sql(with_inserted), params)}
     params["n"] = len(values)
-    count, some = conn.exec_driver_sql(_pg_sql(with_inserted), params).one()
-    if count == len(values):
-        return {(host, row[0]) for host, row in zip(host_ids, values, strict=True)}
-    return {(host, event_id) for host, event_id in some or ()}
+    keys = [(host, row[0]) for host, row in zip(host_ids, values, strict=True)]
+    statement = HostsInsert(_pg_sql(with_inserted), params, keys)
+    return statement.inserted(conn.exec_driver_sql(statement.sql, params).one())
 
 
 def add_to_counts(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from endpoint_agent.errors import StoreError
 from endpoint_contract.events import AgentEvent, Violation
 from server_stub.batch import Received
 from server_stub.store import rollup
-from server_stub.store.bulk import bulk_insert, bulk_insert_hosts
+from server_stub.store.bulk import bulk_insert, bulk_insert_hosts, hosts_insert
 from server_stub.store.coltypes import UTCDateTime
 from server_stub.store.engine import db_errors, is_postgres, read_connection, serialize_writers
 from server_stub.store.tables import events, hosts
@@ -496,7 +497,7 @@ class EventRepo:
         return stored
 
     def insert_uploads(
-        self, uploads: Sequence[Upload], now: datetime
+        self, uploads: Sequence[Upload], now: datetime, held: Connection | None = None
     ) -> list[list[EventInsert] | StoreError]:
         """Several uploads at once (group commit, server_stub/ingestgroup.py): for each, in order,
         what `insert_batch` returns for it, or the StoreError it raises.
@@ -505,12 +506,19 @@ class EventRepo:
         been stored one after the other in this order (an event id that two uploads of one host
         carry is new for the first only). Should the group fail, each upload is stored again on
         its own, so an upload the database refuses fails alone. SQLite: one upload after the other.
+
+        `held` (PostgreSQL): a connection the caller keeps for its groups (no pool checkout and
+        ping per group), the group's transaction sent in two round trips (`_pipelined`). Should
+        the group fail, it is invalidated (the next use reconnects) and the uploads are stored
+        again one by one on pooled connections.
         """
         if self._engine.dialect.name == "postgresql":
             try:
-                return self._insert_group(uploads, now)
+                return self._insert_group(uploads, now, held)
             except StoreError:
-                if len(uploads) == 1:
+                if held is not None:  # may be broken: the next group gets a new one from the pool
+                    held.invalidate()
+                elif len(uploads) == 1:
                     raise
         out: list[list[EventInsert] | StoreError] = []
         for upload in uploads:
@@ -520,7 +528,9 @@ class EventRepo:
                 out.append(exc)
         return out
 
-    def _insert_group(self, uploads: Sequence[Upload], now: datetime) -> list[list[EventInsert] | StoreError]:
+    def _insert_group(
+        self, uploads: Sequence[Upload], now: datetime, held: Connection | None = None
+    ) -> list[list[EventInsert] | StoreError]:
         """PostgreSQL: the uploads in one transaction: every host's lock and hosts row first (sorted
         order, one statement), then one statement inserting the rows and counting the new violations
         in the rollups (server_stub/store/rollup.py counting_ctes: rollup keys upserted in key order)."""
@@ -530,9 +540,11 @@ class EventRepo:
         first: dict[tuple[str, str], int] = {}  # (host, event id) -> the upload that carries it first
         host_ids: list[str] = []
         rows: list[EventInsert] = []
-        with db_errors("storing events"), self._engine.begin() as conn:
-            # The host checked once, not per row; a retry through another replica waits for this.
-            known = rollup.lock_uploaders(conn, uploading)
+
+        def gather(known: set[str]) -> None:
+            first.clear()
+            host_ids.clear()
+            rows.clear()
             for n, upload in enumerate(uploads):
                 if upload.host_id not in known:
                     continue
@@ -542,12 +554,23 @@ class EventRepo:
                         first[key] = n
                         host_ids.append(upload.host_id)
                         rows.append(ev)
-            # Ids stored before are skipped (first copy wins); the rollups in the same statement.
-            inserted = (
-                bulk_insert_hosts(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
-                if rows
-                else set()
-            )
+
+        inserted: set[tuple[str, str]] | None = None
+        known = uploading
+        if held is not None:
+            gather(known)  # every host is known, nearly always: checked in the same round trip
+            inserted = _pipelined(held, uploading, host_ids, rows, now)
+        if inserted is None:
+            with db_errors("storing events"), _transaction(self._engine, held) as conn:
+                # The host checked once, not per row; a retry through another replica waits for this.
+                known = rollup.lock_uploaders(conn, uploading)
+                gather(known)
+                # Ids stored before are skipped (first copy wins); the rollups in the same statement.
+                inserted = (
+                    bulk_insert_hosts(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
+                    if rows
+                    else set()
+                )
         stored: list[list[EventInsert]] = [[] for _ in uploads]
         for (key, n), ev in zip(first.items(), rows, strict=True):
             if key in inserted:
@@ -642,6 +665,62 @@ class EventRepo:
                         f"{state or 'reopened'}: {note}",
                     )
         return changed
+
+
+@contextmanager
+def _transaction(engine: Engine, held: Connection | None) -> Iterator[Connection]:
+    """A transaction on the held connection, or on one from the pool."""
+    if held is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with held.begin():
+        yield held
+
+
+@contextmanager
+def _driver_errors(what: str) -> Iterator[None]:
+    """db_errors for statements sent through the driver itself (SQLAlchemy does not see them)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        detail = lines[0][:200] if lines else type(exc).__name__
+        raise StoreError(f"database error while {what}: {type(exc).__name__}: {detail}") from exc
+
+
+class _SomeHostUnknown(Exception):
+    """A pipelined group named a host that does not exist: rolled back, stored the stepwise way."""
+
+
+def _pipelined(
+    conn: Connection, uploading: set[str], host_ids: list[str], rows: list[EventInsert], now: datetime
+) -> set[tuple[str, str]] | None:
+    """PostgreSQL: `_insert_group`'s transaction in two round trips instead of four: BEGIN, the
+    hosts' locks and the insert go out together (psycopg's pipeline mode: the database still runs
+    them in order, so the insert's snapshot is taken after the locks are held), then COMMIT.
+    The rows inserted, or None (rolled back) when a host does not exist: the caller then stores
+    the group the stepwise way, which leaves that host's rows out."""
+    lock_sql, lock_params = rollup.lock_uploaders_statement(uploading)
+    insert = hosts_insert(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
+    try:
+        with db_errors("storing events"), _driver_errors("storing events"), conn.begin():
+            driver: Any = conn.connection.driver_connection  # psycopg's
+            with driver.pipeline():
+                locks = driver.cursor()
+                locks.execute(lock_sql, lock_params)
+                counted = driver.cursor()
+                counted.execute(insert.sql, insert.params)
+            if rollup.uploaders_known(locks.fetchall()) != uploading:
+                raise _SomeHostUnknown
+            row = counted.fetchone()
+            if row is None:
+                raise StoreError("storing events: the insert answered nothing")
+            return insert.inserted(row)
+    except _SomeHostUnknown:
+        return None
 
 
 _EVENT_COLUMNS = (

@@ -18,7 +18,7 @@ them, `counting_ctes`), and rebuilt from the events by `rebuild` (the migrations
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,9 +124,20 @@ def lock_uploader(conn: Connection, host_id: str) -> bool:
 def lock_uploaders(conn: Connection, host_ids: Iterable[str]) -> set[str]:
     """PostgreSQL: `lock_uploader` for several hosts in one statement, each host's lock taken in
     sorted order (as `lock_hosts` takes them); returns the hosts that exist."""
+    sql, params = lock_uploaders_statement(host_ids)
+    return uploaders_known(conn.exec_driver_sql(sql, params))
+
+
+def lock_uploaders_statement(host_ids: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """`lock_uploaders`'s statement, for a caller that sends it itself (a psycopg pipeline);
+    `uploaders_known` reads its rows."""
     hosts = sorted(set(host_ids))
-    params = {"hosts": hosts, "keys": [advisory_key(_HOST_LOCK + h) for h in hosts]}
-    return {row[0] for row in conn.exec_driver_sql(_LOCK_UPLOADERS, params) if row[2]}
+    return _LOCK_UPLOADERS, {"hosts": hosts, "keys": [advisory_key(_HOST_LOCK + h) for h in hosts]}
+
+
+def uploaders_known(rows: Iterable[Sequence[Any]]) -> set[str]:
+    """The hosts that exist, from the rows of `lock_uploaders_statement`."""
+    return {row[0] for row in rows if row[2]}
 
 
 def apply(conn: Connection, facts: Iterable[Fact], sign: int) -> None:
