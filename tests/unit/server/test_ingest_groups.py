@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,18 +89,24 @@ def _as_rebuilt(store: Store) -> None:
 
 
 def test_each_upload_of_a_group_learns_its_own_new_ids_exactly_once(store: Store) -> None:
+    _learns_own_ids(store, lambda uploads: store.events.insert_uploads(uploads, T0))
+
+
+Insert = Callable[[list[Upload]], list[list[EventInsert] | StoreError]]
+
+
+def _learns_own_ids(store: Store, insert: Insert) -> None:
     h1, h2 = _hosts(store, 2)
     a, b, c, d = (_ev(random.Random(i)) for i in range(4))
-    assert _ids(store.events.insert_uploads([Upload(h1, [c])], T0)[0]) == [c.event_id]
-    outcomes = store.events.insert_uploads(
+    assert _ids(insert([Upload(h1, [c])])[0]) == [c.event_id]
+    outcomes = insert(
         [
             Upload(h1, [a, b, a]),  # a twice inside one upload
             Upload(h2, [a]),  # the same id from another host is another event
             Upload(h1, [b, c, d]),  # b: the first upload's; c: stored before
             Upload(h1, [a, d]),  # all carried earlier in the group
             Upload(h2, []),
-        ],
-        T0,
+        ]
     )
     assert [_ids(o) for o in outcomes] == [[a.event_id, b.event_id], [a.event_id], [d.event_id], [], []]
     # Stored once each, in upload order.
@@ -111,7 +118,7 @@ def test_each_upload_of_a_group_learns_its_own_new_ids_exactly_once(store: Store
         (h1, d.event_id),
     ]
     # The same group again (every upload retried): nothing is new.
-    again = store.events.insert_uploads([Upload(h1, [a, b]), Upload(h2, [a]), Upload(h1, [d])], T0)
+    again = insert([Upload(h1, [a, b]), Upload(h2, [a]), Upload(h1, [d])])
     assert [_ids(o) for o in again] == [[], [], []]
     assert store.stats.summary(EventFilter()).total == 5
 
@@ -292,3 +299,94 @@ def test_uploads_queued_together_are_one_transaction_each_answered_alone(pg_stor
     ]
     assert isinstance(outcomes[2], StoreError)
     assert _stored(pg_store) == [(h1, a.event_id), (h1, b.event_id), (h2, a.event_id), (h1, c.event_id)]
+
+
+# --- a writer's held connection (ingestgroup.HeldConnections; EventRepo.insert_uploads(held=...)) ---
+
+
+@pytest.mark.postgres
+def test_a_held_connection_stores_a_group_as_a_pooled_one_does(pg_store: Store) -> None:
+    """Through a writer's own connection (BEGIN, locks and insert pipelined): the same outcomes,
+    an unknown host's upload failing alone (the pipelined try rolled back, nothing of it kept),
+    and rollups equal to a rebuild."""
+    with pg_store.engine.connect() as held:
+        _learns_own_ids(pg_store, lambda uploads: pg_store.events.insert_uploads(uploads, T0, held=held))
+        (h3,) = _hosts(pg_store, 1, tag="u")
+        e, f = _ev(random.Random(5)), _ev(random.Random(6))
+        outcomes = pg_store.events.insert_uploads(
+            [Upload(h3, [e]), Upload("no-such-host", [f]), Upload(h3, [f])], T0, held=held
+        )
+        assert _ids(outcomes[0]) == [e.event_id] and _ids(outcomes[2]) == [f.event_id]
+        assert isinstance(outcomes[1], StoreError)
+    assert _stored(pg_store)[-2:] == [(h3, e.event_id), (h3, f.event_id)]
+    assert all(host != "no-such-host" for host, _ in _stored(pg_store))
+    _as_rebuilt(pg_store)
+
+
+def _backend(conn: sa.Connection) -> int:
+    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    conn.rollback()
+    return int(pid)
+
+
+@pytest.mark.postgres
+def test_a_group_refused_on_a_held_connection_fails_alone_and_the_next_reconnects(pg_store: Store) -> None:
+    h1, h2 = _hosts(pg_store, 2)
+    good = [_ev(random.Random(i)) for i in range(4)]
+    poisoned = _ev(random.Random(9), event_id="x" * 80)  # longer than the column: PostgreSQL refuses it
+    with pg_store.engine.connect() as held:
+        outcomes = pg_store.events.insert_uploads(
+            [Upload(h1, [good[0]]), Upload(h2, [good[1], poisoned]), Upload(h1, [good[2]])], T0, held=held
+        )
+        assert _ids(outcomes[0]) == [good[0].event_id] and _ids(outcomes[2]) == [good[2].event_id]
+        assert isinstance(outcomes[1], StoreError)
+        assert held.invalidated  # it saw an error: not trusted again as it was
+        assert _ids(pg_store.events.insert_uploads([Upload(h2, [good[3]])], T0, held=held)[0]) == [
+            good[3].event_id
+        ]
+        assert not held.invalidated  # reconnected by its next use
+    assert _stored(pg_store) == [(h1, good[0].event_id), (h1, good[2].event_id), (h2, good[3].event_id)]
+    _as_rebuilt(pg_store)
+
+
+@pytest.mark.postgres
+def test_a_held_connection_whose_backend_was_ended_loses_no_upload(pg_store: Store) -> None:
+    """The database ended the writer's connection (a restart, an idle timeout): the next group is
+    stored anyway (again, upload by upload, on pooled connections), exactly once, and the writer's
+    connection is a new one afterwards."""
+    (h1,) = _hosts(pg_store, 1)
+    a, b, c = (_ev(random.Random(i)) for i in range(3))
+    with pg_store.engine.connect() as held:
+        assert _ids(pg_store.events.insert_uploads([Upload(h1, [a])], T0, held=held)[0]) == [a.event_id]
+        pid = _backend(held)
+        with pg_store.engine.connect() as admin:
+            assert admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar_one()
+        outcomes = pg_store.events.insert_uploads([Upload(h1, [a, b])], T0, held=held)
+        assert _ids(outcomes[0]) == [b.event_id]
+        assert _ids(pg_store.events.insert_uploads([Upload(h1, [c])], T0, held=held)[0]) == [c.event_id]
+        assert _backend(held) != pid
+    assert _stored(pg_store) == [(h1, a.event_id), (h1, b.event_id), (h1, c.event_id)]
+
+
+@pytest.mark.postgres
+def test_upload_writers_take_no_pooled_connection_per_group(pg_store: Store) -> None:
+    """Each writer thread keeps one connection for its groups, and gives it back when stopped."""
+    hosts = _hosts(pg_store, 3)
+    checkouts: list[int] = []
+
+    def checkout(*_args: Any) -> None:
+        checkouts.append(1)
+
+    groups = upload_groups(pg_store, lambda: T0)
+    assert groups is not None
+    sa.event.listen(pg_store.engine, "checkout", checkout)
+    try:
+        sent = [Upload(hosts[n % 3], [_ev(random.Random(n))]) for n in range(12)]
+        for upload in sent:  # one after the other: twelve groups
+            assert _ids(groups.submit_wait(upload)) == [upload.rows[0].event_id]
+    finally:
+        groups.stop()
+        sa.event.remove(pg_store.engine, "checkout", checkout)
+    assert len(checkouts) <= 2  # one per writer thread at most, not one per group
+    assert pg_store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert len(_stored(pg_store)) == 12
