@@ -40,7 +40,14 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    TRACE_LOG_LEVEL,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from server_stub.admission import REFUSAL_BODY, announces_body, refusal_headers
 from server_stub.auth import Principal
@@ -56,6 +63,8 @@ BODY_MAX = 65536  # a heartbeat's body read here (a few hundred bytes in practic
 # a head is refused somewhere between HEAD_MAX - one read (256 KiB) and HEAD_MAX.
 HEAD_MAX = 1024 * 1024
 _UNLIMITED = frozenset(path.encode("ascii") for path in UNLIMITED_PATHS)
+
+_UNREAD: Any = object()  # an address not read yet
 
 # What the current request is to this protocol.
 _PASSED = 0  # uvicorn's, as if this subclass were not there
@@ -112,10 +121,43 @@ class NodeProtocol(HttpToolsProtocol):
         self.head_open = False  # a request's head is being read
         self.head_read = 0  # bytes read while it was
 
+    # -- the connection's addresses, read when first needed ---------------------------------------
+    # uvicorn reads both as the connection is made (a socket object and a system call each); a
+    # node's poll or heartbeat answered here never needs them (a new connection per request is
+    # most of a fleet's traffic). A request handed on reads them for its scope.
+
+    _server: Any
+    _client: Any
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        if self._server is _UNREAD:
+            self._server = get_local_addr(self.transport)
+        return self._server
+
+    @server.setter
+    def server(self, value: tuple[str, int | None] | None) -> None:
+        self._server = value
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        if self._client is _UNREAD:
+            self._client = get_remote_addr(self.transport)
+        return self._client
+
+    @client.setter
+    def client(self, value: tuple[str, int] | None) -> None:
+        self._client = value
+
     # -- parser callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, but its scope is made only for a request handed on to it (_scope)
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = None  # type: ignore[assignment]
+        self.principal = None
         self.state = _PASSED
         self.head_open = True
 
@@ -132,7 +174,7 @@ class NodeProtocol(HttpToolsProtocol):
                 taken = True
             if taken:
                 return
-        super().on_headers_complete()
+        self._pass_on()
 
     def on_body(self, body: bytes) -> None:
         if self.state == _PASSED:
@@ -171,12 +213,24 @@ class NodeProtocol(HttpToolsProtocol):
     def _hand_on(self, body: bytes) -> None:
         """uvicorn's own handling of the request, from its head on (the application answers)."""
         self.state = _PASSED
-        super().on_headers_complete()
+        self._pass_on()
         if body:
             super().on_body(body)
         super().on_message_complete()
 
     # -- the transport ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn's, with the addresses left unread (the properties above)
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self._server = self._client = _UNREAD
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.isEnabledFor(TRACE_LOG_LEVEL):  # (uvicorn asks its level: NOTSET passes)
+            client = self.client
+            prefix = f"{client[0]}:{client[1]} - " if client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def data_received(self, data: bytes) -> None:
         self.answered = False
@@ -194,6 +248,8 @@ class NodeProtocol(HttpToolsProtocol):
         self._stop_body_timer()
         for outcome in list(self.enrolling):
             outcome.cancel()  # not written if its group has not been taken yet
+        if self._client is _UNREAD and not self.logger.isEnabledFor(TRACE_LOG_LEVEL):
+            self._client = None  # uvicorn formats it for a trace line not logged: not read for that
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -203,6 +259,23 @@ class NodeProtocol(HttpToolsProtocol):
             super().shutdown()
 
     # -- here --------------------------------------------------------------------------------------
+
+    def _scope(self) -> Any:
+        """The current request's ASGI scope, made by uvicorn's own on_message_begin once needed."""
+        if self.scope is None:
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
+        return self.scope
+
+    def _pass_on(self) -> None:
+        """The request goes on through uvicorn's code, as if this subclass were not there; one
+        identified and admitted here carries its principal (not counted again)."""
+        scope = self._scope()
+        if self.principal is not None:
+            scope["state"]["principal"] = self.principal
+        super().on_headers_complete()
 
     def _idle(self) -> bool:
         cycle = self.cycle
@@ -244,14 +317,14 @@ class NodeProtocol(HttpToolsProtocol):
         if refused is not None:
             self._finish(refused)
             return True
-        self.scope["state"]["principal"] = principal  # identified and admitted: not again
+        self.principal = principal  # identified and admitted: not again if handed on (_pass_on)
         if poll:
             answer = door.poll(principal, head.if_none_match)
             if answer is None:
                 return False  # the route answers (loads the policies first, or 404)
             self._finish(answer)
             return True
-        self.state, self.principal, self.head = _BEAT, principal, head
+        self.state, self.head = _BEAT, head
         self.body_timer = self.loop.call_later(door.ctx.config.body_timeout, self._body_late)
         return True
 
@@ -269,8 +342,7 @@ class NodeProtocol(HttpToolsProtocol):
         if refused is not None:
             self._finish(refused)
             return True
-        self.scope["state"]["principal"] = principal  # identified and admitted: not again
-        self.state, self.principal, self.head = _ENROLL, principal, head
+        self.state, self.principal, self.head = _ENROLL, principal, head  # not again if handed on
         self.body_timer = self.loop.call_later(self.door.ctx.config.body_timeout, self._body_late)
         return True
 
@@ -296,7 +368,7 @@ class NodeProtocol(HttpToolsProtocol):
     def _wait_for(self, enrolling: Enrolling) -> None:
         """The connection's request in progress until the group is settled (see the module's doc)."""
         cycle = RequestResponseCycle(
-            scope=self.scope,
+            scope=self._scope(),
             transport=self.transport,
             flow=self.flow,
             logger=self.logger,
@@ -379,6 +451,8 @@ class NodeProtocol(HttpToolsProtocol):
 
     def _log_access(self, status: int, request: tuple[str, str, str] | None = None) -> None:
         """The access log line; `request`: (method, path, version) of a request answered later."""
+        if not self.access_logger.isEnabledFor(logging.INFO):
+            return  # nothing to format (nor an address to read)
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
         method, path, version = request or self._request_line()
         self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, method, path, version, status)

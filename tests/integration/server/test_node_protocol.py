@@ -3,7 +3,8 @@ against the real app under uvicorn on 127.0.0.1, over raw sockets.
 
 - the bytes written are those uvicorn writes for the same ASGI messages, and the parts of
   uvicorn's protocol relied on are still there (fails loudly when uvicorn changes them);
-- a valid poll or heartbeat reaches no ASGI application at all; what is not certain does, once;
+- a valid poll or heartbeat reaches no ASGI application at all; what is not certain does, once,
+  with the scope uvicorn makes (made, and the connection's addresses read, only then);
 - the same raw requests get the same bytes (but Date) with the protocol's answers switched off
   (the first layer and the framework answer): HTTP/1.0, Connection: close, a late body (408), an
   announced body above what is read here, overload (503 with and without a body);
@@ -30,6 +31,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from server_stub import nodeprotocol
 from server_stub.admission import REFUSAL_BODY, refusal_headers
 from server_stub.frontdoor import Answer, FrontDoor
 from server_stub.listener import FRONT_DOOR_STATE
@@ -177,8 +179,55 @@ def test_what_the_protocol_relies_on_in_uvicorn_is_there() -> None:
         "timeout_keep_alive_task",
     ):
         assert hasattr(proto, name), name
-    assert isinstance(proto.scope["state"], dict) and proto.headers == [] and proto.url == b""
+    assert proto.scope is None and proto.headers == [] and proto.url == b""  # made once handed on
+    assert isinstance(proto._scope()["state"], dict) and proto.scope["headers"] is proto.headers
     assert proto.cycle is None and len(proto.pipeline) == 0 and proto.flow.write_paused is False
+
+
+class _Socket:
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8000)
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.1.0.7", 40000)
+
+
+class _AddressedTransport(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        self.asked.append(name)
+        return _Socket() if name == "socket" else default
+
+
+def test_a_request_handed_on_gets_the_scope_and_addresses_uvicorn_makes() -> None:
+    """Made later (the addresses when first needed, the scope once a request is handed on), but
+    the same: and nothing uvicorn sets as a connection is made or a request begins is missing."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(app=_no_app, log_level="warning", root_path="/r")
+    door: Any = SimpleNamespace(poll_path="/p", beat_path="/b", fast=True)
+    loop = asyncio.new_event_loop()
+    try:
+        ours = NodeProtocol(config, ServerState(), {"k": 1}, loop, door=door)
+        theirs = HttpToolsProtocol(config, ServerState(), {"k": 1}, loop)
+        transports = _AddressedTransport(), _AddressedTransport()
+        for proto, transport in zip((ours, theirs), transports, strict=True):
+            proto.connection_made(transport)  # type: ignore[arg-type]
+            proto.on_message_begin()
+            proto.on_url(b"/x?y=1")
+            proto.on_header(b"Expect", b"100-continue")
+        assert "socket" not in transports[0].asked  # not read yet
+        scope = ours._scope()
+    finally:
+        loop.close()
+    assert scope == theirs.scope and scope["client"] == ("127.1.0.7", 40000)
+    assert scope["server"] == ("127.0.0.1", 8000) and scope["headers"] == [(b"expect", b"100-continue")]
+    assert ours.expect_100_continue and ours.url == b"/x?y=1" and scope["headers"] is ours.headers
+    assert set(vars(theirs)) - {"server", "client"} <= set(vars(ours))
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
@@ -329,6 +378,38 @@ def test_hot_requests_reach_no_asgi_application(
     with activity._lock:
         beat = activity._beats[node["host_id"]][0]
     assert beat.agent_version == "1.2"
+
+
+def test_a_poll_answered_here_reads_no_address_a_request_handed_on_does(
+    server: InProcessServer, node: dict[str, str]
+) -> None:
+    app: Any = server.app  # a ServerApp
+    door = app.front_door
+    clients: list[Any] = []
+
+    async def seeing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            clients.append(scope["client"])
+        await door(scope, receive, send)
+
+    app.front_door = seeing
+    try:
+        with _connect(server) as sock:
+            reader = _Reader(sock)
+            sock.sendall(_poll(node))
+            assert _status(reader.answer()) == 304
+            here = sock.getsockname()
+            mine = [
+                proto
+                for proto in server.server.server_state.connections
+                if proto.transport.get_extra_info("peername") == here
+            ]
+            assert len(mine) == 1 and mine[0]._client is nodeprotocol._UNREAD
+            sock.sendall(f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert _status(reader.answer()) == 200
+    finally:
+        app.front_door = door
+    assert clients == [here]
 
 
 def test_edge_requests_get_the_same_bytes_as_from_the_app(
