@@ -21,6 +21,7 @@ from server_stub.pagination import decode_cursor, decode_host_cursor, encode_cur
 from server_stub.store import EventFilter, EventRow
 from server_stub.store.events import AGENT, TRIAGE_FILTERS, VIOLATION
 from server_stub.store.hosts import HostFilter
+from server_stub.store.stats import Summary
 from server_stub.timeparse import parse_time
 
 router = APIRouter(tags=["reports"])
@@ -190,8 +191,24 @@ def summary(
 ) -> Response:
     """Violation counts by rule, category, action, triage state and host, for the list's filters."""
     flt = violation_filter(ctx, since, until, host, rule_id, category, action, triage)
-    s = ctx.store.stats.summary(flt)
-    out = SummaryOut(
+    s = ctx.store.stats.summary(flt, host_texts=True)
+    out = summary_model(flt, s)
+    body = out.model_dump_json(exclude_none=True)  # as pydantic writes it (see json_body)
+    if s.by_host_texts is None:
+        return Response(body, media_type="application/json")
+    # by_host lists every host with a violation (tens of thousands), each entry written as JSON
+    # text by the database, where a CountOut per host cost more than counting them. It is the
+    # model's last field: its empty list is replaced.
+    hosts_json = f"[{','.join(s.by_host_texts)}]"
+    if not body.endswith(_NO_HOSTS):  # the model changed its order: the slow way
+        out.by_host = [CountOut.model_validate(c) for c in json.loads(hosts_json)]
+        return Response(out.model_dump_json(exclude_none=True), media_type="application/json")
+    return Response(f'{body[: -len(_NO_HOSTS)]}"by_host":{hosts_json}}}', media_type="application/json")
+
+
+def summary_model(flt: EventFilter, s: Summary) -> SummaryOut:
+    """The summary of the filter's violations as the API's model holds it (by_host from s.by_host)."""
+    return SummaryOut(
         since=flt.since,
         until=flt.until,
         total=s.total,
@@ -200,23 +217,8 @@ def summary(
         by_rule=[CountOut(rule_id=c.key, count=c.count) for c in s.by_rule],
         by_category=[CountOut(category=c.key, count=c.count) for c in s.by_category],
         by_action=[CountOut(action=c.key, count=c.count) for c in s.by_action],
-        by_host=[],
+        by_host=[CountOut(host=c.key, hostname=c.label, count=c.count) for c in s.by_host],
     )
-    # Written as pydantic writes it (see json_body), except by_host: it lists every host with a
-    # violation (tens of thousands), written by json in one call where a CountOut per host cost
-    # more than counting them. It is the model's last field: its empty list is replaced.
-    body = out.model_dump_json(exclude_none=True)
-    by_host = [
-        {"count": c.count, "host": c.key, "hostname": c.label}
-        if c.label is not None
-        else {"count": c.count, "host": c.key}
-        for c in s.by_host
-    ]
-    if not body.endswith(_NO_HOSTS):  # the model changed its order: the slow way
-        out.by_host = [CountOut.model_validate(c) for c in by_host]
-        return Response(out.model_dump_json(exclude_none=True), media_type="application/json")
-    hosts_json = json.dumps(by_host, ensure_ascii=False, separators=(",", ":"))
-    return Response(f'{body[: -len(_NO_HOSTS)]}"by_host":{hosts_json}}}', media_type="application/json")
 
 
 _NO_HOSTS = '"by_host":[]}'

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from server_stub.store import rollup
 from server_stub.store.engine import db_errors, is_postgres, read_connection, utcnow
@@ -53,6 +54,9 @@ class Summary:
     by_action: list[Count]
     by_host: list[Count]
     by_triage: list[Count]
+    # With summary(..., host_texts=True): by_host as the JSON objects of GET /summary's by_host
+    # ({"count", "host", "hostname"}), written by the database -- no Python object per host.
+    by_host_texts: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +179,9 @@ def _running_value(table: Any, triage: str | None) -> Any:
     return None
 
 
-def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[Any] | None:
+def _running_host_counts(
+    conn: Connection, flt: EventFilter, limit: int | None, texts: bool = False
+) -> list[Any] | None:
     """(host_id, n, hostname) over the period from the running totals, most first: per host, the
     total before the period's end minus the total before its start (two index lookups), plus the
     minutes at the ends read from the events. None when the running totals do not keep the filter.
@@ -188,7 +194,7 @@ def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) 
         return None
     scope = flt.rule_id or ""
     if limit is None:
-        return [r for r in conn.execute(_running_query(flt, scope, None, None)) if r.n]
+        return [r for r in conn.execute(_running_query(flt, scope, None, None, texts)).all() if r[1]]
     k = max(4 * limit, 40)
     while True:
         ranked = (
@@ -196,7 +202,8 @@ def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) 
             .where(host_totals.c.scope == scope)
             .order_by(bound.desc(), host_totals.c.host_id)
         )
-        rows = list(conn.execute(_running_query(flt, scope, ranked.limit(k).scalar_subquery(), limit)).all())
+        only = ranked.limit(k).scalar_subquery()
+        rows = list(conn.execute(_running_query(flt, scope, only, limit, texts)).all())
         rest = conn.execute(
             sa.select(bound).where(host_totals.c.scope == scope).order_by(bound.desc(), host_totals.c.host_id)
             .offset(k).limit(1)
@@ -206,7 +213,9 @@ def _running_host_counts(conn: Connection, flt: EventFilter, limit: int | None) 
         k *= 8
 
 
-def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | None) -> sa.Select[Any]:
+def _running_query(
+    flt: EventFilter, scope: str, only: Any | None, limit: int | None, texts: bool = False
+) -> sa.Select[Any]:
     """Counts by host of the period from the running totals and the events at its ends, for the
     hosts in `only` (a subquery of host ids) or every host."""
     lo = rollup.ceil_hour(flt.since) if flt.since is not None else None
@@ -240,38 +249,82 @@ def _running_query(flt: EventFilter, scope: str, only: Any | None, limit: int | 
     if raw:
         ends = _raw_by_host(EventFilter(rule_id=flt.rule_id, triage=flt.triage), raw)
         parts.append(ends.where(events.c.host_id.in_(only)) if only is not None else ends)
-    return _named_counts(parts, limit)
+    return _named_counts(parts, limit, texts)
 
 
-def _named_counts(parts: list[Any], limit: int | None) -> sa.Select[Any]:
+def _named_counts(parts: list[Any], limit: int | None, texts: bool = False) -> sa.Select[Any]:
     """(host_id, n, hostname) of the (host_id, n) parts summed by host, most first (the `limit`
     largest): the names joined in the same query (an IN list of every host counted is too long).
     Hosts counting 0 are left in (the caller drops them): a HAVING made PostgreSQL expect a few
-    dozen hosts and look each name up alone (50,000 lookups, 1 s)."""
-    u = sa.union_all(*parts).subquery("parts")
-    n = sa.func.sum(u.c.n).label("n")
-    counted = sa.select(u.c.host_id, n).group_by(u.c.host_id)
+    dozen hosts and look each name up alone (50,000 lookups, 1 s). `texts`: and each host's
+    entry of GET /summary's by_host, as JSON text (`entry`: see _host_entry)."""
+    if len(parts) == 1:  # each part has a row per host already
+        counted = parts[0]
+        u: Any = counted.selected_columns
+        n: Any = u.n
+    else:
+        u = sa.union_all(*parts).subquery("parts").c
+        n = sa.func.sum(u.n).label("n")
+        counted = sa.select(u.host_id, n).group_by(u.host_id)
     if limit is not None:
-        counted = counted.order_by(n.desc(), u.c.host_id).limit(limit)
+        counted = counted.order_by(n.desc(), u.host_id).limit(limit)
     c = counted.subquery("counted")
+    columns = [c.c.host_id, c.c.n, hosts.c.hostname]
+    if texts:
+        columns.append(_HostEntry(c.c.n, c.c.host_id, hosts.c.hostname).label("entry"))
     return (
-        sa.select(c.c.host_id, c.c.n, hosts.c.hostname)
+        sa.select(*columns)
         .select_from(c.outerjoin(hosts, hosts.c.host_id == c.c.host_id))
         .order_by(c.c.n.desc(), c.c.host_id)
     )
 
 
-def _raw_by_host(flt: EventFilter, ranges: list[tuple[datetime | None, datetime | None]]) -> sa.Select[Any]:
-    """(host_id, n) of the violations in these time ranges, from the events."""
+class _HostEntry(sa.sql.expression.FunctionElement[str]):
+    """A host's entry of GET /summary's by_host as JSON text, written by the database exactly as
+    the route writes one (json.dumps, compact, non-ASCII as is): {"count":N,"host":ID,"hostname":
+    NAME}, without "hostname" for a host the hosts table does not know. Both databases escape a
+    string as Python's json does: a quote and a backslash, backspace, form feed, newline, carriage
+    return and tab by a backslash, the other control characters as lowercase \\u00xx."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(_HostEntry, "postgresql")
+def _host_entry_postgresql(element: _HostEntry, compiler: Any, **kw: Any) -> str:
+    n, host_id, hostname = (compiler.process(c, **kw) for c in element.clauses)
+    head = f"""'{{"count":' || CAST({n} AS TEXT) || ',"host":' || CAST(to_json({host_id}) AS TEXT)"""
+    name = f"""',"hostname":' || CAST(to_json({hostname}) AS TEXT)"""
+    return f"({head} || CASE WHEN {hostname} IS NULL THEN '' ELSE {name} END || '}}')"
+
+
+@compiles(_HostEntry, "sqlite")
+def _host_entry_sqlite(element: _HostEntry, compiler: Any, **kw: Any) -> str:
+    n, host_id, hostname = (compiler.process(c, **kw) for c in element.clauses)
+    pairs = f"'count', {n}, 'host', {host_id}"
+    return (
+        f"CASE WHEN {hostname} IS NULL THEN json_object({pairs}) "
+        f"ELSE json_object({pairs}, 'hostname', {hostname}) END"
+    )
+
+
+def _raw_by_host(
+    flt: EventFilter, ranges: list[tuple[datetime | None, datetime | None]] | None = None
+) -> sa.Select[Any]:
+    """(host_id, n) of the violations in these time ranges (else the filter's period), from the
+    events."""
+    conds = conditions(VIOLATION, flt)
+    if ranges is not None:
+        conds.append(sa.or_(*[rollup.raw_range(a, b) for a, b in ranges]))
     return (
         sa.select(events.c.host_id, sa.func.count().label("n"))
-        .where(*conditions(VIOLATION, flt), sa.or_(*[rollup.raw_range(a, b) for a, b in ranges]))
+        .where(*conds)
         .group_by(events.c.host_id)
         .with_hint(events, RAW_INDEX, dialect_name="sqlite")
     )
 
 
-def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[Any]:
+def _host_counts(conn: Connection, flt: EventFilter, limit: int | None, texts: bool = False) -> list[Any]:
     """(host_id, n, hostname) over the period: host_daily for whole days, events for the ends."""
     sp = rollup.split(flt.since, flt.until)
     parts: list[Any] = []
@@ -295,7 +348,7 @@ def _host_counts(conn: Connection, flt: EventFilter, limit: int | None) -> list[
         raw.append((flt.since, flt.until))
     if raw:
         parts.append(_raw_by_host(EventFilter(triage=flt.triage), raw))
-    return [r for r in conn.execute(_named_counts(parts, limit)) if r.n]
+    return [r for r in conn.execute(_named_counts(parts, limit, texts)).all() if r[1]]
 
 
 # A period at most this long counts by host from host_daily (a row per host and day in it, read in
@@ -317,8 +370,11 @@ class StatsRepo:
         # fleet figures read the hosts table, as a host listing does.
         self._settle_hosts = settle_hosts
 
-    def summary(self, flt: EventFilter, *, top: int | None = None) -> Summary:
-        """Counts by rule, category, action, triage state and host (the `top` largest, or all)."""
+    def summary(self, flt: EventFilter, *, top: int | None = None, host_texts: bool = False) -> Summary:
+        """Counts by rule, category, action, triage state and host (the `top` largest, or all).
+
+        `host_texts`: the counts by host as JSON texts (Summary.by_host_texts), for a list of every
+        host with a violation -- tens of thousands in a big fleet -- written by the database."""
         if _raw_only(flt):
             return self._summary_raw(flt, top=top)
         with db_errors("summarising violations"), read_connection(self._engine) as conn:
@@ -330,21 +386,30 @@ class StatsRepo:
                     totals[r._mapping[dim]] = totals.get(r._mapping[dim], 0) + int(r.n)
                 return [Count(k, v) for k, v in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
 
-            running = None if top == 0 or _by_daily_rows(flt) else _running_host_counts(conn, flt, top)
-            named = True  # (host_id, n, hostname): named in the same query
+            texts = host_texts and top != 0
+            if top is None and is_postgres(conn):
+                # Every host with a violation, named and sorted: tens of thousands of rows, which
+                # spill to disk in the default work_mem (4 MB); and PostgreSQL, estimating a few
+                # hundred hosts from a grouped union, looked each name up alone (50,000 index
+                # lookups) where one hash join reads the hosts once. For this read transaction only.
+                conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
+                conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+            running = None if top == 0 or _by_daily_rows(flt) else _running_host_counts(conn, flt, top, texts)
+            # (host_id, n, hostname[, entry]), most first: named in the same query
             if top == 0:
                 hosts_rows: list[Any] = []
             elif running is not None:
                 hosts_rows = running
             elif flt.rule_id or flt.category or flt.action:
-                hosts_rows, named = self._hosts_raw(conn, flt, top), False
+                named = conn.execute(_named_counts([_raw_by_host(flt)], top, texts)).all()
+                hosts_rows = [r for r in named if r[1]]
             else:
-                hosts_rows = _host_counts(conn, flt, top)
-            if named:
-                by_host = [Count(str(h), int(n), name) for h, n, name in hosts_rows]  # unpacked: fast
+                hosts_rows = _host_counts(conn, flt, top, texts)
+            if texts:
+                by_host, by_host_texts = [], [r[3] for r in hosts_rows]
             else:
-                names = self._names(conn, [str(r.host_id) for r in hosts_rows])
-                by_host = [Count(str(r.host_id), int(r.n), names.get(str(r.host_id))) for r in hosts_rows]
+                by_host = [Count(str(r[0]), int(r[1]), r[2]) for r in hosts_rows]
+                by_host_texts = None
         by_triage = by("triage")
         return Summary(
             total=sum(c.count for c in by_triage),
@@ -354,6 +419,7 @@ class StatsRepo:
             by_action=by("action"),
             by_host=by_host,
             by_triage=by_triage,
+            by_host_texts=by_host_texts,
         )
 
     def _names(self, conn: Connection, host_ids: list[str]) -> dict[str, str]:
@@ -361,16 +427,6 @@ class StatsRepo:
             return {}
         query = sa.select(hosts.c.host_id, hosts.c.hostname).where(hosts.c.host_id.in_(host_ids))
         return {r.host_id: r.hostname for r in conn.execute(query)}
-
-    def _hosts_raw(self, conn: Connection, flt: EventFilter, top: int | None) -> list[Any]:
-        n = sa.func.count().label("n")
-        query = (
-            sa.select(events.c.host_id, n)
-            .where(*conditions(VIOLATION, flt))
-            .group_by(events.c.host_id)
-            .order_by(n.desc(), events.c.host_id)
-        )
-        return list(conn.execute(query.limit(top) if top is not None else query))
 
     def _summary_raw(self, flt: EventFilter, *, top: int | None) -> Summary:
         """Straight from the events: for a filter by host (a few rows through its index)."""
