@@ -95,6 +95,28 @@ def test_host_filters_are_exact(store: Store) -> None:
     assert names(HostFilter(seen_since=now)) == []
 
 
+def test_the_key_cache_start_up_read_names_each_host_by_its_key_latest_seen_first(store: Store) -> None:
+    """HostRepo.keyed: (node key digest, the host's identity) of at most `limit` hosts, the latest
+    seen first and the never seen last -- what a restarted server answers node keys with."""
+    keys = {}
+    for i in range(6):
+        key = f"{i:064x}"
+        keys[store.hosts.enroll(machine_id=f"m-{i}", hostname=f"ws-{i}", node_key_hash=key, now=T0)] = key
+    ids = list(keys)
+    store.hosts.touch_many({host: T0 + timedelta(minutes=i) for i, host in enumerate(ids[:4])})
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE hosts SET last_seen = NULL WHERE host_id = :h"), {"h": ids[5]})
+    keyed = store.hosts.keyed(10)
+    assert [host.host_id for _, host in keyed][:4] == ids[3::-1]
+    assert keyed[-1][1].host_id == ids[5]  # never seen: last
+    records = {h.host_id: h for h in store.hosts.list_hosts()}
+    for digest, host in keyed:
+        full = records[host.host_id]
+        assert digest == keys[host.host_id]
+        assert (host.machine_id, host.hostname, host.enrolled_at) == (full.machine_id, full.hostname, T0)
+    assert [h.host_id for _, h in store.hosts.keyed(2)] == ids[3:1:-1]
+
+
 def _violation(rule: str, action: str = "killed") -> Violation:
     return Violation.model_validate(
         {
