@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -140,17 +141,43 @@ async def ingest(ctx: Context, params: dict[str, Any]) -> None:
     recorder = Recorder()
     fleet = Fleet(loop, _server(params), recorder, rng=rng, keepalive=0.0)
     headers = {"Content-Type": "application/json"}
+    ahead = bodies_ahead(hosts, params, rng, _share(params["concurrency"], ctx))
     if not await ctx.begin():
         return
 
     async def upload(host: SimHost, conn: Connection) -> None:
-        body = event_batch(host.hostname, params["batch"], rng)
+        built = ahead.get(host.index)
+        body = built.pop() if built else event_batch(host.hostname, params["batch"], rng)
         answer = await fleet.node_call(host, "events", b"POST", "/events", headers, body, conn)
         if answer.status == 200:
             recorder.events_acked += len(json.loads(answer.body).get("acked", ()))
 
     await _closed_loop(ctx, params, fleet, hosts, upload)
     ctx.report("ingest", recorder)
+
+
+# Events/s the ingest step's bodies are built ahead for (1.5 x the larger target); past it, built when sent.
+BODIES_AHEAD_RATE = 30_000
+
+
+def bodies_ahead(
+    hosts: list[SimHost], params: dict[str, Any], rng: random.Random, conns: int
+) -> dict[int, list[bytes]]:
+    """The ingest step's upload bodies, built before its clock starts (building a body of 500
+    events costs ~2.7 ms, half the simulator's CPU per upload, taken from the server it measures):
+    by host index, for the hosts `conns` connections of `_closed_loop` visit, in their order,
+    enough for BODIES_AHEAD_RATE events/s over `seconds`."""
+    per_conn = math.ceil(params["seconds"] * BODIES_AHEAD_RATE / params["batch"] / max(conns, 1))
+    out: dict[int, list[bytes]] = {}
+    for c in range(conns):
+        i = c
+        for _ in range(per_conn):
+            i = (i + params["concurrency"]) % len(hosts)  # as _closed_loop steps
+            host = hosts[i]
+            out.setdefault(host.index, []).append(event_batch(host.hostname, params["batch"], rng))
+    for built in out.values():
+        built.reverse()  # popped from the end: the first built is sent first
+    return out
 
 
 async def _closed_loop(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import pickle
 import random
@@ -499,3 +500,26 @@ async def _keep_polling_for(seconds: float, handler: Handler, *, timeout: float)
                        until=until, timeout=timeout)  # fmt: skip
     server.close()
     return rec
+
+
+def test_ingest_bodies_built_ahead_are_fresh_batches_of_the_hosts_visited() -> None:
+    """bench fleet's ingest step builds its bodies before the clock: each one a batch of new
+    events (distinct ids: an id sent twice is a retry, stored once) naming the host it is sent
+    for (another name takes the server's slower path), for the hosts the closed loop visits."""
+    from bench.fleetsim.scenarios import BODIES_AHEAD_RATE, bodies_ahead
+
+    hosts = make_hosts(range(200), seed=3, seeded=True, rng=random.Random(1))
+    params = {"seconds": 0.02, "batch": 5, "concurrency": 3}
+    ahead = bodies_ahead(hosts, params, random.Random(2), conns=3)
+    by_index = {h.index: h for h in hosts}
+    ids: list[str] = []
+    for index, bodies in ahead.items():
+        for body in bodies:
+            events = json.loads(body)["events"]
+            assert len(events) == 5 and {e["hostname"] for e in events} == {by_index[index].hostname}
+            ids += [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)) >= params["seconds"] * BODIES_AHEAD_RATE
+    # The hosts visited: connection c sends for c+3, c+6, ... (bench/fleetsim/scenarios.py _closed_loop).
+    per_connection = math.ceil(params["seconds"] * BODIES_AHEAD_RATE / 5 / 3)
+    visited = {hosts[(c + 3 * k) % 200].index for c in range(3) for k in range(1, per_connection + 1)}
+    assert set(ahead) == visited and len(visited) < len(hosts)
