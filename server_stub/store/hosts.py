@@ -302,14 +302,45 @@ def _decide(bound: dict[str, _Bound], item: Enrollment) -> str | EnrollRefused:
     return host.host_id
 
 
+def _presumed_new(
+    conn: Connection, items: Sequence[Enrollment], now: datetime, outcomes: list[str | EnrollRefused]
+) -> list[int]:
+    """PostgreSQL, a batch of distinct machines (none depends on another): each inserted as a first
+    enrollment by ONE statement, without looking them up first (a fleet coming up is new machines);
+    their outcomes set. Returns the indices of the machines known already, to be decided as known."""
+    order = sorted(range(len(items)), key=lambda i: items[i].machine_id)
+    new = [
+        _Bound(
+            items[i].machine_id, str(uuid.uuid4()), items[i].hostname, items[i].node_key_hash, False, new=True
+        )
+        for i in order
+    ]
+    inserted = _insert(conn, new, now)
+    known = []
+    for i, host in zip(order, new, strict=True):
+        if host.machine_id in inserted:
+            outcomes[i] = host.host_id
+        else:
+            known.append(i)
+    return sorted(known)
+
+
 def _enroll_in(
     conn: Connection, items: Sequence[Enrollment], now: datetime
 ) -> tuple[list[str | EnrollRefused], list[str]]:
     """HostRepo.enroll_many inside the caller's transaction: the outcomes, and the rotated hosts."""
     outcomes: list[str | EnrollRefused] = [EnrollRefused("")] * len(items)
     todo = list(range(len(items)))
+    if is_postgres(conn) and len({item.machine_id for item in items}) == len(items):
+        todo = _presumed_new(conn, items, now, outcomes)
     rotated: list[str] = []
-    for _round in range(3):  # again only for machines another process enrolled meanwhile
+    for round_ in range(4):  # again only for machines another process enrolled meanwhile
+        if not todo:
+            break
+        if round_ == 3:
+            raise StoreError(
+                "database error while enrolling hosts: a machine id kept being enrolled elsewhere"
+            )
         bound = _known(conn, sorted({items[i].machine_id for i in todo}))
         for i in todo:
             outcomes[i] = _decide(bound, items[i])
@@ -326,10 +357,6 @@ def _enroll_in(
             )
             rotated += [b.host_id for b in changed]
         todo = [i for i in todo if items[i].machine_id in raced]
-        if not todo:
-            break
-    else:
-        raise StoreError("database error while enrolling hosts: a machine id kept being enrolled elsewhere")
     for host_id in rotated:
         record_change(conn, HOST_KEY, host_id, now)  # last: the old keys stop working everywhere
     return outcomes, rotated

@@ -153,3 +153,55 @@ def test_a_lone_enrollment_waits_for_no_batch(store: Store) -> None:
     host_id = asyncio.run(b.enroll(Enrollment("m1", "ws-1", key(1))))
     b.stop()
     assert machines(store) == {"m1": (host_id, key(1))}
+
+
+def test_distinct_machines_are_inserted_without_a_lookup_and_known_ones_decided_as_known(
+    store: Store, commits: list[int]
+) -> None:
+    known = store.hosts.enroll(machine_id="known", hostname="ws-known", node_key_hash=key(1), now=T0)
+    other = store.hosts.enroll(machine_id="other", hostname="ws-other", node_key_hash=key(2), now=T0)
+    reset = store.hosts.enroll(machine_id="reset", hostname="ws-reset", node_key_hash=key(3), now=T0)
+    store.hosts.reset(reset, T0)
+    feed_before = _feed(store)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    commits.clear()
+    try:
+        b = batcher(store)
+        fresh = together(b, [Enrollment(f"new{n}", f"ws-new{n}", key(10 + n)) for n in range(5)])
+        first_batch = list(statements)
+        mixed = together(
+            b,
+            [
+                Enrollment("new9", "ws-new9", key(19)),
+                Enrollment("known", "ws-known-2", key(20), current_key_hash=key(1)),  # a rotation
+                Enrollment("other", "ws-evil", key(21), current_key_hash=key(99)),  # wrong key
+                Enrollment("reset", "ws-reset-2", key(22)),  # opened by the admin's reset
+            ],
+        )
+        b.stop()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert len(commits) == 2  # one transaction per batch
+    assert all(isinstance(h, str) for h in fresh) and len(set(fresh)) == 5
+    if store.engine.dialect.name == "postgresql":  # the batch of new machines: one statement
+        assert len(first_batch) == 1 and first_batch[0].startswith("INSERT INTO hosts"), first_batch
+    assert isinstance(mixed[0], str) and mixed[1] == known and mixed[3] == reset
+    assert isinstance(mixed[2], EnrollRefused)
+    stored = machines(store)
+    assert stored["new9"] == (mixed[0], key(19)) and stored["known"] == (known, key(20))
+    assert stored["other"] == (other, key(2)) and stored["reset"] == (reset, key(22))
+    assert all(stored[f"new{n}"] == (fresh[n], key(10 + n)) for n in range(5))
+    assert sorted(_feed(store)[len(feed_before) :]) == sorted([("host", known), ("host", reset)])
+
+
+def _feed(store: Store) -> list[tuple[str, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(cache_changes.c.kind, cache_changes.c.subject).order_by(cache_changes.c.seq)
+        ).all()
+    return [(r.kind, r.subject) for r in rows]
