@@ -4,6 +4,7 @@ guards -- one address, one credential, one machine id."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -76,3 +77,14 @@ def test_one_machine_id_enrolling_in_a_loop_is_refused_alone() -> None:
     looping = sum(admitted(limits, "addr:10.0.0.1", "same") for _ in range(500))
     assert looping == 100  # the ordinary burst, then its own 20 a second
     assert admitted(limits, "addr:10.0.0.1", "another")
+
+
+def test_a_fleet_of_buckets_is_not_left_for_the_collector_to_walk() -> None:
+    """Each enrolling machine gets a bucket: 10,000 of them are kept, and a full collection must
+    not walk them all (server_stub/ratelimit.py keeps them as plain tuples of numbers)."""
+    limits = default_limits(Clock())
+    for n in range(2000):
+        limits.admit_enrolling_host(f"machine-{n}")
+    gc.collect()
+    buckets = list(limits.enrolling_hosts._buckets.values())
+    assert len(buckets) == 2000 and not any(gc.is_tracked(bucket) for bucket in buckets)
