@@ -6,7 +6,9 @@ speed, and the refused agents come back after Retry-After (they honour it, with 
 endpoint_agent/sync/client.py). The count is of requests, not connections: idle keep-alive
 connections of a large fleet cost nothing here. /healthz is never refused (a load balancer must
 not take a busy server for a dead one). The first layer a request meets (server_stub/frontdoor.py)
-keeps the count and refuses, before any other work.
+keeps the count and refuses, before any other work -- but a node's poll or heartbeat answered from
+memory holds no slot and is answered past the cap (a 503 costs as much as that answer, and would
+bring the agent back in seconds); only the flood refusal (the event loop lagging) refuses it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ class Admission:
         self.overloaded: Callable[[], bool] | None = None
 
     def full(self) -> bool:
-        return self.in_flight >= self.limit or (self.overloaded is not None and self.overloaded())
+        return self.capped() or self.flooded()
+
+    def capped(self) -> bool:
+        """`limit` requests in progress: one more waits for a thread (a node's poll or heartbeat
+        answered from memory takes none, and is answered: server_stub/frontdoor.py)."""
+        return self.in_flight >= self.limit
+
+    def flooded(self) -> bool:
+        """The event loop lags under a flood: everything (but /healthz) is refused."""
+        return self.overloaded is not None and self.overloaded()
 
     async def refuse(self, scope: Scope, send: Send) -> None:
         """503 + Retry-After; the connection closed when a body was announced (it is never read)."""

@@ -1,8 +1,10 @@
 """The first layer every request meets: admission, then a node's poll and heartbeat answered here.
 
 Every request but /healthz is counted in progress (server_stub/admission.py) and refused with
-503 at once past the cap, before any other work. A node's policy poll and heartbeat -- most of
-a fleet's traffic -- are then answered here, in plain ASGI, without the framework's error and
+503 at once past the cap, before any other work -- but a node's policy poll and heartbeat, most of
+a fleet's traffic, answered here from memory, take no slot and are answered past the cap (only a
+flood, the event loop lagging, refuses them; what they hand on to the framework takes a slot).
+They are answered here, in plain ASGI, without the framework's error and
 exception layers, routing, dependencies, Headers objects and response classes: one pass over
 the raw headers, the node key from memory (server_stub/auth.py identify_from_memory), its rate
 limit, the answer. They answer exactly what the routes in server_stub/routes/agent.py answer
@@ -101,19 +103,28 @@ class FrontDoor:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
+        if self.admission.flooded():
+            await self._refuse(scope, send)
+        elif self.fast and scope["path"] in (self.poll_path, self.beat_path) and not _admitted(scope):
+            await self._node_call(scope, receive, send)  # no slot: what goes on takes one (_onward)
+        else:
+            await self._onward(scope, receive, send)
+
+    async def _onward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """To the framework, holding one of the in-flight slots (refused 503 when none is free)."""
         admission = self.admission
-        if admission.full():
-            self.ctx.metrics.answered(scope["method"], 503)
-            await admission.refuse(scope, send)
+        if admission.capped():
+            await self._refuse(scope, send)
             return
         admission.in_flight += 1
         try:
-            if self.fast and scope["path"] in (self.poll_path, self.beat_path) and not _admitted(scope):
-                await self._node_call(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
             admission.in_flight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        self.ctx.metrics.answered(scope["method"], 503)
+        await self.admission.refuse(scope, send)
 
     # -- the decisions, shared with server_stub/nodeprotocol.py ----------------------------------
 
@@ -185,12 +196,12 @@ class FrontDoor:
         method, path = scope["method"], scope["path"]
         poll = method == "GET" and path == self.poll_path
         if not poll and not (method == "POST" and path == self.beat_path):
-            await self.app(scope, receive, send)
+            await self._onward(scope, receive, send)
             return
         head = NodeHead.read(scope["headers"])
         principal = self.node(head)
         if principal is None or (not poll and not self.readable(head)):
-            await self.app(scope, receive, send)  # the body layer answers (or reads) it
+            await self._onward(scope, receive, send)  # the body layer answers (or reads) it
             return
         refused = self.admit(principal)
         if refused is not None:
@@ -206,7 +217,7 @@ class FrontDoor:
             await self._send(scope, send, self.failed(exc))
             return
         if onward is not None:
-            await self.app(scope, onward, send)
+            await self._onward(scope, onward, send)
 
     async def _poll(
         self, scope: Scope, receive: Receive, send: Send, principal: Principal, head: NodeHead

@@ -5,8 +5,9 @@ message dicts and the application's layers. This subclass of it looks at each re
 its head is parsed (httptools' on_headers_complete) and, when the connection is idle (no answer
 of the application pending, nothing queued behind one, the transport not pushing back):
 
-- past the in-flight cap, or while the event loop lags under a flood (server_stub/admission.py),
-  a request (but /healthz) is refused 503 + Retry-After right there, before any task exists;
+- while the event loop lags under a flood (server_stub/admission.py), a request (but /healthz)
+  is refused 503 + Retry-After right there, before any task exists; so is one past the in-flight
+  cap, but a node's poll or heartbeat (answered from memory it takes no slot);
 - a node's GET /policy and POST /heartbeat, its key held in memory, are decided by the first
   layer's own decisions (server_stub/frontdoor.py: FrontDoor.node, admit, poll, beat) and the
   answer is written to the transport from the callback: no task, no ASGI message. A heartbeat's
@@ -287,7 +288,11 @@ class NodeProtocol(HttpToolsProtocol):
         method = self.parser.get_method()
         self.method = method.decode("ascii")
         self.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        if door.admission.full():
+        admission = door.admission
+        hot = (url == self.poll_url and method == b"GET") or (url == self.beat_url and method == b"POST")
+        # Past the in-flight cap a poll or heartbeat answered from memory takes no slot: answered
+        # (what of it goes on to the application is refused there, by the first layer).
+        if admission.flooded() or (admission.capped() and not hot):
             path = url.split(b"?", 1)[0].split(b"#", 1)[0]
             if self.root_path or b"%" in path or path in _UNLIMITED or not path.startswith(b"/"):
                 return False  # the first layer decides (as it did before this protocol)

@@ -381,7 +381,10 @@ def test_a_stopping_server_answers_the_enrollment_it_waits_for_then_closes(tmp_p
             (connection,) = server.server.server_state.connections
             assert isinstance(connection, NodeProtocol)
             server.server.should_exit = True
-            _wait(lambda: connection.cycle.keep_alive is False, "the shutdown reached the connection")
+            _wait(  # (the group may be entered before the protocol sets the cycle that stands for it)
+                lambda: connection.cycle is not None and connection.cycle.keep_alive is False,
+                "the shutdown reached the connection",
+            )
             held.release.set()
             (answer,) = _answers(sock, 1)  # and then closed by the server
         assert _status(answer) == 200 and b"\r\nconnection: close\r\n" in answer

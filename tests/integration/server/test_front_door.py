@@ -218,3 +218,27 @@ def test_answers_of_the_first_layer_are_counted(server: InProcessServer) -> None
 
     assert grew(("GET", "304")) == 5
     assert grew(("POST", "200")) == 5 and grew(("POST", "422")) == 5
+
+
+def test_past_the_in_flight_cap_a_node_is_answered_from_memory(server: InProcessServer) -> None:
+    """A poll or heartbeat answered from memory takes no slot; what goes on to the framework
+    (a key not known here, another path) is refused 503 + Retry-After, as before."""
+    server.publish(1)
+    host = server.enroll("ws-1")
+    with server.client(host["node_key"]) as c:
+        etag = c.get("/policy").headers["etag"]  # the policy copy in memory from now on
+    admission = _front(server).admission
+    admission.limit = 0
+    try:
+        with server.client(host["node_key"]) as c:
+            polled = c.get("/policy", headers={"If-None-Match": etag})
+            beat = c.post("/heartbeat", json={"agent_version": "1.2"})
+            hosts = c.get("/hosts")
+        with server.client("not-a-key") as c:
+            unknown = c.get("/policy")
+    finally:
+        admission.limit = 10_000
+    assert polled.status_code == 304 and beat.status_code == 200
+    for refused in (hosts, unknown):
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert admission.in_flight == 0

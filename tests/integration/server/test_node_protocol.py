@@ -12,7 +12,9 @@ against the real app under uvicorn on 127.0.0.1, over raw sockets.
   nothing after a closing answer; a request in pieces is put together; a client that does not
   read its answers gets all of them, in order, once it does; an idle connection is closed after
   the keep-alive timeout, also after a dropped late body; a head that never ends is refused (400,
-  closed) once HEAD_MAX bytes came, not kept.
+  closed) once HEAD_MAX bytes came, not kept;
+- a flood is refused before any task; past the in-flight cap, polls and heartbeats are answered
+  (from memory: no slot) and the rest is refused.
 """
 
 from __future__ import annotations
@@ -429,7 +431,8 @@ def test_overload_is_refused_before_any_task(
     server: InProcessServer, node: dict[str, str], asgi_calls: list[str]
 ) -> None:
     admission = _door(server).admission
-    admission.limit = 0
+    lag = admission.overloaded
+    admission.overloaded = lambda: True  # a flood: the loop lags (server_stub/listener.py)
     try:
         refused = _same_both_ways(server, _poll(node) + _poll(node), 2)
         with_body = _same_both_ways(server, _beat(node, GOOD))
@@ -444,6 +447,29 @@ def test_overload_is_refused_before_any_task(
             assert _status(reader.answer()) == 503
             assert _status(reader.answer()) == 200  # never refused
         assert asgi_calls == [f"GET {API}/healthz"]
+    finally:
+        admission.overloaded = lag
+
+
+def test_past_the_in_flight_cap_polls_and_heartbeats_are_answered_the_rest_refused(
+    server: InProcessServer, node: dict[str, str], asgi_calls: list[str]
+) -> None:
+    """Answered from memory they take no slot; what would reach the application is refused 503,
+    before any task (or by the first layer, for a hot request it hands on)."""
+    admission = _door(server).admission
+    admission.limit = 0
+    try:
+        with _connect(server) as sock:
+            reader = _Reader(sock)
+            sock.sendall(
+                _poll(node) + _beat(node, GOOD) + f"GET {API}/hosts HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            assert [_status(reader.answer()) for _ in range(3)] == [304, 200, 503]
+            assert asgi_calls == []
+            sock.sendall(_beat(node, INVALID))  # the route would say why: it takes a slot
+            refused = reader.answer()
+        assert _status(refused) == 503 and b"\r\nretry-after: 2\r\n" in refused
+        assert asgi_calls == [f"POST {API}/heartbeat"]
     finally:
         admission.limit = 10_000
 
