@@ -47,7 +47,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InProcess
         db_url = (
             stack.enter_context(fresh_pg_database(pg_url_or_skip())) if request.param == "postgres" else None
         )
-        yield stack.enter_context(in_process_server(tmp_path, listener=True, db_url=db_url))
+        yield stack.enter_context(in_process_server(tmp_path, listener=True, db_url=db_url, body_timeout=1.0))
 
 
 def _door(server: InProcessServer) -> FrontDoor:
@@ -257,6 +257,14 @@ def test_answers_are_the_applications(server: InProcessServer) -> None:
     assert b"\r\nconnection: close\r\n" in closing[0]
     unknown = _both_ways(server, lambda: _enroll(server, _machine("u"), token="enr-not-the-secret"))
     assert _status(unknown[0]) == 401
+    late = _both_ways(server, lambda: _enroll(server, _machine("late"))[:-5])  # the body never ends
+    assert _status(late[0]) == 408 and _stored(server, "m-late") is None
+    expect = _both_ways(
+        server,
+        lambda: _enroll(server, _machine(f"e{next(names)}"), extra="Expect: 100-continue\r\n"),
+        count=2,
+    )
+    assert [_status(a) for a in expect] == [100, 200]  # the application's
 
 
 def test_a_dry_host_bucket_is_answered_as_the_application_does(server: InProcessServer) -> None:
