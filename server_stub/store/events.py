@@ -283,22 +283,22 @@ class Plan:
         return after_id, before_id
 
 
-def _day_seeks(kind: str, days: Sequence[date], dialect: str, last: bool) -> sa.ScalarSelect[Any]:
-    """The least first id (or greatest last id) of `kind` over these whole days: one seek of
-    ix_events_kind_day_id per day. The days are one parameter (a date array, or a JSON list on
-    SQLite), so the statement's text -- and the database's plan of it -- is the same whatever
-    the period's length."""
+def _day_seeks(dialect: str, last: bool) -> sa.ScalarSelect[Any]:
+    """The least first id (or greatest last id) of the events of :kind over the whole days
+    :days: one seek of ix_events_kind_day_id per day. The days are one parameter (a date array,
+    or a JSON list on SQLite), so the statement's text -- and the database's plan of it -- is the
+    same whatever the period's length."""
     listed: sa.TableValuedAlias
     if dialect == "postgresql":
-        dates: sa.BindParameter[Any] = sa.bindparam(None, list(days), type_=ARRAY(sa.Date))
+        dates: sa.BindParameter[Any] = sa.bindparam("days", type_=ARRAY(sa.Date))
         listed = sa.func.unnest(dates).table_valued("value").render_derived()
     else:
-        texts: sa.BindParameter[Any] = sa.bindparam(None, json.dumps([d.isoformat() for d in days]))
+        texts: sa.BindParameter[Any] = sa.bindparam("days", type_=sa.String)
         listed = sa.func.json_each(texts).table_valued("value")
     order = events.c.id.desc() if last else events.c.id
     seek = (
         sa.select(events.c.id)
-        .where(events.c.kind == kind, detected_day() == listed.c.value)
+        .where(events.c.kind == sa.bindparam("kind"), detected_day() == listed.c.value)
         .order_by(order)
         .limit(1)
         .correlate(listed)
@@ -307,60 +307,100 @@ def _day_seeks(kind: str, days: Sequence[date], dialect: str, last: bool) -> sa.
     return sa.select((sa.func.max if last else sa.func.min)(seek)).select_from(listed).scalar_subquery()
 
 
-def _part_of_day(
-    kind: str, day: date, lo: datetime | None, hi: datetime | None, last: bool
-) -> sa.ScalarSelect[Any]:
-    """The first id (or last id) of the events of `kind` detected on `day` from `lo` to before
-    `hi` (either may be open): the part of the day inside read from the time index, or the day
-    walked in id order from its start (or end) past the events outside, whichever reads less when
-    ids follow detection time."""
+def _reads_inside(day: date, lo: datetime | None, hi: datetime | None, last: bool) -> bool:
+    """Whether the part of `day` from `lo` to before `hi` (either may be open) is cheaper read
+    from the time index than the day walked in id order from its start (or end, for the last id)
+    past the events outside it, when ids follow detection time."""
     midnight = datetime.combine(day, datetime.min.time(), UTC)
     start, stop = lo or midnight, hi or midnight + timedelta(days=1)
     if last:
         walked = midnight + timedelta(days=1) - hi if hi is not None else timedelta(0)
     else:
         walked = lo - midnight if lo is not None else timedelta(0)
-    if stop - start < walked:
+    return stop - start < walked
+
+
+def _part_of_day(i: int, lo: bool, hi: bool, inside: bool, last: bool) -> sa.ScalarSelect[Any]:
+    """The first id (or last id) of the events of :kind detected on the end day :day<i>, from
+    :lo<i> and before :hi<i> where given: the part inside (:start<i> to :stop<i>) read from the
+    time index, or the day walked in id order (see _reads_inside)."""
+    if inside:
         # `id + 0`: the range read and its ids compared; no walk in id order hoping to meet the
         # range early (a planner's guess that may read most of the table).
         ids = events.c.id + 0
-        inside = [events.c.kind == kind, events.c.detected_at >= start, events.c.detected_at < stop]
-        return sa.select((sa.func.max if last else sa.func.min)(ids)).where(*inside).scalar_subquery()
+        conds = [
+            events.c.kind == sa.bindparam("kind"),
+            events.c.detected_at >= sa.bindparam(f"start{i}"),
+            events.c.detected_at < sa.bindparam(f"stop{i}"),
+        ]
+        return sa.select((sa.func.max if last else sa.func.min)(ids)).where(*conds).scalar_subquery()
     order = events.c.id.desc() if last else events.c.id
-    conds = [events.c.kind == kind, detected_day() == sa.bindparam(None, day, type_=sa.Date)]
-    if lo is not None:
-        conds.append(events.c.detected_at >= lo)
-    if hi is not None:
-        conds.append(events.c.detected_at < hi)
+    conds = [events.c.kind == sa.bindparam("kind"), detected_day() == sa.bindparam(f"day{i}", type_=sa.Date)]
+    if lo:
+        conds.append(events.c.detected_at >= sa.bindparam(f"lo{i}"))
+    if hi:
+        conds.append(events.c.detected_at < sa.bindparam(f"hi{i}"))
     return sa.select(events.c.id).where(*conds).order_by(order).limit(1).scalar_subquery()
 
 
-def id_window_query(kind: str, flt: EventFilter, days: Sequence[date], dialect: str) -> sa.Select[Any]:
-    """(first id, last id) of the events of `kind` detected in the filter's period (last id only
-    with `until`), exactly: each whole day of the period is a seek of ix_events_kind_day_id, its
-    first and last day (where `since` and `until` fall) are read in part (_part_of_day).
+# An end day of the window: (from `since`, to `until`, read inside for the first id, for the last).
+_End = tuple[bool, bool, bool, bool]
 
-    `days` must hold every day an event of the period can be on (plan() lists them): then no
-    event of the period lies outside the window, whatever its other conditions."""
-    ends: list[tuple[date, datetime | None, datetime | None]] = []
-    whole = list(days)
-    for day in {days[0], days[-1]}:
-        lo = flt.since if flt.since is not None and day == days[0] else None
-        hi = flt.until if flt.until is not None and day == days[-1] else None
-        if lo is not None or hi is not None:
-            ends.append((day, lo, hi))
-            whole.remove(day)
+
+@functools.lru_cache(maxsize=64)
+def _window_statement(dialect: str, ends: tuple[_End, ...], whole: bool, until: bool) -> sa.Select[Any]:
+    """The id window's statement for its shape; its values are parameters (id_window_query)."""
 
     def bound(last: bool) -> sa.ColumnElement[Any]:
-        parts = [_part_of_day(kind, day, lo, hi, last) for day, lo, hi in sorted(ends, key=lambda e: e[0])]
+        parts = [
+            _part_of_day(i, lo, hi, inside_last if last else inside_first, last)
+            for i, (lo, hi, inside_first, inside_last) in enumerate(ends)
+        ]
         if whole:
-            parts.append(_day_seeks(kind, whole, dialect, last))
+            parts.append(_day_seeks(dialect, last))
         if len(parts) == 1:
             return parts[0]
         union = sa.union_all(*[sa.select(p.label("x")) for p in parts]).subquery()
         return sa.select((sa.func.max if last else sa.func.min)(union.c.x)).scalar_subquery()
 
-    return sa.select(bound(False), bound(True) if flt.until is not None else sa.null())
+    return sa.select(bound(False), bound(True) if until else sa.null())
+
+
+def id_window_query(
+    kind: str, flt: EventFilter, days: Sequence[date], dialect: str
+) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """(statement, parameters) finding (first id, last id) of the events of `kind` detected in the
+    filter's period (last id only with `until`), exactly: each whole day of the period is a seek
+    of ix_events_kind_day_id, its first and last day (where `since` and `until` fall) are read in
+    part (_part_of_day). The statement depends only on the window's shape, so it is built once
+    for each (building and executing a new one cost three times the CPU of executing it).
+
+    `days` must hold every day an event of the period can be on (plan() lists them): then no
+    event of the period lies outside the window, whatever its other conditions."""
+    params: dict[str, Any] = {"kind": kind}
+    ends: list[_End] = []
+    whole = list(days)
+    for day in sorted({days[0], days[-1]}):
+        lo = flt.since if flt.since is not None and day == days[0] else None
+        hi = flt.until if flt.until is not None and day == days[-1] else None
+        if lo is None and hi is None:
+            continue
+        whole.remove(day)
+        i = len(ends)
+        ends.append(
+            (
+                lo is not None,
+                hi is not None,
+                _reads_inside(day, lo, hi, False),
+                _reads_inside(day, lo, hi, True),
+            )
+        )
+        midnight = datetime.combine(day, datetime.min.time(), UTC)
+        params.update({f"day{i}": day, f"lo{i}": lo, f"hi{i}": hi, f"start{i}": lo or midnight,
+                       f"stop{i}": hi or midnight + timedelta(days=1)})  # fmt: skip
+    if whole:
+        params["days"] = whole if dialect == "postgresql" else json.dumps([d.isoformat() for d in whole])
+    return _window_statement(dialect, tuple(ends), bool(whole), flt.until is not None), params
 
 
 @functools.lru_cache(maxsize=8)
@@ -426,7 +466,8 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     if n <= 0:
         return Plan(walk_ids=False, empty=True)
     days = [first + timedelta(days=i) for i in range(n)]
-    first_id, last_id = conn.execute(id_window_query(kind, flt, days, conn.dialect.name)).one()
+    window, params = id_window_query(kind, flt, days, conn.dialect.name)
+    first_id, last_id = conn.execute(window, params).one()
     if first_id is None or (flt.until is not None and last_id is None):
         return Plan(walk_ids=False, empty=True)  # no event in the period
     return Plan(first_id=first_id, last_id=last_id)

@@ -576,18 +576,19 @@ def test_the_id_window_is_one_statement_of_index_seeks_whatever_the_period(store
             # ten hours after it are walked past in the day index).
             until = T0 + timedelta(days=n - 1, hours=2)
             flt = EventFilter(since=T0 + timedelta(hours=3), until=until, action="killed")
-            query = id_window_query(VIOLATION, flt, days, conn.dialect.name)
+            query, params = id_window_query(VIOLATION, flt, days, conn.dialect.name)
             texts.add(str(query.compile(dialect=conn.dialect)))
         assert len(texts) == 1, texts
         compiled = query.compile(dialect=conn.dialect)
+        values = compiled.construct_params(params)
         if conn.dialect.name == "sqlite":
-            params: Any = tuple(compiled.params[name] for name in compiled.positiontup or ())
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), params)
+            positional: Any = tuple(values[name] for name in compiled.positiontup or ())
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), positional)
             plan = "\n".join(str(row[-1]) for row in rows)
-        else:  # (bound, not as literals: a literal date array would be text)
+        else:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             conn.exec_driver_sql("SET LOCAL enable_sort = off")
-            rows = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+            rows = conn.exec_driver_sql("EXPLAIN " + str(compiled), values)
             plan = "\n".join(str(row[0]) for row in rows)
     assert "ix_events_kind_day_id" in plan and "ix_events_console" in plan, plan
     assert "SCAN events" not in plan and "Seq Scan" not in plan, plan
