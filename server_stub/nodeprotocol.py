@@ -94,6 +94,25 @@ def render(
     return b"".join(parts), keep_alive
 
 
+_REFUSED = Answer(503, refusal_headers(False), REFUSAL_BODY)
+_REFUSED_CLOSING = Answer(503, refusal_headers(True), REFUSAL_BODY)
+# (answer, keep-alive) -> (the default headers rendered with, bytes, kept open): uvicorn replaces
+# its default headers (the Date) once a second.
+_RENDERED: dict[tuple[int, bool], tuple[Any, bytes, bool]] = {}
+
+
+def _rendered(
+    default_headers: list[tuple[bytes, bytes]], answer: Answer, keep_alive: bool
+) -> tuple[bytes, bool]:
+    """render() of a constant answer, again only when the default headers changed."""
+    key = (id(answer), keep_alive)
+    hit = _RENDERED.get(key)
+    if hit is None or hit[0] is not default_headers:
+        data, kept = render(default_headers, answer, keep_alive)
+        hit = _RENDERED[key] = (default_headers, data, kept)
+    return hit[1], hit[2]
+
+
 class NodeProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -298,7 +317,7 @@ class NodeProtocol(HttpToolsProtocol):
                 return False  # the first layer decides (as it did before this protocol)
             with_body = announces_body(self.headers)
             door.admission.on_refused()
-            self._finish(Answer(503, refusal_headers(with_body), REFUSAL_BODY))
+            self._finish(_REFUSED_CLOSING if with_body else _REFUSED)
             return True
         if url == self.poll_url and method == b"GET":
             poll = True
@@ -420,7 +439,11 @@ class NodeProtocol(HttpToolsProtocol):
         """Write the whole answer; close, or wait for the next request."""
         self.state = _DONE
         self.door.ctx.metrics.answered(self.method, answer.status)
-        data, keep_alive = render(self.server_state.default_headers, answer, self.keep_alive)
+        default_headers = self.server_state.default_headers
+        if answer is _REFUSED or answer is _REFUSED_CLOSING:  # most answers under a flood: rendered once
+            data, keep_alive = _rendered(default_headers, answer, self.keep_alive)
+        else:
+            data, keep_alive = render(default_headers, answer, self.keep_alive)
         if self.access_log:
             self._log_access(answer.status)
         self.transport.write(data)

@@ -130,6 +130,16 @@ def test_answers_are_the_bytes_uvicorn_writes(answer: Answer, keep_alive: bool) 
     assert kept is not closed
 
 
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_a_refusal_rendered_once_follows_the_default_headers(keep_alive: bool) -> None:
+    later = [(b"date", b"Mon, 30 Nov 2026 14:00:01 GMT"), (b"server", b"uvicorn")]
+    for refusal in (nodeprotocol._REFUSED, nodeprotocol._REFUSED_CLOSING):
+        for headers in (DEFAULT_HEADERS, DEFAULT_HEADERS, later, list(later)):
+            assert nodeprotocol._rendered(headers, refusal, keep_alive) == render(
+                headers, refusal, keep_alive
+            )
+
+
 def test_what_the_protocol_relies_on_in_uvicorn_is_there() -> None:
     """NodeProtocol subclasses uvicorn's httptools protocol: these names must keep their meaning.
     If this fails, uvicorn changed: read server_stub/nodeprotocol.py against its new code."""
