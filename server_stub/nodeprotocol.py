@@ -407,7 +407,8 @@ class NodeProtocol(HttpToolsProtocol):
         cycle.more_body = False
         self.cycle = cycle
         self.enrolling.add(enrolling.outcome)
-        request = self._request_line()
+        # What the access log says of it, read now: the parser may be on to the next request then.
+        request = self._request_line() if self.access_log else None
 
         def settled(outcome: asyncio.Future[str | Exception]) -> None:
             self.enrolling.discard(outcome)
@@ -416,7 +417,7 @@ class NodeProtocol(HttpToolsProtocol):
         enrolling.outcome.add_done_callback(settled)
 
     def _enrolled(
-        self, cycle: RequestResponseCycle, enrolling: Enrolling, request: tuple[str, str, str]
+        self, cycle: RequestResponseCycle, enrolling: Enrolling, request: tuple[str, str, str] | None
     ) -> None:
         if cycle.disconnected or self.transport.is_closing():
             cycle.response_complete = True  # nobody to answer
@@ -425,9 +426,9 @@ class NodeProtocol(HttpToolsProtocol):
             answer = EnrollDoor.settled(enrolling)
         except Exception as exc:
             answer = self.door.failed(exc)
-        self.door.ctx.metrics.answered(request[0], answer.status)
+        self.door.ctx.metrics.answered("POST", answer.status)  # only a POST is taken as an enrollment
         data, keep_alive = render(self.server_state.default_headers, answer, cycle.keep_alive)
-        if self.access_log:
+        if request is not None:
             self._log_access(answer.status, request)
         self.transport.write(data)
         cycle.response_complete = True
