@@ -1,9 +1,10 @@
 """Group commit for uploads on PostgreSQL: the node uploads that arrive together are stored in ONE
 transaction and one statement (server_stub/groupcommit.py; EventRepo.insert_uploads).
 
-About half of a small upload's cost is fixed per transaction (the pool's pre-ping, the host's lock,
-the statement with its rollup CTEs, the commit: four round trips and a WAL flush); a group pays it
-once. Each upload still gets its own answer: the events it stored first (a retry's ids, or an id an
+About half of a small upload's cost is fixed per transaction (a connection, the host's lock, the
+statement with its rollup CTEs, the commit and its WAL flush); a group pays it once. Each writer
+thread keeps its own connection (HeldConnections: no pool checkout and ping per group) and sends a
+group in two round trips (BEGIN + locks + insert pipelined, then COMMIT: EventRepo.insert_uploads). Each upload still gets its own answer: the events it stored first (a retry's ids, or an id an
 earlier upload of the group carried, are not new), or its own error (an unknown host). A group the
 database refuses is stored again one upload at a time, so an upload that cannot be stored fails
 alone. Past MAX_QUEUE waiting uploads the request is refused at once with 503 + Retry-After.
