@@ -4,7 +4,8 @@ transaction and one statement (server_stub/groupcommit.py; EventRepo.insert_uplo
 About half of a small upload's cost is fixed per transaction (a connection, the host's lock, the
 statement with its rollup CTEs, the commit and its WAL flush); a group pays it once. Each writer
 thread keeps its own connection (HeldConnections: no pool checkout and ping per group) and sends a
-group in two round trips (BEGIN + locks + insert pipelined, then COMMIT: EventRepo.insert_uploads). Each upload still gets its own answer: the events it stored first (a retry's ids, or an id an
+group in two round trips (BEGIN + locks + insert pipelined, then COMMIT: EventRepo.insert_uploads).
+Each upload still gets its own answer: the events it stored first (a retry's ids, or an id an
 earlier upload of the group carried, are not new), or its own error (an unknown host). A group the
 database refuses is stored again one upload at a time, so an upload that cannot be stored fails
 alone. Past MAX_QUEUE waiting uploads the request is refused at once with 503 + Retry-After.
