@@ -140,6 +140,8 @@ class NodeProtocol(HttpToolsProtocol):
         self.answered = False  # since data last came in: the keep-alive timer is due
         self.head_open = False  # a request's head is being read
         self.head_read = 0  # bytes read while it was
+        self.reading = False  # in data_received: uvicorn's cancel of the keep-alive timer is put off
+        self.active_at = 0.0  # (loop time) of the last answer written here
 
     # -- the connection's addresses, read when first needed ---------------------------------------
     # uvicorn reads both as the connection is made (a socket object and a system call each); a
@@ -254,7 +256,11 @@ class NodeProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.answered = False
-        super().data_received(data)
+        self.reading = True
+        try:
+            super().data_received(data)
+        finally:
+            self.reading = False
         if self.head_open and not self.transport.is_closing():
             self.head_read += len(data)
             if self.head_read > HEAD_MAX:
@@ -456,14 +462,31 @@ class NodeProtocol(HttpToolsProtocol):
 
     def _idle_again(self) -> None:
         """After an answer written here: the keep-alive timeout runs, as uvicorn's does after its
-        own answers (but not while another request is being served or read)."""
+        own answers (but not while another request is being served or read). A timer still
+        pending is kept: it looks at the last answer's time when it fires (one timer per
+        keep-alive period, not a new one and a cancelled one per request)."""
         self.answered = False
+        self.active_at = self.loop.time()
         if self.state == _BEAT or not self._idle() or self.transport.is_closing():
             return
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _unset_keepalive_if_required(self) -> None:
+        if not self.reading:  # data came in: the pending timer decides when it fires
+            super()._unset_keepalive_if_required()
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.head_open or self.state == _BEAT or self.state == _ENROLL or not self._idle():
+            return  # a request being read or served: its answer arms the timer again
+        due = self.active_at + self.timeout_keep_alive
+        if due > self.loop.time():  # answered here since the timer was set
+            self.timeout_keep_alive_task = self.loop.call_at(due, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
 
     def _body_late(self) -> None:
         self.body_timer = None

@@ -24,6 +24,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -338,6 +339,17 @@ class _Reader:
             return self.pending == b""
 
 
+def _protocol_of(server: InProcessServer, sock: socket.socket) -> NodeProtocol:
+    """The server's protocol of this client's connection."""
+    (proto,) = [
+        p
+        for p in server.server.server_state.connections
+        if p.transport.get_extra_info("peername") == sock.getsockname()
+    ]
+    assert isinstance(proto, NodeProtocol)
+    return proto
+
+
 def _status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
@@ -411,12 +423,7 @@ def test_a_poll_answered_here_reads_no_address_a_request_handed_on_does(
             sock.sendall(_poll(node))
             assert _status(reader.answer()) == 304
             here = sock.getsockname()
-            mine = [
-                proto
-                for proto in server.server.server_state.connections
-                if proto.transport.get_extra_info("peername") == here
-            ]
-            assert len(mine) == 1 and mine[0]._client is nodeprotocol._UNREAD
+            assert _protocol_of(server, sock)._client is nodeprotocol._UNREAD
             sock.sendall(f"GET {API}/healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert _status(reader.answer()) == 200
     finally:
@@ -556,6 +563,26 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
                 sock.sendall(_poll(node))
                 assert _status(reader.answer()) == 304
             assert reader.closed()  # by uvicorn's keep-alive timeout, not by this client
+
+
+def test_the_keep_alive_timeout_runs_from_the_last_answer(
+    server: InProcessServer, node: dict[str, str]
+) -> None:
+    """One timer per keep-alive period: answers meanwhile put its end off, not a new timer each."""
+    server.server.config.timeout_keep_alive = 2  # for connections made from now
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        timers = []
+        for _ in range(6):  # 3 s of polls 0.5 s apart, longer than the timeout: still open
+            sock.sendall(_poll(node))
+            assert _status(reader.answer()) == 304
+            proto = _protocol_of(server, sock)
+            timers.append(proto.timeout_keep_alive_task)
+            time.sleep(0.5)
+        assert timers[1] is timers[0]  # not a new timer per answer
+        sock.sendall(_beat(node, GOOD))
+        assert _status(reader.answer()) == 200
+        assert reader.closed()  # then idle: closed by the server
 
 
 def test_heartbeat_stored_is_the_one_validated(server: InProcessServer, node: dict[str, str]) -> None:
