@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from server_stub.config import ServerConfig
 from server_stub.errors import Forbidden, Unauthorized
 from server_stub.keycache import NodeKeyCache
-from server_stub.store import HostRecord, Store
+from server_stub.store import NodeIdentity, Store
 
 
 class Role(StrEnum):
@@ -41,7 +41,7 @@ class Role(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Principal:
     role: Role
-    host: HostRecord | None = None  # set for Role.NODE
+    host: NodeIdentity | None = None  # set for Role.NODE
     enroll_token: str | None = None  # the digest of a per-rollout enroll token (Role.ENROLL)
 
     @property

@@ -2,7 +2,7 @@
 full collections come on a clock, not on every ~25,000 objects that outlived two young ones.
 
 A full collection walks every object the collector tracks, holding the GIL throughout: with a
-fleet's node keys in memory (server_stub/keycache.py; a HostRecord and its counters per host)
+fleet's node keys in memory (server_stub/keycache.py; a NodeIdentity per host)
 that is ~0.2 s per 200,000 hosts on one of this machine's cores, several times that when the
 machine is busy, and the event loop answers nothing meanwhile (server_stub/stallwatch.py shows
 such stalls). Objects alive once the server has started -- the application, its modules, the

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from server_stub.store import HostRecord
+from server_stub.store import NodeIdentity
 
 DEFAULT_CAPACITY = 200_000
 UNKNOWN_CAPACITY = 4_096
@@ -40,7 +40,7 @@ class NodeKeyCache:
         self._unknown_capacity = unknown_capacity
         self.fresh = fresh  # set by the watcher: whether memory may be trusted now
         self._lock = threading.Lock()
-        self._hosts: dict[str, HostRecord] = {}  # digest -> host (insertion order: oldest first)
+        self._hosts: dict[str, NodeIdentity] = {}  # digest -> host (insertion order: oldest first)
         self._digest_of: dict[str, str] = {}  # host id -> digest
         self._unknown: dict[str, None] = {}
         # Bumped by every invalidation: a lookup that started before one must not store its answer.
@@ -54,7 +54,7 @@ class NodeKeyCache:
     def epoch(self) -> int:
         return self._epoch
 
-    def get(self, digest: str) -> tuple[bool, HostRecord | None]:
+    def get(self, digest: str) -> tuple[bool, NodeIdentity | None]:
         """(known, host): (True, host), (True, None) for a digest known to be unknown, (False, None)."""
         if not self.fresh():
             return False, None
@@ -63,7 +63,7 @@ class NodeKeyCache:
             return True, host
         return (digest in self._unknown), None
 
-    def put(self, digest: str, host: HostRecord | None, epoch: int) -> None:
+    def put(self, digest: str, host: NodeIdentity | None, epoch: int) -> None:
         """Remember a database answer obtained after `epoch` was read (dropped if stale since)."""
         with self._lock:
             if epoch != self._epoch:
@@ -84,7 +84,7 @@ class NodeKeyCache:
                 if self._digest_of.get(evicted.host_id) == oldest:
                     del self._digest_of[evicted.host_id]
 
-    def warm(self, entries: Iterable[tuple[str, HostRecord]], epoch: int) -> int:
+    def warm(self, entries: Iterable[tuple[str, NodeIdentity]], epoch: int) -> int:
         """Hold these database answers (read after `epoch`) up to capacity; how many were taken.
 
         All dropped if any key changed since `epoch`; a host already held (looked up meanwhile) keeps
@@ -123,7 +123,7 @@ class NodeKeyCache:
         return len(self._hosts)
 
 
-def warm_keys(cache: NodeKeyCache, read: Callable[[int], list[tuple[str, HostRecord]]]) -> int:
+def warm_keys(cache: NodeKeyCache, read: Callable[[int], list[tuple[str, NodeIdentity]]]) -> int:
     """Fill `cache` from `read(capacity)` (HostRepo.keyed); how many keys it now holds from it."""
     epoch = cache.epoch  # read before the query: an invalidation meanwhile wins
     return cache.warm(read(cache.capacity), epoch)

@@ -14,7 +14,7 @@ from server_stub.store.engine import create_db_engine, normalize_url, sqlite_url
 from server_stub.store.enroll_tokens import EnrollTokenRepo
 from server_stub.store.events import EventFilter, EventInsert, EventRepo, EventRow, event_insert
 from server_stub.store.exports import ExportRepo, ExportRow
-from server_stub.store.hosts import EnrollRefused, HostRecord, HostRepo
+from server_stub.store.hosts import EnrollRefused, HostRecord, HostRepo, NodeIdentity
 from server_stub.store.migrations import migrate
 from server_stub.store.policies import NewPolicy, PolicyRepo, PolicyVersion, Rollout, ServedPolicy
 from server_stub.store.ratelimits import RateUsageRepo
@@ -65,6 +65,7 @@ __all__ = [
     "HostRecord",
     "HostRepo",
     "NewPolicy",
+    "NodeIdentity",
     "PolicyRepo",
     "PolicyVersion",
     "Rollout",

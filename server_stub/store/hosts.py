@@ -23,6 +23,7 @@ from server_stub.store.engine import db_errors, is_postgres, read_connection, ut
 from server_stub.store.tables import hosts
 
 _BATCH = 2000  # rows per statement of a write-behind flush
+_IDENTITY = (hosts.c.host_id, hosts.c.machine_id, hosts.c.hostname, hosts.c.enrolled_at)  # NodeIdentity
 
 
 # The write-behind statements on PostgreSQL (HostRepo._execute_arrays): the same updates as the
@@ -60,6 +61,17 @@ def _heartbeat_columns(entry: tuple[str, Heartbeat, datetime]) -> list[Any]:
 
 class EnrollRefused(Exception):
     """A known machine id, enrolled again without its current node key or an admin's reset."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who a node key names: all a request's principal and the key cache hold. A host's contact
+    times, heartbeat and counters are read with HostRepo.get, never from here."""
+
+    host_id: str
+    machine_id: str
+    hostname: str
+    enrolled_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,31 +462,27 @@ class HostRepo:
         self._key_changed(row.host_id)
         return _record(row)
 
-    def by_key(self, node_key_hash: str) -> HostRecord | None:
-        """The host owning this key; None for an unknown (or rotated) key. A read, never a write."""
+    def by_key(self, node_key_hash: str) -> NodeIdentity | None:
+        """Who owns this key; None for an unknown (or rotated) key. A read, never a write."""
+        query = sa.select(*_IDENTITY).where(hosts.c.node_key_hash == node_key_hash)
         with db_errors("looking up a node key"), read_connection(self._engine) as conn:
-            row = conn.execute(sa.select(hosts).where(hosts.c.node_key_hash == node_key_hash)).first()
-        return _record(row) if row is not None else None
+            row = conn.execute(query).first()
+        return NodeIdentity(*row) if row is not None else None
 
-    def keyed(self, limit: int) -> list[tuple[str, HostRecord]]:
+    def keyed(self, limit: int) -> list[tuple[str, NodeIdentity]]:
         """(node key digest, host) of at most `limit` hosts, the latest seen first: to warm a key
         cache at start (server_stub/keycache.py), so a restarted server's first polls need no query.
 
-        Each host as far as a key names it: its id, machine, name and enrolment time; contact
-        times, heartbeat and counters are left empty (a request's principal uses the id and name).
-        A whole record per host cost 4 s of CPU at 100,000 hosts, beside the first requests."""
+        Identities only: a whole record per host cost 4 s of CPU at 100,000 hosts, beside the
+        first requests."""
         query = (
-            sa.select(hosts.c.node_key_hash, hosts.c.host_id, hosts.c.machine_id, hosts.c.hostname,
-                      hosts.c.enrolled_at)
+            sa.select(hosts.c.node_key_hash, *_IDENTITY)
             .order_by(hosts.c.last_seen.desc().nulls_last())
             .limit(limit)
-        )  # fmt: skip
+        )
         with db_errors("reading node keys"), read_connection(self._engine) as conn:
             rows = conn.execute(query).all()  # fetched whole: a row at a time costs more than the query
-        return [
-            (key, HostRecord(host_id, machine, name, enrolled))
-            for key, host_id, machine, name, enrolled in rows
-        ]
+        return [(key, NodeIdentity(*identity)) for key, *identity in rows]
 
     def touch_many(self, seen: Mapping[str, datetime]) -> None:
         """Hosts last seen at these times, in batched statements; `last_seen` never moves back."""

@@ -15,7 +15,7 @@ from endpoint_agent.errors import StoreError
 from endpoint_contract.heartbeat import Heartbeat
 from server_stub.keycache import NodeKeyCache
 from server_stub.policycache import PolicyCache, served_for
-from server_stub.store import HostRecord, Store
+from server_stub.store import NodeIdentity, Store
 from server_stub.store import hosts as hosts_module
 from server_stub.store.engine import POOL_OVERFLOW, create_db_engine
 from server_stub.watcher import CLEARED, TRUST_WINDOW, CacheWatcher
@@ -25,8 +25,8 @@ from tests.support.server_policies import stored_policy
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def _host(host_id: str) -> HostRecord:
-    return HostRecord(host_id=host_id, machine_id="m-" + host_id, hostname=host_id, enrolled_at=T0)
+def _host(host_id: str) -> NodeIdentity:
+    return NodeIdentity(host_id=host_id, machine_id="m-" + host_id, hostname=host_id, enrolled_at=T0)
 
 
 _policy = stored_policy
