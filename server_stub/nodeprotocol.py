@@ -76,6 +76,10 @@ _ENROLL = 3  # an enrollment whose body is being gathered here
 _NO_WAITER = asyncio.Event()
 
 
+def _answered() -> None:
+    """An answered cycle's on_response: it no longer points back at its protocol."""
+
+
 def render(
     default_headers: list[tuple[bytes, bytes]], answer: Answer, keep_alive: bool
 ) -> tuple[bytes, bool]:
@@ -418,7 +422,12 @@ class NodeProtocol(HttpToolsProtocol):
 
         def settled(outcome: asyncio.Future[str | Exception]) -> None:
             self.enrolling.discard(outcome)
-            self._enrolled(cycle, enrolling, request)
+            try:
+                self._enrolled(cycle, enrolling, request)
+            finally:
+                # As uvicorn unhooks its own cycles once their app returns: else this cycle and the
+                # protocol (self.cycle) keep each other, and the connection, for a full collection.
+                cycle.on_response = _answered
 
         enrolling.outcome.add_done_callback(settled)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import threading
@@ -612,3 +613,38 @@ def test_a_head_that_never_ends_is_refused_not_kept(server: InProcessServer, nod
             refused = reader.answer()
     assert sent <= ceiling, "the server went on reading the head"
     assert refused == b"" or refused.startswith(b"HTTP/1.1 400"), refused[:100]
+
+
+def test_a_closed_connection_leaves_no_cycle_for_the_collector(server: InProcessServer) -> None:
+    """A connection ends by reference counting, whatever it served (a request handed on to
+    uvicorn's own cycle, an enrollment answered here): the full collections that come on a clock
+    (server_stub/heap.py) find nothing of it. An enrollment's RequestResponseCycle pointed back
+    at the protocol (on_response) while the protocol held it (cycle) -- uvicorn unhooks its own
+    cycles once their app returns; this one has no app: protocol, cycle, transport, flow
+    control and scope waited for a full collection, per connection whose last request it was."""
+    ours = {"NodeProtocol", "RequestResponseCycle", "FlowControl", "Principal", "NodeHead"}
+    enroll_auth = f"Authorization: Bearer {server.config.enroll_secret}\r\n"
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(8):
+            body = json.dumps({"hostname": f"ws-gc{n}", "machine_id": f"m-gc{n}"}).encode()
+            head = f"POST {API}/enroll HTTP/1.1\r\nHost: x\r\n{enroll_auth}Content-Type: application/json\r\n"
+            with _connect(server) as sock:
+                reader = _Reader(sock)
+                sock.sendall(HEALTHZ)  # handed on: uvicorn's own cycle
+                assert _status(reader.answer()) == 200
+                sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                assert _status(reader.answer()) == 200  # the connection's last: answered here
+        deadline = time.monotonic() + DEADLINE
+        while server.server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server sees each close (connection_lost)
+        assert not server.server.server_state.connections
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if type(o).__name__ in ours]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
