@@ -179,24 +179,30 @@ def test_overload_is_refused_at_once_with_retry_after(tmp_path: Path) -> None:
         with contextlib.ExitStack() as held:
             for _ in range(2):
                 held.enter_context(contextlib.closing(_hold_a_request(server, host.node_key)))
-            with server.client(host.node_key) as c:
+            with server.reader() as c:
                 answers: list[httpx.Response] = []
 
                 def refused() -> bool:
-                    answers.append(c.get("/policy"))
+                    answers.append(c.get("/hosts"))
                     return answers[-1].status_code == 503
 
                 assert _eventually(refused)
                 r = answers[-1]
                 assert r.headers["retry-after"] == "2"
                 assert "busy" in r.json()["error"]
-                # With a body: refused before reading it, and the connection closed.
-                r = c.post("/heartbeat", json={"agent_version": "1"})
+            with server.client(host.node_key) as c:
+                # A poll and a heartbeat answered from memory hold no slot: answered past the cap.
+                assert c.get("/policy").status_code == 200
+                assert c.post("/heartbeat", json={"agent_version": "1"}).status_code == 200
+                # An upload goes on to the application: refused before its body is read, and the
+                # connection closed.
+                r = c.post("/events", json={"events": []})
                 assert r.status_code == 503 and r.headers["connection"] == "close"
             with httpx.Client(base_url=server.api_url, timeout=30) as c:
                 assert c.get("/healthz").status_code == 200  # never refused
         # The held requests gone, everything is answered again; the refusals were counted.
-        assert _eventually(lambda: _status(server, host.node_key) == 200)
+        with server.reader() as c:
+            assert _eventually(lambda: c.get("/hosts").status_code == 200)
         with server.client(server.reader_token) as c:
             text = c.get(server.base_url + "/metrics").text
         refused = {
@@ -236,15 +242,16 @@ def test_a_flood_past_the_cap_is_answered_503_not_left_waiting(tmp_path: Path) -
         host = server.enroll("ws-1")
         server.publish(policy_yaml(1))
         port = int(server.base_url.rsplit(":", 1)[1])
-        poll = (
-            f"GET {API}/policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {host.node_key}\r\n\r\n".encode()
-        )
+        # A listing goes on to the application (a poll answered from memory would be answered).
+        listing = (
+            f"GET {API}/hosts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.reader_token}\r\n\r\n"
+        ).encode()
         with contextlib.ExitStack() as held:
             for _ in range(2):
                 held.enter_context(contextlib.closing(_hold_a_request(server, host.node_key)))
             # The held requests are admitted once the server has read their headers.
-            assert _eventually(lambda: asyncio.run(_flood(port, poll, 1))[0].startswith(b"HTTP/1.1 503"))
-            heads = asyncio.run(_flood(port, poll, 300))
+            assert _eventually(lambda: asyncio.run(_flood(port, listing, 1))[0].startswith(b"HTTP/1.1 503"))
+            heads = asyncio.run(_flood(port, listing, 300))
         assert all(h.startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 2\r\n" in h for h in heads), {
             h.split(b"\r\n", 1)[0] for h in heads
         }
