@@ -30,6 +30,12 @@ def _run(fleet: Fleet, hosts: list[SimHost], seconds: float) -> None:
         await asyncio.sleep(seconds)
         fleet.stop()
         await fleet.drain()
+        # Kept connections end with their loop (asyncio.run's): a host run again in a later loop
+        # must not reuse one registered with this closed one -- its call would never complete.
+        for host in hosts:
+            for sock in host.idle or ():
+                sock.close()
+            host.idle = None
 
     asyncio.run(main())
 
