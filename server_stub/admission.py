@@ -39,9 +39,6 @@ class Admission:
         # Also full while the event loop lags under a flood (server_stub/listener.py), if set.
         self.overloaded: Callable[[], bool] | None = None
 
-    def full(self) -> bool:
-        return self.capped() or self.flooded()
-
     def capped(self) -> bool:
         """`limit` requests in progress: one more waits for a thread (a node's poll or heartbeat
         answered from memory takes none, and is answered: server_stub/frontdoor.py)."""

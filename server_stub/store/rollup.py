@@ -114,16 +114,11 @@ _LOCK_UPLOADERS = (
 )
 
 
-def lock_uploader(conn: Connection, host_id: str) -> bool:
-    """PostgreSQL: `lock_hosts` for an upload's one host, and its hosts row held as a foreign key
-    check holds it (FOR KEY SHARE: not deleted before this commits), in one statement. False if
-    there is no such host. (Migration 15 dropped the foreign key, which did this once per row.)"""
-    return host_id in lock_uploaders(conn, (host_id,))
-
-
 def lock_uploaders(conn: Connection, host_ids: Iterable[str]) -> set[str]:
-    """PostgreSQL: `lock_uploader` for several hosts in one statement, each host's lock taken in
-    sorted order (as `lock_hosts` takes them); returns the hosts that exist."""
+    """PostgreSQL: `lock_hosts` for the uploads' hosts, each host's lock taken in sorted order, and
+    each hosts row held as a foreign key check holds it (FOR KEY SHARE: not deleted before this
+    commits), in one statement; returns the hosts that exist. (Migration 15 dropped the foreign
+    key, which did this once per row.)"""
     sql, params = lock_uploaders_statement(host_ids)
     return uploaders_known(conn.exec_driver_sql(sql, params))
 

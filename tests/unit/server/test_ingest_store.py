@@ -129,7 +129,7 @@ def test_an_uploading_host_cannot_be_deleted_before_its_events_commit(pg_store: 
     """What the foreign key held per row, the upload holds once: its host's row (FOR KEY SHARE)."""
     h = pg_store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="a" * 64, now=T0)
     with pg_store.engine.begin() as uploading:
-        assert rollup.lock_uploader(uploading, h)
+        assert rollup.lock_uploaders(uploading, [h]) == {h}
         with pg_store.engine.connect() as admin:
             admin.exec_driver_sql("SET lock_timeout = '100ms'")
             with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
@@ -138,7 +138,7 @@ def test_an_uploading_host_cannot_be_deleted_before_its_events_commit(pg_store: 
             # Writes of the host's other columns (last_seen, written behind) do not wait.
             admin.execute(sa.update(hosts).where(hosts.c.host_id == h).values(last_seen=T0))
             admin.commit()
-        assert not rollup.lock_uploader(uploading, "no-such-host")
+        assert rollup.lock_uploaders(uploading, ["no-such-host"]) == set()
 
 
 def test_the_upload_statement_is_parsed_once_by_the_driver() -> None:
