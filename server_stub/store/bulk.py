@@ -11,8 +11,8 @@ they are stored exactly as SQLAlchemy stores them), and one statement per batch:
 
 Rows are inserted in the batch's order, so receive ids follow upload order. The `data` column gets
 each event's JSON text as is (no re-encoding). On PostgreSQL the caller may have more done in the
-same statement, from the rows inserted (`with_inserted`: the rollups, server_stub/store/rollup.py
-counting_ctes), so that a whole upload is one round trip after its host's lock.
+same statement, after the rows are inserted (`with_inserted`, with its own parameters: the rollups,
+server_stub/store/rollup.py counting_ctes), so that a whole upload is one round trip after its host's lock.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def bulk_insert(
 ) -> set[str]:
     """Insert `rows` (distinct event ids) for `host_id`; returns the event ids really inserted.
 
-    `with_inserted` (PostgreSQL only): more CTEs run in the same statement, reading the rows
-    inserted from the CTE `inserted` (its columns: _PG_RETURNED, the host's id among them).
+    `with_inserted` (PostgreSQL only): more CTEs run in the same statement, which may read the
+    rows inserted from the CTE `inserted` (its columns: _PG_RETURNED).
     """
     if not rows:
         return set()
@@ -87,10 +87,12 @@ def bulk_insert_hosts(
     now: datetime,
     *,
     with_inserted: str,
+    with_params: dict[str, Any] | None = None,
 ) -> set[tuple[str, str]]:
     """PostgreSQL: `bulk_insert` of rows of several hosts (`host_ids[i]` is row i's host; distinct
-    (host, event id) pairs) in one statement; returns the (host id, event id) pairs really inserted."""
-    statement = hosts_insert(conn, host_ids, rows, now, with_inserted=with_inserted)
+    (host, event id) pairs) in one statement; returns the (host id, event id) pairs really inserted.
+    `with_params`: the parameters of `with_inserted`'s CTEs."""
+    statement = hosts_insert(conn, host_ids, rows, now, with_inserted=with_inserted, with_params=with_params)
     return statement.inserted(conn.exec_driver_sql(statement.sql, statement.params).one())
 
 
@@ -118,12 +120,15 @@ def hosts_insert(
     now: datetime,
     *,
     with_inserted: str,
+    with_params: dict[str, Any] | None = None,
 ) -> HostsInsert:
     """The statement `bulk_insert_hosts` runs (PostgreSQL)."""
     to_db = _time_converter(conn)
     values = [_values(ev, to_db) for ev in rows]
     params = _pg_params(host_ids, to_db(now), values)
     params["n"] = len(values)
+    if with_params:
+        params.update(with_params)
     keys = [(host, row[0]) for host, row in zip(host_ids, values, strict=True)]
     return HostsInsert(_pg_sql(with_inserted), params, keys)
 
@@ -190,7 +195,7 @@ _PG_INSERT = (
 )
 # What the CTEs given to bulk_insert may read of each inserted row.
 INSERTED = "inserted"
-_PG_RETURNED = "host_id, event_id, kind, detected_at, rule_id, category, action, first_seen"
+_PG_RETURNED = "host_id, event_id"
 
 
 @functools.cache

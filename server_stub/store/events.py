@@ -521,23 +521,7 @@ class EventRepo:
             rollup.lock_hosts(conn, (host_id,))
             inserted = bulk_insert(conn, host_id, rows, now)
             stored = [ev for ev in rows if ev.event_id in inserted]
-            rollup.apply(
-                conn,
-                [
-                    rollup.Fact(
-                        detected_at=ev.detected_at,
-                        host_id=host_id,
-                        rule_id=ev.rule_id or "",
-                        category=ev.category or "",
-                        action=ev.action or "",
-                        triage=rollup.OPEN,
-                        stop_seconds=_stop_seconds(ev),
-                    )
-                    for ev in stored
-                    if ev.kind == VIOLATION
-                ],
-                +1,
-            )
+            rollup.apply(conn, [_fact(host_id, ev) for ev in stored if ev.kind == VIOLATION], +1)
         return stored
 
     def insert_uploads(
@@ -577,7 +561,8 @@ class EventRepo:
     ) -> list[list[EventInsert] | StoreError]:
         """PostgreSQL: the uploads in one transaction: every host's lock and hosts row first (sorted
         order, one statement), then one statement inserting the rows and counting the new violations
-        in the rollups (server_stub/store/rollup.py counting_ctes: rollup keys upserted in key order)."""
+        in the rollups (server_stub/store/rollup.py counting_ctes: rollup keys upserted in key order)
+        -- counted here, when all of them are new; else (a retry) the ones stored, after it."""
         uploading = {u.host_id for u in uploads if u.rows}
         if not uploading:
             return [[] for _ in uploads]
@@ -610,11 +595,13 @@ class EventRepo:
                 known = rollup.lock_uploaders(conn, uploading)
                 gather(known)
                 # Ids stored before are skipped (first copy wins); the rollups in the same statement.
-                inserted = (
-                    bulk_insert_hosts(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
-                    if rows
-                    else set()
-                )
+                inserted = set()
+                if rows:
+                    inserted = bulk_insert_hosts(
+                        conn, host_ids, rows, now, with_inserted=rollup.COUNT_NEW,
+                        with_params=rollup.new_counts(host_ids, rows),
+                    )  # fmt: skip
+                    _count_some(conn, host_ids, rows, inserted)
         stored: list[list[EventInsert]] = [[] for _ in uploads]
         for (key, n), ev in zip(first.items(), rows, strict=True):
             if key in inserted:
@@ -748,7 +735,8 @@ def _pipelined(
     The rows inserted, or None (rolled back) when a host does not exist: the caller then stores
     the group the stepwise way, which leaves that host's rows out."""
     lock_sql, lock_params = rollup.lock_uploaders_statement(uploading)
-    insert = hosts_insert(conn, host_ids, rows, now, with_inserted=rollup.COUNT_INSERTED)
+    counts = rollup.new_counts(host_ids, rows)
+    insert = hosts_insert(conn, host_ids, rows, now, with_inserted=rollup.COUNT_NEW, with_params=counts)
     try:
         with db_errors("storing events"), _driver_errors("storing events"), conn.begin():
             driver: Any = conn.connection.driver_connection  # psycopg's
@@ -762,9 +750,42 @@ def _pipelined(
             row = counted.fetchone()
             if row is None:
                 raise StoreError("storing events: the insert answered nothing")
-            return insert.inserted(row)
+            inserted = insert.inserted(row)
+            _count_some(conn, host_ids, rows, inserted)
+            return inserted
     except _SomeHostUnknown:
         return None
+
+
+def _count_some(
+    conn: Connection, host_ids: list[str], rows: list[EventInsert], inserted: set[tuple[str, str]]
+) -> None:
+    """The rollups of the violations `inserted` when not every row was (the insert's statement
+    counted none of them: rollup.counting_ctes), in the insert's transaction."""
+    if len(inserted) == len(rows):
+        return
+    rollup.apply(
+        conn,
+        [
+            _fact(host, ev)
+            for host, ev in zip(host_ids, rows, strict=True)
+            if ev.kind == VIOLATION and (host, ev.event_id) in inserted
+        ],
+        +1,
+    )
+
+
+def _fact(host_id: str, ev: EventInsert) -> rollup.Fact:
+    """A new (open) violation, as the rollups count it."""
+    return rollup.Fact(
+        detected_at=ev.detected_at,
+        host_id=host_id,
+        rule_id=ev.rule_id or "",
+        category=ev.category or "",
+        action=ev.action or "",
+        triage=rollup.OPEN,
+        stop_seconds=_stop_seconds(ev),
+    )
 
 
 _EVENT_COLUMNS = (

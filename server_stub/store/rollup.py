@@ -12,7 +12,8 @@ the events: a 30-day top ten reads about as many rows as there are hosts.
 
 The tables are kept in step inside the transaction that stores or triages violations
 (`apply`; on PostgreSQL an upload's new violations are counted by the statement that inserts
-them, `counting_ctes`), and rebuilt from the events by `rebuild` (the migrations and bulk loads).
+them, `counting_ctes`, from the counts `new_counts` made of the rows), and rebuilt from the
+events by `rebuild` (the migrations and bulk loads).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -253,70 +254,140 @@ _ADD_FROM_HOURS = (
 )
 
 
-# Key order as Python sorts strings (add_to_counts, the triage path), whatever the database's collation.
-_C = 'COLLATE "C"'
+class Counted(Protocol):
+    """What counting a new violation reads of a stored row (server_stub/store/events.py EventInsert)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def detected_at(self) -> datetime: ...
+    @property
+    def rule_id(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def action(self) -> str | None: ...
+    @property
+    def first_seen(self) -> datetime | None: ...
+
+
+def new_counts(host_ids: Sequence[str], rows: Sequence[Counted]) -> dict[str, list[Any]]:
+    """The parameters of COUNT_NEW: the violations among `rows` (row i of host `host_ids[i]`)
+    counted per key of each rollup, as open violations, keys in Python's string order (the order
+    `add_to_counts` and the triage path lock rollup rows in)."""
+    per_key: dict[tuple[str, ...], list[float]] = {}
+    hours: dict[int, str] = {}
+    for host, row in zip(host_ids, rows, strict=True):
+        if row.kind != "violation":
+            continue
+        detected = row.detected_at
+        n_hour = int(detected.timestamp()) // 3600  # one conversion per hour, not per violation
+        hour = hours.get(n_hour)
+        if hour is None:
+            hour = hours[n_hour] = hour_key(detected)
+        action = row.action or ""
+        stop = 0.0
+        if action in STOPPED and row.first_seen is not None:
+            stop = max(0.0, (detected - row.first_seen).total_seconds())
+        key = (hour, row.rule_id or "", row.category or "", action, host)
+        acc = per_key.get(key)
+        if acc is None:
+            per_key[key] = [1, stop]
+        else:
+            acc[0] += 1
+            acc[1] += stop
+    daily: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
+    hourly: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0.0])
+    by_host: dict[tuple[str, ...], int] = defaultdict(int)
+    deltas: dict[tuple[str, ...], int] = defaultdict(int)
+    for (hour, rule, category, action, host), (n, stop) in per_key.items():  # few: not per row
+        dims = (rule, category, action)
+        for table, bucket in ((daily, (hour[:10], *dims)), (hourly, (hour, *dims))):
+            table[bucket][0] += n
+            table[bucket][1] += stop
+        by_host[(hour[:10], host)] += int(n)
+        deltas[("", host, hour)] += int(n)
+        deltas[(rule, host, hour)] += int(n)
+    params: dict[str, list[Any]] = {}
+    for name, counts in (("d", daily), ("h", hourly)):
+        ordered = sorted(counts.items())
+        for i, column in enumerate(_COUNT_KEYS):
+            params[f"{name}_{column}"] = [k[i] for k, _ in ordered]
+        params[f"{name}_n"] = [int(n) for _, (n, _) in ordered]
+        params[f"{name}_stop"] = [float(s) for _, (_, s) in ordered]
+    summed: tuple[tuple[str, dict[tuple[str, ...], int], tuple[str, ...]], ...] = (
+        ("b", by_host, _HOST_KEYS),
+        ("r", deltas, _DELTA_KEYS),
+    )
+    for name, sums, keys in summed:
+        ordered_sums = sorted(sums.items())
+        for i, column in enumerate(keys):
+            params[f"{name}_{column}"] = [k[i] for k, _ in ordered_sums]
+        params[f"{name}_n"] = [n for _, n in ordered_sums]
+    return params
+
+
+_COUNT_KEYS = ("bucket", "rule_id", "category", "action")
+_HOST_KEYS = ("day", "host_id")
+_DELTA_KEYS = ("scope", "host_id", "hour")
+
+
+def _given(name: str, keys: tuple[str, ...], values: dict[str, str]) -> str:
+    """The rows of `new_counts`'s arrays `name_*` (text keys, then `values`: column -> SQL type), in
+    the order given, only when every row of the statement was new (the CTE `all_new`)."""
+    columns = [*keys, *values]
+    arrays = ", ".join(
+        [f"%({name}_{k})b::text[]" for k in keys] + [f"%({name}_{v})b::{t}[]" for v, t in values.items()]
+    )
+    return f"all_new, unnest({arrays}) WITH ORDINALITY AS {name}({', '.join(columns)}, ord) WHERE all_new.yes"
 
 
 def counting_ctes(inserted: str) -> str:
-    """PostgreSQL: CTEs that add the violations of `inserted` to every rollup, in the statement
-    that inserts them (`apply(conn, facts, +1)` for new open violations, without a round trip).
+    """PostgreSQL: CTEs that add an upload group's violations to every rollup (`apply(conn, facts,
+    +1)` for new open violations) in the statement that inserts them, from the counts the caller
+    made of its rows (`new_counts`; on PostgreSQL sorting and grouping each event in the
+    statement cost more than the whole rollup upkeep does). The counts apply only when every row
+    of `inserted` (a CTE of the rows just stored) is new; else the caller counts the rows really
+    stored and applies them itself (`apply`), in the same transaction.
 
-    `inserted` names a CTE of the rows just stored, of one host or several (host_id, kind,
-    detected_at, rule_id, category, action, first_seen: an INSERT's RETURNING). The caller holds
-    `lock_hosts` for every one of those hosts, taken in an earlier statement so that this one's
-    snapshot sees what each host's previous writer committed. Rows are upserted in key order,
-    the shared daily rows before the hourly ones (as `apply_counts` does; hourly reads daily), so
-    this statement, other uploads and triage queue for each other's row locks, not deadlocking.
+    The caller holds `lock_hosts` for every one of those hosts, taken in an earlier statement so
+    that this one's snapshot sees what each host's previous writer committed. Rows are upserted
+    in key order, the shared daily rows before the hourly ones (as `apply_counts` does; hourly
+    reads daily), so this statement, other uploads and triage queue for each other's row locks,
+    not deadlocking. (The given keys keep the tables' collation, so each join below is an index
+    lookup; only the orders are Python's, "C".)
 
     Running totals: a new hour starts from the stored total before it plus the batch's
     violations up to it; stored hours from the batch's first on get the batch's violations up
     to them. The two sets are disjoint (one snapshot), so one statement does both.
     """
-    stopped = ", ".join(f"'{a}'" for a in STOPPED)
     counts = ", ".join(f"{c} = {{t}}.{c} + excluded.{c}" for c in ("n", "stop_seconds"))
     dims = "rule_id, category, action"
-    # Keys in the "C" collation: grouped and ordered by one byte-wise sort each.
+    sums = {"n": "int8", "stop": "float8"}
     return f"""
-    new_v AS MATERIALIZED (
-        SELECT host_id {_C} AS host_id,
-               to_char(timezone('UTC', detected_at), 'YYYY-MM-DD HH24') {_C} AS hour,
-               coalesce(rule_id, '') {_C} AS rule_id, coalesce(category, '') {_C} AS category,
-               coalesce(action, '') {_C} AS action,
-               CASE WHEN action IN ({stopped}) AND first_seen IS NOT NULL
-                    THEN greatest(extract(epoch FROM detected_at - first_seen)::float8, 0.0)
-                    ELSE 0.0 END AS stop
-        FROM {inserted} WHERE kind = 'violation'
-    ),
+    all_new AS MATERIALIZED (SELECT count(*) = %(n)s AS yes FROM {inserted}),
     daily AS (
         INSERT INTO {violation_daily.name} (day, {dims}, triage, n, stop_seconds)
-        SELECT left(hour, 10), {dims}, '{OPEN}', count(*), sum(stop) FROM new_v
-        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        SELECT bucket, {dims}, '{OPEN}', n, stop FROM {_given("d", _COUNT_KEYS, sums)} ORDER BY ord
         ON CONFLICT (day, {dims}, triage) DO UPDATE SET {counts.format(t=violation_daily.name)}
         RETURNING 1
     ),
     hourly AS (
         INSERT INTO {violation_hourly.name} (hour, {dims}, triage, n, stop_seconds)
-        SELECT hour, {dims}, '{OPEN}', count(*), sum(stop) FROM new_v
-        WHERE (SELECT count(*) FROM daily) >= 0
-        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        SELECT bucket, {dims}, '{OPEN}', n, stop FROM {_given("h", _COUNT_KEYS, sums)}
+        AND (SELECT count(*) FROM daily) >= 0 ORDER BY ord
         ON CONFLICT (hour, {dims}, triage) DO UPDATE SET {counts.format(t=violation_hourly.name)}
-        RETURNING 1
     ),
     by_host AS (
         INSERT INTO {host_daily.name} (day, host_id, triage, n)
-        SELECT left(hour, 10), host_id, '{OPEN}', count(*) FROM new_v
-        GROUP BY 1, 2 ORDER BY 1, 2
+        SELECT day, host_id, '{OPEN}', n FROM {_given("b", _HOST_KEYS, {"n": "int8"})} ORDER BY ord
         ON CONFLICT (day, host_id, triage) DO UPDATE SET n = {host_daily.name}.n + excluded.n
     ),
     deltas AS MATERIALIZED (
-        SELECT scope, host_id, hour, count(*) AS n
-        FROM (SELECT '' {_C} AS scope, host_id, hour FROM new_v
-              UNION ALL SELECT rule_id, host_id, hour FROM new_v) AS per_scope
-        GROUP BY scope, host_id, hour
-    ),
+        SELECT scope, host_id, hour, n, ord FROM {_given("r", _DELTA_KEYS, {"n": "int8"})}),
     totals AS (
         INSERT INTO {host_totals.name} (scope, host_id, n_all, n_open)
-        SELECT scope, host_id, sum(n), sum(n) FROM deltas GROUP BY scope, host_id ORDER BY scope, host_id
+        SELECT scope, host_id, sum(n), sum(n) FROM deltas GROUP BY scope, host_id ORDER BY min(ord)
         ON CONFLICT (scope, host_id) DO UPDATE SET n_all = {host_totals.name}.n_all + excluded.n_all,
             n_open = {host_totals.name}.n_open + excluded.n_open
     ),
@@ -325,13 +396,13 @@ def counting_ctes(inserted: str) -> str:
         SELECT d.scope, d.host_id, d.hour, coalesce(b.n_all, 0) + upto.n, coalesce(b.n_open, 0) + upto.n
         FROM deltas d
         CROSS JOIN LATERAL (SELECT sum(e.n) AS n FROM deltas e
-                            WHERE e.scope = d.scope AND e.host_id = d.host_id AND e.hour <= d.hour) AS upto
+                            WHERE e.scope = d.scope AND e.host_id = d.host_id AND e.ord <= d.ord) AS upto
         LEFT JOIN LATERAL (SELECT r.n_all, r.n_open FROM {host_running.name} r
                            WHERE r.scope = d.scope AND r.host_id = d.host_id AND r.hour < d.hour
                            ORDER BY r.hour DESC LIMIT 1) AS b ON true
         WHERE NOT EXISTS (SELECT 1 FROM {host_running.name} r
                           WHERE r.scope = d.scope AND r.host_id = d.host_id AND r.hour = d.hour)
-        ORDER BY d.scope, d.host_id, d.hour
+        ORDER BY d.ord
     ),
     added AS (
         UPDATE {host_running.name} r SET n_all = r.n_all + x.n, n_open = r.n_open + x.n
@@ -343,8 +414,8 @@ def counting_ctes(inserted: str) -> str:
     )"""
 
 
-# New open violations counted in the statement that inserts them (store/bulk.py).
-COUNT_INSERTED = counting_ctes(bulk.INSERTED)
+# New open violations counted (new_counts) in the statement that inserts them (store/bulk.py).
+COUNT_NEW = counting_ctes(bulk.INSERTED)
 
 
 def rebuild(conn: Connection) -> None:

@@ -147,4 +147,4 @@ def test_the_upload_statement_is_parsed_once_by_the_driver() -> None:
 
     from server_stub.store import bulk
 
-    assert len(bulk._pg_sql(rollup.COUNT_INSERTED)) <= MAX_CACHED_STATEMENT_LENGTH
+    assert len(bulk._pg_sql(rollup.COUNT_NEW)) <= MAX_CACHED_STATEMENT_LENGTH
