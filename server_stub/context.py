@@ -11,12 +11,11 @@ from fastapi import Depends, Request
 from server_stub.auth import Authenticator
 from server_stub.config import ServerConfig
 from server_stub.enrollbatch import EnrollBatcher
-from server_stub.groupcommit import GroupCommit
+from server_stub.ingestgroup import UploadGroups
 from server_stub.limits import Limits
 from server_stub.metrics import Metrics
 from server_stub.policycache import PolicyCache
 from server_stub.store import Store
-from server_stub.store.events import EventInsert, Upload
 from server_stub.writebehind import HostActivity
 
 
@@ -31,7 +30,7 @@ class ServerContext:
     limits: Limits | None = None  # the rate limits (server_stub/limits.py); set by create_app
     enrollments: EnrollBatcher | None = None  # group commit (server_stub/enrollbatch.py); set by create_app
     # Uploads stored in groups (server_stub/ingestgroup.py): PostgreSQL; None = each on its own.
-    uploads: GroupCommit[Upload, list[EventInsert]] | None = None
+    uploads: UploadGroups | None = None
 
     def now(self) -> datetime:
         return self.config.clock()

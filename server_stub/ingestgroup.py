@@ -1,6 +1,11 @@
 """Group commit for uploads on PostgreSQL: the node uploads that arrive together are stored in ONE
 transaction and one statement (server_stub/groupcommit.py; EventRepo.insert_uploads).
 
+An upload is queued as it arrived (a `Posting`: server_stub/ingestserve.py Posted) and decoded in
+the writer thread that takes its group, just before the group is stored: no worker thread per
+upload, and no hop back to the event loop in between. One the route must answer (a body that does
+not validate) has the outcome None; an upload already decoded (an `Upload`) is stored as it is.
+
 About half of a small upload's cost is fixed per transaction (a connection, the host's lock, the
 statement with its rollup CTEs, the commit and its WAL flush); a group pays it once. Each writer
 thread keeps its own connection (HeldConnections: no pool checkout and ping per group) and sends a
@@ -17,11 +22,12 @@ they are on PostgreSQL with ENDPOINT_SERVER_INGEST_GROUP=off (the server's envir
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,7 +51,19 @@ class UploadsBusy(StoreError):
     """Too many uploads waiting: refused at once (503, Retry-After), nothing stored."""
 
 
-UploadGroups = GroupCommit[Upload, list[EventInsert]]
+class Posting(Protocol):
+    """An upload queued before it was decoded: decoded by the writer that takes it."""
+
+    def upload(self) -> Upload | None:
+        """What to store; None: nothing (the route answers the request)."""
+
+    def acked(self, stored: list[EventInsert]) -> list[str]:
+        """The outcome, once the upload stored `stored` (the events new to the store)."""
+
+
+Queued = Posting | Upload
+Outcome = list[str] | list[EventInsert] | None
+UploadGroups = GroupCommit[Queued, Outcome]
 
 
 class HeldConnections:
@@ -80,9 +98,37 @@ class HeldConnections:
                 conn.close()
 
 
-class _UploadGroups(GroupCommit[Upload, list[EventInsert]]):
+def write_queued(held: HeldConnections, queued: Sequence[Queued], now: datetime) -> list[Outcome | Exception]:
+    """A group: each Posting decoded (its own error its outcome alone), what there is to store
+    stored at once, each upload's outcome in order."""
+    out: list[Outcome | Exception] = [None] * len(queued)
+    uploads: list[Upload] = []
+    which: list[int] = []
+    for n, item in enumerate(queued):
+        try:
+            upload = item if isinstance(item, Upload) else item.upload()
+        except Exception as exc:  # one upload's failure is its own
+            out[n] = exc
+            continue
+        if upload is not None:
+            uploads.append(upload)
+            which.append(n)
+    if uploads:
+        for n, stored in zip(which, held.write(uploads, now), strict=True):
+            item = queued[n]
+            if isinstance(stored, Exception) or isinstance(item, Upload):
+                out[n] = stored
+                continue
+            try:
+                out[n] = item.acked(stored)
+            except Exception as exc:
+                out[n] = exc
+    return out
+
+
+class _UploadGroups(GroupCommit[Queued, Outcome]):
     def __init__(self, held: HeldConnections, *args: Any, **kwargs: Any) -> None:
-        super().__init__(held.write, *args, **kwargs)
+        super().__init__(functools.partial(write_queued, held), *args, **kwargs)
         self._held = held
 
     def stop(self, timeout: float = 10.0) -> None:

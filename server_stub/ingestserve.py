@@ -2,8 +2,10 @@
 
 The layer sits after authentication, the rate limits and the body read (server_stub/middleware.py)
 and answers a node's valid batch itself: decoded once (server_stub/batch.py) in a worker thread
-and stored there, or on PostgreSQL with the uploads arriving at the same time (one transaction,
-server_stub/ingestgroup.py), the acknowledgement written as the route writes it, errors answered by the
+and stored there, or on PostgreSQL queued as it came (`Posted`) and decoded by the group writer
+that stores it with the uploads arriving at the same time (one transaction,
+server_stub/ingestgroup.py: no worker thread, no hop through the event loop in between), the
+acknowledgement written as the route writes it (`ack_body`), errors answered by the
 application's own handlers -- without the framework's routing, dependency resolution and response
 validation, which cost a small batch more CPU than storing it. Anything else (no node credential,
 a body announced in parts, a batch that does not validate or is too large) goes on to the route
@@ -13,19 +15,20 @@ a body announced in parts, a batch that does not validate or is too large) goes 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import cast
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from endpoint_agent.errors import StoreError
-from server_stub.asgi import handled, posted_by, replay
+from server_stub.asgi import JSON, handled, posted_by, replay
 from server_stub.auth import Principal, Role
 from server_stub.batch import BatchInvalid, BatchUnreadable, Received, parse_batch
 from server_stub.context import ServerContext
 from server_stub.errors import ApiError
 from server_stub.ingest import audit_stored
-from server_stub.ingestgroup import UploadGroups
 from server_stub.store.events import VIOLATION, EventInsert, Upload, received_rows
 
 log = logging.getLogger(__name__)
@@ -77,16 +80,33 @@ def _parse_and_store(ctx: ServerContext, principal: Principal, body: bytes) -> l
     return None if received is None else store_uploaded(ctx, principal, received)
 
 
-def _parse_and_store_grouped(
-    ctx: ServerContext, uploads: UploadGroups, principal: Principal, body: bytes
-) -> list[str] | None:
-    """`_parse_and_store`, stored with the uploads arriving now (server_stub/ingestgroup.py)."""
-    received = _parse(ctx, body)
-    if received is None:
-        return None
-    rows = _rows(principal, received)
-    stored = uploads.submit_wait(Upload(principal.host_id, rows))
-    return _stored(ctx, principal, received, rows, stored)
+@dataclass(slots=True)
+class Posted:
+    """A node's upload as it arrived, decoded in a group writer's thread (server_stub/ingestgroup.py):
+    no worker thread and no hop through the event loop before it is queued."""
+
+    ctx: ServerContext
+    principal: Principal
+    body: bytes
+    received: list[Received] = field(default_factory=list)
+    rows: list[EventInsert] = field(default_factory=list)
+
+    def upload(self) -> Upload | None:
+        """What to store, or None when the route must answer (invalid, too many events)."""
+        received = _parse(self.ctx, self.body)
+        if received is None:
+            return None
+        self.received, self.rows = received, _rows(self.principal, received)
+        return Upload(self.principal.host_id, self.rows)
+
+    def acked(self, stored: list[EventInsert]) -> list[str]:
+        return _stored(self.ctx, self.principal, self.received, self.rows, stored)
+
+
+def ack_body(ids: list[str]) -> bytes:
+    """`{"acked": [...]}` as the route's JSON encoder writes it. Every id matched the contract's
+    EventId pattern (lower-case hex and dashes), so each is its JSON string between quotes."""
+    return ('{"acked":["' + '","'.join(ids) + '"]}').encode("ascii") if ids else b'{"acked":[]}'
 
 
 class IngestFastPath:
@@ -108,8 +128,9 @@ class IngestFastPath:
         response: Response
         try:
             body = message.get("body", b"")
-            if ctx.uploads is not None:
-                acked = await run_in_threadpool(_parse_and_store_grouped, ctx, ctx.uploads, principal, body)
+            if ctx.uploads is not None:  # decoded and stored by a group writer
+                # A Posted's outcome is its acked ids (Posted.acked) or None.
+                acked = cast(list[str] | None, await ctx.uploads.submit(Posted(ctx, principal, body)))
             else:
                 acked = await run_in_threadpool(_parse_and_store, ctx, principal, body)
         except (ApiError, StoreError) as exc:
@@ -118,5 +139,5 @@ class IngestFastPath:
             if acked is None:  # the route names what is wrong, as it always has
                 await self.app(scope, replay(message, receive), send)
                 return
-            response = JSONResponse({"acked": acked})
+            response = Response(ack_body(acked), media_type=JSON)
         await response(scope, receive, send)

@@ -23,14 +23,21 @@ from endpoint_contract.events import AgentEvent, Violation, batch_body
 from server_stub.ingestserve import IngestFastPath
 from server_stub.store import EventFilter
 from tests.support.inprocess_server import InProcessServer, in_process_server
+from tests.support.server import database_url
 from tests.support.server_events import agent_event, violation
 
 MAX_EVENTS = 5
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[InProcessServer]:
-    with in_process_server(tmp_path, max_events=MAX_EVENTS) as live:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InProcessServer]:
+    """On PostgreSQL the layer queues the body undecoded for a group writer (server_stub/ingestgroup.py),
+    which decodes it there; on SQLite it is decoded and stored in a worker thread."""
+    with (
+        database_url(request.param, tmp_path) as db_url,
+        in_process_server(tmp_path, max_events=MAX_EVENTS, db_url=db_url) as live,
+    ):
+        assert (live.app.state.ctx.uploads is not None) == (request.param == "postgres")
         yield live
 
 

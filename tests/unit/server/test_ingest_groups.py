@@ -390,3 +390,57 @@ def test_upload_writers_take_no_pooled_connection_per_group(pg_store: Store) -> 
     assert len(checkouts) <= 2  # one per writer thread at most, not one per group
     assert pg_store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert len(_stored(pg_store)) == 12
+
+
+# --- uploads queued undecoded (ingestgroup.Posting: decoded by the writer that takes the group) ---
+
+
+class _Posting:
+    """A queued upload as the writer meets it: decoded to `upload`, or nothing to store (None),
+    or failing to decode (`fails`)."""
+
+    def __init__(self, upload: Upload | None, fails: bool = False) -> None:
+        self._upload, self._fails = upload, fails
+        self.stored: list[EventInsert] | None = None
+
+    def upload(self) -> Upload | None:
+        if self._fails:
+            raise ValueError("cannot decode this one")
+        return self._upload
+
+    def acked(self, stored: list[EventInsert]) -> list[str]:
+        self.stored = stored
+        return [ev.event_id for ev in self._upload.rows] if self._upload else []
+
+
+@pytest.mark.postgres
+def test_uploads_queued_undecoded_are_decoded_by_the_writer_each_answered_alone(pg_store: Store) -> None:
+    """One group: a body the route must answer (None), one that fails to decode (its error alone),
+    an unknown host (its StoreError alone), an Upload queued decoded (stored as it is) and the rest
+    stored in the group's one transaction, each learning what it stored."""
+    h1, h2 = _hosts(pg_store, 2)
+    a, b, c = (_ev(random.Random(i)) for i in range(3))
+    good = _Posting(Upload(h1, [a, b]))
+    retried = _Posting(Upload(h1, [b]))  # b is stored by `good`, earlier in the group: not new
+    queued = [good, _Posting(None), _Posting(None, fails=True), _Posting(Upload("no-such-host", [c])), retried,
+              Upload(h2, [c])]  # fmt: skip
+    groups = upload_groups(pg_store, lambda: T0, max_queue=len(queued), autostart=False)
+    assert groups is not None
+
+    async def run() -> list[Any]:
+        tasks = [asyncio.ensure_future(groups.submit(q)) for q in queued]
+        await asyncio.sleep(0)
+        groups.start()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    try:
+        outcomes = asyncio.run(run())
+    finally:
+        groups.stop()
+    assert outcomes[0] == [a.event_id, b.event_id] and _ids(good.stored or []) == [a.event_id, b.event_id]
+    assert outcomes[1] is None
+    assert isinstance(outcomes[2], ValueError)
+    assert isinstance(outcomes[3], StoreError)
+    assert outcomes[4] == [b.event_id] and retried.stored == []
+    assert _ids(outcomes[5]) == [c.event_id]
+    assert _stored(pg_store) == [(h1, a.event_id), (h1, b.event_id), (h2, c.event_id)]
