@@ -422,8 +422,8 @@ def test_uploads_queued_undecoded_are_decoded_by_the_writer_each_answered_alone(
     a, b, c = (_ev(random.Random(i)) for i in range(3))
     good = _Posting(Upload(h1, [a, b]))
     retried = _Posting(Upload(h1, [b]))  # b is stored by `good`, earlier in the group: not new
-    queued = [good, _Posting(None), _Posting(None, fails=True), _Posting(Upload("no-such-host", [c])), retried,
-              Upload(h2, [c])]  # fmt: skip
+    unknown = _Posting(Upload("no-such-host", [c]))
+    queued = [good, _Posting(None), _Posting(None, fails=True), unknown, retried, Upload(h2, [c])]
     groups = upload_groups(pg_store, lambda: T0, max_queue=len(queued), autostart=False)
     assert groups is not None
 
