@@ -108,8 +108,12 @@ class Authenticator:
         known, host = self._keys.get(hash_node_key(token))
         if host is None:
             return known, None
-        self._seen(host.host_id, self._clock())
+        self.seen(host.host_id)
         return True, Principal(Role.NODE, host)
+
+    def seen(self, host_id: str) -> None:
+        """The host called now, with a node key known in memory (noted for the batched write)."""
+        self._seen(host_id, self._clock())
 
     def identify(self, token: str) -> Principal | None:
         decided, principal = self.identify_from_memory(token)

@@ -151,7 +151,12 @@ class FrontDoor:
 
     def admit(self, principal: Principal) -> Answer | None:
         """Takes the node's rate limit: None when admitted, else the 429."""
-        wait = self.ctx.limits.principals.acquire(principal.limit_key) if self.ctx.limits else 0.0
+        return self.admit_key(principal.limit_key)
+
+    def admit_key(self, limit_key: str) -> Answer | None:
+        """admit() for the principal whose Principal.limit_key this is."""
+        limits = self.ctx.limits
+        wait = limits.principals.acquire(limit_key) if limits is not None else 0.0
         return Answer.of(too_many(wait)) if wait > 0 else None
 
     def poll(self, principal: Principal, if_none_match: bytes | None) -> Answer | None:

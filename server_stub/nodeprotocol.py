@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -117,6 +118,86 @@ def _rendered(
     return hit[1], hit[2]
 
 
+MEMO_BYTES = 4096  # a request remembered whole is at most this long (a node's poll: ~300 bytes)
+MEMO_ENTRIES = 65_536  # requests remembered per server; when full the memo starts over
+# What a remembered poll was answered from: (host id, its rate-limit key, the 304's headers, keep-alive).
+_Remembered = tuple[str, str, tuple[tuple[bytes, bytes], ...], bool]
+
+
+class PollMemo:
+    """Polls answered 304 here, by their exact bytes: the same bytes again skip the parser.
+
+    A request is remembered only when a whole read held exactly one request, begun with the
+    parser between requests (the state every new connection starts in), and no more: httptools
+    parsed it, the decisions answered it 304 from memory. The same bytes at the same parser state
+    are the same request -- the same method, URL, headers (duplicates, case and all), keep-alive --
+    so its answer is taken again from what it was decided on, where that still holds: the node key
+    cache's epoch (bumped by every key change) and the served versions (a new tuple after each
+    change) are those it was learnt under, and memory is trusted (the change feed is being read);
+    the flood refusal, the host's contact time and its rate limit are taken again for each request.
+    Anything else -- bytes not seen, a request split across reads or pipelined behind another, a
+    connection with a request in progress -- goes through httptools as before. Per server: the
+    entries hold strings and bytes only (nothing for the collector to walk once they age).
+    """
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self.entries: dict[bytes, _Remembered] = {}
+        self.rollouts: Any = None  # the served versions the entries were answered from
+        self.epoch = -1  # the key cache's epoch they were learnt under
+        self.headers: dict[Any, Any] = {}  # one tuple per distinct 304 header list
+        self.rendered: dict[tuple[Any, bool], bytes] = {}
+        self.rendered_with: Any = None  # the default headers (Date) they were rendered with
+
+    def tags(self) -> tuple[Any, int]:
+        """What a decision about to be taken rests on; read before it (a change meanwhile wins)."""
+        ctx = self.door.ctx
+        return ctx.policies.peek(), ctx.auth.keys.epoch
+
+    def learn(self, data: bytes, tags: tuple[Any, int], remembered: _Remembered) -> None:
+        rollouts, epoch = tags
+        if rollouts is None:
+            return
+        if rollouts is not self.rollouts or epoch != self.epoch or len(self.entries) >= MEMO_ENTRIES:
+            self.entries.clear()
+            self.rollouts, self.epoch = rollouts, epoch
+        host_id, limit_key, headers, keep_alive = remembered
+        headers = self.headers.setdefault(headers, headers)
+        self.entries[data] = (host_id, limit_key, headers, keep_alive)
+
+    def current(self) -> bool:
+        """Whether the entries may still be answered from (else they are forgotten)."""
+        ctx = self.door.ctx
+        keys = ctx.auth.keys
+        if ctx.policies.peek() is self.rollouts and keys.epoch == self.epoch and keys.fresh():
+            return True
+        self.entries.clear()
+        return False
+
+    def render(self, default_headers: Any, headers: Any, keep_alive: bool) -> bytes:
+        """The 304's bytes, rendered again only when the default headers (the Date) changed."""
+        if default_headers is not self.rendered_with:
+            self.rendered.clear()
+            self.rendered_with = default_headers
+            if len(self.headers) > 64:
+                self.headers.clear()  # (kept by the entries that use them)
+        data = self.rendered.get((headers, keep_alive))
+        if data is None:
+            data = render(default_headers, Answer(304, list(headers), b""), keep_alive)[0]
+            self.rendered[(headers, keep_alive)] = data
+        return data
+
+
+_MEMOS: weakref.WeakKeyDictionary[FrontDoor, PollMemo] = weakref.WeakKeyDictionary()
+
+
+def _memo_of(door: FrontDoor) -> PollMemo:
+    memo = _MEMOS.get(door)
+    if memo is None:
+        memo = _MEMOS[door] = PollMemo(door)
+    return memo
+
+
 class NodeProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -146,6 +227,11 @@ class NodeProtocol(HttpToolsProtocol):
         self.head_read = 0  # bytes read while it was
         self.reading = False  # in data_received: uvicorn's cancel of the keep-alive timer is put off
         self.active_at = 0.0  # (loop time) of the last answer written here
+        self.memo: PollMemo | None = _memo_of(door) if isinstance(door, FrontDoor) else None
+        self.in_message = False  # a request begun and not complete: the parser is not between requests
+        self.learning: bytes | None = None  # the read being parsed, if it may be remembered
+        self.begun = 0  # requests begun in it
+        self.learnt: tuple[tuple[Any, int], _Remembered] | None = None  # (tags, what) to remember it by
 
     # -- the connection's addresses, read when first needed ---------------------------------------
     # uvicorn reads both as the connection is made (a socket object and a system call each); a
@@ -186,6 +272,8 @@ class NodeProtocol(HttpToolsProtocol):
         self.principal = None
         self.state = _PASSED
         self.head_open = True
+        self.in_message = True
+        self.begun += 1
 
     def on_headers_complete(self) -> None:
         self.head_open, self.head_read = False, 0
@@ -209,6 +297,7 @@ class NodeProtocol(HttpToolsProtocol):
             self.body += body  # at most the Content-Length announced, <= BODY_MAX: llhttp holds to it
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self.state == _PASSED:
             super().on_message_complete()
             return
@@ -259,12 +348,25 @@ class NodeProtocol(HttpToolsProtocol):
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def data_received(self, data: bytes) -> None:
+        memo = self.memo
+        if memo is not None and not self.in_message:
+            remembered = memo.entries.get(data)
+            if remembered is not None and self._again(memo, remembered):
+                return
+            if len(data) <= MEMO_BYTES:
+                self.learning, self.begun = data, 0
         self.answered = False
         self.reading = True
         try:
             super().data_received(data)
         finally:
             self.reading = False
+            self.learning = None
+        if self.learnt is not None:
+            tags, what = self.learnt
+            self.learnt = None
+            if memo is not None and self.begun == 1 and not self.in_message:
+                memo.learn(data, tags, what)  # exactly one request, whole
         if self.head_open and not self.transport.is_closing():
             self.head_read += len(data)
             if self.head_read > HEAD_MAX:
@@ -342,6 +444,7 @@ class NodeProtocol(HttpToolsProtocol):
         head = NodeHead.read(self.headers)
         if poll and (head.chunked or head.length not in (None, b"0")):
             return False  # a poll with a body: uvicorn reads it
+        tags = self.memo.tags() if poll and self.learning is not None and self.memo is not None else None
         principal = door.node(head)
         if principal is None:
             return False
@@ -357,10 +460,44 @@ class NodeProtocol(HttpToolsProtocol):
             if answer is None:
                 return False  # the route answers (loads the policies first, or 404)
             self._finish(answer)
+            if tags is not None and answer.status == 304 and self.begun == 1:
+                what = (principal.host_id, principal.limit_key, tuple(answer.headers), self.keep_alive)
+                self.learnt = tags, what
             return True
         self.state, self.head = _BEAT, head
         self.body_timer = self.loop.call_later(door.ctx.config.body_timeout, self._body_late)
         return True
+
+    # -- a poll remembered (PollMemo) ---------------------------------------------------------------
+
+    def _again(self, memo: PollMemo, remembered: _Remembered) -> bool:
+        """Answer a remembered poll as _take would; False: it goes through the parser after all."""
+        door = self.door
+        if not door.fast or not self._idle() or self.transport.is_closing() or self._logs_access():
+            return False
+        host_id, limit_key, headers, keep_alive = remembered
+        self.answered = False
+        self.method, self.keep_alive = "GET", keep_alive
+        if door.admission.flooded():
+            door.admission.on_refused()
+            self._finish(_REFUSED)
+        elif not memo.current():
+            return False
+        else:
+            door.ctx.auth.seen(host_id)
+            refused = door.admit_key(limit_key)
+            if refused is not None:
+                self._finish(refused)
+            else:
+                self.state = _DONE
+                data = memo.render(self.server_state.default_headers, headers, keep_alive)
+                self._written(304, data, keep_alive)
+        if self.answered:
+            self._idle_again()
+        return True
+
+    def _logs_access(self) -> bool:
+        return self.access_log and self.access_logger.isEnabledFor(logging.INFO)
 
     # -- an enrollment ------------------------------------------------------------------------------
 
@@ -454,7 +591,6 @@ class NodeProtocol(HttpToolsProtocol):
     def _finish(self, answer: Answer) -> None:
         """Write the whole answer; close, or wait for the next request."""
         self.state = _DONE
-        self.door.ctx.metrics.answered(self.method, answer.status)
         default_headers = self.server_state.default_headers
         if answer is _REFUSED or answer is _REFUSED_CLOSING:  # most answers under a flood: rendered once
             data, keep_alive = _rendered(default_headers, answer, self.keep_alive)
@@ -462,6 +598,11 @@ class NodeProtocol(HttpToolsProtocol):
             data, keep_alive = render(default_headers, answer, self.keep_alive)
         if self.access_log:
             self._log_access(answer.status)
+        self._written(answer.status, data, keep_alive)
+
+    def _written(self, status: int, data: bytes, keep_alive: bool) -> None:
+        """`data` (an answer of `status`, rendered) written; closed, or waiting for the next request."""
+        self.door.ctx.metrics.answered(self.method, status)
         self.transport.write(data)
         self.server_state.total_requests += 1
         if not keep_alive:
