@@ -165,7 +165,7 @@ def test_what_is_not_one_whole_poll_goes_through_the_parser(
     assert long not in _memo(server).entries
     # Duplicate headers: the request the parser made of it, the first of each counting, both times.
     other = _enrolled(server, "ws-2")
-    doubled = _poll(node, f"Authorization: Bearer {other['node_key']}\r\nIf-None-Match: \"x\"\r\n")
+    doubled = _poll(node, f'Authorization: Bearer {other["node_key"]}\r\nIf-None-Match: "x"\r\n')
     first = _same_both_ways(server, doubled)
     assert _status(first[0]) == 304 and doubled in _memo(server).entries
     assert [_without_date(a) for a in _same_both_ways(server, doubled)] == [_without_date(first[0])]
