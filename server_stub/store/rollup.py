@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from server_stub.store import bulk
 from server_stub.store.engine import advisory_key, dialect_insert, is_postgres, serialize_writers
+from server_stub.store.pgarrays import Column, floats, ints, texts
 from server_stub.store.tables import (
     events,
     host_daily,
@@ -271,7 +272,7 @@ class Counted(Protocol):
     def first_seen(self) -> datetime | None: ...
 
 
-def new_counts(host_ids: Sequence[str], rows: Sequence[Counted]) -> dict[str, list[Any]]:
+def new_counts(host_ids: Sequence[str], rows: Sequence[Counted]) -> dict[str, Column]:
     """The parameters of COUNT_NEW: the violations among `rows` (row i of host `host_ids[i]`)
     counted per key of each rollup, as open violations, keys in Python's string order (the order
     `add_to_counts` and the triage path lock rollup rows in)."""
@@ -308,13 +309,13 @@ def new_counts(host_ids: Sequence[str], rows: Sequence[Counted]) -> dict[str, li
         by_host[(hour[:10], host)] += int(n)
         deltas[("", host, hour)] += int(n)
         deltas[(rule, host, hour)] += int(n)
-    params: dict[str, list[Any]] = {}
+    params: dict[str, Column] = {}
     for name, counts in (("d", daily), ("h", hourly)):
         ordered = sorted(counts.items())
         for i, column in enumerate(_COUNT_KEYS):
-            params[f"{name}_{column}"] = [k[i] for k, _ in ordered]
-        params[f"{name}_n"] = [int(n) for _, (n, _) in ordered]
-        params[f"{name}_stop"] = [float(s) for _, (_, s) in ordered]
+            params[f"{name}_{column}"] = texts([k[i] for k, _ in ordered])
+        params[f"{name}_n"] = ints([int(n) for _, (n, _) in ordered])
+        params[f"{name}_stop"] = floats([float(s) for _, (_, s) in ordered])
     summed: tuple[tuple[str, dict[tuple[str, ...], int], tuple[str, ...]], ...] = (
         ("b", by_host, _HOST_KEYS),
         ("r", deltas, _DELTA_KEYS),
@@ -322,8 +323,8 @@ def new_counts(host_ids: Sequence[str], rows: Sequence[Counted]) -> dict[str, li
     for name, sums, keys in summed:
         ordered_sums = sorted(sums.items())
         for i, column in enumerate(keys):
-            params[f"{name}_{column}"] = [k[i] for k, _ in ordered_sums]
-        params[f"{name}_n"] = [n for _, n in ordered_sums]
+            params[f"{name}_{column}"] = texts([k[i] for k, _ in ordered_sums])
+        params[f"{name}_n"] = ints([n for _, n in ordered_sums])
     return params
 
 
