@@ -20,8 +20,11 @@ The `fleet` benchmark measures, on one server:
 - steady state: a fleet at the default intervals (60 s), grown step by step until a step no
   longer holds (p95 > 100 ms, timeouts, errors); each size is measured after one interval in
   which its new hosts met the server once (a server that has run a while knows its fleet); the
-  largest that held, per server core it used: >= 50,000 hosts per server core. A step in which
-  the simulator fell behind its own schedule is inconclusive, not a server failure;
+  largest that held, per server core it used: >= 50,000 hosts per server core. Then, as the
+  sizes double, up to --fleet-refine sizes between the largest that held and the first that did
+  not (each a run of its own after the server settled): the figure is the largest fleet that
+  held, not the last power of two below it. A step in which the simulator fell behind its own
+  schedule is inconclusive, not a server failure (nor a size that held);
 - overload: 1,000 keep-alive connections (a tenth of the polls on new ones) offering 2.5 times
   the measured poll rate, a strict 5 s timeout: every poll answered (503 + Retry-After at once,
   p95 <= 100 ms), none timed out.
@@ -84,6 +87,8 @@ LAG_P99 = 0.050  # the simulator's timers later than this (p99), or
 LAG_MAX = 1.0  # than this once: it measured itself, not the server
 OTHERS_MAX = 0.25  # cores used by other processes past which a failed step is inconclusive
 PAGE_INS_MAX = 100  # the server's major page faults in a step past which a failed one is inconclusive
+REFINE_STEPS = 2  # steady state: sizes tried between the largest that held and the first that did not
+REFINE_CLOSE = 1.15  # ... while the first that did not is more than this many times the one that held
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -324,6 +329,37 @@ def ramp(
     return out
 
 
+def between(held: int, failed: int, close: float = REFINE_CLOSE) -> int | None:
+    """The next size to try between a size that held and a larger one that did not (the
+    geometric middle: the ramp grows by factors), or None once they are within `close`."""
+    if failed <= held * close:
+        return None
+    exact = math.sqrt(held * failed)
+    middle = int(round(exact, -2)) or round(exact)
+    return middle if held < middle < failed else None
+
+
+def refine(
+    held: int, failed: int, measure: Callable[[int, int, int], str], tries: int
+) -> list[tuple[int, str]]:
+    """Sizes between `held` and `failed`, each measured (`measure(size, held, failed)` -> verdict,
+    with the bounds it lies between): one that held
+    raises the lower bound, any other verdict (failed, or inconclusive: not known to hold) lowers
+    the upper one; at most `tries`. (size, verdict) per size measured."""
+    out: list[tuple[int, str]] = []
+    for _ in range(tries):
+        size = between(held, failed)
+        if size is None:
+            break
+        verdict = measure(size, held, failed)
+        out.append((size, verdict))
+        if verdict == HELD:
+            held = size
+        else:
+            failed = size
+    return out
+
+
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
@@ -343,6 +379,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="before each ramp step is measured, its new hosts meet the server once (60: one interval)",
     )  # fmt: skip
     g.add_argument("--fleet-max-hosts", type=int, default=200_000, help="largest simulated fleet (200,000)")
+    g.add_argument(
+        "--fleet-refine", type=int, default=REFINE_STEPS, metavar="N",
+        help="steady state: after the ramp, up to N sizes between the largest that held and the first "
+        f"that did not, each a run of its own (default {REFINE_STEPS}; 0: none)",
+    )  # fmt: skip
     g.add_argument(
         "--fleet-steps", default=",".join(STEPS), metavar="STEP,...",
         help=f"which steps to run, in this order (default: all: {','.join(STEPS)}); e.g. "
@@ -531,14 +572,34 @@ def _steady(
         stop_on_failure=True,
     )  # fmt: skip
     held = [(hosts, rec, cores) for hosts, rec, cores, verdict in steps if verdict == HELD]
-    if steps and steps[-1][3] == SIM_LAGGED:
+    if held and steps[-1][3] != HELD and args.fleet_refine > 0:
+        # Doubling jumps from a size that held to one that did not: what lies between is measured
+        # too, each size a run of its own (a new simulator; the server left to settle first), so
+        # the figure is the largest fleet that held, not the last power of two below it.
+        def measure(size: int, low: int, high: int) -> str:
+            wait_idle(bench.srv.port)
+            print(f"  steady state between {low:,} hosts (held) and {high:,} (did not): {size:,} hosts, "
+                  f"a new fleet measured for {step_s:.0f} s after {warmup:.0f} s", flush=True)  # fmt: skip
+            got = ramp(
+                bench, [(size, step_s)], seeded=True, intervals=(60.0, 60.0), warmup=warmup,
+                stop_on_failure=True,
+            )  # fmt: skip
+            steps.extend(got)
+            held.extend((h, r, c) for h, r, c, v in got if v == HELD)
+            return got[-1][3] if got else FAILED
+
+        refine(held[-1][0], steps[-1][0], measure, args.fleet_refine)
+        held.sort(key=lambda entry: entry[0])
+    # The smallest size that did not hold: what it says of the server's limit.
+    missed = min((step for step in steps if step[3] != HELD), key=lambda step: step[0], default=None)
+    if missed is not None and missed[3] == SIM_LAGGED:
         print(
-            f"  the ramp stopped because the SIMULATOR lagged at {steps[-1][0]:,} hosts, not the server: "
+            f"  the ramp stopped because the SIMULATOR lagged at {missed[0]:,} hosts, not the server: "
             "the server's limit is higher (more --fleet-procs, or less else on the machine)"
         )
-    elif steps and steps[-1][3] in (MACHINE_BUSY, PAGED_IN):
+    elif missed is not None and missed[3] in (MACHINE_BUSY, PAGED_IN):
         print(
-            f"  the ramp stopped at {steps[-1][0]:,} hosts while OTHER processes used the CPU (this "
+            f"  the ramp stopped at {missed[0]:,} hosts while OTHER processes used the CPU (this "
             "benchmark runs niced) or the server's pages were read back from disk: what it says of the "
             "server is a lower bound; run it on a quiet machine"
         )

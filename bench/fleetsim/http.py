@@ -234,7 +234,8 @@ class Socket:
         sock.setblocking(False)
         try:
             if source is not None:  # the machine's own address (source_address): its own ports
-                _check_loopback(source)
+                if not source.startswith("127."):  # source_address's are, by construction
+                    _check_loopback(source)
                 sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)  # the port picked at connect
                 sock.bind((source, 0))
             code = sock.connect_ex((host, port))

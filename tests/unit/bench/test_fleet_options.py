@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from bench import __main__ as bench_main
-from bench.fleet import STEPS, chosen_steps, fleet_sizes
+from bench.fleet import (
+    FAILED,
+    HELD,
+    REFINE_CLOSE,
+    SIM_LAGGED,
+    STEPS,
+    between,
+    chosen_steps,
+    fleet_sizes,
+    refine,
+)
 
 
 def test_steps_are_chosen_in_the_order_given() -> None:
@@ -32,3 +42,37 @@ def test_a_bad_step_stops_the_bench_with_one_line(capsys: pytest.CaptureFixture[
     assert bench_main.main(["fleet", "--fleet-steps", "poll,warp"]) == 2
     err = capsys.readouterr().err
     assert "warp" in err and "poll,enroll,ingest,steady,overload" in err
+
+
+def test_the_steady_ramp_is_refined_between_the_size_that_held_and_the_one_that_did_not() -> None:
+    """After a doubling ramp held at 21,652 hosts and not at 43,304, sizes between are tried: one
+    that holds raises the lower bound, one that does not -- failed or inconclusive alike, as
+    neither is known to hold -- lowers the upper one, within the number of tries."""
+    limit = 33_000  # the (unknown to the bench) largest fleet that holds
+    asked: list[tuple[int, int, int]] = []
+
+    def measure(size: int, held: int, failed: int) -> str:
+        asked.append((size, held, failed))
+        return HELD if size <= limit else FAILED
+
+    got = refine(21_652, 43_304, measure, tries=5)
+    sizes = [size for size, _ in got]
+    assert all(held < size < failed for size, held, failed in asked)  # always strictly between
+    assert [verdict for _, verdict in got] == [HELD if n <= limit else FAILED for n in sizes]
+    largest = max(n for n, v in got if v == HELD)
+    smallest_miss = min(n for n, v in got if v != HELD)
+    assert largest <= limit < smallest_miss <= largest * REFINE_CLOSE  # narrowed down to within 15 %
+    assert refine(21_652, 43_304, measure, tries=1) == got[:1]  # the tries bound the runs
+    assert refine(30_000, 33_000, measure, tries=5) == []  # already close: nothing to try
+
+
+def test_an_inconclusive_size_is_never_reported_as_held() -> None:
+    got = refine(10_000, 40_000, lambda size, held, failed: SIM_LAGGED, tries=3)
+    assert got and all(verdict == SIM_LAGGED for _, verdict in got)
+    assert [size for size, _ in got] == sorted((size for size, _ in got), reverse=True)  # only lower
+
+
+def test_sizes_between_are_round_and_strictly_inside() -> None:
+    assert between(21_652, 43_304) == 30_600
+    assert between(100, 300) == 200 and between(10, 30) == 17
+    assert between(1_000, 1_100) is None and between(4, 5, close=1.0) is None
