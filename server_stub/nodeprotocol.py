@@ -22,6 +22,14 @@ of the application pending, nothing queued behind one, the transport not pushing
   while it waits, and the group commit bounds its own queue (503 past it); counted, a fleet
   enrolling 200 at a time kept the cap full and was refused a third of its attempts.
 
+A poll answered 304 here is remembered by its exact bytes (PollMemo): the same bytes read again,
+with the parser between requests, are that request again and are answered without httptools'
+callbacks or the decisions' parsing -- by what the answer rested on, taken again (the flood check,
+the host's contact, its rate limit; the key cache, the served versions and the watcher's
+freshness as they were, else forgotten). A connection all of whose requests were remembered never
+makes a parser; one's attributes are copied from its server's first connection (uvicorn looks two
+loggers up for each), the settings read again.
+
 Everything else -- and whatever those decisions leave to the route (a heartbeat that does not
 validate, a policy copy to load first, no policy for the host) -- goes on through uvicorn's own
 code unchanged, to the application (a request handed on after its key was identified and its
@@ -38,10 +46,13 @@ protocol this relies on). ENDPOINT_SERVER_NODE_PROTOCOL=off serves with uvicorn'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
+from collections import deque
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -198,6 +209,42 @@ def _memo_of(door: FrontDoor) -> PollMemo:
     return memo
 
 
+# A new connection's protocol starts as a copy of the first one's attributes (server_state ->
+# (config, app state, loop, door, attributes)): uvicorn's __init__ looks up two loggers (the
+# logging module's lock, twice) and reads its settings anew for every connection. Copied: what
+# every connection of a server shares, and immutable values; each gets its own pipeline, parser
+# (made when first needed: a remembered poll needs none), enrollments and body.
+_TEMPLATES: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any, Any, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_OWN = frozenset(  # made or read for each connection
+    {
+        "pipeline", "enrolling", "body", "access_log", "app", "ws_protocol_class", "root_path",
+        "asgi_version", "limit_concurrency", "timeout_keep_alive",
+    }
+)  # fmt: skip
+_SHARED = frozenset(  # the server's: the same objects for each of its connections
+    {
+        "config", "loop", "logger", "access_logger", "app_state", "server_state", "connections", "tasks",
+        "door", "enroll_door", "memo",
+    }
+)  # fmt: skip
+_VALUES = (type(None), bool, int, float, str, bytes)
+
+
+def _template(attributes: dict[str, Any]) -> dict[str, Any] | None:
+    """What a new connection may copy; None when any attribute is unknown and mutable (then
+    each connection is made by uvicorn's __init__, as before: uvicorn changed)."""
+    copied = {}
+    for name, value in attributes.items():
+        if name in _OWN:
+            continue
+        if name not in _SHARED and not isinstance(value, _VALUES):
+            return None
+        copied[name] = value
+    return copied
+
+
 class NodeProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -208,12 +255,36 @@ class NodeProtocol(HttpToolsProtocol):
         *,
         door: FrontDoor,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        loop = _loop or asyncio.get_event_loop()
+        template = _TEMPLATES.get(server_state)
+        if (
+            template is not None
+            and template[0] is config
+            and template[1] is app_state
+            and template[2] is loop
+            and template[3] is door
+        ):
+            self.__dict__.update(template[4])
+            # What uvicorn reads anew for each connection (a test may change a setting between two).
+            self.app = config.loaded_app
+            self.access_log = self.access_logger.hasHandlers()
+            self.ws_protocol_class = config.ws_protocol_class
+            self.root_path = config.root_path
+            self.asgi_version = config.asgi_version
+            self.limit_concurrency = config.limit_concurrency
+            self.timeout_keep_alive = config.timeout_keep_alive
+            self.pipeline = deque()
+            # queued enrollments, cancelled if the client leaves
+            self.enrolling: set[asyncio.Future[str | Exception]] = set()
+            self.body = bytearray()
+            return
+        super().__init__(config, server_state, app_state, loop)
+        self.parser = None  # type: ignore[assignment]  # made when needed (_parse)
         self.door = door
         self.poll_url = door.poll_path.encode("ascii")
         self.beat_url = door.beat_path.encode("ascii")
         self.enroll_door: EnrollDoor | None = app_state.get(ENROLL_DOOR_STATE)
-        self.enrolling: set[asyncio.Future[str | Exception]] = set()  # queued; cancelled if the client leaves
+        self.enrolling = set()
         # The current request, when this protocol holds it.
         self.state = _PASSED
         self.method = ""
@@ -232,6 +303,9 @@ class NodeProtocol(HttpToolsProtocol):
         self.learning: bytes | None = None  # the read being parsed, if it may be remembered
         self.begun = 0  # requests begun in it
         self.learnt: tuple[tuple[Any, int], _Remembered] | None = None  # (tags, what) to remember it by
+        copied = _template(vars(self))
+        if copied is not None:
+            _TEMPLATES[server_state] = (config, app_state, loop, door, copied)
 
     # -- the connection's addresses, read when first needed ---------------------------------------
     # uvicorn reads both as the connection is made (a socket object and a system call each); a
@@ -357,6 +431,8 @@ class NodeProtocol(HttpToolsProtocol):
                 self.learning, self.begun = data, 0
         self.answered = False
         self.reading = True
+        if self.parser is None:
+            self._parse()
         try:
             super().data_received(data)
         finally:
@@ -375,6 +451,13 @@ class NodeProtocol(HttpToolsProtocol):
                 return
         if self.answered:
             self._idle_again()
+
+    def _parse(self) -> None:
+        """httptools' parser for this connection, as uvicorn makes it."""
+        parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # httptools < 0.6.3
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.parser = parser
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_body_timer()

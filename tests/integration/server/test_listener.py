@@ -8,7 +8,8 @@
   included, nothing left waiting, and so is a request on a connection already open; /healthz is
   still served; the refusals are counted; once the loop keeps up, requests are served again;
 - connections waiting in the accept queue are all taken at the loop's next turn, not one a turn
-  (uvloop's libuv), so a new connection is not left waiting behind a busy loop.
+  (uvloop's libuv), so a new connection is not left waiting behind a busy loop; as many as wait
+  (counted by the kernel), each started, none held after.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_stub.listener import LISTENER_STATE, TICK, LoopLag
+from server_stub.listener import LISTENER_STATE, TICK, Acceptor, LoopLag, queued
 from tests.support.inprocess_server import InProcessServer, in_process_server
 from tests.support.server import API
 
@@ -219,3 +221,44 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_the_accept_queue_is_counted_and_drained_exactly() -> None:
+    """The connections waiting are counted (TCP_INFO), at most the batch; the Acceptor takes that
+    many -- no accept that finds none -- and starts each with a protocol of its own, holding
+    nothing once they are started."""
+    made: list[asyncio.BaseTransport] = []
+
+    class _Made(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
+    async def drained(listener: socket.socket, batch: int) -> tuple[int, int, int]:
+        acceptor = Acceptor([(listener.fileno(), int(listener.family))], _Made, None, batch)
+        acceptor.drain()
+        for _ in range(10):  # connection_made is called soon, then the start completes
+            await asyncio.sleep(0)
+        for transport in made:
+            transport.close()
+        return len(made), queued(listener, 1000), len(acceptor.tasks)
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as listener:
+            listener.bind((host, 0))
+            listener.listen(64)
+            clients = [socket.create_connection(listener.getsockname()[:2]) for _ in range(7)]
+            try:
+                assert queued(listener, 1000) == 7 and queued(listener, 3) == 3
+                made.clear()
+                assert _run(drained(listener, 3)) == (3, 4, 0)
+                made.clear()
+                assert _run(drained(listener, 100)) == (4, 0, 0)
+            finally:
+                for client in clients:
+                    client.close()
+
+
+def _run(coro: Any) -> Any:
+    import uvloop  # (serve's loop)
+
+    return uvloop.run(coro)

@@ -244,6 +244,37 @@ def test_a_request_handed_on_gets_the_scope_and_addresses_uvicorn_makes() -> Non
     assert set(vars(theirs)) - {"server", "client"} <= set(vars(ours))
 
 
+def test_a_connection_after_the_first_gets_what_uvicorn_would_give_it() -> None:
+    """The first connection's protocol is made by uvicorn's __init__, the next ones copy what it
+    shares (loggers, server state) and read the settings again; each has its own pipeline,
+    enrollments, body and (once needed) parser."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(app=_no_app, log_level="warning")
+    door: Any = SimpleNamespace(poll_path="/p", beat_path="/b", fast=True)
+    state, app_state = ServerState(), {"k": 1}
+    loop = asyncio.new_event_loop()
+    try:
+        first = NodeProtocol(config, state, app_state, loop, door=door)
+        second = NodeProtocol(config, state, app_state, loop, door=door)
+        before = config.timeout_keep_alive
+        config.timeout_keep_alive = before + 4  # read again for the next connection, as uvicorn does
+        third = NodeProtocol(config, state, app_state, loop, door=door)
+        theirs = HttpToolsProtocol(config, state, app_state, loop)
+    finally:
+        loop.close()
+    assert first.parser is None and second.parser is None  # made when a read needs parsing
+    assert set(vars(second)) == set(vars(first))
+    assert set(vars(theirs)) - {"server", "client"} <= set(vars(second))
+    for name, value in vars(first).items():
+        assert vars(second)[name] == value, name
+        if name in ("pipeline", "enrolling", "body"):
+            assert vars(second)[name] is not value, name
+    assert (first.timeout_keep_alive, third.timeout_keep_alive) == (before, theirs.timeout_keep_alive)
+    assert third.timeout_keep_alive == before + 4
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not called")
 

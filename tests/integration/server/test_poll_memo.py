@@ -118,6 +118,7 @@ def test_a_poll_read_again_is_answered_without_the_parser(
         for _ in range(3):
             sock.sendall(raw)
             assert _without_date(reader.answer()) == _without_date(reference)
+        assert _protocol_of(server, sock).parser is None  # a connection that never needed one
     assert begun.total() == parsed  # never in the parser
     assert _answered_304(server) == counted + 3
     with activity._lock:
