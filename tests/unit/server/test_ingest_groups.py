@@ -444,3 +444,31 @@ def test_uploads_queued_undecoded_are_decoded_by_the_writer_each_answered_alone(
     assert outcomes[4] == [b.event_id] and retried.stored == []
     assert _ids(outcomes[5]) == [c.event_id]
     assert _stored(pg_store) == [(h1, a.event_id), (h1, b.event_id), (h2, c.event_id)]
+
+
+@pytest.mark.postgres
+def test_the_counting_statement_reads_the_running_totals_through_their_index(pg_store: Store) -> None:
+    """An upload's statement looks up its hosts' running totals by key: with 20,000 of them stored
+    no step reads host_running whole. (Its keys once carried another collation than the table's
+    index: every upload read the table through, seconds each at a fleet's size.)"""
+    from server_stub.store import bulk
+
+    (host,) = _hosts(pg_store, 1)
+    rows = [_ev(random.Random(n)) for n in range(20)]
+    with pg_store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO host_running (scope, host_id, hour, n_all, n_open) "
+            "SELECT s, 'other-' || h, to_char(timestamp '2030-01-01' + make_interval(hours => k), "
+            "'YYYY-MM-DD HH24'), k, k FROM unnest(ARRAY['', 'p2p-a']) s, generate_series(1, 2500) h, "
+            "generate_series(1, 4) k"
+        )
+        conn.exec_driver_sql("ANALYZE host_running")
+        statement = bulk.hosts_insert(
+            conn, [host] * len(rows), rows, T0, with_inserted=rollup.COUNT_NEW,
+            with_params=rollup.new_counts([host] * len(rows), rows),
+        )  # fmt: skip
+        cursor = conn.connection.driver_connection.cursor()
+        cursor.execute("EXPLAIN " + statement.sql, statement.params)
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    assert "host_running" in plan
+    assert "Seq Scan on host_running" not in plan, plan
