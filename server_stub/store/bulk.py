@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from server_stub.store.coltypes import UTCDateTime
 from server_stub.store.engine import is_postgres
@@ -152,7 +152,12 @@ def _text(data: dict[str, Any] | str) -> str:
 
 def _time_converter(conn: Connection) -> Callable[[datetime | None], Any]:
     """The column type's own bind conversion (UTC; SQLite's text format), None kept."""
-    process = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return _converter(conn.dialect)
+
+
+@functools.lru_cache(maxsize=8)  # per engine's dialect: finding it costs more than a small upload's rows
+def _converter(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
     if process is None:
         return lambda value: value
     if process(_PROBE) == _sqlite_text(_PROBE):  # the same text, from one C call instead of three

@@ -472,3 +472,21 @@ def test_the_counting_statement_reads_the_running_totals_through_their_index(pg_
         plan = "\n".join(line for (line,) in cursor.fetchall())
     assert "host_running" in plan
     assert "Seq Scan on host_running" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_a_writers_groups_are_planned_once_not_per_group(pg_store: Store) -> None:
+    """psycopg prepares the group's statements after a few groups; PostgreSQL then runs the
+    insert's generic plan instead of planning its CTEs again for every group."""
+    (host,) = _hosts(pg_store, 1)
+    rnd = random.Random(5)
+    with pg_store.engine.connect() as held:
+        for _ in range(10):
+            outcomes = pg_store.events.insert_uploads([Upload(host, [_ev(rnd) for _ in range(3)])], T0, held)
+            assert len(_ids(outcomes[0])) == 3
+        plans = held.exec_driver_sql(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH inserted%%'"
+        ).all()
+        held.rollback()
+    assert len(plans) == 1 and plans[0][0] > 0 and plans[0][1] == 0, plans
