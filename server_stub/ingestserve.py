@@ -100,7 +100,10 @@ class Posted:
         return Upload(self.principal.host_id, self.rows)
 
     def acked(self, stored: list[EventInsert]) -> list[str]:
-        return _stored(self.ctx, self.principal, self.received, self.rows, stored)
+        ids = _stored(self.ctx, self.principal, self.received, self.rows, stored)
+        # Let go here, in the writer's thread: not freed (thousands of objects) in the event loop's.
+        self.received, self.rows, self.body = [], [], b""
+        return ids
 
 
 def ack_body(ids: list[str]) -> bytes:

@@ -1,6 +1,7 @@
 """An upload decoded once (server_stub/batch.py): the same events and the same refusals as
 validating the decoded body as a whole (what FastAPI did), with each event's text kept as sent
-when it already is what the model writes."""
+when it already is what the model writes. Every test runs twice: with the validator derived from
+the model's schema (batch.Derived, the way a batch is decoded) and with the model alone."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from endpoint_contract.events import AgentEvent, EventBatch, Violation, batch_body
-from server_stub.batch import BatchInvalid, BatchUnreadable, parse_batch
-from tests.support.server_events import violation
+from endpoint_contract.events import AgentEvent, Event, EventBatch, Violation, batch_body
+from server_stub import batch
+from server_stub.batch import BatchInvalid, BatchUnreadable, Derived, parse_batch
+from tests.support.server_events import agent_event, violation
+
+
+@pytest.fixture(autouse=True, params=["derived", "model"])
+def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "model":
+        monkeypatch.setattr(batch, "_DERIVED", None)
+    return str(request.param)
 
 
 def agent_text(**over: Any) -> str:
@@ -228,3 +237,49 @@ def test_one_pass_agrees_with_whole_validation(
 
 
 TIMES = ("detected_at", "first_seen", "last_seen")
+
+
+def test_the_validator_is_derived_from_the_models_schema() -> None:
+    """A Python validator added to the events' models that Derived does not know makes it None
+    (and batches then validate at the model's speed): this fails first."""
+    assert Derived.of(TypeAdapter(list[Event])) is not None
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        minimal(detected_at="1969-12-31T23:59:59Z"),
+        minimal(first_seen="2200-01-01T00:00:00Z"),
+        minimal(last_seen="1969-12-31T23:30:00-01:00"),
+        minimal(connection={"laddr": "127.0.0.1:1", "netns": {"id": 2**70}}),
+        minimal(connection={"laddr": "127.0.0.1:1", "k" * 300: 1}),
+        minimal(note=[[[[1.5]]]], big=-(2**64)),
+        {**agent_event(), "detected_at": "2200-01-01T00:00:00+05:00"},
+        {**agent_event(), "detail": {"n": 2**64}},
+    ],
+)
+def test_what_the_derived_validator_leaves_to_its_checks_is_refused_as_the_model_refuses(
+    event: dict[str, Any],
+) -> None:
+    """The checks taken out of the derived schema (the times' range, the untyped parts' bounds)
+    still refuse, with the model's own error; and the derived validator hands such a batch back."""
+    body = json.dumps({"events": [minimal(), event]}).encode()
+    with pytest.raises(ValidationError):
+        EventBatch.model_validate(json.loads(body))
+    with pytest.raises(BatchInvalid) as refused:
+        parse_batch(body)
+    assert refused.value.errors[0]["loc"][:3] == ("body", "events", 1)
+    derived = Derived.of(TypeAdapter(list[Event]))
+    assert derived is not None
+    assert derived.validate(batch._SPLIT.decode(body).events) is None
+
+
+def test_times_at_the_edges_of_the_range_are_taken_as_the_model_takes_them() -> None:
+    """Wall time judged (endpoint_contract/bounds.py check_time): 1970 with a negative offset is
+    1969 in UTC, yet valid; 2199-12-31T23:59 with a positive offset is valid too."""
+    events = [
+        minimal(detected_at="1970-01-01T00:00:00+01:00", first_seen="2199-12-31T23:59:59.999999-05:00"),
+        {**agent_event(), "detected_at": "2199-12-31T23:59:59Z"},
+    ]
+    body = json.dumps({"events": events}).encode()
+    assert [r.event for r in parse_batch(body)] == whole(body)
