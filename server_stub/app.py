@@ -33,7 +33,7 @@ from server_stub.errors import ApiError
 from server_stub.export.service import ExportService
 from server_stub.frontdoor import FrontDoor
 from server_stub.ingestgroup import upload_groups
-from server_stub.ingestserve import IngestFastPath
+from server_stub.ingestserve import IngestFastPath, UploadDoor
 from server_stub.keycache import NodeKeyCache, warm_keys
 from server_stub.limits import Limits
 from server_stub.listener import FRONT_DOOR_STATE, LISTENER_STATE, LoopLag
@@ -217,6 +217,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> FastAPI:
     # Before any of it: past --max-in-flight requests in progress, 503 + Retry-After at once; a
     # node's poll and heartbeat answered without the framework (counted there too).
     app.front_door = FrontDoor(app.framework, ctx, admission, API_PREFIX)
+    if uploads is not None:  # a node's upload taken in the first layer (grouped: PostgreSQL)
+        app.front_door.uploads = UploadDoor(app.front_door)
 
     @app.get(
         f"{API_PREFIX}/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"]

@@ -98,6 +98,10 @@ class FrontDoor:
         self.poll_path = api_prefix + "/policy"
         self.beat_path = api_prefix + "/heartbeat"
         self.fast = True  # False: every request goes the full way (tests compare the two)
+        # A node's POST /events, when taken before the framework (server_stub/ingestserve.py
+        # UploadDoor, set by server_stub/app.py on PostgreSQL): holding a slot, as the framework's.
+        self.upload_path = api_prefix + "/events"
+        self.uploads: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
@@ -107,18 +111,25 @@ class FrontDoor:
             await self._refuse(scope, send)
         elif self.fast and scope["path"] in (self.poll_path, self.beat_path) and not _admitted(scope):
             await self._node_call(scope, receive, send)  # no slot: what goes on takes one (_onward)
+        elif (
+            self.fast
+            and self.uploads is not None
+            and scope["path"] == self.upload_path
+            and not _admitted(scope)
+        ):
+            await self._onward(scope, receive, send, self.uploads)
         else:
             await self._onward(scope, receive, send)
 
-    async def _onward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """To the framework, holding one of the in-flight slots (refused 503 when none is free)."""
+    async def _onward(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp | None = None) -> None:
+        """To the framework (or `app`), holding one of the in-flight slots (refused 503 when none is free)."""
         admission = self.admission
         if admission.capped():
             await self._refuse(scope, send)
             return
         admission.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await (app or self.app)(scope, receive, send)
         finally:
             admission.in_flight -= 1
 
@@ -257,6 +268,8 @@ class FrontDoor:
         self.ctx.metrics.answered(scope["method"], answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
+
+    send = _send  # for the layer it hands a node's upload to (server_stub/ingestserve.py UploadDoor)
 
 
 def _admitted(scope: Scope) -> bool:

@@ -112,3 +112,93 @@ def test_a_valid_batch_never_reaches_the_route(
     with server.client(key) as c:
         r = c.post("/events", content=batch_body([_violation(hostname="ws-2")]))
     assert r.status_code == 200 and len(r.json()["acked"]) == 1
+
+
+# --- PostgreSQL: a node's upload taken in the first layer (ingestserve.UploadDoor) ---------------
+
+
+class _Framework:
+    """In place of what the first layer hands on to (the framework): counts what reaches it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.calls = app, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with (
+        database_url("postgres", tmp_path) as db_url,
+        in_process_server(tmp_path, max_events=MAX_EVENTS, db_url=db_url, body_timeout=1.0) as live,
+    ):
+        yield live
+
+
+def _raw_post(server: InProcessServer, token: str, body: bytes, parts: int = 1, pause: float = 0.0) -> bytes:
+    """POST /events over a plain socket, the body in `parts` writes `pause` s apart; the answer."""
+    import socket
+    import time
+
+    from tests.support.server import API
+
+    head = (
+        f"POST {API}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    step = -(-len(body) // parts)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head)
+        for i in range(0, len(body), step):
+            time.sleep(pause)
+            try:
+                sock.sendall(body[i : i + step])
+            except OSError:  # answered (and closed) before the whole body came
+                break
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.postgres
+def test_a_nodes_upload_is_answered_before_the_framework_and_what_is_not_certain_reaches_it(
+    pg_server: InProcessServer,
+) -> None:
+    front = pg_server.app.front_door
+    assert front is not None and front.uploads is not None
+    key = pg_server.enroll("ws-1")["node_key"]
+    with pg_server.client(key) as c:  # the key looked up once (the framework's way), then held in memory
+        c.get("/policy")
+    framework = front.app = _Framework(front.app)
+    texts = [_violation(), _agent_event()]
+    ok = _raw_post(pg_server, key, batch_body(texts), parts=3, pause=0.05)  # the body in three reads
+    assert ok.startswith(b"HTTP/1.1 200") and json.loads(ok.split(b"\r\n\r\n", 1)[1]) == {
+        "acked": [json.loads(t)["event_id"] for t in texts]
+    }
+    assert framework.calls == 0
+    # What the route must name (a batch that does not validate) and what is not a node's: on to it.
+    bad = _raw_post(pg_server, key, batch_body([_invalid(pid=-1)]))
+    assert bad.startswith(b"HTTP/1.1 422") and framework.calls == 1
+    assert _raw_post(pg_server, "not-a-key", batch_body(texts)).startswith(b"HTTP/1.1 401")
+    assert framework.calls == 2
+    stored, _ = pg_server.store.events.page("violation", EventFilter(), after_id=0, limit=10)
+    assert [r.data["event_id"] for r in stored] == [json.loads(texts[0])["event_id"]]
+
+
+@pytest.mark.postgres
+def test_an_upload_whose_body_does_not_come_in_time_is_answered_408_and_nothing_stored(
+    pg_server: InProcessServer,
+) -> None:
+    key = pg_server.enroll("ws-1")["node_key"]
+    with pg_server.client(key) as c:
+        c.get("/policy")
+    front = pg_server.app.front_door
+    assert front is not None
+    framework = front.app = _Framework(front.app)
+    late = _raw_post(pg_server, key, batch_body([_violation()]), parts=2, pause=1.5)
+    assert late.startswith(b"HTTP/1.1 408") and b"request body not received within 1 s" in late
+    assert framework.calls == 0  # the first layer's own answer, worded as the body layer words it
+    assert pg_server.store.events.page("violation", EventFilter(), after_id=0, limit=10)[0] == []
