@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from endpoint_contract.heartbeat import Heartbeat
 from server_stub.store.changes import HOST_KEY, record_change
 from server_stub.store.coltypes import UTCDateTime
 from server_stub.store.engine import db_errors, is_postgres, read_connection, utcnow
+from server_stub.store.pgarrays import Column, texts, times
 from server_stub.store.tables import hosts
 
 _BATCH = 2000  # rows per statement of a write-behind flush
@@ -33,30 +34,36 @@ _PG_TOUCH = (
     " WHERE h.host_id = v.host_id AND (h.last_seen IS NULL OR h.last_seen < v.at)"
 )
 _PG_HEARTBEAT = (
-    "UPDATE hosts AS h SET agent_version = v.agent_version, policy_version = v.policy_version,"
+    "UPDATE hosts AS h SET agent_version = v.agent_version, policy_version = v.policy_version::bigint,"
     " mode = v.mode, last_scan_at = v.last_scan_at, counters = v.counters::json,"
     " circuit_state = v.circuit_state, mode_reason = v.mode_reason, heartbeat_at = v.at, last_seen = v.at"
-    " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::timestamptz[], %b::text[],"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[],"
     " %b::text[], %b::text[], %b::timestamptz[]) AS v(host_id, agent_version, policy_version, mode,"
     " last_scan_at, counters, circuit_state, mode_reason, at) WHERE h.host_id = v.host_id"
 )
 
 
-def _utc(at: datetime | None) -> datetime | None:
-    """As UTCDateTime binds it: aware, in UTC (a naive time is a bug, refused)."""
-    if at is None:
-        return None
-    if at.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    return at.astimezone(UTC)
+ColumnsOf = Callable[[Sequence[Any]], tuple[Column, ...]]  # entries -> the statement's arrays
 
 
-def _heartbeat_columns(entry: tuple[str, Heartbeat, datetime]) -> list[Any]:
-    host_id, beat, at = entry
-    return [
-        host_id, beat.agent_version, beat.policy_version, beat.mode, _utc(beat.last_scan_at),
-        json.dumps(dict(beat.counters)), beat.circuit_state, beat.mode_reason, _utc(at),
-    ]  # fmt: skip
+def _touch_columns(entries: Sequence[tuple[str, datetime]]) -> tuple[Column, ...]:
+    return texts((host_id for host_id, _ in entries), distinct=True), times(at for _, at in entries)
+
+
+def _heartbeat_columns(entries: Sequence[tuple[str, Heartbeat, datetime]]) -> tuple[Column, ...]:
+    """The heartbeats as _PG_HEARTBEAT's columns (policy_version as text: a NULL-able bigint)."""
+    beats = [beat for _, beat, _ in entries]
+    return (
+        texts((host_id for host_id, _, _ in entries), distinct=True),
+        texts(beat.agent_version for beat in beats),
+        texts(None if beat.policy_version is None else str(beat.policy_version) for beat in beats),
+        texts(beat.mode for beat in beats),
+        times(beat.last_scan_at for beat in beats),
+        texts(json.dumps(dict(beat.counters)) for beat in beats),
+        texts(beat.circuit_state for beat in beats),
+        texts(beat.mode_reason for beat in beats),
+        times(at for _, _, at in entries),
+    )
 
 
 class EnrollRefused(Exception):
@@ -497,7 +504,7 @@ class HostRepo:
         )
         if self._engine.dialect.name == "postgresql":  # one statement of arrays per batch
             ordered = sorted(seen.items())  # rows locked in one order by every process
-            self._execute_arrays("recording hosts as seen", _PG_TOUCH, ordered, lambda e: [e[0], _utc(e[1])])
+            self._execute_arrays("recording hosts as seen", _PG_TOUCH, ordered, _touch_columns)
             return
         rows = [{"b_host": host_id, "b_seen": at} for host_id, at in seen.items()]
         self._execute_batches("recording hosts as seen", stmt, rows)
@@ -542,17 +549,15 @@ class HostRepo:
     def heartbeat(self, host_id: str, beat: Heartbeat, now: datetime) -> None:
         self.heartbeat_many([(host_id, beat, now)])
 
-    def _execute_arrays(
-        self, what: str, sql: str, entries: Sequence[Any], columns: Callable[[Any], list[Any]]
-    ) -> None:
+    def _execute_arrays(self, what: str, sql: str, entries: Sequence[Any], columns: ColumnsOf) -> None:
         """PostgreSQL: each batch as ONE statement over arrays (one per column, unnest): a flush of
         thousands of hosts is a few statements, not thousands of executions, each of whose
-        parameters the driver and SQLAlchemy would prepare one by one in Python."""
+        parameters the driver and SQLAlchemy would prepare one by one in Python; each array
+        built in one pass (store/pgarrays.py), not dumped value by value."""
         for start in range(0, len(entries), _BATCH):
-            rows = [columns(entry) for entry in entries[start : start + _BATCH]]
-            arrays = [list(column) for column in zip(*rows, strict=True)]
+            arrays = columns(entries[start : start + _BATCH])
             with db_errors(what), self._engine.begin() as conn:
-                conn.exec_driver_sql(sql, tuple(arrays))
+                conn.exec_driver_sql(sql, arrays)
 
     def _execute_batches(self, what: str, stmt: Any, rows: list[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _BATCH):

@@ -257,6 +257,29 @@ def test_a_flush_in_several_statements_stores_every_field_alike_on_both_database
         store.hosts.touch_many({ids[0]: datetime(2030, 5, 1)})  # a naive time: refused
 
 
+def test_a_flush_stores_absent_heartbeat_fields_as_null_beside_present_ones(store: Store) -> None:
+    """One batch, fields present for one host and absent for the other (NULL where absent, on
+    PostgreSQL a NULL element of the column's array, the version sent as text)."""
+    ids = [
+        store.hosts.enroll(machine_id=f"n{i}", hostname=f"ws-n{i}", node_key_hash=f"{i + 90:064x}", now=T0)
+        for i in range(2)
+    ]
+    full = Heartbeat.model_validate(
+        {"agent_version": "9.9", "policy_version": 12, "mode": "monitor", "last_scan_at": T0,
+         "mode_reason": "break-glass"}
+    )  # fmt: skip
+    bare = Heartbeat.model_validate({"agent_version": "9.8", "mode": "enforce"})
+    at = T0 + timedelta(minutes=1)
+    store.hosts.heartbeat_many([(ids[0], full, at), (ids[1], bare, at)])
+    got = [store.hosts.get(host_id) for host_id in ids]
+    assert [(h.policy_version, h.last_scan_at, h.mode_reason) for h in got if h] == [
+        (12, T0, "break-glass"), (None, None, None),
+    ]  # fmt: skip
+    assert [(h.agent_version, h.mode, h.heartbeat_at) for h in got if h] == [
+        ("9.9", "monitor", at), ("9.8", "enforce", at),
+    ]  # fmt: skip
+
+
 def test_fleet_figures_include_heartbeats_held_for_a_batched_write(store: Store) -> None:
     """The overview and the report count what this process was told, as a host listing does."""
     host_id = store.hosts.enroll(machine_id="m1", hostname="ws-1", node_key_hash="1" * 64, now=T0)
