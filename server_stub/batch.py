@@ -204,17 +204,20 @@ def _as_stored(event: Violation | AgentEvent, text: str) -> str:
     """`text` when it has exactly the keys `to_json` writes (an agent's text has), else to_json's text:
     what readers get has every contract key, whoever uploaded it."""
     given = event.model_fields_set
+    # A key given as None was written `null`: a text without one has none (the common case).
+    nulls = "null" in text
     if isinstance(event, Violation):
         if not given >= VIOLATION_KEYS or (
-            not given.isdisjoint(_OMITTED_WHEN_NONE)
+            nulls
+            and not given.isdisjoint(_OMITTED_WHEN_NONE)
             and any(getattr(event, k) is None for k in given & _OMITTED_WHEN_NONE)
         ):
             return event.to_json_text()
         conn = event.connection
-        if conn is not None and conn.domain is None and "domain" in conn.model_fields_set:
+        if nulls and conn is not None and conn.domain is None and "domain" in conn.model_fields_set:
             return event.to_json_text()
         return text
-    if "detail" not in given or ("count" in given and event.count is None):
+    if "detail" not in given or (nulls and "count" in given and event.count is None):
         return event.to_json_text()
     return text
 

@@ -283,3 +283,24 @@ def test_times_at_the_edges_of_the_range_are_taken_as_the_model_takes_them() -> 
     ]
     body = json.dumps({"events": events}).encode()
     assert [r.event for r in parse_batch(body)] == whole(body)
+
+
+def test_a_null_that_to_json_leaves_out_is_not_stored_even_when_every_key_is_there() -> None:
+    """An agent-complete text (every contract key) with a key written `null` that to_json omits is
+    stored as to_json writes it; the word null inside a value changes nothing."""
+    with_null = [
+        agent_text()[:-1] + ',"last_seen":null}',
+        agent_text(connection={"laddr": "127.0.0.1:1", "proto": "tcp"})[:-1].replace(
+            '"proto":"tcp"', '"proto":"tcp","domain":null'
+        )
+        + "}",
+        json.dumps({**agent_event(), "count": None}),
+    ]
+    kept = agent_text(reason="null", process_name="null")
+    body = batch_body([*with_null, kept])
+    got = parse_batch(body)
+    reference = whole(body)
+    assert [r.event for r in got] == reference
+    assert [r.text for r in got[:3]] == [ev.to_json_text() for ev in reference[:3]]
+    assert all(r.text != sent for r, sent in zip(got, with_null, strict=False))
+    assert got[3].text == kept
