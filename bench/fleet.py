@@ -187,7 +187,7 @@ def context_lines(bench: Bench, label: str) -> str:
     if label not in bench.context:
         return ""
     earlier, now, stalls = bench.context[label]
-    lines = [now.machine_line(earlier), stalls.line(STALL_MS)]
+    lines = [now.machine_line(earlier), now.threads_line(earlier), stalls.line(STALL_MS)]
     lines += [f"      {text}" for _ms, text in stalls.worst]
     return "\n".join(lines)
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from server_stub.periodic import name_os_thread
+
 Item = TypeVar("Item")
 Out = TypeVar("Out")
 
@@ -119,6 +121,7 @@ class GroupCommit(Generic[Item, Out]):
             thread.start()
 
     def _run(self) -> None:
+        name_os_thread()  # per-thread CPU names it (server_stub/periodic.py)
         while True:
             with self._wakeup:
                 while not self._queue and not self._stopping:

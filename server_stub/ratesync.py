@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from endpoint_agent.errors import StoreError
+from server_stub.periodic import name_os_thread
 from server_stub.ratelimit import RateLimiter
 from server_stub.store.ratelimits import RateUsageRepo
 
@@ -66,6 +67,7 @@ class RateSync:
             self._thread = None
 
     def _run(self) -> None:
+        name_os_thread()  # per-thread CPU names it (server_stub/periodic.py)
         while not self._stop.wait(self._interval):
             try:
                 self.exchange()

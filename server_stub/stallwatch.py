@@ -33,6 +33,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from server_stub.periodic import name_os_thread
+
 log = logging.getLogger(__name__)
 
 ENV = "ENDPOINT_SERVER_STALL_MS"
@@ -243,6 +245,7 @@ class StallWatch:
         return wall, cpu, full, last
 
     def _watch(self) -> None:
+        name_os_thread()
         stacks: Counter[str] = Counter()
         states: Counter[str] = Counter()
         before: dict[int, tuple[int, int]] = {}

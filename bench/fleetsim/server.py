@@ -14,6 +14,7 @@ get an ETag. The server is stopped (SIGTERM, then SIGKILL, by PID) however the b
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class CpuSample:
     rto: int = 0  # retransmission timeouts (a segment, SYN included, sent again after waiting)
     steal: float = 0.0  # CPU seconds the hypervisor took from this virtual machine, cumulative
     server_majflt: int = 0  # the server's major page faults (pages read back from disk), cumulative
+    # The server's CPU seconds by thread name, cumulative (threads_line)
+    server_threads: tuple[tuple[str, float], ...] = ()
 
     def others_since(self, earlier: CpuSample) -> float:
         """Cores used by every process but the server, its database and the simulator."""
@@ -179,6 +182,18 @@ class CpuSample:
             "retransmission timeouts"
         )
 
+    def threads_line(self, earlier: CpuSample) -> str:
+        """The server's cores by thread (named by the server: server_stub/periodic.py
+        name_os_thread; "loop" is each process's main thread, "other" the unnamed ones)."""
+        span = max(self.wall - earlier.wall, 1e-9)
+        before = dict(earlier.server_threads)
+        used = sorted(
+            ((name, (cpu - before.get(name, 0.0)) / span) for name, cpu in self.server_threads),
+            key=lambda entry: -entry[1],
+        )
+        shown = ", ".join(f"{name} {cores:.3f}" for name, cores in used if cores >= 0.0005)
+        return f"    server threads (cores): {shown or '-'}"
+
     def cores_since(self, earlier: CpuSample) -> tuple[float, float, float]:
         """Cores used (CPU seconds per wall second) by the server, the database and the simulator."""
         span = max(self.wall - earlier.wall, 1e-9)
@@ -199,13 +214,17 @@ class CpuMeter:
         self._sim_pids: list[int] = []
         # pid -> last CPU seconds seen: a process that exits keeps what it used.
         self._seen: dict[str, dict[int, float]] = {"server": {}, "db": {}, "sim": {}}
+        self._threads: dict[int, tuple[str, float]] = {}  # server thread id -> (name, CPU s), kept when gone
 
     def add_sim(self, pids: list[int]) -> None:
         self._sim_pids = pids
 
     def sample(self) -> CpuSample:
         wall = time.monotonic()
-        self._account("server", self._server_processes())
+        servers = self._server_processes()
+        self._account("server", servers)
+        for proc in servers:
+            self._threads.update(_threads(proc.pid))
         self._account("db", self._db_processes())
         self._account("sim", [p for pid in self._sim_pids if (p := _process(pid)) is not None])
         t = psutil.cpu_times()
@@ -216,8 +235,14 @@ class CpuMeter:
             wall, server, db, sim, machine=busy,
             overflows=tcp.get("ListenOverflows", 0), syn_retrans=tcp.get("TCPSynRetrans", 0),
             rto=tcp.get("TCPTimeouts", 0), steal=getattr(t, "steal", 0.0),
-            server_majflt=stallwatch.majflt(self._server_pid),
+            server_majflt=stallwatch.majflt(self._server_pid), server_threads=self._by_name(),
         )  # fmt: skip
+
+    def _by_name(self) -> tuple[tuple[str, float], ...]:
+        by_name: dict[str, float] = {}
+        for name, cpu in self._threads.values():
+            by_name[name] = by_name.get(name, 0.0) + cpu
+        return tuple(sorted(by_name.items()))
 
     def _account(self, what: str, processes: list[psutil.Process]) -> None:
         for proc in processes:
@@ -258,6 +283,34 @@ def _tcp_counters() -> dict[str, int]:
         if names.startswith("TcpExt:"):
             counters.update(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
     return counters
+
+
+def _threads(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (name, CPU seconds) of process `pid`: its main thread is "loop", a thread
+    the server did not name (the kernel shows the program's) "other"."""
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+        program = Path(f"/proc/{pid}/comm").read_text().strip()  # what an unnamed thread shows
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_bytes()
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+        if int(tid) == pid:
+            name = "loop"
+        elif name in (program, "libuv-worker"):
+            name = "other"
+        out[int(tid)] = (name, cpu)
+    return out
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _process(pid: int) -> psutil.Process | None:

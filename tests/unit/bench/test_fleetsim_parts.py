@@ -375,6 +375,47 @@ def test_the_machine_line_tells_the_hypervisors_steal_and_the_servers_page_ins_a
     assert "the hypervisor took 0.30 cores (steal)" in line and "2 major page faults" in line
 
 
+def test_the_servers_cpu_is_told_by_thread_the_ones_it_named_by_their_names() -> None:
+    """A background thread of the server names itself to the kernel (Periodic does, first
+    thing): the bench's server-threads line shows its CPU under that name, the main thread's
+    as "loop", threads left unnamed as "other"."""
+    import os
+    import threading
+
+    from bench.fleetsim.server import CpuSample, _threads
+    from server_stub.periodic import Periodic
+
+    spun, release = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        if not spun.is_set():
+            end = time.thread_time() + 0.05  # CPU to count
+            while time.thread_time() < end:
+                pass
+            spun.set()
+
+    ticker = Periodic("rate-sync-test-with-a-long-name", 0.01, spin)
+    unnamed = threading.Thread(target=release.wait, args=(10.0,), name="not given to the kernel")
+    ticker.start()
+    unnamed.start()
+    try:
+        assert spun.wait(10.0)
+        seen = _threads(os.getpid())
+    finally:
+        release.set()
+        ticker.stop()
+        unnamed.join()
+    names = {name for name, _cpu in seen.values()}
+    assert {"loop", "rate-sync-test-", "other"} <= names  # the kernel keeps 15 bytes of a name
+    assert next(cpu for name, cpu in seen.values() if name == "rate-sync-test-") >= 0.03
+
+    before = CpuSample(wall=100.0, server=1.0, db=0.0, sim=0.0, server_threads=(("loop", 1.0), ("x", 0.5)))
+    after = CpuSample(
+        wall=110.0, server=6.0, db=0.0, sim=0.0, server_threads=(("loop", 5.0), ("other", 0.2), ("x", 1.5))
+    )
+    assert after.threads_line(before) == "    server threads (cores): loop 0.400, x 0.100, other 0.020"
+
+
 def test_a_fleet_planned_before_its_start_first_calls_after_its_offset() -> None:
     from bench.fleetsim.agent import make_hosts
 
