@@ -130,7 +130,8 @@ def _rendered(
 
 
 MEMO_BYTES = 4096  # a request remembered whole is at most this long (a node's poll: ~300 bytes)
-MEMO_ENTRIES = 65_536  # requests remembered per server; when full the memo starts over
+MEMO_BUDGET = 32 * 1024 * 1024  # bytes of memory the remembered polls may hold; past it, it starts over
+ENTRY_COST = 330  # an entry besides its request's bytes (measured: key object, tuple, strings, slot)
 # What a remembered poll was answered from: (host id, its rate-limit key, the 304's headers, keep-alive).
 _Remembered = tuple[str, str, tuple[tuple[bytes, bytes], ...], bool]
 
@@ -149,11 +150,18 @@ class PollMemo:
     Anything else -- bytes not seen, a request split across reads or pipelined behind another, a
     connection with a request in progress -- goes through httptools as before. Per server: the
     entries hold strings and bytes only (nothing for the collector to walk once they age).
+
+    Bounded by what it holds (MEMO_BUDGET: each request's bytes + ENTRY_COST), however many
+    distinct requests a node sends: full, it starts over. A fleet whose polls need more than the
+    budget (over ~50,000 hosts polling one server, at ~300 bytes a poll) gets fewer hits: a host's
+    poll is parsed again once after each start-over before it is remembered again -- never dearer
+    than without the memo (learning an entry is one dict insertion).
     """
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
         self.entries: dict[bytes, _Remembered] = {}
+        self.held = 0  # bytes the entries hold (counted as in MEMO_BUDGET)
         self.rollouts: Any = None  # the served versions the entries were answered from
         self.epoch = -1  # the key cache's epoch they were learnt under
         self.headers: dict[Any, Any] = {}  # one tuple per distinct 304 header list
@@ -169,12 +177,20 @@ class PollMemo:
         rollouts, epoch = tags
         if rollouts is None:
             return
-        if rollouts is not self.rollouts or epoch != self.epoch or len(self.entries) >= MEMO_ENTRIES:
-            self.entries.clear()
+        cost = len(data) + ENTRY_COST
+        if rollouts is not self.rollouts or epoch != self.epoch or self.held + cost > MEMO_BUDGET:
+            self.forget()
             self.rollouts, self.epoch = rollouts, epoch
+        if data in self.entries:
+            return
         host_id, limit_key, headers, keep_alive = remembered
         headers = self.headers.setdefault(headers, headers)
         self.entries[data] = (host_id, limit_key, headers, keep_alive)
+        self.held += cost
+
+    def forget(self) -> None:
+        self.entries.clear()
+        self.held = 0
 
     def current(self) -> bool:
         """Whether the entries may still be answered from (else they are forgotten)."""
@@ -182,7 +198,7 @@ class PollMemo:
         keys = ctx.auth.keys
         if ctx.policies.peek() is self.rollouts and keys.epoch == self.epoch and keys.fresh():
             return True
-        self.entries.clear()
+        self.forget()
         return False
 
     def render(self, default_headers: Any, headers: Any, keep_alive: bool) -> bytes:

@@ -10,7 +10,7 @@ PollMemo), against the real app under uvicorn on 127.0.0.1, over raw sockets.
   with duplicate headers is the request the parser made of it;
 - what a remembered poll rests on is taken again: a key changed (re-enrolled: 401), a new policy
   (200 with it), a flood (503), the rate limit (429), memory not trusted (the route answers);
-- the memo is bounded.
+- the memo is bounded by the memory it holds.
 """
 
 from __future__ import annotations
@@ -224,13 +224,22 @@ def test_a_remembered_poll_takes_the_rate_limit(tmp_path: Path, begun: _Begun) -
         assert statuses[:4] == [304] * 4 and statuses[-1] == 429  # (the enrolling poll took one)
 
 
-def test_the_memo_is_bounded(
+def test_the_memo_holds_no_more_than_its_budget(
     server: InProcessServer, node: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(nodeprotocol, "MEMO_ENTRIES", 3)
-    for n in range(10):
-        assert _status(_exchange(server, _poll(node, f"X-N: {n}\r\n"), 1)[0][0]) == 304
-        assert 1 <= len(_memo(server).entries) <= 3
+    """One node varying a header floods it with distinct remembered polls: it starts over, within
+    the budget, and what it holds is counted as the requests' bytes and what an entry costs."""
+    budget = 40_000
+    monkeypatch.setattr(nodeprotocol, "MEMO_BUDGET", budget)
+    memo = _memo(server)
+    sizes = []
+    for n in range(40):
+        raw = _poll(node, f"X-Padding: {n:04d}{'p' * 3000}\r\n")
+        assert _status(_exchange(server, raw, 1)[0][0]) == 304
+        assert raw in memo.entries and memo.held <= budget
+        assert memo.held == sum(len(k) + nodeprotocol.ENTRY_COST for k in memo.entries)
+        sizes.append(len(memo.entries))
+    assert max(sizes) == budget // (len(raw) + nodeprotocol.ENTRY_COST) and min(sizes) == 1
 
 
 def test_a_heartbeat_is_never_remembered(server: InProcessServer, node: dict[str, str]) -> None:
