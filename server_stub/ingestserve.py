@@ -10,6 +10,11 @@ application's own handlers -- without the framework's routing, dependency resolu
 validation, which cost a small batch more CPU than storing it. Anything else (no node credential,
 a body announced in parts, a batch that does not validate or is too large) goes on to the route
 (server_stub/routes/agent.py), which answers it exactly as before.
+
+On PostgreSQL a node's upload does not even reach that layer: the first layer hands it to
+`UploadDoor` (server_stub/frontdoor.py FrontDoor.uploads, set in server_stub/app.py), which does
+the same before the framework's error, count, authentication and body layers (the node key from
+memory, its rate limit and the body limits decided as the first layer decides a heartbeat's).
 """
 
 from __future__ import annotations
