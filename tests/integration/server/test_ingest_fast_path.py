@@ -202,3 +202,36 @@ def test_an_upload_whose_body_does_not_come_in_time_is_answered_408_and_nothing_
     assert late.startswith(b"HTTP/1.1 408") and b"request body not received within 1 s" in late
     assert framework.calls == 0  # the first layer's own answer, worded as the body layer words it
     assert pg_server.store.events.page("violation", EventFilter(), after_id=0, limit=10)[0] == []
+
+
+@pytest.mark.postgres
+def test_an_upload_past_its_hosts_rate_limit_is_refused_in_the_first_layer_as_the_framework_refuses(
+    tmp_path: Path,
+) -> None:
+    with (
+        database_url("postgres", tmp_path) as db_url,
+        in_process_server(tmp_path, db_url=db_url, rate_burst=2, rate_limit=0.01) as server,
+    ):
+        front = server.app.front_door
+        assert front is not None
+        framework = front.app = _Framework(front.app)
+        refusals = []
+        for n, fast in enumerate((True, False)):
+            key = server.enroll(f"ws-{n}")["node_key"]
+            with server.client(key) as c:
+                c.get("/policy")  # the key looked up once (the framework's way), then held in memory
+                IngestFastPath.fast = fast
+                before = framework.calls
+                try:
+                    answers = [c.post("/events", content=batch_body([_violation()])) for _ in range(2)]
+                finally:
+                    IngestFastPath.fast = True
+            assert [a.status_code for a in answers] == [200, 429]
+            assert framework.calls - before == (0 if fast else 2)
+            refusals.append(answers[1])
+    fast_429, framework_429 = refusals
+    assert fast_429.content == framework_429.content
+    assert [k for k, _ in fast_429.headers.multi_items()] == [
+        k for k, _ in framework_429.headers.multi_items()
+    ]
+    assert int(fast_429.headers["retry-after"]) > 0
