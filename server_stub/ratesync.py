@@ -4,6 +4,8 @@ Each process limits from its own buckets (server_stub/ratelimit.py). About twice
 exchange adds what busy keys consumed here to the shared table (`rate_usage`, one row per scope,
 key and one-second slot, summed by upsert) and reads back the recent slots: for every key this
 process keeps, what the others consumed since the last look is debited from the local bucket.
+The rows are read only when the recent slots' sum says someone else consumed anything since
+(one number: a lone process with thousands of busy keys read them all twice a second).
 
 Bound (API.md, "Rate limits"): over any period, all processes together admit at most the
 documented rate times the period plus one burst, plus what the others take during one exchange
@@ -50,6 +52,10 @@ class RateSync:
         # Per (scope, key, slot): what this process added, and what of the others' it has debited.
         self._own: dict[tuple[str, str, int], int] = {}
         self._seen: dict[tuple[str, str, int], int] = {}
+        # The same, summed by slot: when the table's sum over the window is no more than these,
+        # nobody else consumed anything since the last look, and its rows are not read.
+        self._accounted: dict[int, int] = {}
+        self.rows_read = 0  # exchanges that read the window's rows
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rounds = 0
@@ -90,9 +96,18 @@ class RateSync:
         for (scope, key), n in counts.items():
             own_key = (scope, key, slot)
             self._own[own_key] = self._own.get(own_key, 0) + n
+            self._accounted[slot] = self._accounted.get(slot, 0) + n
         debited = 0
         oldest = slot - self._window_slots
-        for row in self._repo.since(oldest):
+        # A row's count only grows: this process's part plus the others', of which `seen` is
+        # debited already. The sum equal to what is accounted here: no row has more (busy keys
+        # of one process -- thousands of rows a round -- read as one number).
+        if self._repo.total_since(oldest) == sum(n for s, n in self._accounted.items() if s >= oldest):
+            rows = []
+        else:
+            rows = self._repo.since(oldest)
+            self.rows_read += 1
+        for row in rows:
             kept = self._limiters.get(row.scope)
             if kept is None:
                 continue
@@ -103,6 +118,7 @@ class RateSync:
             # the others' recent consumption is debited then.
             if delta > 0 and kept.debit(row.key, delta):
                 self._seen[ident] = others
+                self._accounted[row.slot] = self._accounted.get(row.slot, 0) + delta
                 debited += delta
         self._forget_before(oldest)
         self._rounds += 1
@@ -114,3 +130,5 @@ class RateSync:
         for book in (self._own, self._seen):
             for ident in [i for i in book if i[2] < slot]:
                 del book[ident]
+        for old in [s for s in self._accounted if s < slot]:
+            del self._accounted[old]

@@ -64,6 +64,13 @@ class RateUsageRepo:
         with db_errors("reading shared rate-limit counts"), read_connection(self._engine) as conn:
             return [UsageRow(str(s), str(k), int(n), int(c)) for s, k, n, c in conn.execute(query)]
 
+    def total_since(self, slot: int) -> int:
+        """What all processes consumed in `slot` and later, summed (one row read)."""
+        total = sa.func.coalesce(sa.func.sum(rate_usage.c.count), 0)
+        query = sa.select(total).where(rate_usage.c.slot >= slot)
+        with db_errors("reading shared rate-limit counts"), read_connection(self._engine) as conn:
+            return int(conn.execute(query).scalar_one())
+
     def prune(self, before_slot: int) -> int:
         with db_errors("pruning shared rate-limit counts"), self._engine.begin() as conn:
             return conn.execute(sa.delete(rate_usage).where(rate_usage.c.slot < before_slot)).rowcount or 0

@@ -87,6 +87,31 @@ def test_a_process_that_meets_a_key_late_is_debited_what_the_others_took(store: 
     assert late.limiter.blocked("node:h1")
 
 
+def test_rows_are_read_only_when_another_process_consumed_since_the_last_look(store: Store) -> None:
+    """A process alone with its busy keys (the table's sum: its own) reads one number a round,
+    not thousands of rows; another's consumption is read, and debited, at the next round."""
+    clock = SimClock()
+    alone, other = Process(store, clock, 10.0, 100), Process(store, clock, 10.0, 100)
+    for _ in range(3):
+        clock.now += 0.5
+        for i in range(50):
+            for _ in range(10):
+                alone.request(f"node:h{i}")
+        alone.sync.exchange()
+    assert alone.sync.rows_read == 0
+    for _ in range(10):
+        other.request("node:h7")
+    other.sync.exchange()
+    assert alone.sync.exchange() == 10 and alone.sync.rows_read == 1  # the other's 10, debited
+    for i in range(50):
+        alone.request(f"node:h{i}")  # below the share threshold: nothing published
+    assert alone.sync.exchange() == 0 and alone.sync.rows_read == 1  # nothing new: not read again
+    clock.now += 20.0  # the window passed: what is accounted is forgotten with it
+    for _ in range(10):
+        alone.request("node:h1")
+    assert alone.sync.exchange() == 0 and alone.sync.rows_read == 1
+
+
 def test_quiet_keys_never_reach_the_table(store: Store) -> None:
     clock = SimClock()
     process = Process(store, clock, 20.0, 100)  # shares keys that take >= 5 tokens in a window
