@@ -156,6 +156,10 @@ class PollMemo:
     budget (over ~50,000 hosts polling one server, at ~300 bytes a poll) gets fewer hits: a host's
     poll is parsed again once after each start-over before it is remembered again -- never dearer
     than without the memo (learning an entry is one dict insertion).
+
+    The entries are requests' bytes: node keys included, in this process's memory while the entry
+    lives (as a request's own buffers hold them while it is read); the database and the key cache
+    still hold digests only.
     """
 
     def __init__(self, door: FrontDoor) -> None:
