@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
@@ -98,6 +99,7 @@ class FrontDoor:
         self.poll_path = api_prefix + "/policy"
         self.beat_path = api_prefix + "/heartbeat"
         self.fast = True  # False: every request goes the full way (tests compare the two)
+        self.node_protocol: Any = None  # what server_stub/nodeprotocol.py's connections share
         # A node's POST /events, when taken before the framework (server_stub/ingestserve.py
         # UploadDoor, set by server_stub/app.py on PostgreSQL): holding a slot, as the framework's.
         self.upload_path = api_prefix + "/events"

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections import deque
 from typing import Any
 
@@ -219,24 +218,33 @@ class PollMemo:
         return data
 
 
-_MEMOS: weakref.WeakKeyDictionary[FrontDoor, PollMemo] = weakref.WeakKeyDictionary()
+class _PerServer:
+    """What the connections of one server's door share, kept on the door (`door.node_protocol`):
+    it lives and goes with the app -- a module-level map would keep every app ever served."""
+
+    def __init__(self, door: Any) -> None:
+        self.memo = PollMemo(door) if isinstance(door, FrontDoor) else None
+        # The first connection's attributes, for the next ones: (server state, config, app
+        # state, loop, attributes) -- see _template.
+        self.template: tuple[Any, Any, Any, Any, dict[str, Any]] | None = None
 
 
-def _memo_of(door: FrontDoor) -> PollMemo:
-    memo = _MEMOS.get(door)
-    if memo is None:
-        memo = _MEMOS[door] = PollMemo(door)
-    return memo
+def _per_server(door: Any) -> _PerServer:
+    shared: _PerServer | None = getattr(door, "node_protocol", None)
+    if shared is None:
+        shared = door.node_protocol = _PerServer(door)
+    return shared
 
 
-# A new connection's protocol starts as a copy of the first one's attributes (server_state ->
-# (config, app state, loop, door, attributes)): uvicorn's __init__ looks up two loggers (the
-# logging module's lock, twice) and reads its settings anew for every connection. Copied: what
-# every connection of a server shares, and immutable values; each gets its own pipeline, parser
-# (made when first needed: a remembered poll needs none), enrollments and body.
-_TEMPLATES: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any, Any, dict[str, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+def _memo_of(door: FrontDoor) -> PollMemo | None:
+    return _per_server(door).memo
+
+
+# A new connection's protocol starts as a copy of the first one's attributes: uvicorn's __init__
+# looks up two loggers (the logging module's lock, twice) and reads its settings anew for every
+# connection. Copied: what every connection of a server shares, and immutable values; each gets
+# its own pipeline, parser (made when first needed: a remembered poll needs none), enrollments
+# and body, and reads the settings again.
 _OWN = frozenset(  # made or read for each connection
     {
         "pipeline", "enrolling", "body", "access_log", "app", "ws_protocol_class", "root_path",
@@ -276,13 +284,14 @@ class NodeProtocol(HttpToolsProtocol):
         door: FrontDoor,
     ) -> None:
         loop = _loop or asyncio.get_event_loop()
-        template = _TEMPLATES.get(server_state)
+        shared = _per_server(door)
+        template = shared.template
         if (
             template is not None
-            and template[0] is config
-            and template[1] is app_state
-            and template[2] is loop
-            and template[3] is door
+            and template[0] is server_state
+            and template[1] is config
+            and template[2] is app_state
+            and template[3] is loop
         ):
             self.__dict__.update(template[4])
             # What uvicorn reads anew for each connection (a test may change a setting between two).
@@ -318,14 +327,14 @@ class NodeProtocol(HttpToolsProtocol):
         self.head_read = 0  # bytes read while it was
         self.reading = False  # in data_received: uvicorn's cancel of the keep-alive timer is put off
         self.active_at = 0.0  # (loop time) of the last answer written here
-        self.memo: PollMemo | None = _memo_of(door) if isinstance(door, FrontDoor) else None
+        self.memo: PollMemo | None = shared.memo
         self.in_message = False  # a request begun and not complete: the parser is not between requests
         self.learning: bytes | None = None  # the read being parsed, if it may be remembered
         self.begun = 0  # requests begun in it
         self.learnt: tuple[tuple[Any, int], _Remembered] | None = None  # (tags, what) to remember it by
         copied = _template(vars(self))
         if copied is not None:
-            _TEMPLATES[server_state] = (config, app_state, loop, door, copied)
+            shared.template = (server_state, config, app_state, loop, copied)
 
     # -- the connection's addresses, read when first needed ---------------------------------------
     # uvicorn reads both as the connection is made (a socket object and a system call each); a

@@ -26,6 +26,7 @@ import json
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -273,6 +274,30 @@ def test_a_connection_after_the_first_gets_what_uvicorn_would_give_it() -> None:
             assert vars(second)[name] is not value, name
     assert (first.timeout_keep_alive, third.timeout_keep_alive) == (before, theirs.timeout_keep_alive)
     assert third.timeout_keep_alive == before + 4
+
+
+class _Door:
+    poll_path, beat_path, fast = "/p", "/b", True
+
+
+def test_what_connections_share_goes_with_the_server() -> None:
+    """Kept on the door (the app's): once a server and its app are gone, nothing of theirs is
+    kept for the connections' sake (a module-level map kept every app served, tests' included)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(app=_no_app, log_level="warning")
+    door, state, app_state = _Door(), ServerState(), {"k": 1}
+    loop = asyncio.new_event_loop()
+    try:
+        protocols = [NodeProtocol(config, state, app_state, loop, door=door) for _ in range(3)]
+        assert protocols[2].parser is None  # (made from what the first shares)
+    finally:
+        loop.close()
+    gone = [weakref.ref(o) for o in (door, state, config)]
+    del protocols, door, state, config, app_state
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:

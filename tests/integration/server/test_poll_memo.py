@@ -92,7 +92,9 @@ def node(server: InProcessServer) -> dict[str, str]:
 
 
 def _memo(server: InProcessServer) -> PollMemo:
-    return nodeprotocol._memo_of(_door(server))
+    memo = nodeprotocol._memo_of(_door(server))
+    assert memo is not None
+    return memo
 
 
 def _answered_304(server: InProcessServer) -> float:
