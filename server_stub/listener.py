@@ -224,7 +224,7 @@ class Acceptor:
         except StopIteration:
             self.tasks.discard(starting)
             return
-        except Exception as exc:  # (it closed the connection)
+        except (Exception, asyncio.CancelledError) as exc:  # (it closed the connection)
             self.tasks.discard(starting)
             log.debug("an accepted connection failed to start: %s", exc)
             return

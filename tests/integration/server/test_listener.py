@@ -258,6 +258,30 @@ def test_the_accept_queue_is_counted_and_drained_exactly() -> None:
                     client.close()
 
 
+def test_a_connection_that_fails_to_start_is_dropped_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> asyncio.Protocol:
+        raise RuntimeError("no protocol")
+
+    async def drained(listener: socket.socket) -> int:
+        acceptor = Acceptor([(listener.fileno(), int(listener.family))], broken, None, 8)
+        acceptor.drain()  # (each start fails inside uvloop's connect_accepted_socket)
+        await asyncio.sleep(0)
+        return len(acceptor.tasks)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        try:
+            with caplog.at_level("DEBUG", logger="server_stub.listener"):
+                assert _run(drained(listener)) == 0
+            assert queued(listener, 100) == 0  # taken
+        finally:
+            for client in clients:
+                client.close()
+    assert caplog.text.count("failed to start: no protocol") == 2
+
+
 def _run(coro: Any) -> Any:
     import uvloop  # (serve's loop)
 
