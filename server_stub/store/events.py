@@ -433,10 +433,10 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     period only after every event before it (and newest first, an old period after every event
     since), unless it starts from the period's id window: its first id (and last, with an end),
     found from the day index (id_window_query; exact, late uploads and clocks running ahead
-    included). That serves a period alone or with category, action, severity, triage or type:
-    their (column, kind, id) indexes, or ix_events_kind_id, walked inside the window. A period
-    with a host or rule is read by time from their (..., detected_at) indexes, unless a walk from
-    the cursor is cheaper; so is a period of more than MAX_DAYS days. Which is cheaper is
+    included). That serves a period alone or with a host, rule, category, action, severity,
+    triage or type: their (column, kind, id) indexes, or ix_events_kind_id, walked inside the
+    window. A period of more than MAX_DAYS days is read by time from ix_events_console, unless a
+    walk from the cursor is cheaper (with a host or rule: always walked). Which is cheaper is
     estimated from the time span the events cover (two index seeks), assuming an even rate; the
     answer never changes which events match, only the plan that finds them. Without the hint a
     planner picks the id walk ("stops after `limit` rows"), seconds at a million rows for the last
@@ -458,11 +458,10 @@ def plan(conn: Connection, kind: str, flt: EventFilter, *, newest_first: bool = 
     last_at = min(flt.until - timedelta(microseconds=1), hi) if flt.until is not None else hi
     last = last_at.astimezone(UTC).date()
     n = (last - first).days + 1
+    # A host's or a rule's events are found in their own (column, kind, id) index, in order: walked.
     timed = flt.host_ids is not None or flt.host is not None or flt.rule_id is not None
     if n > MAX_DAYS or (timed and walk):
-        return Plan(walk_ids=walk)
-    if timed:
-        return Plan(walk_ids=False)  # their own (..., detected_at) indexes
+        return Plan(walk_ids=walk or timed)
     if n <= 0:
         return Plan(walk_ids=False, empty=True)
     days = [first + timedelta(days=i) for i in range(n)]

@@ -107,17 +107,7 @@ events = sa.Table(
         "triage_state",
         postgresql_include=["id"],
     ),
-    # migration 12: on PostgreSQL these three also carry the id (a period's page reads only them)
-    sa.Index("ix_events_host_detected", "host_id", "kind", "detected_at", postgresql_include=["id"]),
-    sa.Index(
-        "ix_events_rule_detected",
-        "rule_id",
-        "kind",
-        "detected_at",
-        "host_id",
-        "triage_state",
-        postgresql_include=["id"],
-    ),
+    # migration 17: no (host_id, ...) or (rule_id, ...) time index (their periods are walked by id)
     sa.Index("ix_events_kind_severity_id", "kind", "severity", "id"),
     sa.Index("ix_events_rule_id", "rule_id", "kind", "id"),
     # migration 9: each filter of the lists seeks its rows in receive order
