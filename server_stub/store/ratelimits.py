@@ -10,9 +10,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from server_stub.store.engine import db_errors, dialect_insert, read_connection
+from server_stub.store.pgarrays import ints, texts
 from server_stub.store.tables import rate_usage
 
 MAX_KEY = 300
+_PG_ADD = (
+    "INSERT INTO rate_usage (scope, key, slot, count) SELECT v.scope, v.key, %b::bigint, v.n"
+    " FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS v(scope, key, n)"
+    " ON CONFLICT (scope, key, slot) DO UPDATE SET count = rate_usage.count + excluded.count"
+)
 MAX_ROWS_READ = 20_000  # a flood of busy keys costs a bounded read
 
 
@@ -38,6 +44,19 @@ class RateUsageRepo:
     def add(self, slot: int, counts: Mapping[tuple[str, str], int]) -> None:
         """Add this process's consumption {(scope, key): n} to `slot` (one transaction)."""
         if not counts:
+            return
+        if self._engine.dialect.name == "postgresql":
+            # One statement over arrays (store/pgarrays.py): a thousand busy keys as rows of an
+            # executemany cost ~17 ms of CPU a round, twice a second.
+            ordered = sorted(counts.items())  # one order everywhere: no deadlock
+            arrays = (
+                slot,
+                texts(scope for (scope, _), _ in ordered),
+                texts((stored_key(key) for (_, key), _ in ordered), distinct=True),
+                ints(n for _, n in ordered),
+            )
+            with db_errors("sharing rate-limit counts"), self._engine.begin() as conn:
+                conn.exec_driver_sql(_PG_ADD, arrays)
             return
         rows = [
             {"scope": scope, "key": stored_key(key), "slot": slot, "count": n}
