@@ -23,8 +23,10 @@ The `fleet` benchmark measures, on one server:
   largest that held, per server core it used: >= 50,000 hosts per server core. Then, as the
   sizes double, up to --fleet-refine sizes between the largest that held and the first that did
   not (each a run of its own after the server settled): the figure is the largest fleet that
-  held, not the last power of two below it. A step in which the simulator fell behind its own
-  schedule is inconclusive, not a server failure (nor a size that held);
+  held, not the last power of two below it. When the first size does not hold, up to
+  --fleet-refine halves of it are measured first, until one holds. A step in which the
+  simulator fell behind its own schedule is inconclusive, not a server failure (nor a size
+  that held);
 - overload: 1,000 keep-alive connections (a tenth of the polls on new ones) offering 2.5 times
   the measured poll rate, a strict 5 s timeout: every poll answered (503 + Retry-After at once,
   p95 <= 100 ms), none timed out.
@@ -78,6 +80,7 @@ SMALL_FLEET = 5000  # hosts seeded when the steady state is not run
 POLL_CONNS = 200  # keep-alive connections of the poll step
 POLL_HOSTS = 1000  # hosts of the poll and overload steps: each polls once before the measure (warm)
 STEADY_FIRST = 5000  # the steady state's first size when no poll rate was measured
+STEADY_LEAST = 500  # the smallest steady-state fleet measured
 OVERLOAD_RATE = 4000.0  # polls/s offered in overload when no poll rate was measured
 OVERLOAD_CONNS = 1000  # keep-alive connections offering the overload
 OVERLOAD_FRESH = 0.1  # the share of overload polls on a new connection each
@@ -360,6 +363,25 @@ def refine(
     return out
 
 
+def descend(
+    failed: int, measure: Callable[[int, int], str], tries: int, least: int = STEADY_LEAST
+) -> list[tuple[int, str]]:
+    """When the ramp's FIRST size did not hold there is no lower bound to refine from: halves of
+    it, each measured (`measure(size, failed)` -> verdict), until one holds; at most `tries`,
+    never below `least`. (size, verdict) per size measured."""
+    out: list[tuple[int, str]] = []
+    for _ in range(tries):
+        size = int(round(failed / 2, -2)) or failed // 2
+        if size < least:
+            break
+        verdict = measure(size, failed)
+        out.append((size, verdict))
+        if verdict == HELD:
+            break
+        failed = size
+    return out
+
+
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
@@ -382,7 +404,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fleet-refine", type=int, default=REFINE_STEPS, metavar="N",
         help="steady state: after the ramp, up to N sizes between the largest that held and the first "
-        f"that did not, each a run of its own (default {REFINE_STEPS}; 0: none)",
+        "that did not, each a run of its own (and up to N halves first when the first size did not "
+        f"hold) (default {REFINE_STEPS}; 0: none)",
     )  # fmt: skip
     g.add_argument(
         "--fleet-steps", default=",".join(STEPS), metavar="STEP,...",
@@ -562,7 +585,7 @@ def _steady(
         # on new connections, with heartbeats and uploads, cost several times a keep-alive 304),
         # and double: a ramp that fails at once says nothing of hosts per core.
         first = int(poll_rate / REQ_PER_HOST_S / 16) if poll_rate else STEADY_FIRST
-        first = max(500, min(args.fleet_max_hosts, first))
+        first = max(STEADY_LEAST, min(args.fleet_max_hosts, first))
         sizes = sorted({min(args.fleet_max_hosts, first * 2**k) for k in range(count)})
     print(f"  steady state at the default intervals (60 s): {', '.join(f'{n:,}' for n in sizes)} hosts, "
           f"each size measured for {step_s:.0f} s after {warmup:.0f} s in which its new hosts meet the "
@@ -572,24 +595,37 @@ def _steady(
         stop_on_failure=True,
     )  # fmt: skip
     held = [(hosts, rec, cores) for hosts, rec, cores, verdict in steps if verdict == HELD]
-    if held and steps[-1][3] != HELD and args.fleet_refine > 0:
-        # Doubling jumps from a size that held to one that did not: what lies between is measured
-        # too, each size a run of its own (a new simulator; the server left to settle first), so
-        # the figure is the largest fleet that held, not the last power of two below it.
-        def measure(size: int, low: int, high: int) -> str:
-            wait_idle(bench.srv.port)
-            print(f"  steady state between {low:,} hosts (held) and {high:,} (did not): {size:,} hosts, "
-                  f"a new fleet measured for {step_s:.0f} s after {warmup:.0f} s", flush=True)  # fmt: skip
-            got = ramp(
-                bench, [(size, step_s)], seeded=True, intervals=(60.0, 60.0), warmup=warmup,
-                stop_on_failure=True,
-            )  # fmt: skip
-            steps.extend(got)
-            held.extend((h, r, c) for h, r, c, v in got if v == HELD)
-            return got[-1][3] if got else FAILED
 
-        refine(held[-1][0], steps[-1][0], measure, args.fleet_refine)
-        held.sort(key=lambda entry: entry[0])
+    def alone(size: int, why: str) -> str:
+        """One size, a run of its own (a new simulator; the server left to settle first)."""
+        wait_idle(bench.srv.port)
+        print(f"  steady state {why}: {size:,} hosts, a new fleet measured for {step_s:.0f} s after "
+              f"{warmup:.0f} s", flush=True)  # fmt: skip
+        got = ramp(
+            bench, [(size, step_s)], seeded=True, intervals=(60.0, 60.0), warmup=warmup,
+            stop_on_failure=True,
+        )  # fmt: skip
+        steps.extend(got)
+        held.extend((h, r, c) for h, r, c, v in got if v == HELD)
+        return got[-1][3] if got else FAILED
+
+    tries = args.fleet_refine
+    if not held and steps and tries > 0:
+        # The first size (guessed from the 304 rate) did not hold: a ramp that fails at once says
+        # nothing of hosts per core, so smaller fleets are measured until one holds.
+        descend(steps[0][0], lambda size, high: alone(size, f"below {high:,} (did not hold)"), tries)
+    largest = max((h[0] for h in held), default=0)
+    not_held = [step[0] for step in steps if step[3] != HELD and step[0] > largest]
+    if held and not_held and args.fleet_refine > 0:
+        # Doubling jumps from a size that held to one that did not: what lies between is measured
+        # too, each size a run of its own, so the figure is the largest fleet that held, not the
+        # last power of two below it.
+        refine(
+            largest, min(not_held),
+            lambda size, low, high: alone(size, f"between {low:,} hosts (held) and {high:,} (did not)"),
+            args.fleet_refine,
+        )  # fmt: skip
+    held.sort(key=lambda entry: entry[0])
     # The smallest size that did not hold: what it says of the server's limit.
     missed = min((step for step in steps if step[3] != HELD), key=lambda step: step[0], default=None)
     if missed is not None and missed[3] == SIM_LAGGED:

@@ -13,6 +13,7 @@ from bench.fleet import (
     STEPS,
     between,
     chosen_steps,
+    descend,
     fleet_sizes,
     refine,
 )
@@ -70,6 +71,26 @@ def test_an_inconclusive_size_is_never_reported_as_held() -> None:
     got = refine(10_000, 40_000, lambda size, held, failed: SIM_LAGGED, tries=3)
     assert got and all(verdict == SIM_LAGGED for _, verdict in got)
     assert [size for size, _ in got] == sorted((size for size, _ in got), reverse=True)  # only lower
+
+
+def test_a_first_size_that_did_not_hold_is_halved_until_one_holds() -> None:
+    """The first size (guessed from the 304 rate) lagged the simulator: smaller fleets are measured,
+    halving, and the descent stops at the first that held -- or after `tries`, or at the least."""
+    holds_below = 20_000
+    asked: list[tuple[int, int]] = []
+
+    def measure(size: int, failed: int) -> str:
+        asked.append((size, failed))
+        return HELD if size <= holds_below else SIM_LAGGED
+
+    got = descend(52_737, measure, tries=3)
+    assert got == [(26_400, SIM_LAGGED), (13_200, HELD)]
+    assert asked == [(26_400, 52_737), (13_200, 26_400)]  # each below the last that did not hold
+    assert descend(52_737, measure, tries=1) == got[:1]  # the tries bound the runs
+    assert descend(52_737, lambda size, failed: FAILED, tries=10, least=5_000) == [
+        (26_400, FAILED), (13_200, FAILED), (6_600, FAILED),
+    ]  # fmt: skip
+    assert descend(800, measure, tries=3, least=500) == []  # never below the least
 
 
 def test_sizes_between_are_round_and_strictly_inside() -> None:
