@@ -94,7 +94,9 @@ class Scene:
             self.box.popen(
                 [sys.executable, "-m", "http.server", "80", "--bind", ip, "--directory", str(root)]
             )
-        _wait(lambda: self.curl("http://127.0.0.2/").returncode == 0, 45, "the web servers")
+        # Each server listens when it has started: wait for both (under load the second may lag).
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            _wait(lambda ip=ip: self.curl(f"http://{ip}/").returncode == 0, 45, f"the web server on {ip}")
 
     def start_agent(self, dns_filter: str = "on") -> subprocess.Popen[bytes]:
         env = {
