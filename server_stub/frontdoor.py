@@ -221,21 +221,29 @@ class FrontDoor:
         if principal is None or (not poll and not self.readable(head)):
             await self._onward(scope, receive, send)  # the body layer answers (or reads) it
             return
-        refused = self.admit(principal)
-        if refused is not None:
-            await self._send(scope, send, refused)
+        if not await self.admitted(scope, send, principal):
             return
-        scope.setdefault("state", {})["principal"] = principal  # identified and admitted: not again
         try:
             if poll:
                 onward = await self._poll(scope, receive, send, principal, head)
             else:
                 onward = await self._heartbeat(scope, receive, send, principal, head)
         except Exception as exc:
-            await self._send(scope, send, self.failed(exc))
+            await self.send(scope, send, self.failed(exc))
             return
         if onward is not None:
             await self._onward(scope, onward, send)
+
+    async def admitted(self, scope: Scope, send: Send, principal: Principal) -> bool:
+        """An identified node's request admitted (its rate limit), the scope marked so that no
+        later layer counts it again; False once refused and answered (also for the layer a node's
+        upload is handed to: server_stub/ingestserve.py)."""
+        refused = self.admit(principal)
+        if refused is not None:
+            await self.send(scope, send, refused)
+            return False
+        scope.setdefault("state", {})["principal"] = principal
+        return True
 
     async def _poll(
         self, scope: Scope, receive: Receive, send: Send, principal: Principal, head: NodeHead
@@ -244,7 +252,7 @@ class FrontDoor:
         answer = self.poll(principal, head.if_none_match)
         if answer is None:  # to be loaded first (a worker thread), or 404: the route answers
             return receive
-        await self._send(scope, send, answer)
+        await self.send(scope, send, answer)
         return None
 
     async def _heartbeat(
@@ -254,7 +262,7 @@ class FrontDoor:
             async with asyncio.timeout(self.ctx.config.body_timeout):
                 message = await receive()
         except TimeoutError:
-            await self._send(scope, send, self.late())
+            await self.send(scope, send, self.late())
             return None
         if message["type"] == "http.disconnect":
             return None  # nobody to answer (as the body layer does)
@@ -263,15 +271,15 @@ class FrontDoor:
             answer = self.beat(principal, message.get("body", b""), head.content_type)
         if answer is None:
             return replay(message, receive)
-        await self._send(scope, send, answer)
+        await self.send(scope, send, answer)
         return None
 
-    async def _send(self, scope: Scope, send: Send, answer: Answer) -> None:
+    async def send(self, scope: Scope, send: Send, answer: Answer) -> None:
+        """Writes `answer`, counted (also for the layer a node's upload is handed to:
+        server_stub/ingestserve.py)."""
         self.ctx.metrics.answered(scope["method"], answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
-
-    send = _send  # for the layer it hands a node's upload to (server_stub/ingestserve.py UploadDoor)
 
 
 def _admitted(scope: Scope) -> bool:

@@ -179,11 +179,8 @@ class UploadDoor:
         if principal is None or ctx.uploads is None or not front.readable(head):
             await front.app(scope, receive, send)
             return
-        refused = front.admit(principal)
-        if refused is not None:
-            await front.send(scope, send, refused)
+        if not await front.admitted(scope, send, principal):
             return
-        scope.setdefault("state", {})["principal"] = principal  # identified and admitted: not again
         try:
             async with asyncio.timeout(ctx.config.body_timeout):
                 body = await _whole_body(receive, front.body_limit)
